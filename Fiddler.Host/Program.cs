@@ -1,1 +1,6 @@
-return 0;
+using System.CommandLine;
+using Fiddler.Host.Cli;
+
+var root = new RootCommand("Fiddler.NET: Mixture-of-Experts inference across GPU and CPU");
+root.Add(GenerateCommand.Create());
+return CliErrors.Run(() => root.Parse(args).Invoke());

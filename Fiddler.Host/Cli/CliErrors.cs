@@ -1,0 +1,25 @@
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.IO;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Runtime;
+using Fiddler.Kernels.Text;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>Turns the errors a user can cause (bad path, bad checkpoint, bad request) into one line and exit code 2.</summary>
+public static class CliErrors
+{
+    public static int Run(Func<int> action)
+    {
+        try { return action(); }
+        catch (Exception e) when (IsUserError(e))
+        {
+            Console.Error.WriteLine($"fiddler: error: {e.Message}");
+            return 2;
+        }
+    }
+
+    public static bool IsUserError(Exception e) => e is ArgumentException or ModelConfigException or SafetensorsFormatException
+        or SafetensorsTensorNotFoundException or CheckpointMismatchException or TokenizerLoadException
+        or DeviceUnavailableException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException;
+}

@@ -1,0 +1,36 @@
+using System.Diagnostics;
+using Fiddler.Kernels.Runtime;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>
+/// CUDA runs on PyTorch's libtorch, which the dynamic loader finds only through LD_LIBRARY_PATH set before the
+/// process starts. When a CUDA device is asked for and that folder is not on it, run this same command again in a
+/// child process with it set, streaming its output, and return its exit code.
+/// </summary>
+public static class CudaBootstrap
+{
+    private const string Marker = "FIDDLER_CUDA_BOOTSTRAPPED";
+
+    /// <returns>The child's exit code, or null when this process should go on itself.</returns>
+    public static int? ReexecIfNeeded(string device, string? libtorch)
+    {
+        if (!device.StartsWith("cuda", StringComparison.OrdinalIgnoreCase)) return null;
+        if (Environment.GetEnvironmentVariable(Marker) == "1") return null;
+        string? dir = TorchRuntime.FindLibTorch(libtorch);
+        if (dir is null) return null; // Initialize() will explain that CUDA libtorch is not loadable
+        string current = Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "";
+        if (current.Split(':').Contains(dir)) return null;
+        string? exe = Environment.ProcessPath;
+        if (exe is null) return null;
+        var psi = new ProcessStartInfo(exe) { UseShellExecute = false };
+        // Under `dotnet fiddler.dll`, ProcessPath is dotnet itself and the dll must come first.
+        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(CudaBootstrap).Assembly.Location);
+        foreach (var a in Environment.GetCommandLineArgs().Skip(1)) psi.ArgumentList.Add(a);
+        psi.Environment["LD_LIBRARY_PATH"] = current.Length == 0 ? dir : dir + ":" + current;
+        psi.Environment[Marker] = "1";
+        using var child = Process.Start(psi)!;
+        child.WaitForExit();
+        return child.ExitCode;
+    }
+}

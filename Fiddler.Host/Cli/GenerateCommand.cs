@@ -1,0 +1,120 @@
+using System.CommandLine;
+using System.Text.Json;
+using Fiddler.Kernels.Generation;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Runtime;
+using Fiddler.Kernels.Sampling;
+using Spectre.Console;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary><c>fiddler generate</c>: load a model, run one prompt, stream the text (or print one JSON object).</summary>
+public static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Hugging Face Mixtral directory (default: the embedded demo model)" };
+        var prompt = new Option<string?>("--prompt") { Description = "Prompt text" };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, instead of text" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "New tokens at most", DefaultValueFactory = _ => 128 };
+        var temperature = new Option<float>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 0.8f };
+        var topK = new Option<int>("--top-k") { Description = "Keep the K most likely tokens (0 = off)", DefaultValueFactory = _ => 40 };
+        var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass", DefaultValueFactory = _ => 0.95f };
+        var seed = new Option<ulong?>("--seed") { Description = "Sampling seed (reproducible output)" };
+        var stop = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
+        var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 (default: the checkpoint's)" };
+        var libtorch = new Option<string?>("--libtorch") { Description = $"Folder of a CUDA libtorch (default: ${TorchRuntime.LibTorchEnvironmentVariable}, else python3's torch)" };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object: ids, text, per-step top-5 logprobs, timings" };
+        var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
+
+        var command = new Command("generate", "Generate text from a prompt");
+        foreach (var o in new Option[] { model, prompt, promptIds, maxTokens, temperature, topK, topP, seed, stop, device, dtype, libtorch, json, ignoreEos })
+            command.Add(o);
+        command.SetAction(r =>
+        {
+            if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
+            string? text = r.GetValue(prompt), ids = r.GetValue(promptIds);
+            if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --prompt-ids");
+            var options = new GenerationOptions
+            {
+                MaxNewTokens = r.GetValue(maxTokens),
+                Sampling = new SamplingOptions(r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed)),
+                StopStrings = r.GetValue(stop) ?? [],
+                StopOnEos = !r.GetValue(ignoreEos),
+                TopLogprobs = r.GetValue(json) ? 5 : 0,
+            };
+            options.Validate();
+            var dev = TorchRuntime.Initialize(r.GetValue(device)!);
+            var dt = r.GetValue(dtype) is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
+            using var loaded = Load(DefaultModel.Resolve(r.GetValue(model)), new LoadOptions(dev, dt), quiet: r.GetValue(json));
+            int[] promptTokens = ids is not null ? ParseIds(ids)
+                : (loaded.Tokenizer ?? throw new ArgumentException("this model has no tokenizer.json: use --prompt-ids")).Encode(text!);
+            var generator = new Generator(loaded.Model, loaded.Tokenizer);
+            generator.Check(promptTokens, options);
+            return r.GetValue(json) ? PrintJson(generator, loaded, promptTokens, options) : Stream(generator, loaded, promptTokens, options);
+        });
+        return command;
+    }
+
+    private static LoadedModel Load(string dir, LoadOptions options, bool quiet)
+    {
+        var err = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        if (quiet || Console.IsErrorRedirected) return ModelLoader.Load(dir, options);
+        LoadedModel? loaded = null;
+        err.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask($"loading {Path.GetFileName(dir.TrimEnd('/'))}");
+                loaded = ModelLoader.Load(dir, options, new Progress<LoadProgress>(p =>
+                {
+                    task.MaxValue = p.BytesTotal;
+                    task.Value = p.BytesDone;
+                }));
+                task.Value = task.MaxValue;
+            });
+        return loaded!;
+    }
+
+    private static int Stream(Generator generator, LoadedModel loaded, int[] prompt, GenerationOptions options)
+    {
+        using var cancel = new CancellationTokenSource();
+        Console.CancelKeyPress += (_, e) => { e.Cancel = true; cancel.Cancel(); };
+        var result = generator.Run(prompt, options, t => Console.Write(t.Text), cancel.Token);
+        Console.WriteLine();
+        Console.Error.WriteLine($"[{result.Tokens.Length} tokens, finish: {result.Finish.ToString().ToLowerInvariant()}; " +
+            $"load {loaded.LoadTime.TotalSeconds:F2} s, prefill {prompt.Length} tokens {result.Prefill.TotalMilliseconds:F0} ms, " +
+            $"decode {result.DecodeTokensPerSecond:F2} tok/s]");
+        return 0;
+    }
+
+    private static int PrintJson(Generator generator, LoadedModel loaded, int[] prompt, GenerationOptions options)
+    {
+        var steps = new List<object>();
+        var result = generator.Run(prompt, options, t =>
+        {
+            if (t.Id >= 0) steps.Add(new { id = t.Id, logprob = t.Logprob, top = t.Top.Select(p => new { id = p.Id, logprob = p.Logprob }) });
+        });
+        var output = new
+        {
+            model = loaded.Directory,
+            prompt_ids = result.PromptIds,
+            tokens = result.Tokens,
+            text = result.Text,
+            finish_reason = result.Finish.ToString().ToLowerInvariant(),
+            steps,
+            load_s = loaded.LoadTime.TotalSeconds,
+            prefill_s = result.Prefill.TotalSeconds,
+            decode_tok_s = result.DecodeTokensPerSecond,
+        };
+        Console.WriteLine(JsonSerializer.Serialize(output));
+        return 0;
+    }
+
+    public static int[] ParseIds(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (parts.Length == 0) throw new ArgumentException("--prompt-ids is empty");
+        return parts.Select(p => int.TryParse(p, out int v) ? v : throw new ArgumentException($"--prompt-ids: '{p}' is not an integer")).ToArray();
+    }
+}

@@ -1,0 +1,94 @@
+using System.Diagnostics;
+using Fiddler.Kernels.Modules;
+using Fiddler.Kernels.Sampling;
+using Fiddler.Kernels.Text;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Generation;
+
+/// <summary>
+/// Prefill then decode, one sequence: sample, stream text, stop on EOS, stop strings or the token limit.
+/// The KV cache is sized to prompt + max new tokens and freed when the generation ends.
+/// </summary>
+public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
+{
+    /// <summary>Largest context this model accepts (prompt + new tokens).</summary>
+    public int ContextLength => model.Config.MaxPositionEmbeddings;
+
+    public GenerationResult Run(IReadOnlyList<int> prompt, GenerationOptions options,
+        Action<GeneratedToken>? onToken = null, CancellationToken cancel = default)
+    {
+        options.Validate();
+        Check(prompt, options);
+        var sampler = new Sampler(options.Sampling);
+        var decoder = tokenizer is null ? null : new StreamingDecoder(tokenizer);
+        var stops = new StopStringMatcher(options.StopStrings);
+        var eos = new HashSet<int>(model.Config.EosTokenIds);
+        if (tokenizer?.EosId is int tokEos) eos.Add(tokEos);
+
+        using var noGrad = no_grad();
+        using var cache = model.NewCache(prompt.Count + options.MaxNewTokens);
+        var tokens = new List<int>();
+        var text = new System.Text.StringBuilder();
+        var finish = FinishReason.Length;
+        var clock = Stopwatch.StartNew();
+        TimeSpan prefill = TimeSpan.Zero;
+
+        var logits = Step(prompt.Select(i => (long)i).ToArray(), cache);
+        for (int n = 0; n < options.MaxNewTokens; n++)
+        {
+            if (n == 0) { prefill = clock.Elapsed; clock.Restart(); }
+            if (cancel.IsCancellationRequested) { finish = FinishReason.Cancelled; logits.Dispose(); break; }
+            float[] values = Sampler.ToCpuFloat32(logits);
+            logits.Dispose();
+            int id = sampler.Sample(values);
+            var (topIds, topLogprobs) = options.TopLogprobs > 0 ? sampler.TopLogprobs(values, options.TopLogprobs) : ([], []);
+            float logprob = LogSoftmaxAt(values, id);
+            tokens.Add(id);
+
+            bool isEos = options.StopOnEos && eos.Contains(id);
+            string delta = isEos || decoder is null ? "" : decoder.Push(id);
+            var (emit, stopped, _) = stops.Push(delta);
+            text.Append(emit);
+            var top = options.TopLogprobs == 0 ? [] : topIds.Zip(topLogprobs).Select(p => (p.First, p.Second)).ToArray();
+            onToken?.Invoke(new GeneratedToken(id, emit, logprob, top));
+            if (isEos) { finish = FinishReason.Eos; break; }
+            if (stopped) { finish = FinishReason.Stop; break; }
+            if (n + 1 == options.MaxNewTokens) break;
+            logits = Step([id], cache);
+        }
+        if (finish is FinishReason.Length or FinishReason.Eos)
+        {
+            var tail = stops.Push(decoder?.Flush() ?? "");
+            string rest = tail.Text + (tail.Stopped ? "" : stops.Flush());
+            if (rest.Length > 0) { text.Append(rest); onToken?.Invoke(new GeneratedToken(-1, rest, 0, [])); }
+        }
+        return new GenerationResult([.. prompt], [.. tokens], text.ToString(), finish, prefill, clock.Elapsed);
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> for prompts this model cannot take.</summary>
+    public void Check(IReadOnlyList<int> prompt, GenerationOptions options)
+    {
+        if (prompt.Count == 0) throw new ArgumentException("the prompt is empty: give at least one token");
+        int vocab = model.Config.VocabSize;
+        foreach (int id in prompt)
+            if (id < 0 || id >= vocab) throw new ArgumentException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
+        if ((long)prompt.Count + options.MaxNewTokens > ContextLength)
+            throw new ArgumentException($"prompt ({prompt.Count} tokens) + max tokens ({options.MaxNewTokens}) exceeds the context length {ContextLength}");
+    }
+
+    private static float LogSoftmaxAt(float[] logits, int id)
+    {
+        float max = logits.Max();
+        double sum = 0;
+        foreach (float v in logits) sum += Math.Exp(v - max);
+        return (float)(logits[id] - max - Math.Log(sum));
+    }
+
+    private Tensor Step(long[] ids, Cache.KvCache cache)
+    {
+        using var input = tensor(ids, ScalarType.Int64).unsqueeze(0);   // [1, T]
+        using var logits = model.Forward(input, cache);                  // [1, V]
+        return logits[0].cpu();
+    }
+}

@@ -1,0 +1,2 @@
+global using TorchSharp.Modules;
+global using TorchSharp.Utils;

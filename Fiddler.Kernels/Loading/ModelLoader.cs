@@ -1,0 +1,58 @@
+using System.Diagnostics;
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.IO;
+using Fiddler.Kernels.Modules;
+using Fiddler.Kernels.Text;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Loading;
+
+/// <summary>Where and how to materialise a model. DType null: the checkpoint's own (config dtype, else bfloat16).</summary>
+public sealed record LoadOptions(Device Device, ScalarType? DType = null);
+
+/// <summary>A model ready to run, with its tokenizer when the directory has one. Owns both.</summary>
+public sealed class LoadedModel(string directory, MixtralForCausalLM model, HfTokenizer? tokenizer,
+    IReadOnlyList<string> unusedTensors, TimeSpan loadTime) : IDisposable
+{
+    public string Directory { get; } = directory;
+    public MixtralForCausalLM Model { get; } = model;
+    public HfTokenizer? Tokenizer { get; } = tokenizer;
+    public IReadOnlyList<string> UnusedTensors { get; } = unusedTensors;
+    public TimeSpan LoadTime { get; } = loadTime;
+
+    public void Dispose()
+    {
+        Model.Dispose();
+        Tokenizer?.Dispose();
+    }
+}
+
+/// <summary>Loads a Hugging Face Mixtral directory: config.json, safetensors weights, tokenizer.json.</summary>
+public static class ModelLoader
+{
+    public static LoadedModel Load(string directory, LoadOptions options, IProgress<LoadProgress>? progress = null)
+    {
+        var clock = Stopwatch.StartNew();
+        if (!System.IO.Directory.Exists(directory))
+            throw new DirectoryNotFoundException($"model directory {directory} does not exist");
+        var config = MixtralConfig.Load(Path.Combine(directory, "config.json"));
+        var dtype = options.DType ?? (config.CheckpointDtype is { } d ? Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
+        using var checkpoint = new SafetensorsCheckpoint(directory);
+        var model = new MixtralForCausalLM(config, dtype, options.Device);
+        HfTokenizer? tokenizer = null;
+        try
+        {
+            var unused = WeightLoader.Fill(model, checkpoint, config, progress);
+            if (File.Exists(Path.Combine(directory, "tokenizer.json"))) tokenizer = new HfTokenizer(directory);
+            if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
+                throw new ModelConfigException($"{directory}: tokenizer has {tokenizer.VocabSize} tokens but vocab_size is {config.VocabSize}");
+            return new LoadedModel(Path.GetFullPath(directory), model, tokenizer, unused, clock.Elapsed);
+        }
+        catch
+        {
+            model.Dispose();
+            tokenizer?.Dispose();
+            throw;
+        }
+    }
+}

@@ -1,0 +1,30 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Modules;
+
+/// <summary>
+/// A bias-free projection (HF <c>nn.Linear(bias=False)</c>). Its weight starts uninitialised: every value comes from
+/// the checkpoint (or the dummy-weight generator), so paying for a random init of 46 B parameters would be waste.
+/// </summary>
+public sealed class Linear : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "weight")] private readonly Parameter _weight;
+
+    public Linear(long inFeatures, long outFeatures, ScalarType dtype, Device device) : base(nameof(Linear))
+    {
+        _weight = Weights.Empty([outFeatures, inFeatures], dtype, device);
+        RegisterComponents();
+    }
+
+    public Tensor Weight => _weight;
+
+    public override Tensor forward(Tensor x) => nn.functional.linear(x, _weight);
+}
+
+/// <summary>Allocation of parameters that the loader fills.</summary>
+public static class Weights
+{
+    public static Parameter Empty(long[] shape, ScalarType dtype, Device device) =>
+        new(torch.empty(shape, dtype, device), requires_grad: false);
+}

@@ -1,0 +1,34 @@
+using Fiddler.Kernels.Cache;
+using Fiddler.Kernels.Config;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Modules;
+
+/// <summary>Pre-norm decoder layer as HF MixtralDecoderLayer: x + attn(norm(x)), then h + moe(norm(h)).</summary>
+public sealed class MixtralDecoderLayer : nn.Module
+{
+    [ComponentName(Name = "input_layernorm")] private readonly MixtralRMSNorm _inputNorm;
+    [ComponentName(Name = "self_attn")] private readonly MixtralAttention _attention;
+    [ComponentName(Name = "post_attention_layernorm")] private readonly MixtralRMSNorm _postAttentionNorm;
+    [ComponentName(Name = "block_sparse_moe")] private readonly MixtralSparseMoeBlock _moe;
+
+    public MixtralDecoderLayer(MixtralConfig c, int layer, ScalarType dtype, Device device) : base(nameof(MixtralDecoderLayer))
+    {
+        _inputNorm = new MixtralRMSNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
+        _attention = new MixtralAttention(c, layer, dtype, device);
+        _postAttentionNorm = new MixtralRMSNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
+        _moe = new MixtralSparseMoeBlock(c, dtype, device);
+        RegisterComponents();
+    }
+
+    public MixtralSparseMoeBlock Moe => _moe;
+
+    public Tensor Forward(Tensor x, long start, Tensor cos, Tensor sin, KvCache cache)
+    {
+        using var scope = NewDisposeScope();
+        var h = x + _attention.Forward(_inputNorm.forward(x), start, cos, sin, cache);
+        var y = h + _moe.forward(_postAttentionNorm.forward(h));
+        return y.MoveToOuterDisposeScope();
+    }
+}

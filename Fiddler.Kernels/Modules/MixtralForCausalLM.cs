@@ -1,0 +1,80 @@
+using Fiddler.Kernels.Cache;
+using Fiddler.Kernels.Config;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Modules;
+
+/// <summary>HF MixtralModel: token embeddings, decoder layers, final norm.</summary>
+public sealed class MixtralModel : nn.Module
+{
+    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
+    [ComponentName(Name = "layers")] private readonly ModuleList<MixtralDecoderLayer> _layers;
+    [ComponentName(Name = "norm")] private readonly MixtralRMSNorm _norm;
+    private readonly MixtralRotaryEmbedding _rotary;
+
+    public MixtralModel(MixtralConfig c, ScalarType dtype, Device device) : base(nameof(MixtralModel))
+    {
+        _embedTokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, device);
+        _layers = new ModuleList<MixtralDecoderLayer>();
+        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new MixtralDecoderLayer(c, i, dtype, device));
+        _norm = new MixtralRMSNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
+        _rotary = new MixtralRotaryEmbedding(c.HeadDim, c.RopeTheta);
+        RegisterComponents();
+    }
+
+    public IReadOnlyList<MixtralDecoderLayer> Layers => [.. _layers];
+    public Embedding EmbedTokens => _embedTokens;
+
+    /// <summary>Hidden states [B, T, D] after the final norm, for token ids [B, T] at positions start..start+T-1.</summary>
+    public Tensor Forward(Tensor ids, long start, KvCache cache)
+    {
+        using var scope = NewDisposeScope();
+        var h = _embedTokens.forward(ids);
+        var (cos, sin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
+        foreach (var layer in _layers) h = layer.Forward(h, start, cos, sin, cache);
+        return _norm.forward(h).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>HF MixtralForCausalLM: the model plus the LM head. Logits come back in fp32.</summary>
+public sealed class MixtralForCausalLM : nn.Module
+{
+    [ComponentName(Name = "model")] private readonly MixtralModel _model;
+    [ComponentName(Name = "lm_head")] private readonly Linear _lmHead;
+
+    public MixtralForCausalLM(MixtralConfig config, ScalarType dtype, Device device) : base(nameof(MixtralForCausalLM))
+    {
+        Config = config;
+        DType = dtype;
+        Device = device;
+        _model = new MixtralModel(config, dtype, device);
+        _lmHead = new Linear(config.HiddenSize, config.VocabSize, dtype, device);
+        RegisterComponents();
+    }
+
+    public MixtralConfig Config { get; }
+    public ScalarType DType { get; }
+    public Device Device { get; }
+    public MixtralModel Model => _model;
+
+    public KvCache NewCache(long capacity, long batch = 1) =>
+        new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, capacity, Config.HeadDim, DType, Device);
+
+    /// <summary>
+    /// Runs ids [B, T] at positions cache.Length.., advances the cache, and returns fp32 logits:
+    /// [B, T, V] when <paramref name="allPositions"/>, else [B, V] for the last position only.
+    /// </summary>
+    public Tensor Forward(Tensor ids, KvCache cache, bool allPositions = false)
+    {
+        using var scope = NewDisposeScope();
+        long start = cache.Length;
+        if (start + ids.shape[1] > cache.Capacity)
+            throw new InvalidOperationException($"context overflow: {start} cached + {ids.shape[1]} new tokens > capacity {cache.Capacity}");
+        var h = _model.Forward(ids.to(Device), start, cache);
+        cache.Advance(ids.shape[1]);
+        if (!allPositions) h = h.select(1, -1);
+        return _lmHead.forward(h).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,83 @@
+using Fiddler.Kernels.Config;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Modules;
+
+// N=tokens (B*T flattened) E=experts K=experts per token D=hidden
+
+/// <summary>
+/// Sparse MoE block as HF MixtralSparseMoeBlock: router logits, softmax in fp32, top-k, renormalise, cast to the
+/// activation dtype; each chosen expert runs on its tokens and adds its weighted output (experts in index order).
+/// </summary>
+public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "gate")] private readonly Linear _router;
+    [ComponentName(Name = "experts")] private readonly ModuleList<MixtralBlockSparseTop2MLP> _experts;
+    private readonly int _topK;
+
+    public MixtralSparseMoeBlock(MixtralConfig c, ScalarType dtype, Device device) : base(nameof(MixtralSparseMoeBlock))
+    {
+        _router = new Linear(c.HiddenSize, c.NumLocalExperts, dtype, device);
+        _experts = new ModuleList<MixtralBlockSparseTop2MLP>();
+        for (int e = 0; e < c.NumLocalExperts; e++) _experts.Add(new MixtralBlockSparseTop2MLP(c, dtype, device));
+        _topK = c.NumExpertsPerTok;
+        RegisterComponents();
+    }
+
+    public IReadOnlyList<MixtralBlockSparseTop2MLP> Experts => [.. _experts];
+
+    /// <summary>Routing for N tokens: expert ids [N, K] (int64) and weights [N, K] in the activation dtype.</summary>
+    public (Tensor Ids, Tensor Weights) Route(Tensor flat)
+    {
+        using var scope = NewDisposeScope();
+        var logits = _router.forward(flat);                                           // [N, E]
+        var probs = logits.softmax(-1, ScalarType.Float32);
+        var (weights, ids) = probs.topk(_topK, dim: -1);                              // [N, K]
+        weights = weights / weights.sum(-1, keepdim: true);
+        return (ids.MoveToOuterDisposeScope(), weights.to(flat.dtype).MoveToOuterDisposeScope());
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var shape = x.shape;
+        var flat = x.reshape(-1, shape[^1]);                                          // [N, D]
+        var (ids, weights) = Route(flat);
+        var output = zeros_like(flat);
+        foreach (var a in ExpertAssignment.Group(ids, _experts.Count))
+        {
+            var idx = tensor(a.Tokens, device: x.device);
+            var slots = tensor(a.Slots, device: x.device);
+            var w = weights.index_select(0, idx).gather(1, slots.unsqueeze(1));       // [n, 1]
+            var y = _experts[a.Expert].forward(flat.index_select(0, idx)) * w;        // [n, D]
+            output.index_add_(0, idx, y, 1);
+        }
+        return output.view(shape).MoveToOuterDisposeScope();
+    }
+}
+
+/// <summary>The tokens (and which of their top-k slots) routed to one expert.</summary>
+public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
+{
+    /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints).</summary>
+    public static List<ExpertAssignment> Group(Tensor ids, int experts)
+    {
+        long n = ids.shape[0], k = ids.shape[1];
+        long[] flat = ids.cpu().data<long>().ToArray();
+        var tokens = new List<long>[experts];
+        var slots = new List<long>[experts];
+        for (long i = 0; i < n; i++)
+            for (long s = 0; s < k; s++)
+            {
+                int e = (int)flat[i * k + s];
+                (tokens[e] ??= []).Add(i);
+                (slots[e] ??= []).Add(s);
+            }
+        var result = new List<ExpertAssignment>();
+        for (int e = 0; e < experts; e++)
+            if (tokens[e] is { } t) result.Add(new ExpertAssignment(e, t.ToArray(), slots[e].ToArray()));
+        return result;
+    }
+}

@@ -1,0 +1,80 @@
+using Xunit;
+using Fiddler.Kernels.Generation;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Sampling;
+using Fiddler.Tests.Support;
+using static TorchSharp.torch;
+
+namespace Fiddler.Tests.Kernels.Generation;
+
+public sealed class GeneratorTests : IDisposable
+{
+    private readonly string _dir = TinyCheckpoint.TempDir();
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void Run_Greedy_MatchesFullRecomputeWithoutCache()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        int[] prompt = [5, 17, 33, 2, 90];
+        var result = new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run(prompt,
+            new GenerationOptions { MaxNewTokens = 12, Sampling = SamplingOptions.Greedy, StopOnEos = false });
+        Assert.Equal(12, result.Tokens.Length);
+
+        // Reference: recompute the whole sequence from scratch each step (no KV reuse) and take the argmax.
+        var sequence = prompt.Select(i => (long)i).ToList();
+        using var noGrad = no_grad();
+        for (int i = 0; i < 12; i++)
+        {
+            using var cache = loaded.Model.NewCache(sequence.Count);
+            using var logits = loaded.Model.Forward(tensor(sequence.ToArray()).unsqueeze(0), cache);
+            long next = logits[0].argmax().item<long>();
+            Assert.Equal(next, result.Tokens[i]);
+            sequence.Add(next);
+        }
+    }
+
+    [Fact]
+    public void Run_SlidingWindowShorterThanSequence_MatchesFullRecompute()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config(slidingWindow: 4));
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        int[] prompt = [1, 2, 3, 4, 5, 6, 7];
+        var result = new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run(prompt,
+            new GenerationOptions { MaxNewTokens = 6, Sampling = SamplingOptions.Greedy, StopOnEos = false });
+        var sequence = prompt.Select(i => (long)i).ToList();
+        using var noGrad = no_grad();
+        for (int i = 0; i < 6; i++)
+        {
+            using var cache = loaded.Model.NewCache(sequence.Count);
+            using var logits = loaded.Model.Forward(tensor(sequence.ToArray()).unsqueeze(0), cache);
+            long next = logits[0].argmax().item<long>();
+            Assert.Equal(next, result.Tokens[i]);
+            sequence.Add(next);
+        }
+    }
+
+    [Fact]
+    public void Run_PromptPlusMaxTokensBeyondContext_ThrowsArgumentException()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        var generator = new Fiddler.Kernels.Generation.Generator(loaded.Model, null);
+        var e = Assert.Throws<ArgumentException>(() => generator.Run([1, 2, 3], new GenerationOptions { MaxNewTokens = 126 }));
+        Assert.Contains("context length 128", e.Message);
+        Assert.Throws<ArgumentException>(() => generator.Run([1, 500], new GenerationOptions { MaxNewTokens = 2 }));
+        Assert.Throws<ArgumentException>(() => generator.Run([], new GenerationOptions { MaxNewTokens = 2 }));
+    }
+
+    [Fact]
+    public void Run_SameSeed_SameTokens()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        var generator = new Fiddler.Kernels.Generation.Generator(loaded.Model, null);
+        var options = new GenerationOptions { MaxNewTokens = 10, Sampling = new SamplingOptions(1.0f, 0, 1, 42), StopOnEos = false };
+        Assert.Equal(generator.Run([3, 4], options).Tokens, generator.Run([3, 4], options).Tokens);
+    }
+}
