@@ -242,56 +242,106 @@ public sealed class Sampler
         return max;
     }
 
+    /// <summary>The k-th largest logit (1-based k, 0 &lt; k &lt; V).</summary>
     private static float KthLargest(ReadOnlySpan<float> logits, int k)
     {
-        var copy = logits.ToArray();
-        Array.Sort(copy);
-        return copy[copy.Length - k];
+        if (k > 64)
+        {
+            var copy = logits.ToArray();
+            Array.Sort(copy);
+            return copy[copy.Length - k];
+        }
+
+        // Keep the k largest seen so far, sorted descending; cheap for the usual small k.
+        Span<float> top = stackalloc float[k];
+        int n = 0;
+        foreach (float x in logits)
+        {
+            if (n == k && !(x > top[k - 1]))
+            {
+                continue;
+            }
+            int pos = n == k ? k - 1 : n++;
+            while (pos > 0 && x > top[pos - 1])
+            {
+                top[pos] = top[pos - 1];
+                pos--;
+            }
+            top[pos] = x;
+        }
+        return top[k - 1];
     }
 
     /// <summary>Zeroes the weights outside the nucleus: the smallest set of most likely tokens (ties: lower id
     /// first) whose probability sum is ≥ p; at least one token is kept.</summary>
+    /// <remarks>Only tokens above a threshold are sorted: the tokens with weight ≥ t form a prefix of the sorted
+    /// order, so once their sum reaches the target the nucleus lies inside them. The threshold starts at
+    /// max·1e-4 and drops until that holds (at worst t = 0, all tokens). Same result as sorting everything.</remarks>
     private static void ApplyTopP(double[] weights, float p)
     {
-        int count = 0;
         double total = 0;
-        for (int i = 0; i < weights.Length; i++)
+        double maxW = 0;
+        foreach (double w in weights)
         {
-            if (weights[i] > 0)
-            {
-                count++;
-                total += weights[i];
-            }
+            total += w;
+            maxW = Math.Max(maxW, w);
         }
-        var order = new int[count];
-        for (int i = 0, j = 0; i < weights.Length; i++)
-        {
-            if (weights[i] > 0)
-            {
-                order[j++] = i;
-            }
-        }
-        Array.Sort(order, (a, b) =>
-        {
-            int c = weights[b].CompareTo(weights[a]);
-            return c != 0 ? c : a.CompareTo(b);
-        });
-
         double target = p * total;
+
+        var candidates = new List<Candidate>();
+        for (double t = maxW * 1e-4; ; t = t > 1e-300 ? t * 1e-4 : 0)
+        {
+            candidates.Clear();
+            double sum = 0;
+            for (int i = 0; i < weights.Length; i++)
+            {
+                double w = weights[i];
+                if (w > 0 && w >= t)
+                {
+                    candidates.Add(new Candidate(w, i));
+                    sum += w;
+                }
+            }
+            if (sum >= target || t == 0)
+            {
+                break;
+            }
+        }
+        candidates.Sort();
+
         double cum = 0;
         int keep = 0;
-        while (keep < order.Length)
+        while (keep < candidates.Count)
         {
-            cum += weights[order[keep]];
+            cum += candidates[keep].Weight;
             keep++;
             if (cum >= target)
             {
                 break;
             }
         }
-        for (int j = keep; j < order.Length; j++)
+
+        var kept = new bool[weights.Length];
+        for (int j = 0; j < keep; j++)
         {
-            weights[order[j]] = 0;
+            kept[candidates[j].Id] = true;
+        }
+        for (int i = 0; i < weights.Length; i++)
+        {
+            if (!kept[i])
+            {
+                weights[i] = 0;
+            }
+        }
+    }
+
+    /// <summary>Sort order: weight descending, then id ascending (a total order, so sorting is deterministic).</summary>
+    private readonly record struct Candidate(double Weight, int Id) : IComparable<Candidate>
+    {
+        public int CompareTo(Candidate other)
+        {
+            int c = other.Weight.CompareTo(Weight);
+            return c != 0 ? c : Id.CompareTo(other.Id);
         }
     }
 }

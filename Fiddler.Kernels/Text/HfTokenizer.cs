@@ -41,6 +41,8 @@ public sealed class HfTokenizer : IDisposable
         "GemmaTokenizer", "GemmaTokenizerFast",
     ];
 
+    private const int NativeInvalidInput = 20001; // Tokenizers.DotNet TokenizerErrorCode.InvalidInput
+
     private static readonly JsonDocumentOptions DocumentOptions = new() { MaxDepth = 128 };
 
     private static readonly JsonSerializerOptions WriteOptions = new()
@@ -74,10 +76,15 @@ public sealed class HfTokenizer : IDisposable
             dir = Path.GetFullPath(modelDirOrTokenizerJson);
             jsonPath = Path.Combine(dir, "tokenizer.json");
         }
-        else
+        else if (modelDirOrTokenizerJson.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
         {
             jsonPath = Path.GetFullPath(modelDirOrTokenizerJson);
             dir = Path.GetDirectoryName(jsonPath) ?? ".";
+        }
+        else
+        {
+            dir = Path.GetFullPath(modelDirOrTokenizerJson); // a directory that does not exist: reported below
+            jsonPath = Path.Combine(dir, "tokenizer.json");
         }
         TokenizerPath = jsonPath;
 
@@ -96,6 +103,7 @@ public sealed class HfTokenizer : IDisposable
         }
 
         (_tokenToId, _idToToken, _specialIds) = ReadVocabulary(jsonPath, root, model);
+        ValidatePostProcessor(jsonPath, root["post_processor"]);
         VocabSize = _idToToken.Length;
 
         // 2. tokenizer_config.json (optional) and chat template.
@@ -141,6 +149,10 @@ public sealed class HfTokenizer : IDisposable
                 }
                 _decodeAll = LoadNativeFromJson(jsonPath, root);
             }
+
+            // Some inconsistencies are accepted by deserialisation and only fail when encoding (as errors; the
+            // known panics are ruled out by ValidatePostProcessor): surface them now, as a load error.
+            Probe(jsonPath, _full);
         }
         catch
         {
@@ -301,10 +313,14 @@ public sealed class HfTokenizer : IDisposable
         {
             return tokenizer.Encode(text);
         }
+        catch (NativeTokenizerException ex) when (ex.ErrorCode == NativeInvalidInput)
+        {
+            // e.g. a string with unpaired surrogates (not valid UTF-16)
+            throw new ArgumentException($"HF tokenizers rejected the text: {ex.Message}", nameof(text), ex);
+        }
         catch (NativeTokenizerException ex)
         {
-            // The native side rejects e.g. strings with unpaired surrogates (not valid UTF-16).
-            throw new ArgumentException($"HF tokenizers failed to encode the text: {ex.Message}", nameof(text), ex);
+            throw new InvalidOperationException($"HF tokenizers failed to encode the text: {ex.Message}", ex);
         }
     }
 
@@ -316,6 +332,87 @@ public sealed class HfTokenizer : IDisposable
             r[i] = checked((int)ids[i]);
         }
         return r;
+    }
+
+    /// <summary>
+    /// tokenizers 0.22.2 deserialises a TemplateProcessing without checking it, then panics while encoding (and
+    /// the native library aborts the process on panic) when a template names a special token missing from
+    /// <c>special_tokens</c>, when the single-sequence template uses <c>$B</c>, or (later) when a special token's
+    /// <c>ids</c> and <c>tokens</c> differ in length. Check those here.
+    /// </summary>
+    private static void ValidatePostProcessor(string path, JsonNode? node)
+    {
+        if (IsNull(node) || node is not JsonObject o)
+        {
+            return; // null, or a shape serde will reject with an error
+        }
+        string? type = o["type"] is JsonValue tv && tv.GetValueKind() == JsonValueKind.String ? tv.GetValue<string>() : null;
+        if (type == "Sequence" && o["processors"] is JsonArray processors)
+        {
+            foreach (var p in processors)
+            {
+                ValidatePostProcessor(path, p);
+            }
+            return;
+        }
+        if (type != "TemplateProcessing")
+        {
+            return;
+        }
+
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        if (o["special_tokens"] is JsonObject specials)
+        {
+            foreach (var (name, value) in specials)
+            {
+                names.Add(name);
+                if (value is JsonObject st && st["ids"] is JsonArray ids && st["tokens"] is JsonArray tokens && ids.Count != tokens.Count)
+                {
+                    throw new TokenizerLoadException(path,
+                        $"post_processor special token \"{name}\" has {ids.Count} ids but {tokens.Count} tokens");
+                }
+            }
+        }
+        CheckTemplate("single", allowB: false);
+        CheckTemplate("pair", allowB: true);
+
+        void CheckTemplate(string key, bool allowB)
+        {
+            if (o[key] is not JsonArray pieces)
+            {
+                return;
+            }
+            foreach (var piece in pieces)
+            {
+                if (piece is not JsonObject po)
+                {
+                    continue;
+                }
+                if (po["SpecialToken"] is JsonObject st && st["id"] is JsonValue idv && idv.GetValueKind() == JsonValueKind.String
+                    && !names.Contains(idv.GetValue<string>()))
+                {
+                    throw new TokenizerLoadException(path,
+                        $"post_processor {key} template uses special token \"{idv.GetValue<string>()}\" that is not in its special_tokens");
+                }
+                if (!allowB && po["Sequence"] is JsonObject sq && sq["id"] is JsonValue sv && sv.GetValueKind() == JsonValueKind.String
+                    && sv.GetValue<string>() == "B")
+                {
+                    throw new TokenizerLoadException(path, $"post_processor {key} template uses sequence B");
+                }
+            }
+        }
+    }
+
+    private static void Probe(string path, NativeTokenizer tokenizer)
+    {
+        try
+        {
+            tokenizer.Decode(tokenizer.Encode(string.Empty));
+        }
+        catch (NativeTokenizerException ex)
+        {
+            throw new TokenizerLoadException(path, $"tokenizer.json loads but cannot encode: {ex.Message}", ex);
+        }
     }
 
     private static bool IsNull(JsonNode? node) => node is null || node.GetValueKind() == JsonValueKind.Null;

@@ -243,7 +243,7 @@ public sealed class HfTokenizerTests : IDisposable
     {
         string dir = Path.Combine(_files.Dir, "nope");
         var ex = Assert.Throws<TokenizerLoadException>(() => new HfTokenizer(dir));
-        Assert.Contains(dir, ex.Message);
+        Assert.Contains(Path.Combine(dir, "tokenizer.json"), ex.Message);
     }
 
     [Theory]
@@ -277,6 +277,60 @@ public sealed class HfTokenizerTests : IDisposable
         var ex = Assert.Throws<TokenizerLoadException>(() => new HfTokenizer(_files.Dir));
         Assert.Contains(_files.TokenizerJsonPath, ex.Message);
         Assert.Contains("rejected", ex.Message);
+    }
+
+    public static TheoryData<string> NativeRejectedMutations => new()
+    {
+        "merge-out-of-vocab", "bad-regex", "unknown-template-token", "template-seq-b-in-single", "template-ids-tokens-mismatch", "unknown-decoder", "bad-version", "vocab-gap",
+    };
+
+    [Theory]
+    [MemberData(nameof(NativeRejectedMutations))]
+    public void Constructor_StructurallyBrokenTokenizer_ThrowsWithoutCrashing(string mutation)
+    {
+        var json = T.BuildTokenizerJson();
+        switch (mutation)
+        {
+            case "merge-out-of-vocab":
+                ((JsonArray)json["model"]!["merges"]!).Add("q z");
+                break;
+            case "bad-regex":
+                json["pre_tokenizer"] = new JsonObject
+                {
+                    ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = "([unclosed" },
+                    ["behavior"] = "Isolated", ["invert"] = false,
+                };
+                break;
+            case "unknown-template-token":
+                json["post_processor"]!["special_tokens"] = new JsonObject();
+                break;
+            case "template-seq-b-in-single":
+                ((JsonArray)json["post_processor"]!["single"]!).Add(
+                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "B", ["type_id"] = 0 } });
+                break;
+            case "template-ids-tokens-mismatch":
+                json["post_processor"]!["special_tokens"]!["<s>"]!["ids"] = new JsonArray(1, 1);
+                break;
+            case "unknown-decoder":
+                json["decoder"] = new JsonObject { ["type"] = "Frobnicate" };
+                break;
+            case "bad-version":
+                json["version"] = "9.9";
+                break;
+            case "vocab-gap":
+                // Not an error for HF (ids need not be contiguous): must load and report VocabSize from the max id.
+                ((JsonObject)json["model"]!["vocab"]!)["zz"] = 1000;
+                break;
+        }
+        _files.WriteTokenizer(json);
+        if (mutation == "vocab-gap")
+        {
+            using var tok = Load();
+            Assert.Equal(1001, tok.VocabSize);
+            return;
+        }
+        var ex = Assert.Throws<TokenizerLoadException>(() => new HfTokenizer(_files.Dir));
+        Assert.Contains(_files.TokenizerJsonPath, ex.Message);
     }
 
     [Fact]

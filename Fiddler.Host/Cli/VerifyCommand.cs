@@ -1,0 +1,45 @@
+using System.CommandLine;
+using Fiddler.Kernels.Runtime;
+using Fiddler.Kernels.Verification;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>
+/// <c>fiddler verify --fixtures DIR --device cuda</c>: the Hugging Face parity checks of the test suite, runnable on a
+/// GPU host from the bundle (which has no test runner). Exit code 1 when any check fails.
+/// </summary>
+public static class VerifyCommand
+{
+    public const double RelativeTolerance = 1e-4;
+
+    public static Command Create()
+    {
+        var fixtures = new Option<string>("--fixtures") { Description = "Folder of fixture models (Fiddler.Tests/Fixtures)", Required = true };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
+        var libtorch = new Option<string?>("--libtorch") { Description = "Folder of a CUDA libtorch" };
+        var command = new Command("verify", "Check logits and greedy tokens against Hugging Face transformers fixtures");
+        command.Add(fixtures); command.Add(device); command.Add(libtorch);
+        command.SetAction(r =>
+        {
+            if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
+            var dev = TorchRuntime.Initialize(r.GetValue(device)!);
+            var dirs = FixtureParity.ModelDirectories(r.GetValue(fixtures)!).ToList();
+            if (dirs.Count == 0) throw new ArgumentException($"no fixture models (with {FixtureParity.ReferenceFile}) under {r.GetValue(fixtures)}");
+            bool ok = true;
+            Console.WriteLine($"device {dev}  tolerance {RelativeTolerance:G} relative");
+            Console.WriteLine($"{"model",-22} {"p",2} {"prefill max|Δ|",15} {"prefill rel",12} {"steps rel",12} {"greedy",7} {"bf16 div@",9} {"bf16 top5",9}");
+            foreach (var dir in dirs)
+                foreach (var rep in FixtureParity.Check(dir, dev))
+                {
+                    bool pass = rep.PrefillRelative <= RelativeTolerance && rep.StepRelative <= RelativeTolerance && rep.GreedyEqual && rep.Bf16Top5Agree;
+                    ok &= pass;
+                    Console.WriteLine($"{rep.Model,-22} {rep.Prompt,2} {rep.PrefillMaxAbs,15:E2} {rep.PrefillRelative,12:E2} {rep.StepRelative,12:E2} " +
+                        $"{(rep.GreedyEqual ? "same" : "DIFF"),7} {(rep.Bf16FirstDivergence < 0 ? "none" : rep.Bf16FirstDivergence.ToString()),9} " +
+                        $"{(rep.Bf16Top5Agree ? "ok" : "FAIL"),9}{(pass ? "" : "  " + rep.Detail)}");
+                }
+            Console.WriteLine(ok ? "verify: all checks passed" : "verify: FAILED");
+            return ok ? 0 : 1;
+        });
+        return command;
+    }
+}
