@@ -21,7 +21,7 @@ runs of spaces, drops duplicates, and writes one fortune per paragraph, paragrap
 Training (on the GPU machine; /opt/torch/.venv/bin/python has torch, transformers, tokenizers)
 --------------------------------------------------------------------------------------------------
     python Fiddler.Host/DefaultModel/make_default_model.py --corpus .corpus/fortunes.txt \
-        --out Fiddler.Host/DefaultModel --minutes 4
+        --out Fiddler.Host/DefaultModel/model --minutes 4
 
 Steps: (1) train a byte-fallback BPE tokenizer in the style of Mistral/Mixtral's tokenizer.json (ids 0/1/2 =
 <unk>/<s>/</s>, ids 3..258 = <0x00>..<0xFF>, normalizer Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer,
@@ -45,6 +45,7 @@ import os
 import platform
 import re
 import string
+import struct
 import sys
 import time
 import traceback
@@ -650,10 +651,10 @@ def save_model(model, out_dir, args):
     if not os.path.isfile(st_path):
         raise RuntimeError(f"save_pretrained did not write a single model.safetensors: {sorted(os.listdir(out_dir))}")
     import safetensors.torch as st
-    from safetensors import safe_open
-    with safe_open(st_path, framework="pt") as f:
-        meta = f.metadata() or {"format": "pt"}
-        keys = list(f.keys())
+    with open(st_path, "rb") as f:  # read the header directly (8-byte length + JSON)
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8"))
+    meta = header.get("__metadata__") or {"format": "pt"}
+    keys = [k for k in header if k != "__metadata__"]
     if any(_FUSED_GU.match(k) or _FUSED_DN.match(k) for k in keys):
         sd = st.load_file(st_path)
         sd = fused_to_legacy(sd, args.hidden, args.intermediate, args.experts)
@@ -706,7 +707,7 @@ def write_readme(out_dir, info):
         "",
         "A deliberately tiny Mixtral-architecture mixture-of-experts language model, trained from scratch in a few",
         "minutes so that Fiddler.NET can run end to end without downloading anything. It produces fortune-cookie",
-        "flavoured English and is not useful for anything else. Made by `make_default_model.py` in this folder.",
+        "flavoured English and is not useful for anything else. Made by `Fiddler.Host/DefaultModel/make_default_model.py`.",
         "",
         "## Architecture (`MixtralForCausalLM`)",
         "",
@@ -753,8 +754,7 @@ def write_readme(out_dir, info):
         "",
     ]
     for smp in s["samples"]:
-        lines.append(f"- {smp['mode']}: `{smp['text']!r}`")
-    lines.append("")
+        lines += [f"{smp['mode']}, prompt {smp['prompt']!r}:", "", "```text", smp["text"], "```", ""]
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
 
@@ -776,7 +776,7 @@ def main():
     ap.add_argument("--corpus-out", default=".corpus/fortunes.txt", help="where --build-corpus-from-fortunes writes")
     ap.add_argument("--extra-text", nargs="*", default=[], help="extra plain-text files appended when building")
     ap.add_argument("--corpus", default=None, help="corpus text file (paragraphs separated by blank lines)")
-    ap.add_argument("--out", default=None, help="output directory (e.g. Fiddler.Host/DefaultModel)")
+    ap.add_argument("--out", default=None, help="output directory (e.g. Fiddler.Host/DefaultModel/model)")
     ap.add_argument("--minutes", type=float, default=4.0, help="training time budget")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=1234)
@@ -801,7 +801,7 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--aux-coef", type=float, default=0.02, help="router load-balancing loss coefficient")
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--eval-every", type=int, default=250, help="(multiple of --log-every)")
+    ap.add_argument("--eval-every", type=int, default=100, help="(multiple of --log-every)")
     ap.add_argument("--size-target-mb", type=float, default=8.0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
     args = ap.parse_args()
