@@ -35,7 +35,7 @@ public static class VerifyCommand
                     ok &= pass;
                     Console.WriteLine($"{rep.Model,-22} {rep.Prompt,2} {rep.PrefillMaxAbs,15:E2} {rep.PrefillRelative,12:E2} {rep.StepRelative,12:E2} " +
                         $"{(rep.GreedyEqual ? "same" : "DIFF"),7} {(rep.Bf16FirstDivergence < 0 ? "none" : rep.Bf16FirstDivergence.ToString()),9} " +
-                        $"{(rep.Bf16Top5Agree ? "ok" : "FAIL"),9}{(pass ? "" : "  " + rep.Detail)}");
+                        $"{(rep.Bf16Top5Agree ? "ok" : "FAIL"),9}{(rep.Detail.Length == 0 ? "" : "  " + rep.Detail)}");
                 }
             Console.WriteLine(ok ? "verify: all checks passed" : "verify: FAILED");
             return ok ? 0 : 1;

@@ -36,7 +36,7 @@ public class HuggingFaceParityTests
             Assert.True(r.PrefillRelative <= 1e-4, $"{model} p{r.Prompt}: prefill logits relative error {r.PrefillRelative:E2}");
             Assert.True(r.StepRelative <= 1e-4, $"{model} p{r.Prompt}: step logits relative error {r.StepRelative:E2}");
             Assert.True(r.GreedyEqual, $"{model} p{r.Prompt}: greedy tokens differ: {r.Detail}");
-            Assert.True(r.Bf16Top5Agree, $"{model} p{r.Prompt}: bf16 diverged at step {r.Bf16FirstDivergence} outside the top-5");
+            Assert.True(r.Bf16Top5Agree, $"{model} p{r.Prompt}: bf16 diverged at step {r.Bf16FirstDivergence} outside the top-5: {r.Detail}");
         }
     }
 
