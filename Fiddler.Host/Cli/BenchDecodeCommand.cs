@@ -4,6 +4,7 @@ using Fiddler.Kernels.Config;
 using Fiddler.Kernels.Loading;
 using Fiddler.Kernels.Modules;
 using Fiddler.Kernels.Runtime;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Fiddler.Host.Cli;
@@ -23,8 +24,9 @@ public static class BenchDecodeCommand
         var promptTokens = new Option<int>("--prompt-tokens") { DefaultValueFactory = _ => 16 };
         var newTokens = new Option<int>("--new-tokens") { DefaultValueFactory = _ => 64 };
         var libtorch = new Option<string?>("--libtorch");
+        var stages = new Option<bool>("--stages") { Description = "Also time each stage (synchronises the device per stage)" };
         var command = new Command("bench-decode", "Decode-step latency with random full-size weights on one device");
-        foreach (var o in new Option[] { config, layers, device, dtype, promptTokens, newTokens, libtorch }) command.Add(o);
+        foreach (var o in new Option[] { config, layers, device, dtype, promptTokens, newTokens, libtorch, stages }) command.Add(o);
         command.SetAction(r =>
         {
             if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
@@ -40,7 +42,7 @@ public static class BenchDecodeCommand
             Console.WriteLine($"{r.GetValue(config)} layers={c.NumHiddenLayers} device={dev} dtype={r.GetValue(dtype)} " +
                 $"params={model.parameters().Sum(x => x.numel()) / 1e9:F2} B, init {clock.Elapsed.TotalSeconds:F1} s");
             using var noGrad = no_grad();
-            using var cache = model.NewCache(p + g);
+            using var cache = model.NewCache(p + g + (r.GetValue(stages) ? 16 : 0));
             var prompt = randint(0, c.VocabSize, [1, p], dtype: ScalarType.Int64);
             clock.Restart();
             var logits = model.Forward(prompt, cache);
@@ -59,6 +61,24 @@ public static class BenchDecodeCommand
             var warm = steps.Skip(Math.Min(3, steps.Count - 1)).Order().ToList(); // first steps warm up allocators
             Console.WriteLine($"prefill {p} tokens: {prefillMs:F1} ms; decode step: median {warm[warm.Count / 2]:F2} ms, " +
                 $"min {warm[0]:F2} ms, mean {warm.Average():F2} ms over {steps.Count} steps");
+            if (r.GetValue(stages))
+            {
+                StageTimer.Enable(dev);
+                for (int i = 0; i < 16; i++)
+                {
+                    using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), cache);
+                    next = l.argmax(-1).item<long>();
+                    if (cache.Length + 1 >= cache.Capacity) break;
+                }
+                StageTimer.Disable();
+                using var x = ones(4096, dtype: ScalarType.BFloat16, device: dev);
+                var opClock = Stopwatch.StartNew();
+                for (int i = 0; i < 1000; i++) (x + 1).Dispose();
+                if (dev.type == DeviceType.CUDA) cuda.synchronize(dev);
+                Console.WriteLine($"  one elementwise op: {opClock.Elapsed.TotalMilliseconds:F3} µs (1000 ops, queued then synchronised)");
+                foreach (var (stage, ms, count) in StageTimer.Snapshot())
+                    Console.WriteLine($"  stage {stage,-12} {ms / count,9:F3} ms x {count}");
+            }
             return 0;
         });
         return command;

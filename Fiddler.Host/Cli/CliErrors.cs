@@ -14,10 +14,14 @@ public static class CliErrors
         try { return action(); }
         catch (Exception e) when (IsUserError(e))
         {
-            Console.Error.WriteLine($"fiddler: error: {e.Message}");
+            Console.Error.WriteLine($"fiddler: error: {OneLine(e.Message)}");
             return 2;
         }
     }
+
+    /// <summary>The message on one line: some (e.g. TorchSharp's native load errors) carry line breaks.</summary>
+    public static string OneLine(string message) =>
+        string.Join(" ", message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
     public static bool IsUserError(Exception e) => e is ArgumentException or ModelConfigException or SafetensorsFormatException
         or SafetensorsTensorNotFoundException or CheckpointMismatchException or TokenizerLoadException

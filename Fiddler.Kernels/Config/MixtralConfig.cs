@@ -42,10 +42,14 @@ public sealed record MixtralConfig
     /// <summary>EOS ids: HF allows one int or a list.</summary>
     public IReadOnlyList<int> EosTokenIds => EosTokenIdRaw switch
     {
-        { ValueKind: JsonValueKind.Number } e => [e.GetInt32()],
-        { ValueKind: JsonValueKind.Array } a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray(),
-        _ => [],
+        null or { ValueKind: JsonValueKind.Null } => [],
+        { ValueKind: JsonValueKind.Number } e => [TokenId(e)],
+        { ValueKind: JsonValueKind.Array } a => a.EnumerateArray().Select(TokenId).ToArray(),
+        _ => throw new ModelConfigException("eos_token_id must be an integer or a list of integers"),
     };
+
+    private static int TokenId(JsonElement e) => e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out int id) ? id
+        : throw new ModelConfigException($"eos_token_id: '{e}' is not an integer token id");
 
     public static MixtralConfig Load(string path)
     {

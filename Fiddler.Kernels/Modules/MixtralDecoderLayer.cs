@@ -1,5 +1,6 @@
 using Fiddler.Kernels.Cache;
 using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -27,8 +28,9 @@ public sealed class MixtralDecoderLayer : nn.Module
     public Tensor Forward(Tensor x, long start, Tensor cos, Tensor sin, KvCache cache)
     {
         using var scope = NewDisposeScope();
-        var h = x + _attention.Forward(_inputNorm.forward(x), start, cos, sin, cache);
-        var y = h + _moe.forward(_postAttentionNorm.forward(h));
+        Tensor h, y;
+        using (StageTimer.Stage("attention")) h = x + _attention.Forward(_inputNorm.forward(x), start, cos, sin, cache);
+        using (StageTimer.Stage("moe")) y = h + _moe.forward(_postAttentionNorm.forward(h));
         return y.MoveToOuterDisposeScope();
     }
 }

@@ -1,5 +1,6 @@
 using Fiddler.Kernels.Cache;
 using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -31,8 +32,12 @@ public sealed class MixtralModel : nn.Module
     public Tensor Forward(Tensor ids, long start, KvCache cache)
     {
         using var scope = NewDisposeScope();
-        var h = _embedTokens.forward(ids);
-        var (cos, sin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
+        Tensor h, cos, sin;
+        using (StageTimer.Stage("embed+rope"))
+        {
+            h = _embedTokens.forward(ids);
+            (cos, sin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
+        }
         foreach (var layer in _layers) h = layer.Forward(h, start, cos, sin, cache);
         return _norm.forward(h).MoveToOuterDisposeScope();
     }
@@ -75,6 +80,7 @@ public sealed class MixtralForCausalLM : nn.Module
         var h = _model.Forward(ids.to(Device), start, cache);
         cache.Advance(ids.shape[1]);
         if (!allPositions) h = h.select(1, -1);
+        using var head = StageTimer.Stage("lm_head");
         return _lmHead.forward(h).to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 }

@@ -1,4 +1,5 @@
 using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -44,9 +45,16 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var shape = x.shape;
         var flat = x.reshape(-1, shape[^1]);                                          // [N, D]
-        var (ids, weights) = Route(flat);
+        Tensor ids, weights;
+        List<ExpertAssignment> assignments;
+        using (StageTimer.Stage("moe.route"))
+        {
+            (ids, weights) = Route(flat);
+            assignments = ExpertAssignment.Group(ids, _experts.Count);
+        }
         var output = zeros_like(flat);
-        foreach (var a in ExpertAssignment.Group(ids, _experts.Count))
+        using var experts = StageTimer.Stage("moe.experts");
+        foreach (var a in assignments)
         {
             var idx = tensor(a.Tokens, device: x.device);
             var slots = tensor(a.Slots, device: x.device);

@@ -33,6 +33,7 @@ public static class TorchRuntime
         if (!cuda.is_available())
             throw new DeviceUnavailableException("CUDA was requested but torch.cuda.is_available() is false: no GPU, or this " +
                 "build carries CPU-only libtorch (use deploy/bundle.sh for GPU hosts)");
+        AttentionBackends.DisableCuDnn();
         var device = torch.device(name);
         if (device.index >= cuda.device_count())
             throw new DeviceUnavailableException($"{deviceName}: only {cuda.device_count()} CUDA device(s) present");

@@ -1,0 +1,46 @@
+using Xunit;
+using Fiddler.Tests.Support;
+
+namespace Fiddler.Tests.Host;
+
+/// <summary><c>fiddler verify</c> and <c>fiddler bench-decode</c>: user errors give exit code 2 and one line, before any heavy work.</summary>
+[Collection(ConsoleCollection.Name)]
+public sealed class OtherCommandErrorTests : IDisposable
+{
+    private readonly string _dir = TinyCheckpoint.TempDir();
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static void AssertUserError(CliResult r, string expected)
+    {
+        Assert.True(r.ExitCode == 2, $"exit code {r.ExitCode}, stdout: {r.Out}, stderr: {r.Err}");
+        string err = r.Err.TrimEnd('\r', '\n');
+        Assert.DoesNotContain('\n', err);
+        Assert.StartsWith("fiddler: error: ", err);
+        Assert.Contains(expected, err);
+    }
+
+    [Fact]
+    public void Verify_NoFixturesOption_ExitCode2()
+        => AssertUserError(CliHarness.Run("verify"), "--fixtures");
+
+    [Fact]
+    public void Verify_FixturesDirectoryMissing_ExitCode2()
+        => AssertUserError(CliHarness.Run("verify", "--fixtures", "/nonexistent/fixtures"), "/nonexistent/fixtures");
+
+    [Fact]
+    public void Verify_FixturesDirectoryWithoutModels_ExitCode2()
+        => AssertUserError(CliHarness.Run("verify", "--fixtures", _dir), "no fixture models");
+
+    [Fact]
+    public void BenchDecode_UnknownConfigName_ExitCode2()
+        => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--config", "llama-7b"), "llama-7b");
+
+    [Fact]
+    public void BenchDecode_ZeroLayers_ExitCode2()
+        => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "0"), "num_hidden_layers");
+
+    [Fact]
+    public void BenchDecode_TooFewNewTokens_ExitCode2()
+        => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "1", "--new-tokens", "1"), "--new-tokens");
+}
