@@ -2,13 +2,17 @@ using System.Diagnostics;
 using Fiddler.Kernels.Config;
 using Fiddler.Kernels.IO;
 using Fiddler.Kernels.Modules;
+using Fiddler.Kernels.Offload;
 using Fiddler.Kernels.Text;
 using static TorchSharp.torch;
 
 namespace Fiddler.Kernels.Loading;
 
-/// <summary>Where and how to materialise a model. DType null: the checkpoint's own (config dtype, else bfloat16).</summary>
-public sealed record LoadOptions(Device Device, ScalarType? DType = null);
+/// <summary>
+/// Where and how to materialise a model. DType null: the checkpoint's own (config dtype, else bfloat16).
+/// Residency null: every expert on <see cref="Device"/>; else the non-resident ones stay in host memory.
+/// </summary>
+public sealed record LoadOptions(Device Device, ScalarType? DType = null, ExpertResidency? Residency = null);
 
 /// <summary>A model ready to run, with its tokenizer when the directory has one. Owns both.</summary>
 public sealed class LoadedModel(string directory, MixtralForCausalLM model, HfTokenizer? tokenizer,
@@ -38,7 +42,7 @@ public static class ModelLoader
         var config = MixtralConfig.Load(Path.Combine(directory, "config.json"));
         var dtype = options.DType ?? (config.CheckpointDtype is { } d ? Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
         using var checkpoint = new SafetensorsCheckpoint(directory);
-        var model = new MixtralForCausalLM(config, dtype, options.Device);
+        var model = new MixtralForCausalLM(config, dtype, options.Device, options.Residency);
         HfTokenizer? tokenizer = null;
         try
         {

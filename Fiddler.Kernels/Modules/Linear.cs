@@ -11,9 +11,9 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
 
-    public Linear(long inFeatures, long outFeatures, ScalarType dtype, Device device) : base(nameof(Linear))
+    public Linear(long inFeatures, long outFeatures, ScalarType dtype, Device device, bool pinned = false) : base(nameof(Linear))
     {
-        _weight = Weights.Empty([outFeatures, inFeatures], dtype, device);
+        _weight = Weights.Empty([outFeatures, inFeatures], dtype, device, pinned);
         RegisterComponents();
     }
 
@@ -25,6 +25,11 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
 /// <summary>Allocation of parameters that the loader fills.</summary>
 public static class Weights
 {
-    public static Parameter Empty(long[] shape, ScalarType dtype, Device device) =>
-        new(torch.empty(shape, dtype, device), requires_grad: false);
+    /// <param name="pinned">Page-locked host memory (CPU only): what CUDA copies and CPU experts want.</param>
+    public static Parameter Empty(long[] shape, ScalarType dtype, Device device, bool pinned = false)
+    {
+        if (!pinned || device.type != DeviceType.CPU) return new(torch.empty(shape, dtype, device), requires_grad: false);
+        using var pageable = torch.empty(shape, dtype, device);
+        return new(pageable.pin_memory(), requires_grad: false);
+    }
 }

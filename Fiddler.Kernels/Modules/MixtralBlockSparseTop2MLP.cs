@@ -11,11 +11,11 @@ public sealed class MixtralBlockSparseTop2MLP : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "w2")] private readonly Linear _down;
     [ComponentName(Name = "w3")] private readonly Linear _up;
 
-    public MixtralBlockSparseTop2MLP(MixtralConfig c, ScalarType dtype, Device device) : base(nameof(MixtralBlockSparseTop2MLP))
+    public MixtralBlockSparseTop2MLP(MixtralConfig c, ScalarType dtype, Device device, bool pinned = false) : base(nameof(MixtralBlockSparseTop2MLP))
     {
-        _gate = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device);
-        _down = new Linear(c.IntermediateSize, c.HiddenSize, dtype, device);
-        _up = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device);
+        _gate = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device, pinned);
+        _down = new Linear(c.IntermediateSize, c.HiddenSize, dtype, device, pinned);
+        _up = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device, pinned);
         RegisterComponents();
     }
 
@@ -23,10 +23,15 @@ public sealed class MixtralBlockSparseTop2MLP : nn.Module<Tensor, Tensor>
     public Linear Down => _down;
     public Linear Up => _up;
 
-    public override Tensor forward(Tensor x)
+    public Device Device => _gate.Weight.device;
+
+    public override Tensor forward(Tensor x) => Compute(x, _gate.Weight, _up.Weight, _down.Weight);
+
+    /// <summary>The SwiGLU math on any copy of an expert's weights (resident, or staged by a weight transfer).</summary>
+    public static Tensor Compute(Tensor x, Tensor w1, Tensor w3, Tensor w2)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.silu(_gate.forward(x)) * _up.forward(x);
-        return _down.forward(h).MoveToOuterDisposeScope();
+        var h = nn.functional.silu(nn.functional.linear(x, w1)) * nn.functional.linear(x, w3);
+        return nn.functional.linear(h, w2).MoveToOuterDisposeScope();
     }
 }

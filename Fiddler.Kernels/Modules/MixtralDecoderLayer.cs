@@ -1,5 +1,6 @@
 using Fiddler.Kernels.Cache;
 using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Offload;
 using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,12 +15,13 @@ public sealed class MixtralDecoderLayer : nn.Module
     [ComponentName(Name = "post_attention_layernorm")] private readonly MixtralRMSNorm _postAttentionNorm;
     [ComponentName(Name = "block_sparse_moe")] private readonly MixtralSparseMoeBlock _moe;
 
-    public MixtralDecoderLayer(MixtralConfig c, int layer, ScalarType dtype, Device device) : base(nameof(MixtralDecoderLayer))
+    public MixtralDecoderLayer(MixtralConfig c, int layer, ScalarType dtype, Device device, ExpertResidency? residency = null)
+        : base(nameof(MixtralDecoderLayer))
     {
         _inputNorm = new MixtralRMSNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
         _attention = new MixtralAttention(c, layer, dtype, device);
         _postAttentionNorm = new MixtralRMSNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
-        _moe = new MixtralSparseMoeBlock(c, dtype, device);
+        _moe = new MixtralSparseMoeBlock(c, layer, dtype, device, residency);
         RegisterComponents();
     }
 

@@ -1,5 +1,6 @@
 using Fiddler.Kernels.Cache;
 using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Offload;
 using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -15,11 +16,11 @@ public sealed class MixtralModel : nn.Module
     [ComponentName(Name = "norm")] private readonly MixtralRMSNorm _norm;
     private readonly MixtralRotaryEmbedding _rotary;
 
-    public MixtralModel(MixtralConfig c, ScalarType dtype, Device device) : base(nameof(MixtralModel))
+    public MixtralModel(MixtralConfig c, ScalarType dtype, Device device, ExpertResidency? residency = null) : base(nameof(MixtralModel))
     {
         _embedTokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, device);
         _layers = new ModuleList<MixtralDecoderLayer>();
-        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new MixtralDecoderLayer(c, i, dtype, device));
+        for (int i = 0; i < c.NumHiddenLayers; i++) _layers.Add(new MixtralDecoderLayer(c, i, dtype, device, residency));
         _norm = new MixtralRMSNorm(c.HiddenSize, c.RmsNormEps, dtype, device);
         _rotary = new MixtralRotaryEmbedding(c.HeadDim, c.RopeTheta);
         RegisterComponents();
@@ -49,12 +50,15 @@ public sealed class MixtralForCausalLM : nn.Module
     [ComponentName(Name = "model")] private readonly MixtralModel _model;
     [ComponentName(Name = "lm_head")] private readonly Linear _lmHead;
 
-    public MixtralForCausalLM(MixtralConfig config, ScalarType dtype, Device device) : base(nameof(MixtralForCausalLM))
+    /// <param name="residency">Which experts live on <paramref name="device"/>; the rest live in host memory and need an
+    /// executor (<see cref="SetExpertExecutor"/>). Null: all experts on <paramref name="device"/>.</param>
+    public MixtralForCausalLM(MixtralConfig config, ScalarType dtype, Device device, ExpertResidency? residency = null)
+        : base(nameof(MixtralForCausalLM))
     {
         Config = config;
         DType = dtype;
         Device = device;
-        _model = new MixtralModel(config, dtype, device);
+        _model = new MixtralModel(config, dtype, device, residency);
         _lmHead = new Linear(config.HiddenSize, config.VocabSize, dtype, device);
         RegisterComponents();
     }
@@ -63,6 +67,11 @@ public sealed class MixtralForCausalLM : nn.Module
     public ScalarType DType { get; }
     public Device Device { get; }
     public MixtralModel Model => _model;
+
+    public void SetExpertExecutor(IExpertExecutor? executor)
+    {
+        foreach (var layer in _model.Layers) layer.Moe.Executor = executor;
+    }
 
     public KvCache NewCache(long capacity, long batch = 1) =>
         new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, capacity, Config.HeadDim, DType, Device);

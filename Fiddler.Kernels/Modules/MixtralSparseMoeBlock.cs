@@ -1,4 +1,5 @@
 using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Offload;
 using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -17,17 +18,34 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "gate")] private readonly Linear _router;
     [ComponentName(Name = "experts")] private readonly ModuleList<MixtralBlockSparseTop2MLP> _experts;
     private readonly int _topK;
+    private readonly bool[] _resident;
 
-    public MixtralSparseMoeBlock(MixtralConfig c, ScalarType dtype, Device device) : base(nameof(MixtralSparseMoeBlock))
+    public MixtralSparseMoeBlock(MixtralConfig c, int layer, ScalarType dtype, Device device, ExpertResidency? residency = null)
+        : base(nameof(MixtralSparseMoeBlock))
     {
+        Layer = layer;
         _router = new Linear(c.HiddenSize, c.NumLocalExperts, dtype, device);
         _experts = new ModuleList<MixtralBlockSparseTop2MLP>();
-        for (int e = 0; e < c.NumLocalExperts; e++) _experts.Add(new MixtralBlockSparseTop2MLP(c, dtype, device));
+        _resident = new bool[c.NumLocalExperts];
+        for (int e = 0; e < c.NumLocalExperts; e++)
+        {
+            _resident[e] = residency?.IsResident(layer, e) ?? true;
+            _experts.Add(_resident[e] ? new MixtralBlockSparseTop2MLP(c, dtype, device)
+                : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory));
+        }
         _topK = c.NumExpertsPerTok;
         RegisterComponents();
     }
 
+    public int Layer { get; }
     public IReadOnlyList<MixtralBlockSparseTop2MLP> Experts => [.. _experts];
+    public MixtralBlockSparseTop2MLP Expert(int e) => _experts[e];
+
+    /// <summary>True when expert <paramref name="e"/>'s weights live on the compute device.</summary>
+    public bool IsResident(int e) => _resident[e];
+
+    /// <summary>Runs the chosen experts. Null: every expert is resident and runs in place.</summary>
+    public IExpertExecutor? Executor { get; set; }
 
     /// <summary>Routing for N tokens: expert ids [N, K] (int64) and weights [N, K] in the activation dtype.</summary>
     public (Tensor Ids, Tensor Weights) Route(Tensor flat)
@@ -53,14 +71,16 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
             assignments = ExpertAssignment.Group(ids, _experts.Count);
         }
         var output = zeros_like(flat);
-        using var experts = StageTimer.Stage("moe.experts");
-        foreach (var a in assignments)
+        using (StageTimer.Stage("moe.experts"))
         {
-            var idx = tensor(a.Tokens, device: x.device);
-            var slots = tensor(a.Slots, device: x.device);
-            var w = weights.index_select(0, idx).gather(1, slots.unsqueeze(1));       // [n, 1]
-            var y = _experts[a.Expert].forward(flat.index_select(0, idx)) * w;        // [n, D]
-            output.index_add_(0, idx, y, 1);
+            if (Executor is not null) Executor.Run(this, flat, weights, assignments, output);
+            else
+                foreach (var a in assignments)
+                {
+                    if (!_resident[a.Expert])
+                        throw new InvalidOperationException($"layer {Layer} expert {a.Expert} lives in host memory but no executor is set");
+                    a.Accumulate(output, weights, _experts[a.Expert].forward(a.Gather(flat)));
+                }
         }
         return output.view(shape).MoveToOuterDisposeScope();
     }
@@ -69,6 +89,19 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
 /// <summary>The tokens (and which of their top-k slots) routed to one expert.</summary>
 public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
 {
+    /// <summary>This expert's input rows [n, D] of the flattened hidden states.</summary>
+    public Tensor Gather(Tensor flat) => flat.index_select(0, tensor(Tokens, device: flat.device));
+
+    /// <summary>output[token] += routing weight × expert output, for this expert's rows (as HF: multiply, then index_add).</summary>
+    public void Accumulate(Tensor output, Tensor routingWeights, Tensor expertOutput)
+    {
+        using var scope = NewDisposeScope();
+        var idx = tensor(Tokens, device: output.device);
+        var slots = tensor(Slots, device: output.device);
+        var w = routingWeights.index_select(0, idx).gather(1, slots.unsqueeze(1));   // [n, 1]
+        output.index_add_(0, idx, expertOutput.to(output.dtype, output.device) * w, 1);
+    }
+
     /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints).</summary>
     public static List<ExpertAssignment> Group(Tensor ids, int experts)
     {

@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using Fiddler.Kernels.Modules;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Offload;
+
+// N=tokens in the layer D=hidden n=tokens of one expert
+
+/// <summary>
+/// Executes one layer's experts where the scheduler says (Fiddler's core loop): CPU experts get their activations in
+/// one device→host copy and run on the CPU backend in the background, while resident experts and weight transfers
+/// are queued on the compute device; then the CPU results come back in one host→device copy. Every path adds
+/// weight × output with <see cref="ExpertAssignment.Accumulate"/>, so all plans compute the same function.
+/// </summary>
+public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager) : IExpertExecutor
+{
+    public void Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments, Tensor output)
+    {
+        using var scope = NewDisposeScope();
+        var clock = Stopwatch.StartNew();
+        var work = assignments.Select(a => new ExpertWork(a.Expert, a.Tokens.Length, block.IsResident(a.Expert))).ToArray();
+        var routes = scheduler.Decide(block.Layer, work);
+        Check(block.Layer, work, routes);
+
+        // CPU lane first, so it runs while the device lane is being queued.
+        var cpuAssignments = assignments.Where((_, i) => routes[i] == ExpertRoute.Cpu).ToList();
+        Task<double>? cpuLane = null;
+        Tensor? hostY = null;
+        int cpuTokens = cpuAssignments.Sum(a => a.Tokens.Length);
+        if (cpuTokens > 0)
+        {
+            var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray(), device: flat.device);
+            var hostX = flat.index_select(0, rows).to(ScalarType.Float32, CPU).contiguous();  // [Σn, D]
+            hostY = empty_like(hostX);
+            var jobs = new List<CpuExpertJob>();
+            long offset = 0;
+            foreach (var a in cpuAssignments)
+            {
+                jobs.Add(new CpuExpertJob(block.Expert(a.Expert), hostX.narrow(0, offset, a.Tokens.Length), hostY.narrow(0, offset, a.Tokens.Length)));
+                offset += a.Tokens.Length;
+            }
+            cpuLane = Task.Run(() =>
+            {
+                var lane = Stopwatch.StartNew();
+                cpu.Run(jobs);
+                return lane.Elapsed.TotalMilliseconds;
+            });
+        }
+
+        // Device lane: resident experts, then transferred ones through the staging slots in turn.
+        long bytesBefore = stager?.BytesCopied ?? 0;
+        int slot = 0;
+        for (int i = 0; i < assignments.Count; i++)
+        {
+            var a = assignments[i];
+            var expert = block.Expert(a.Expert);
+            if (routes[i] == ExpertRoute.Gpu) a.Accumulate(output, routingWeights, expert.forward(a.Gather(flat)));
+            else if (routes[i] == ExpertRoute.Transfer)
+            {
+                var s = stager!.Stage(slot, expert.Gate.Weight, expert.Up.Weight, expert.Down.Weight);
+                a.Accumulate(output, routingWeights, MixtralBlockSparseTop2MLP.Compute(a.Gather(flat), s.W1, s.W3, s.W2));
+                stager.Release(slot);
+                slot = (slot + 1) % stager.Slots;
+            }
+        }
+
+        double cpuMs = 0;
+        if (cpuLane is not null)
+        {
+            cpuMs = cpuLane.GetAwaiter().GetResult();
+            var y = hostY!.to(flat.dtype, flat.device);                                         // [Σn, D]
+            long offset = 0;
+            foreach (var a in cpuAssignments)
+            {
+                a.Accumulate(output, routingWeights, y.narrow(0, offset, a.Tokens.Length));
+                offset += a.Tokens.Length;
+            }
+        }
+        scheduler.Observe(new LayerObservation(block.Layer, work, routes, cpuMs, clock.Elapsed.TotalMilliseconds,
+            cpuTokens, (stager?.BytesCopied ?? 0) - bytesBefore));
+    }
+
+    private void Check(int layer, ExpertWork[] work, IReadOnlyList<ExpertRoute> routes)
+    {
+        if (routes.Count != work.Length)
+            throw new InvalidOperationException($"layer {layer}: scheduler returned {routes.Count} routes for {work.Length} experts");
+        for (int i = 0; i < work.Length; i++)
+        {
+            if (work[i].Resident != (routes[i] == ExpertRoute.Gpu))
+                throw new InvalidOperationException($"layer {layer} expert {work[i].Expert}: route {routes[i]} for a " +
+                    (work[i].Resident ? "resident" : "host-resident") + " expert");
+            if (routes[i] == ExpertRoute.Transfer && stager is null)
+                throw new InvalidOperationException($"layer {layer}: transfer requested but no weight stager is configured");
+        }
+    }
+}
