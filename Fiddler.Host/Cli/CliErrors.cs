@@ -25,5 +25,5 @@ public static class CliErrors
 
     public static bool IsUserError(Exception e) => e is ArgumentException or ModelConfigException or SafetensorsFormatException
         or SafetensorsTensorNotFoundException or CheckpointMismatchException or TokenizerLoadException
-        or DeviceUnavailableException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException;
+        or DeviceUnavailableException or Fiddler.Actors.Placement.PlacementException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException;
 }

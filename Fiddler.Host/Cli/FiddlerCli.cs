@@ -19,6 +19,8 @@ public static class FiddlerCli
         root.Add(GenerateCommand.Create());
         root.Add(VerifyCommand.Create());
         root.Add(BenchDecodeCommand.Create());
+        root.Add(BenchCpuExpertCommand.Create());
+        root.Add(CudaSelfTestCommand.Create());
         return root;
     }
 

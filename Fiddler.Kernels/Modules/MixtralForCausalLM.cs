@@ -73,6 +73,11 @@ public sealed class MixtralForCausalLM : nn.Module
         foreach (var layer in _model.Layers) layer.Moe.Executor = executor;
     }
 
+    public void SetRoutingObserver(Action<int, IReadOnlyList<ExpertAssignment>>? observer)
+    {
+        foreach (var layer in _model.Layers) layer.Moe.RoutingObserver = observer;
+    }
+
     public KvCache NewCache(long capacity, long batch = 1) =>
         new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, capacity, Config.HeadDim, DType, Device);
 

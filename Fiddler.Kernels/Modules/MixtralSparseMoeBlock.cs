@@ -44,6 +44,9 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
     /// <summary>True when expert <paramref name="e"/>'s weights live on the compute device.</summary>
     public bool IsResident(int e) => _resident[e];
 
+    /// <summary>Called with each forward's expert assignments (popularity profiling). Null: nothing is called.</summary>
+    public Action<int, IReadOnlyList<ExpertAssignment>>? RoutingObserver { get; set; }
+
     /// <summary>Runs the chosen experts. Null: every expert is resident and runs in place.</summary>
     public IExpertExecutor? Executor { get; set; }
 
@@ -70,6 +73,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
             (ids, weights) = Route(flat);
             assignments = ExpertAssignment.Group(ids, _experts.Count);
         }
+        RoutingObserver?.Invoke(Layer, assignments);
         var output = zeros_like(flat);
         using (StageTimer.Stage("moe.experts"))
         {

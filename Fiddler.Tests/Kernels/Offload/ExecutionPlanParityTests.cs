@@ -31,7 +31,8 @@ public class ExecutionPlanParityTests
     {
         var data = new TheoryData<string, string, string>();
         foreach (var model in new[] { "tiny-mha-top1", "tiny-gqa2-top2-swa8", "tiny-gqa4-top3" })
-            foreach (var (residency, route) in new[] { ("none", "cpu"), ("none", "transfer"), ("none", "split"), ("half", "cpu"), ("half", "split") })
+            foreach (var (residency, route) in new[] { ("none", "cpu"), ("none", "transfer"), ("none", "split"), ("half", "cpu"),
+                         ("half", "split"), ("none", "cpu-simd"), ("half", "split-simd") })
                 data.Add(model, residency, route);
         return data;
     }
@@ -47,12 +48,14 @@ public class ExecutionPlanParityTests
         using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32, new ExpertResidency(resident, pinHostMemory: false)));
         var scheduler = new ForcedScheduler((layer, w) => route switch
         {
-            "cpu" => ExpertRoute.Cpu,
+            "cpu" or "cpu-simd" => ExpertRoute.Cpu,
             "transfer" => ExpertRoute.Transfer,
             _ => (layer + w.Expert) % 3 == 0 ? ExpertRoute.Transfer : ExpertRoute.Cpu,
         });
         using var stager = new CopyStager(2, config.HiddenSize, config.IntermediateSize, ScalarType.Float32, CPU);
-        loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, new TorchCpuBackend(), stager));
+        using var pool = new Fiddler.Kernels.Experts.CpuWorkerPool(2);
+        ICpuExpertBackend backend = route.EndsWith("-simd") ? new SimdCpuBackend(pool) : new TorchCpuBackend();
+        loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, backend, stager));
 
         using var refs = new SafetensorsFile(Path.Combine(dir, FixtureParity.ReferenceFile));
         for (int k = 0; refs.Contains($"p{k}.prompt_ids"); k++)
@@ -64,7 +67,7 @@ public class ExecutionPlanParityTests
             Assert.Equal(expected, result.Tokens.Select(t => (long)t));
         }
         Assert.NotEmpty(scheduler.Observed);
-        if (route != "cpu") Assert.True(stager.BytesCopied > 0);
+        if (!route.StartsWith("cpu")) Assert.True(stager.BytesCopied > 0);
         Assert.Contains(scheduler.Observed, o => o.CpuTokens > 0 || route == "transfer");
     }
 

@@ -1,0 +1,51 @@
+using Fiddler.Actors.Scheduling;
+using Fiddler.Kernels.Offload;
+
+namespace Fiddler.Actors.Engine;
+
+/// <summary>
+/// The engine's view of the <see cref="ExpertRouter"/>: translates Kernels' per-layer work into router loads and its
+/// plan back into routes, and feeds observed lane times back for predicted-vs-observed accounting. Also counts the
+/// GPU hit rate (resident experts over all chosen experts) for reporting.
+/// </summary>
+public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
+{
+    private readonly Dictionary<int, LayerPlan> _lastPlan = new();
+    private long _chosen, _resident, _cpu, _transfer, _transferBytes;
+
+    public ExpertRouter Router { get; } = router;
+    public double HitRate => _chosen == 0 ? 0 : (double)_resident / _chosen;
+    public long CpuExperts => _cpu;
+    public long TransferredExperts => _transfer;
+    public long TransferredBytes => _transferBytes;
+
+    public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
+    {
+        var plan = Router.Decide(work.Select(w => new ExpertLoad(w.Expert, w.Tokens, w.Resident)).ToArray());
+        lock (_lastPlan) _lastPlan[layer] = plan;
+        return plan.Decisions.Select(d => d.Placement switch
+        {
+            ExpertPlacement.Gpu => ExpertRoute.Gpu,
+            ExpertPlacement.Cpu => ExpertRoute.Cpu,
+            _ => ExpertRoute.Transfer,
+        }).ToArray();
+    }
+
+    public void Observe(LayerObservation o)
+    {
+        LayerPlan? plan;
+        lock (_lastPlan) _lastPlan.TryGetValue(o.Layer, out plan);
+        if (plan is not null) Router.Account(plan, [], o.LayerMs, o.CpuLaneMs);
+        Interlocked.Add(ref _chosen, o.Work.Count);
+        Interlocked.Add(ref _resident, o.Work.Count(w => w.Resident));
+        Interlocked.Add(ref _cpu, o.Routes.Count(r => r == ExpertRoute.Cpu));
+        Interlocked.Add(ref _transfer, o.Routes.Count(r => r == ExpertRoute.Transfer));
+        Interlocked.Add(ref _transferBytes, o.TransferredBytes);
+    }
+
+    /// <summary>Starts a new measurement window (e.g. after warm-up).</summary>
+    public void ResetCounters()
+    {
+        _chosen = _resident = _cpu = _transfer = _transferBytes = 0;
+    }
+}

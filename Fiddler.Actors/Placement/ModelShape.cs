@@ -1,0 +1,64 @@
+using System.Security.Cryptography;
+using System.Text;
+using Fiddler.Kernels.Config;
+
+namespace Fiddler.Actors.Placement;
+
+/// <summary>
+/// The sizes of a Mixtral model that placement and latency calibration need, without any tensors.
+/// Byte counts follow the HF parameter list of <c>MixtralForCausalLM</c> (no biases anywhere).
+/// </summary>
+public sealed record ModelShape(
+    int Layers, int Experts, int Hidden, int Intermediate, int Vocab,
+    int Heads, int KvHeads, int HeadDim, int BytesPerElement, bool TieEmbeddings)
+{
+    /// <summary>One expert's SwiGLU weights: w1 (gate) [I,H], w3 (up) [I,H], w2 (down) [H,I].</summary>
+    public long ExpertBytes => 3L * Hidden * Intermediate * BytesPerElement;
+
+    /// <summary>All experts of all layers.</summary>
+    public long AllExpertsBytes => (long)Layers * Experts * ExpertBytes;
+
+    /// <summary>
+    /// Everything that is not an expert: embeddings, lm_head (unless tied), per layer q/k/v/o, the two RMSNorms and
+    /// the router gate [E,H], and the final norm. These always live on the GPU.
+    /// </summary>
+    public long NonExpertBytes
+    {
+        get
+        {
+            long embeddings = (long)Vocab * Hidden * (TieEmbeddings ? 1 : 2);
+            long attention = (long)Hidden * Heads * HeadDim * 2 + (long)Hidden * KvHeads * HeadDim * 2;
+            long perLayer = attention + 2L * Hidden + (long)Experts * Hidden;
+            return (embeddings + Layers * perLayer + Hidden) * BytesPerElement;
+        }
+    }
+
+    /// <summary>Bytes of a preallocated KV cache (K and V, every layer) for <paramref name="tokens"/> positions.</summary>
+    public long KvCacheBytes(long tokens, int batch = 1) =>
+        2L * Layers * KvHeads * HeadDim * tokens * batch * BytesPerElement;
+
+    /// <summary>
+    /// A short stable hash of every field, for keying calibration caches: two shapes share it only when all sizes and
+    /// the element width agree.
+    /// </summary>
+    public string Fingerprint
+    {
+        get
+        {
+            string canonical = $"L{Layers}/E{Experts}/H{Hidden}/I{Intermediate}/V{Vocab}/h{Heads}/kv{KvHeads}/" +
+                               $"d{HeadDim}/b{BytesPerElement}/t{(TieEmbeddings ? 1 : 0)}";
+            return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(canonical)))[..16];
+        }
+    }
+
+    /// <summary>The shape of <paramref name="config"/> stored with <paramref name="bytesPerElement"/> bytes per weight.</summary>
+    public static ModelShape From(MixtralConfig config, int bytesPerElement)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        if (bytesPerElement is not (1 or 2 or 4 or 8))
+            throw new ArgumentException($"bytes per element must be 1, 2, 4 or 8, got {bytesPerElement}", nameof(bytesPerElement));
+        return new ModelShape(config.NumHiddenLayers, config.NumLocalExperts, config.HiddenSize, config.IntermediateSize,
+            config.VocabSize, config.NumAttentionHeads, config.NumKeyValueHeads, config.HeadDim, bytesPerElement,
+            config.TieWordEmbeddings);
+    }
+}

@@ -1,0 +1,53 @@
+namespace Fiddler.Actors.Placement;
+
+/// <summary>
+/// Fills a GPU memory budget the way the Fiddler paper does: what every token needs first (non-expert weights, the
+/// KV cache, a reserve for activations and staging), then whole experts in descending popularity until the next one
+/// no longer fits.
+/// </summary>
+public static class PlacementPlanner
+{
+    /// <summary>
+    /// Plans residency for <paramref name="shape"/> under <paramref name="budgetBytes"/>. Popularity ties go to the lower
+    /// layer, then the lower expert index, so a uniform profile gives the same plan on every run.
+    /// </summary>
+    /// <exception cref="PlacementException">The budget cannot hold the non-expert weights + KV cache + reserve.</exception>
+    public static PlacementPlan Plan(ModelShape shape, long budgetBytes, ExpertPopularity pop, long kvCacheBytes,
+        long reserveBytes)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        ArgumentNullException.ThrowIfNull(pop);
+        ArgumentOutOfRangeException.ThrowIfNegative(budgetBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(kvCacheBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(reserveBytes);
+        pop.EnsureMatches(shape.Layers, shape.Experts);
+
+        long fixedBytes = shape.NonExpertBytes + kvCacheBytes + reserveBytes;
+        if (fixedBytes > budgetBytes)
+            throw new PlacementException($"budget {MemoryBudget.Format(budgetBytes)} cannot hold the non-expert weights " +
+                $"({MemoryBudget.Format1(shape.NonExpertBytes)}) + KV cache ({MemoryBudget.Format1(kvCacheBytes)}) + " +
+                $"reserve ({MemoryBudget.Format1(reserveBytes)}) = {MemoryBudget.Format1(fixedBytes)}");
+
+        // All experts are the same size, so "until the budget is full" is simply the first n in popularity order.
+        long fit = (budgetBytes - fixedBytes) / shape.ExpertBytes;
+        int n = (int)Math.Min(fit, (long)shape.Layers * shape.Experts);
+
+        var order = new List<(int Layer, int Expert, long Count)>(shape.Layers * shape.Experts);
+        for (int l = 0; l < shape.Layers; l++)
+            for (int e = 0; e < shape.Experts; e++)
+                order.Add((l, e, pop.Count(l, e)));
+        order.Sort((a, b) => b.Count != a.Count ? b.Count.CompareTo(a.Count)
+            : a.Layer != b.Layer ? a.Layer.CompareTo(b.Layer) : a.Expert.CompareTo(b.Expert));
+
+        var onGpu = new bool[shape.Layers, shape.Experts];
+        long hits = 0, all = 0;
+        for (int i = 0; i < order.Count; i++)
+        {
+            if (i < n) { onGpu[order[i].Layer, order[i].Expert] = true; hits += order[i].Count; }
+            all += order[i].Count;
+        }
+        // A uniform (all-zero) profile has no choices to serve; report the share of experts instead.
+        double hitRate = all > 0 ? (double)hits / all : (double)n / order.Count;
+        return new PlacementPlan(shape, onGpu, budgetBytes, kvCacheBytes, reserveBytes, hitRate);
+    }
+}

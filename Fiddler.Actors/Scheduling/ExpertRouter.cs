@@ -1,0 +1,206 @@
+using System.Globalization;
+using System.Numerics;
+using System.Text;
+
+namespace Fiddler.Actors.Scheduling;
+
+/// <summary>
+/// Decides, per layer, where each chosen expert runs, then accounts observed times against the prediction
+/// (decide → run → account, as nano-vllm's scheduler). Resident experts run on the GPU. Each miss runs either on the
+/// CPU or is streamed to the GPU; the CPU lane and the PCIe/GPU lane work at the same time, so the split that
+/// minimizes max(CPU lane, GPU lane) is chosen. At decode this is the Fiddler paper's rule (misses on the CPU) plus
+/// streaming some misses when that finishes the layer sooner.
+/// </summary>
+public sealed class ExpertRouter
+{
+    // Predictions within a nanosecond are equal; ties then go to fewer transfers (less PCIe traffic, fewer slots).
+    private const double Eps = 1e-6;
+    private readonly Lock _gate = new();
+    private readonly PredictionStats[] _stats = new PredictionStats[3];
+    private PredictionStats _layer;
+    private PredictionStats _cpuLane;
+
+    public ExpertRouter(HardwareProfile profile, RouterOptions? options = null)
+    {
+        Profile = profile ?? throw new ArgumentNullException(nameof(profile));
+        Options = options ?? RouterOptions.Default;
+        if (Options.Mode != RoutingMode.CpuOnly && Options.StagingSlots < 1)
+            throw new ArgumentException($"staging slots must be >= 1 to stream experts, got {Options.StagingSlots}; use RoutingMode.CpuOnly for no GPU lane");
+        if (Options.ExactSearchLimit is < 0 or > 24)
+            throw new ArgumentException($"exact search limit must be in 0..24 (2^n splits), got {Options.ExactSearchLimit}");
+    }
+
+    public HardwareProfile Profile { get; }
+    public RouterOptions Options { get; }
+
+    /// <summary>Chooses a placement for every expert of one layer (decisions in input order).</summary>
+    public LayerPlan Decide(IReadOnlyList<ExpertLoad> experts)
+    {
+        var misses = Misses(experts);
+        int n = misses.Length;
+        bool exact = Options.Mode == RoutingMode.Auto && n <= Options.ExactSearchLimit;
+        bool[] transfer = new bool[n];
+        if (Options.Mode == RoutingMode.TransferOnly) Array.Fill(transfer, true);
+        else if (Options.Mode == RoutingMode.Auto && n > 0)
+            transfer = exact ? ExactSplit(experts, misses) : GreedySplit(experts, misses);
+        return Build(experts, misses, transfer, exact);
+    }
+
+    /// <summary>The predicted plan for a forced split: misses for which <paramref name="transfer"/> is true are streamed.</summary>
+    public LayerPlan Evaluate(IReadOnlyList<ExpertLoad> experts, Func<ExpertLoad, bool> transfer)
+    {
+        var misses = Misses(experts);
+        return Build(experts, misses, misses.Select(m => transfer(experts[m.Index])).ToArray(), exact: false);
+    }
+
+    /// <summary>
+    /// Records observed per-expert times (same quantity as <see cref="ExpertDecision.PredictedMs"/>; may be empty) and,
+    /// when given, the observed layer time against <see cref="LayerPlan.MakespanMs"/> and the observed CPU lane against
+    /// <see cref="LayerPlan.CpuLaneMs"/>. Thread-safe.
+    /// </summary>
+    public void Account(LayerPlan plan, IReadOnlyList<ExpertTiming> observed, double? observedLayerMs = null,
+        double? observedCpuLaneMs = null)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(observed);
+        lock (_gate)
+        {
+            foreach (var t in observed)
+            {
+                int i = IndexOf(plan, t.Expert);
+                if (i < 0) throw new ArgumentException($"expert {t.Expert} is not in this layer's plan");
+                var d = plan.Decisions[i];
+                _stats[(int)d.Placement] = _stats[(int)d.Placement].Add(d.PredictedMs, t.ObservedMs);
+            }
+            if (observedLayerMs is { } ms) _layer = _layer.Add(plan.MakespanMs, ms);
+            if (observedCpuLaneMs is { } cpu && plan.Count(ExpertPlacement.Cpu) > 0) _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
+        }
+    }
+
+    /// <summary>Predicted vs observed so far for one kind of placement.</summary>
+    public PredictionStats Stats(ExpertPlacement placement) { lock (_gate) return _stats[(int)placement]; }
+
+    /// <summary>Predicted layer makespan vs observed layer time so far.</summary>
+    public PredictionStats LayerStats { get { lock (_gate) return _layer; } }
+
+    /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
+    public PredictionStats CpuLaneStats { get { lock (_gate) return _cpuLane; } }
+
+    /// <summary>A table of predicted vs observed means per placement and per layer.</summary>
+    public string Report()
+    {
+        var sb = new StringBuilder("placement      n   predicted ms   observed ms   |error| ms   observed/predicted\n");
+        void Row(string name, PredictionStats s) => sb.AppendLine(CultureInfo.InvariantCulture,
+            $"{name,-9} {s.Count,6} {s.MeanPredictedMs,14:0.000} {s.MeanObservedMs,13:0.000} {s.MeanAbsErrorMs,12:0.000} {s.ObservedOverPredicted,20:0.000}");
+        foreach (var p in Enum.GetValues<ExpertPlacement>()) Row(p.ToString().ToLowerInvariant(), Stats(p));
+        Row("cpu lane", CpuLaneStats);
+        Row("layer", LayerStats);
+        return sb.ToString();
+    }
+
+    private readonly record struct Miss(int Index, int Expert, double CpuMs, double GpuMs);
+
+    /// <summary>
+    /// The misses with their costs, in copy order: longest GPU compute first (then lower id). With one transfer time
+    /// for every expert this is Johnson's rule for a two-stage flow shop, so the GPU overlaps the most with later copies.
+    /// </summary>
+    private Miss[] Misses(IReadOnlyList<ExpertLoad> experts)
+    {
+        ArgumentNullException.ThrowIfNull(experts);
+        var seen = new HashSet<int>();
+        var misses = new List<Miss>();
+        for (int i = 0; i < experts.Count; i++)
+        {
+            var e = experts[i];
+            if (e.Tokens < 1) throw new ArgumentException($"expert {e.Expert} has {e.Tokens} tokens; route only chosen experts");
+            if (!seen.Add(e.Expert)) throw new ArgumentException($"expert {e.Expert} appears twice in one layer");
+            if (!e.Resident)
+                misses.Add(new(i, e.Expert, Profile.CpuMs(e.Tokens) + Profile.ActivationRoundTrip.Ms(e.Tokens), Profile.GpuExpert.Ms(e.Tokens)));
+        }
+        misses.Sort((a, b) => a.GpuMs != b.GpuMs ? b.GpuMs.CompareTo(a.GpuMs) : a.Expert.CompareTo(b.Expert));
+        return misses.ToArray();
+    }
+
+    private double[] ResidentGpuMs(IReadOnlyList<ExpertLoad> experts) =>
+        experts.Where(e => e.Resident).OrderBy(e => e.Expert).Select(e => Profile.GpuExpert.Ms(e.Tokens)).ToArray();
+
+    /// <summary>Every split, in mask order; ties keep the one with fewer transfers, then the first found.</summary>
+    private bool[] ExactSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses)
+    {
+        int n = misses.Length;
+        double[] resident = ResidentGpuMs(experts);
+        Span<double> staged = stackalloc double[n];
+        double best = double.PositiveInfinity;
+        int bestMask = 0, bestCount = int.MaxValue;
+        for (int mask = 0; mask < 1 << n; mask++)
+        {
+            double cpu = 0;
+            int m = 0;
+            for (int i = 0; i < n; i++)
+                if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
+                else cpu += misses[i].CpuMs;
+            if (cpu > best + Eps) continue;
+            double makespan = Math.Max(cpu, GpuLane.Simulate(resident, staged[..m], Profile.TransferMs, Options.StagingSlots));
+            int count = BitOperations.PopCount((uint)mask);
+            if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
+                (best, bestMask, bestCount) = (makespan, mask, count);
+        }
+        return Enumerable.Range(0, n).Select(i => (bestMask & (1 << i)) != 0).ToArray();
+    }
+
+    /// <summary>Longest CPU time first, each onto the lane that would finish sooner (CPU on a tie).</summary>
+    private bool[] GreedySplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses)
+    {
+        double[] resident = ResidentGpuMs(experts);
+        bool[] transfer = new bool[misses.Length];
+        var staged = new List<double>(misses.Length);
+        double cpu = 0;
+        foreach (int i in Enumerable.Range(0, misses.Length).OrderByDescending(i => misses[i].CpuMs).ThenBy(i => misses[i].Expert))
+        {
+            transfer[i] = true;
+            staged.Clear();
+            for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
+            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), Profile.TransferMs, Options.StagingSlots);
+            transfer[i] = gpuIf < cpu + misses[i].CpuMs - Eps;
+            if (!transfer[i]) cpu += misses[i].CpuMs;
+        }
+        return transfer;
+    }
+
+    private LayerPlan Build(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, bool exact)
+    {
+        var decisions = new ExpertDecision[experts.Count];
+        var residents = experts.Select((e, i) => (e, i)).Where(x => x.e.Resident).OrderBy(x => x.e.Expert).ToArray();
+        double[] residentMs = residents.Select(x => Profile.GpuExpert.Ms(x.e.Tokens)).ToArray();
+        Miss[] staged = misses.Where((_, i) => transfer[i]).ToArray();
+        double[] stagedMs = staged.Select(m => m.GpuMs).ToArray();
+        var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[staged.Length], new double[staged.Length]);
+        double gpu = GpuLane.Simulate(residentMs, stagedMs, Profile.TransferMs, Options.StagingSlots, residentStart, copyStart, computeStart);
+
+        for (int r = 0; r < residents.Length; r++)
+        {
+            var (e, i) = residents[r];
+            decisions[i] = new(e.Expert, e.Tokens, ExpertPlacement.Gpu, residentMs[r], residentStart[r], residentStart[r], residentStart[r] + residentMs[r]);
+        }
+        for (int s = 0; s < staged.Length; s++)
+        {
+            var m = staged[s];
+            double own = Profile.TransferMs + m.GpuMs;
+            decisions[m.Index] = new(m.Expert, experts[m.Index].Tokens, ExpertPlacement.Transfer, own, copyStart[s], computeStart[s], computeStart[s] + m.GpuMs);
+        }
+        double cpu = 0;
+        foreach (var m in misses.Where((_, i) => !transfer[i]).OrderBy(m => m.Expert))
+        {
+            int tokens = experts[m.Index].Tokens;
+            decisions[m.Index] = new(m.Expert, tokens, ExpertPlacement.Cpu, m.CpuMs, cpu, cpu, cpu + m.CpuMs, Profile.CpuPrefersTorch(tokens));
+            cpu += m.CpuMs;
+        }
+        return new LayerPlan(decisions, cpu, gpu, exact);
+    }
+
+    private static int IndexOf(LayerPlan plan, int expert)
+    {
+        for (int i = 0; i < plan.Decisions.Count; i++) if (plan.Decisions[i].Expert == expert) return i;
+        return -1;
+    }
+}

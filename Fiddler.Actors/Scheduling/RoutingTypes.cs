@@ -1,0 +1,66 @@
+namespace Fiddler.Actors.Scheduling;
+
+/// <summary>
+/// Where one expert's tokens run. (Not named <c>Placement</c>: inside <c>Fiddler.Actors.*</c> that name resolves to the
+/// <c>Fiddler.Actors.Placement</c> namespace before any using directive, which would break every actor that routes.)
+/// </summary>
+public enum ExpertPlacement
+{
+    /// <summary>Resident on the GPU: compute there.</summary>
+    Gpu,
+    /// <summary>Not resident: compute on the CPU from pinned memory; activations make a round trip.</summary>
+    Cpu,
+    /// <summary>Not resident: copy the weights into a GPU staging slot, then compute on the GPU.</summary>
+    Transfer,
+}
+
+/// <summary>Which decisions the router may make.</summary>
+public enum RoutingMode
+{
+    /// <summary>Minimize the layer's finish time over CPU and transfer for every non-resident expert.</summary>
+    Auto,
+    /// <summary>No GPU lane for misses (the seed's rule; also a host without a copy engine): every miss on the CPU.</summary>
+    CpuOnly,
+    /// <summary>Every miss streamed to the GPU (forced-transfer plans for correctness tests and benchmarks).</summary>
+    TransferOnly,
+}
+
+/// <summary>Router settings.</summary>
+/// <param name="Mode">Which decisions are allowed.</param>
+/// <param name="StagingSlots">GPU staging buffers for streamed experts: a transfer waits for a free one, and a slot is
+/// freed when the GPU has finished computing the expert in it.</param>
+/// <param name="ExactSearchLimit">Exact search over all 2^n CPU/transfer splits up to this many misses; greedy above.</param>
+public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16)
+{
+    public static RouterOptions Default { get; } = new();
+}
+
+/// <summary>One chosen expert of a layer: its id, how many tokens chose it, and whether its weights are on the GPU.</summary>
+public readonly record struct ExpertLoad(int Expert, int Tokens, bool Resident);
+
+/// <summary>The router's decision for one expert, with its predicted timeline (ms from the start of the layer).</summary>
+/// <param name="PredictedMs">The expert's own work: GPU compute; CPU compute + activation round trip; or transfer + GPU compute.</param>
+/// <param name="StartMs">When its first resource starts: compute for Gpu/Cpu, the weight copy for Transfer.</param>
+/// <param name="ComputeStartMs">When its compute starts (for Transfer: after the weights arrived and the GPU is free).</param>
+/// <param name="FinishMs">When its result is ready.</param>
+/// <param name="CpuViaTorch">For Cpu: the oneDNN path is predicted faster than the SIMD kernel at this batch.</param>
+public readonly record struct ExpertDecision(int Expert, int Tokens, ExpertPlacement Placement, double PredictedMs,
+    double StartMs, double ComputeStartMs, double FinishMs, bool CpuViaTorch = false);
+
+/// <summary>The decisions for one layer (in input order) and the predicted lane finish times.</summary>
+/// <param name="CpuLaneMs">When the CPU lane (CPU experts back to back) finishes.</param>
+/// <param name="GpuLaneMs">When the GPU lane (resident computes, transfers and their computes) finishes.</param>
+/// <param name="Exact">Whether the split came from exact search (false: greedy, or no choice to make).</param>
+public sealed record LayerPlan(IReadOnlyList<ExpertDecision> Decisions, double CpuLaneMs, double GpuLaneMs, bool Exact)
+{
+    /// <summary>The layer's predicted finish: both lanes run at the same time.</summary>
+    public double MakespanMs => Math.Max(CpuLaneMs, GpuLaneMs);
+
+    public int Count(ExpertPlacement placement) => Decisions.Count(d => d.Placement == placement);
+
+    /// <summary>The decision for <paramref name="expert"/>.</summary>
+    public ExpertDecision For(int expert) => Decisions.First(d => d.Expert == expert);
+}
+
+/// <summary>What the engine observed for one expert of an executed plan, the same quantity as <see cref="ExpertDecision.PredictedMs"/>.</summary>
+public readonly record struct ExpertTiming(int Expert, double ObservedMs);

@@ -1,0 +1,134 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.Runtime;
+using static TorchSharp.torch;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>
+/// <c>fiddler bench-cpu-expert</c>: the CPU expert kernel (Fiddler's decode path for experts that stay off the GPU) on
+/// random bf16 weights, against the machine's own DRAM read bandwidth measured with the same threads, and against
+/// libtorch's bf16 <c>linear</c> (oneDNN) on the same weights. Experts are cycled so that their weights come from DRAM,
+/// not from the last-level cache.
+/// </summary>
+public static unsafe class BenchCpuExpertCommand
+{
+    public static Command Create()
+    {
+        var hidden = new Option<int>("--hidden") { DefaultValueFactory = _ => 4096 };
+        var intermediate = new Option<int>("--intermediate") { DefaultValueFactory = _ => 14336 };
+        var tokens = new Option<string>("--tokens") { Description = "Token counts, comma-separated", DefaultValueFactory = _ => "1,2,4,8,16" };
+        var threads = new Option<int>("--threads") { Description = "Worker threads (0: one per logical CPU)" };
+        var iterations = new Option<int>("--iterations") { DefaultValueFactory = _ => 20 };
+        var experts = new Option<int>("--experts") { Description = "Distinct experts to cycle (0: ≥ 8 and ≥ 2 GB together)" };
+        var bandwidthGb = new Option<double>("--bandwidth-gb") { Description = "Buffer for the read-bandwidth probe", DefaultValueFactory = _ => 2 };
+        var isa = new Option<string?>("--isa") { Description = "Force a kernel path: scalar, avx2, avx512" };
+        var noTorch = new Option<bool>("--no-torch") { Description = "Skip the libtorch comparison" };
+        var command = new Command("bench-cpu-expert", "CPU expert kernel: ms per expert and GB/s against DRAM read bandwidth and libtorch");
+        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch }) command.Add(o);
+        command.SetAction(r =>
+        {
+            int h = r.GetValue(hidden), i = r.GetValue(intermediate), n = r.GetValue(iterations), threadCount = r.GetValue(threads);
+            int[] tokenCounts = r.GetValue(tokens)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"--tokens: '{s}' is not a positive integer")).ToArray();
+            if (h <= 0 || i <= 0 || n <= 0 || threadCount < 0) throw new ArgumentException("--hidden, --intermediate, --iterations must be positive, --threads ≥ 0");
+            if (r.GetValue(isa) is string name)
+                CpuExpertKernel.ForceIsa = Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced
+                    : throw new ArgumentException($"--isa: unknown path '{name}' (scalar, avx2, avx512)");
+            using var pool = new CpuWorkerPool(threadCount);
+            long expertBytes = 3L * h * i * sizeof(ushort);
+            int count = r.GetValue(experts) is > 0 and var e ? e : (int)Math.Clamp((2L << 30) / expertBytes + 1, 8, 1024);
+            Console.WriteLine($"CPU expert H={h} I={i} bf16: {expertBytes / 1e6:F1} MB/expert, {count} experts cycled " +
+                $"({count * expertBytes / 1e9:F1} GB); {pool.Concurrency} threads; path {CpuExpertKernel.ForceIsa ?? CpuExpertKernel.BestIsa} " +
+                $"(best here: {CpuExpertKernel.BestIsa}); {Environment.ProcessorCount} logical CPUs");
+
+            double readGBps = MeasureBandwidth(pool, (long)(r.GetValue(bandwidthGb) * 1e9));
+            Console.WriteLine($"DRAM read bandwidth (parallel vector sum, {pool.Concurrency} threads): {readGBps:F1} GB/s");
+
+            using var scope = NewDisposeScope();
+            set_num_threads(pool.Concurrency);
+            var clock = Stopwatch.StartNew();
+            var weights = Enumerable.Range(0, count).Select(e => (
+                W1: RandomBf16(pool, i, h, 3 * e), W3: RandomBf16(pool, i, h, 3 * e + 1), W2: RandomBf16(pool, h, i, 3 * e + 2))).ToArray();
+            var kernelWeights = weights.Select(w => new ExpertWeights((void*)TensorMemory.DataPtr(w.W1), (void*)TensorMemory.DataPtr(w.W3),
+                (void*)TensorMemory.DataPtr(w.W2), h, i, WeightType.BF16)).ToArray();
+            Console.WriteLine($"random weights: {clock.Elapsed.TotalSeconds:F1} s");
+
+            Console.WriteLine();
+            Console.WriteLine($"{"tokens",6} {"kernel ms",10} {"GB/s",7} {"of DRAM",8} {"torch ms",9} {"torch GB/s",11} {"speed-up",9}");
+            foreach (int t in tokenCounts)
+            {
+                var x = randn(t, h);
+                var y = empty(t, h);
+                float* xp = (float*)TensorMemory.DataPtr(x), yp = (float*)TensorMemory.DataPtr(y);
+                double kernelMs = MedianMs(n, count, e => CpuExpertKernel.SwiGlu(pool, xp, t, kernelWeights[e], yp));
+                double kernelGBps = expertBytes / kernelMs / 1e6;
+                string torchColumns = "";
+                if (!r.GetValue(noTorch))
+                {
+                    var xb = x.to(ScalarType.BFloat16);
+                    double torchMs = MedianMs(n, count, e =>
+                    {
+                        using var inner = NewDisposeScope();
+                        var w = weights[e];
+                        var act = nn.functional.silu(nn.functional.linear(xb, w.W1)) * nn.functional.linear(xb, w.W3);
+                        nn.functional.linear(act, w.W2);
+                    });
+                    torchColumns = $" {torchMs,9:F3} {expertBytes / torchMs / 1e6,11:F1} {torchMs / kernelMs,8:F2}x";
+                }
+                Console.WriteLine($"{t,6} {kernelMs,10:F3} {kernelGBps,7:F1} {kernelGBps / readGBps,7:P0}{torchColumns}");
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    private static double MeasureBandwidth(CpuWorkerPool pool, long bytes)
+    {
+        bytes = Math.Max(bytes, 64L << 20) & ~((1L << 20) - 1);
+        byte* buffer = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 64);
+        try
+        {
+            CpuBandwidth.Fill(pool, buffer, bytes, 1);
+            return CpuBandwidth.MeasureReadGBps(pool, buffer, bytes, repeats: 5);
+        }
+        finally { NativeMemory.AlignedFree(buffer); }
+    }
+
+    /// <summary>Uniform in [−0.05, 0.05), rounded to bf16 (xorshift per 1 MiB chunk: libtorch's randn takes minutes for GBs).</summary>
+    private static Tensor RandomBf16(CpuWorkerPool pool, long rows, long cols, int seed)
+    {
+        var t = empty(rows, cols, dtype: ScalarType.BFloat16);
+        ushort* p = (ushort*)TensorMemory.DataPtr(t);
+        long n = rows * cols, chunk = 1 << 20;
+        pool.ParallelFor((int)((n + chunk - 1) / chunk), c =>
+        {
+            ulong s = ((ulong)seed << 32 | (uint)c) * 0x9E3779B97F4A7C15UL | 1;
+            for (long k = c * chunk, end = Math.Min(n, k + chunk); k < end; k++)
+            {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                float v = ((int)(s >> 40) - (1 << 23)) * (0.05f / (1 << 23));
+                p[k] = (ushort)(BitConverter.SingleToUInt32Bits(v) >> 16);
+            }
+        });
+        return t;
+    }
+
+    /// <summary>Median of <paramref name="iterations"/> timed calls after two warm-up calls, each on the next expert.</summary>
+    private static double MedianMs(int iterations, int experts, Action<int> run)
+    {
+        int next = 0;
+        for (int w = 0; w < 2; w++) run(next++ % experts);
+        var ms = new double[iterations];
+        for (int k = 0; k < iterations; k++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            run(next++ % experts);
+            ms[k] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+        }
+        Array.Sort(ms);
+        return ms[iterations / 2];
+    }
+}

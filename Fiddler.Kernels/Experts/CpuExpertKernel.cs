@@ -1,0 +1,243 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Fiddler.Kernels.Experts;
+
+/// <summary>Instruction-set paths of <see cref="CpuExpertKernel"/>.</summary>
+public enum CpuIsa
+{
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+/// <summary>
+/// The Fiddler CPU expert: y = w2 · (silu(w1·x) ⊙ (w3·x)) for a few tokens, straight from weights in CPU memory,
+/// fp32 accumulation (matches HF MixtralBlockSparseTop2MLP computed in fp32 on the same weights).
+/// Decode is memory-bound (one weight byte feeds ≤ 16 multiply-adds), so the design is about reading each weight once:
+/// phase 1 splits the intermediate rows of w1 and w3 across threads (each item streams w1 and w3 rows side by side and
+/// writes silu(g)·u), a completion barrier, then phase 2 splits the hidden rows of w2. All tokens of an expert are
+/// computed from the same weight load (<see cref="RowDots"/>). Scratch (activations in kernel order, the intermediate
+/// h) belongs to the pool.
+/// </summary>
+public static unsafe class CpuExpertKernel
+{
+    /// <summary>Weight bytes per work item: small enough that the last items of a phase finish together (≤ 2% tail on
+    /// 16 threads at full size), large enough that every thread streams long contiguous runs.</summary>
+    private const int ItemBytes = 128 * 1024;
+
+    [ThreadStatic] private static CpuIsa? t_forceIsa;
+
+    /// <summary>The best path this CPU supports.</summary>
+    public static CpuIsa BestIsa => Avx512Ops.IsSupported && Vector512.IsHardwareAccelerated ? CpuIsa.Avx512
+        : Avx2Ops.IsSupported ? CpuIsa.Avx2 : CpuIsa.Scalar;
+
+    /// <summary>
+    /// For tests and benchmarks: the path calls from this thread use (null: <see cref="BestIsa"/>). Thread-static, so
+    /// concurrent tests don't see each other's choice. Asking for an ISA the CPU lacks throws at the next call.
+    /// </summary>
+    public static CpuIsa? ForceIsa { get => t_forceIsa; set => t_forceIsa = value; }
+
+    /// <summary>One expert: <paramref name="x"/> <c>[tokens, Hidden]</c> fp32 in, <paramref name="y"/> <c>[tokens, Hidden]</c> fp32 out (overwritten).</summary>
+    public static void SwiGlu(CpuWorkerPool pool, float* x, int tokens, in ExpertWeights w, float* y)
+    {
+        var job = new ExpertJob(w, x, y, tokens);
+        SwiGluMany(pool, new ReadOnlySpan<ExpertJob>(in job));
+    }
+
+    /// <summary>Several experts (a layer's CPU share) in one parallel region: all gate/up rows, barrier, all down rows.</summary>
+    public static void SwiGluMany(CpuWorkerPool pool, ReadOnlySpan<ExpertJob> jobs)
+    {
+        ArgumentNullException.ThrowIfNull(pool);
+        CpuIsa isa = ForceIsa ?? BestIsa;
+        if (isa == CpuIsa.Avx512 && !Avx512Ops.IsSupported || isa == CpuIsa.Avx2 && !Avx2Ops.IsSupported)
+            throw new PlatformNotSupportedException($"{isa} is not supported on this CPU");
+        int width = isa switch { CpuIsa.Avx512 => 16, CpuIsa.Avx2 => 8, _ => 1 };
+        lock (pool.CallLock)
+        {
+            var plans = new JobPlan[jobs.Length];
+            long scratchFloats = 0;
+            for (int j = 0; j < jobs.Length; j++)
+            {
+                Validate(jobs[j], j);
+                plans[j] = JobPlan.Create(jobs[j], width, pool.Concurrency, ref scratchFloats);
+            }
+            float* scratch = (float*)pool.Scratch((nuint)scratchFloats * sizeof(float));
+            int gateItems = 0, downItems = 0;
+            for (int j = 0; j < plans.Length; j++)
+            {
+                ref var p = ref plans[j];
+                p.Xp = scratch + p.XpOffset;
+                p.H = scratch + p.HOffset;
+                p.GateItemStart = gateItems;
+                p.DownItemStart = downItems;
+                gateItems += p.GateItems;
+                downItems += p.DownItems;
+                for (int t = 0; t < p.Tokens; t++) ToKernelOrder(jobs[j].X + (long)t * p.Hidden, p.Xp + t * p.LdX, p.Hidden, p.Width);
+            }
+            pool.ParallelFor(
+                gateItems, i => RunItem(isa, ref Find(plans, i, gate: true), i, gate: true),
+                downItems, i => RunItem(isa, ref Find(plans, i, gate: false), i, gate: false),
+                grain: 1);
+        }
+    }
+
+    private static void Validate(in ExpertJob job, int index)
+    {
+        var w = job.Weights;
+        if (w.Hidden <= 0 || w.Intermediate <= 0) throw new ArgumentException($"job {index}: hidden and intermediate sizes must be positive");
+        if (w.W1 == null || w.W2 == null || w.W3 == null) throw new ArgumentException($"job {index}: null weight pointer");
+        if (job.Tokens < 0) throw new ArgumentException($"job {index}: negative token count");
+        if (job.Tokens > 0 && (job.X == null || job.Y == null)) throw new ArgumentException($"job {index}: null x or y");
+        if (!Enum.IsDefined(w.Type)) throw new ArgumentException($"job {index}: unknown weight type {w.Type}");
+    }
+
+    private static ref JobPlan Find(JobPlan[] plans, int item, bool gate)
+    {
+        int j = plans.Length - 1;
+        while (j > 0 && (gate ? plans[j].GateItemStart : plans[j].DownItemStart) > item) j--;
+        return ref plans[j];
+    }
+
+    private static void RunItem(CpuIsa isa, ref JobPlan p, int item, bool gate)
+    {
+        switch (isa, p.Type)
+        {
+            case (CpuIsa.Avx512, WeightType.BF16): Item<Avx512Ops, Vector512<float>, Bf16Format>(ref p, item, gate); break;
+            case (CpuIsa.Avx512, WeightType.F16): Item<Avx512Ops, Vector512<float>, F16Format>(ref p, item, gate); break;
+            case (CpuIsa.Avx512, WeightType.F32): Item<Avx512Ops, Vector512<float>, F32Format>(ref p, item, gate); break;
+            case (CpuIsa.Avx2, WeightType.BF16): Item<Avx2Ops, Vector256<float>, Bf16Format>(ref p, item, gate); break;
+            case (CpuIsa.Avx2, WeightType.F16): Item<Avx2Ops, Vector256<float>, F16Format>(ref p, item, gate); break;
+            case (CpuIsa.Avx2, WeightType.F32): Item<Avx2Ops, Vector256<float>, F32Format>(ref p, item, gate); break;
+            case (CpuIsa.Scalar, WeightType.BF16): Item<ScalarOps, float, Bf16Format>(ref p, item, gate); break;
+            case (CpuIsa.Scalar, WeightType.F16): Item<ScalarOps, float, F16Format>(ref p, item, gate); break;
+            default: Item<ScalarOps, float, F32Format>(ref p, item, gate); break;
+        }
+    }
+
+    private static void Item<TOps, TVec, TW>(ref JobPlan p, int item, bool gate)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        if (gate) GateUp<TOps, TVec, TW>(ref p, item - p.GateItemStart);
+        else Down<TOps, TVec, TW>(ref p, item - p.DownItemStart);
+    }
+
+    // Rows i, i+1 of w1 and w3 → h[t, i], h[t, i+1] = silu(w1·x)·(w3·x), stored in kernel order for phase 2.
+    [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void GateUp<TOps, TVec, TW>(ref JobPlan p, int item)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        float* r = stackalloc float[4 * RowDots.MaxTokens];
+        nint rowBytes = (nint)p.Hidden * TW.ElementBytes;
+        int begin = item * p.GateRows, end = Math.Min(begin + p.GateRows, p.Intermediate);
+        for (int i = begin; i < end; i += 2)
+        {
+            int i1 = Math.Min(i + 1, end - 1); // odd tail: compute row i twice, keep it once
+            byte* g0 = p.W1 + i * rowBytes, u0 = p.W3 + i * rowBytes, g1 = p.W1 + i1 * rowBytes, u1 = p.W3 + i1 * rowBytes;
+            int h0 = KernelIndex(i, p.Intermediate, p.Width), h1 = KernelIndex(i1, p.Intermediate, p.Width);
+            for (int t0 = 0; t0 < p.Tokens; t0 += RowDots.MaxTokens)
+            {
+                int n = Math.Min(RowDots.MaxTokens, p.Tokens - t0);
+                RowDots.Quad<TOps, TVec, TW>(g0, u0, g1, u1, p.Hidden, p.Xp + t0 * p.LdX, p.LdX, n, r);
+                for (int t = 0; t < n; t++)
+                {
+                    float* h = p.H + (t0 + t) * p.LdH;
+                    h[h0] = Silu(r[t]) * r[n + t];
+                    h[h1] = Silu(r[2 * n + t]) * r[3 * n + t];
+                }
+            }
+        }
+    }
+
+    // Rows j..j+3 of w2 → y[t, j..j+3].
+    [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Down<TOps, TVec, TW>(ref JobPlan p, int item)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        float* r = stackalloc float[4 * RowDots.MaxTokens];
+        nint rowBytes = (nint)p.Intermediate * TW.ElementBytes;
+        int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
+        for (int j = begin; j < end; j += 4)
+        {
+            int rows = Math.Min(4, end - j);
+            byte* w = p.W2 + j * rowBytes;
+            byte* last = w + (rows - 1) * rowBytes; // short tail: repeat the last row
+            byte* r1 = rows > 1 ? w + rowBytes : last, r2 = rows > 2 ? w + 2 * rowBytes : last, r3 = last;
+            for (int t0 = 0; t0 < p.Tokens; t0 += RowDots.MaxTokens)
+            {
+                int n = Math.Min(RowDots.MaxTokens, p.Tokens - t0);
+                RowDots.Quad<TOps, TVec, TW>(w, r1, r2, r3, p.Intermediate, p.H + t0 * p.LdH, p.LdH, n, r);
+                for (int t = 0; t < n; t++)
+                {
+                    float* y = p.Y + (long)(t0 + t) * p.Hidden + j;
+                    for (int q = 0; q < rows; q++) y[q] = r[q * n + t];
+                }
+            }
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Silu(float g) => g / (1f + MathF.Exp(-g));
+
+    /// <summary>
+    /// Where element i of a length-k activation row sits in kernel order for 16-bit weights with vectors of w lanes:
+    /// within each block of 2w, evens first then odds (the order <see cref="ISimd{TVec}.LoadBf16Pairs"/> yields);
+    /// the tail past the last whole block stays in place. Identity for w = 1.
+    /// </summary>
+    internal static int KernelIndex(int i, int k, int w)
+    {
+        int mask = 2 * w - 1; // 2w is a power of two
+        if (w <= 1 || i >= k - (k & mask)) return i;
+        int j = i & mask;
+        return i - j + (j & 1) * w + (j >> 1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ToKernelOrder(float* src, float* dst, int k, int w)
+    {
+        int block = 2 * w, kVec = w <= 1 ? 0 : k - k % block;
+        for (int b = 0; b < kVec; b += block)
+            for (int j = 0; j < w; j++)
+            {
+                dst[b + j] = src[b + 2 * j];
+                dst[b + w + j] = src[b + 2 * j + 1];
+            }
+        for (int i = kVec; i < k; i++) dst[i] = src[i];
+    }
+
+    private struct JobPlan
+    {
+        public byte* W1, W3, W2;
+        public float* Y, Xp, H;
+        public int Hidden, Intermediate, Tokens, Width, LdX, LdH;
+        public WeightType Type;
+        public long XpOffset, HOffset;
+        public int GateRows, DownRows, GateItems, DownItems, GateItemStart, DownItemStart;
+
+        public static JobPlan Create(in ExpertJob job, int width, int threads, ref long scratchFloats)
+        {
+            var w = job.Weights;
+            // Activations in kernel order only when the weights deinterleave (16-bit); fp32 weights load in order.
+            int orderWidth = w.Type == WeightType.F32 ? 1 : width;
+            var p = new JobPlan
+            {
+                W1 = (byte*)w.W1, W3 = (byte*)w.W3, W2 = (byte*)w.W2, Y = job.Y,
+                Hidden = w.Hidden, Intermediate = w.Intermediate, Tokens = job.Tokens, Width = orderWidth, Type = w.Type,
+                LdX = RoundUp(w.Hidden, 16), LdH = RoundUp(w.Intermediate, 16), // 64-byte aligned rows
+            };
+            p.XpOffset = scratchFloats;
+            scratchFloats += (long)p.LdX * job.Tokens;
+            p.HOffset = scratchFloats;
+            scratchFloats += (long)p.LdH * job.Tokens;
+            // Items of ~ItemBytes, but at least 8 per thread when the expert is small (tests, small models).
+            long gateRowBytes = 2L * w.Hidden * w.ElementBytes, downRowBytes = (long)w.Intermediate * w.ElementBytes;
+            p.GateRows = RoundUp((int)Math.Clamp(Math.Min(ItemBytes / gateRowBytes, w.Intermediate / (8L * threads)), 2, int.MaxValue / 2), 2);
+            p.DownRows = RoundUp((int)Math.Clamp(Math.Min(ItemBytes / downRowBytes, w.Hidden / (8L * threads)), 4, int.MaxValue / 4), 4);
+            p.GateItems = job.Tokens == 0 ? 0 : (w.Intermediate + p.GateRows - 1) / p.GateRows;
+            p.DownItems = job.Tokens == 0 ? 0 : (w.Hidden + p.DownRows - 1) / p.DownRows;
+            return p;
+        }
+
+        private static int RoundUp(int v, int m) => (v + m - 1) / m * m;
+    }
+}

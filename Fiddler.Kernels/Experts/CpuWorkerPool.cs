@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
+using System.Runtime.InteropServices;
+
+namespace Fiddler.Kernels.Experts;
+
+/// <summary>
+/// A dedicated set of long-lived threads for the CPU expert kernels (not the .NET ThreadPool, whose injection and
+/// queueing latency is too high for 32 parallel regions per token). A call runs on <see cref="Concurrency"/>
+/// participants: the calling thread plus <c>Concurrency − 1</c> workers. Work items are handed out dynamically by one
+/// atomic counter, so a late or descheduled worker delays a region by at most one item.
+/// Idle workers spin for <c>spin</c> (default 500 µs, long enough to bridge the GPU work between two MoE layers),
+/// then block on their own semaphore. One region runs at a time; calls from several threads are serialised.
+/// </summary>
+public sealed unsafe class CpuWorkerPool : IDisposable
+{
+    private readonly Worker[] _workers;
+    private readonly object _callLock = new();
+    private readonly long _spinTicks;
+    private Job? _job;
+    private long _generation;
+    private volatile bool _disposed;
+    private void* _scratch;
+    private nuint _scratchBytes;
+
+    [ThreadStatic] private static CpuWorkerPool? t_runningBodyOf;
+
+    /// <param name="threads">Participants including the caller; 0 means <see cref="Environment.ProcessorCount"/>.</param>
+    /// <param name="spin">How long an idle worker spins before it blocks.</param>
+    public CpuWorkerPool(int threads = 0, TimeSpan? spin = null)
+    {
+        if (threads < 0) throw new ArgumentOutOfRangeException(nameof(threads), threads, "must be ≥ 0");
+        Concurrency = threads == 0 ? Environment.ProcessorCount : threads;
+        _spinTicks = (long)((spin ?? TimeSpan.FromMicroseconds(500)).TotalSeconds * Stopwatch.Frequency);
+        _workers = new Worker[Concurrency - 1];
+        for (int i = 0; i < _workers.Length; i++)
+        {
+            var worker = new Worker();
+            worker.Thread = new Thread(() => WorkerLoop(worker)) { IsBackground = true, Name = $"fiddler-cpu-{i + 1}" };
+            _workers[i] = worker;
+            worker.Thread.Start();
+        }
+    }
+
+    public int Concurrency { get; }
+
+    /// <summary>Calls <paramref name="body"/>(i) for i in [0, count), in parallel; returns when all are done.</summary>
+    /// <param name="grain">Indices claimed at a time; 0 picks about 8 claims per participant.</param>
+    public void ParallelFor(int count, Action<int> body, int grain = 0) => ParallelFor(count, body, 0, null, grain);
+
+    /// <summary>
+    /// Two phases in one parallel region: every <paramref name="body1"/> call completes before any
+    /// <paramref name="body2"/> call starts (a barrier on completed items, not on arrived threads). The first exception
+    /// thrown by a body skips the remaining items and is rethrown here.
+    /// </summary>
+    public void ParallelFor(int count1, Action<int> body1, int count2, Action<int>? body2, int grain = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(count1);
+        ArgumentOutOfRangeException.ThrowIfNegative(count2);
+        if (count2 > 0) ArgumentNullException.ThrowIfNull(body2);
+        if (t_runningBodyOf == this) throw new InvalidOperationException("nested ParallelFor on the same CpuWorkerPool");
+        lock (_callLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (count1 + count2 == 0) return;
+            var job = new Job(count1, body1, count2, body2,
+                grain > 0 ? grain : Math.Max(1, count1 / (8 * Concurrency)), grain > 0 ? grain : Math.Max(1, count2 / (8 * Concurrency)));
+            if (_workers.Length > 0) Publish(job);
+            Participate(job);
+            WaitFinished(job);
+            if (job.Error is not null) ExceptionDispatchInfo.Throw(job.Error);
+        }
+    }
+
+    /// <summary>A 64-byte aligned buffer owned by the pool, reused across calls; valid while the caller holds <see cref="CallLock"/>.</summary>
+    internal void* Scratch(nuint bytes)
+    {
+        if (bytes > _scratchBytes)
+        {
+            NativeMemory.AlignedFree(_scratch);
+            _scratch = null;
+            _scratchBytes = 0;
+            _scratch = NativeMemory.AlignedAlloc(bytes, 64);
+            _scratchBytes = bytes;
+        }
+        return _scratch;
+    }
+
+    /// <summary>Held (re-entrantly) by every region; kernels hold it across their setup and region to own <see cref="Scratch"/>.</summary>
+    internal object CallLock => _callLock;
+
+    public void Dispose()
+    {
+        lock (_callLock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            Interlocked.Increment(ref _generation);
+            foreach (var w in _workers) Wake(w);
+            foreach (var w in _workers) w.Thread.Join();
+            NativeMemory.AlignedFree(_scratch);
+            _scratch = null;
+        }
+    }
+
+    private void Publish(Job job)
+    {
+        Volatile.Write(ref _job, job);
+        Interlocked.Increment(ref _generation);
+        foreach (var w in _workers) Wake(w);
+    }
+
+    private static void Wake(Worker w)
+    {
+        // Dekker pairing with WorkerLoop: the generation was bumped (full fence) before this read.
+        if (Volatile.Read(ref w.Sleeping) == 1 && Interlocked.Exchange(ref w.Sleeping, 0) == 1) w.Signal.Release();
+    }
+
+    private void WorkerLoop(Worker self)
+    {
+        t_runningBodyOf = this;
+        long seen = 0;
+        while (true)
+        {
+            long g = Volatile.Read(ref _generation);
+            if (g == seen)
+            {
+                long deadline = Stopwatch.GetTimestamp() + _spinTicks;
+                while ((g = Volatile.Read(ref _generation)) == seen && Stopwatch.GetTimestamp() < deadline) Thread.SpinWait(8);
+                while (g == seen)
+                {
+                    Interlocked.Exchange(ref self.Sleeping, 1);
+                    if ((g = Volatile.Read(ref _generation)) != seen)
+                    {
+                        // A publisher that already cleared our flag has released (or will release) the semaphore.
+                        if (Interlocked.Exchange(ref self.Sleeping, 0) == 0) self.Signal.Wait();
+                        break;
+                    }
+                    self.Signal.Wait();
+                    g = Volatile.Read(ref _generation);
+                }
+            }
+            seen = g;
+            if (_disposed) return;
+            if (Volatile.Read(ref _job) is { } job) Participate(job);
+        }
+    }
+
+    private void Participate(Job job)
+    {
+        var previous = t_runningBodyOf;
+        t_runningBodyOf = this;
+        try
+        {
+            RunPhase(job, ref job.Next1, ref job.Done1, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0);
+            if (job.Count2 == 0) return;
+            var spinner = new SpinWait();
+            while (Volatile.Read(ref job.Done1) < job.Count1) spinner.SpinOnce(sleep1Threshold: -1);
+            RunPhase(job, ref job.Next2, ref job.Done2, job.Count2, job.Grain2, job.Body2!, last: true);
+        }
+        finally { t_runningBodyOf = previous; }
+    }
+
+    private static void RunPhase(Job job, ref int next, ref int done, int count, int grain, Action<int> body, bool last)
+    {
+        if (count == 0) return;
+        while (true)
+        {
+            int start = Interlocked.Add(ref next, grain) - grain;
+            if (start >= count) return;
+            int end = Math.Min(start + grain, count);
+            if (Volatile.Read(ref job.Error) is null)
+            {
+                try { for (int i = start; i < end; i++) body(i); }
+                catch (Exception e) { Interlocked.CompareExchange(ref job.Error, e, null); }
+            }
+            if (Interlocked.Add(ref done, end - start) == count && last) Finish(job);
+        }
+    }
+
+    private static void Finish(Job job)
+    {
+        Interlocked.Exchange(ref job.Finished, 1);
+        if (Volatile.Read(ref job.Waiting) == 1) lock (job) Monitor.PulseAll(job);
+    }
+
+    private void WaitFinished(Job job)
+    {
+        long deadline = Stopwatch.GetTimestamp() + _spinTicks;
+        while (Volatile.Read(ref job.Finished) == 0)
+        {
+            if (Stopwatch.GetTimestamp() > deadline)
+            {
+                Interlocked.Exchange(ref job.Waiting, 1);
+                lock (job) while (Volatile.Read(ref job.Finished) == 0) Monitor.Wait(job);
+                return;
+            }
+            Thread.SpinWait(4);
+        }
+    }
+
+    private sealed class Worker
+    {
+        public Thread Thread = null!;
+        public readonly SemaphoreSlim Signal = new(0);
+        public int Sleeping;
+    }
+
+    private sealed class Job(int count1, Action<int> body1, int count2, Action<int>? body2, int grain1, int grain2)
+    {
+        public readonly int Count1 = count1, Count2 = count2, Grain1 = grain1, Grain2 = grain2;
+        public readonly Action<int> Body1 = body1;
+        public readonly Action<int>? Body2 = body2;
+        public int Next1, Done1, Next2, Done2, Finished, Waiting;
+        public Exception? Error;
+    }
+}

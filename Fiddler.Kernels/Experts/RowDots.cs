@@ -1,0 +1,149 @@
+using System.Runtime.CompilerServices;
+
+namespace Fiddler.Kernels.Experts;
+
+/// <summary>
+/// The inner loops: dot products of four weight rows with up to <see cref="MaxTokens"/> activation rows, fp32
+/// accumulation. Every weight vector loaded is used for all tokens of a tile (4 tokens with AVX-512, 2 with AVX2), and
+/// K is walked in blocks of <see cref="KBlock"/> so the four rows' block stays in L1 while further token tiles pass over
+/// it: memory sees each weight byte once, whatever the token count.
+/// Activations are in the weight format's order (even/odd within each 2·Width block for 16-bit weights, see
+/// <see cref="ISimd{TVec}.LoadBf16Pairs"/>), natural order in the tail past the last whole block.
+/// Every loop here is compiled fully optimised at first call (AggressiveOptimization): tier-0 code of these loops runs
+/// 10-50× slower, and a decode step calls them only a few hundred times, too few for tiering to catch up early.
+/// </summary>
+internal static unsafe class RowDots
+{
+    public const int MaxTokens = 16;
+
+    /// <summary>Elements per K block: 4 bf16 rows (8 KB) plus a 4-token tile of fp32 activations (16 KB) fit L1.</summary>
+    public const int KBlock = 1024;
+
+    /// <summary>result[r·n + t] = Σ_k row_r[k]·x_t[k] for rows r0..r3 and activation rows x_t = x + t·ldx, t &lt; n.</summary>
+    [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Quad<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        TVec* acc = stackalloc TVec[4 * MaxTokens]; // [tile][row][token in tile]
+        for (int i = 0; i < 4 * n; i++) acc[i] = TOps.Zero;
+        int step = 2 * TOps.Width, kVec = k - k % step;
+        for (int k0 = 0; k0 < kVec; k0 += KBlock)
+        {
+            nint steps = Math.Min(KBlock, kVec - k0) / step;
+            nint w = (nint)k0 * TW.ElementBytes;
+            for (int t = 0, tile; t < n; t += tile)
+            {
+                tile = TileSize<TOps, TVec>(n - t);
+                float* xt = x + t * ldx + k0;
+                if (tile == 4) Tile4<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t);
+                else if (tile == 2) Tile2<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t);
+                else Tile1<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, acc + 4 * t);
+            }
+        }
+        for (int t = 0, tile; t < n; t += tile)
+        {
+            tile = TileSize<TOps, TVec>(n - t);
+            for (int j = 0; j < tile; j++)
+            {
+                float* xt = x + (t + j) * ldx;
+                TVec* a = acc + 4 * t + j;
+                result[t + j] = TOps.Sum(a[0]) + Tail<TW>(r0, xt, kVec, k);
+                result[n + t + j] = TOps.Sum(a[tile]) + Tail<TW>(r1, xt, kVec, k);
+                result[2 * n + t + j] = TOps.Sum(a[2 * tile]) + Tail<TW>(r2, xt, kVec, k);
+                result[3 * n + t + j] = TOps.Sum(a[3 * tile]) + Tail<TW>(r3, xt, kVec, k);
+            }
+        }
+    }
+
+    // 4 rows × 4 tokens = 16 accumulators + 8 activation + 2 weight vectors: fits AVX-512's 32 registers, not AVX2's 16.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int TileSize<TOps, TVec>(int left) where TOps : ISimd<TVec> where TVec : unmanaged =>
+        left >= 4 && TOps.Width >= 16 ? 4 : left >= 2 ? 2 : 1;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Tail<TW>(byte* row, float* x, int from, int to) where TW : IWeightFormat
+    {
+        float sum = 0;
+        for (int k = from; k < to; k++) sum += TW.LoadScalar(row, k) * x[k];
+        return sum;
+    }
+
+    // One token: two accumulators per row (even and odd halves) so each row has two independent FMA chains.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile1<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, TVec* acc)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+        TVec b0 = TOps.Zero, b1 = TOps.Zero, b2 = TOps.Zero, b3 = TOps.Zero;
+        nint wStep = 2 * TOps.Width * TW.ElementBytes;
+        for (nint s = 0; s < steps; s++)
+        {
+            TVec xe = TOps.Load(x), xo = TOps.Load(x + TOps.Width);
+            TW.Load<TOps, TVec>(r0, out var e, out var o);
+            a0 = TOps.MultiplyAdd(e, xe, a0); b0 = TOps.MultiplyAdd(o, xo, b0);
+            TW.Load<TOps, TVec>(r1, out e, out o);
+            a1 = TOps.MultiplyAdd(e, xe, a1); b1 = TOps.MultiplyAdd(o, xo, b1);
+            TW.Load<TOps, TVec>(r2, out e, out o);
+            a2 = TOps.MultiplyAdd(e, xe, a2); b2 = TOps.MultiplyAdd(o, xo, b2);
+            TW.Load<TOps, TVec>(r3, out e, out o);
+            a3 = TOps.MultiplyAdd(e, xe, a3); b3 = TOps.MultiplyAdd(o, xo, b3);
+            x += 2 * TOps.Width; r0 += wStep; r1 += wStep; r2 += wStep; r3 += wStep;
+        }
+        acc[0] = TOps.Add(a0, b0); acc[1] = TOps.Add(a1, b1);
+        acc[2] = TOps.Add(a2, b2); acc[3] = TOps.Add(a3, b3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile2<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        TVec a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
+        float* x1 = x + ldx;
+        nint wStep = 2 * TOps.Width * TW.ElementBytes;
+        for (nint s = 0; s < steps; s++)
+        {
+            TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
+            TW.Load<TOps, TVec>(r0, out var e, out var o);
+            a00 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a00)); a01 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a01));
+            TW.Load<TOps, TVec>(r1, out e, out o);
+            a10 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a10)); a11 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a11));
+            TW.Load<TOps, TVec>(r2, out e, out o);
+            a20 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a20)); a21 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a21));
+            TW.Load<TOps, TVec>(r3, out e, out o);
+            a30 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a30)); a31 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a31));
+            x += 2 * TOps.Width; x1 += 2 * TOps.Width; r0 += wStep; r1 += wStep; r2 += wStep; r3 += wStep;
+        }
+        acc[0] = a00; acc[1] = a01; acc[2] = a10; acc[3] = a11; acc[4] = a20; acc[5] = a21; acc[6] = a30; acc[7] = a31;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile4<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        TVec a00 = acc[0], a01 = acc[1], a02 = acc[2], a03 = acc[3], a10 = acc[4], a11 = acc[5], a12 = acc[6], a13 = acc[7];
+        TVec a20 = acc[8], a21 = acc[9], a22 = acc[10], a23 = acc[11], a30 = acc[12], a31 = acc[13], a32 = acc[14], a33 = acc[15];
+        float* x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
+        nint wStep = 2 * TOps.Width * TW.ElementBytes;
+        for (nint s = 0; s < steps; s++)
+        {
+            TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
+            TVec x2e = TOps.Load(x2), x2o = TOps.Load(x2 + TOps.Width), x3e = TOps.Load(x3), x3o = TOps.Load(x3 + TOps.Width);
+            TW.Load<TOps, TVec>(r0, out var e, out var o);
+            a00 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a00)); a01 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a01));
+            a02 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a02)); a03 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a03));
+            TW.Load<TOps, TVec>(r1, out e, out o);
+            a10 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a10)); a11 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a11));
+            a12 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a12)); a13 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a13));
+            TW.Load<TOps, TVec>(r2, out e, out o);
+            a20 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a20)); a21 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a21));
+            a22 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a22)); a23 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a23));
+            TW.Load<TOps, TVec>(r3, out e, out o);
+            a30 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a30)); a31 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a31));
+            a32 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a32)); a33 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a33));
+            int adv = 2 * TOps.Width;
+            x += adv; x1 += adv; x2 += adv; x3 += adv; r0 += wStep; r1 += wStep; r2 += wStep; r3 += wStep;
+        }
+        acc[0] = a00; acc[1] = a01; acc[2] = a02; acc[3] = a03; acc[4] = a10; acc[5] = a11; acc[6] = a12; acc[7] = a13;
+        acc[8] = a20; acc[9] = a21; acc[10] = a22; acc[11] = a23; acc[12] = a30; acc[13] = a31; acc[14] = a32; acc[15] = a33;
+    }
+}

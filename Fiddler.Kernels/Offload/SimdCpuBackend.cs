@@ -1,0 +1,53 @@
+using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.Runtime;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Offload;
+
+/// <summary>
+/// CPU experts on the C# SIMD kernel (<see cref="CpuExpertKernel"/>), all of a layer's experts in one parallel region
+/// of the dedicated worker pool. Reads the weights in place (pinned host memory), fp32 accumulation.
+/// </summary>
+public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool) : ICpuExpertBackend
+{
+    public string Name => $"simd-{CpuExpertKernel.BestIsa.ToString().ToLowerInvariant()}";
+
+    public void Run(IReadOnlyList<CpuExpertJob> jobs)
+    {
+        var kernelJobs = new ExpertJob[jobs.Count];
+        for (int i = 0; i < jobs.Count; i++)
+        {
+            var (expert, x, y) = (jobs[i].Expert, jobs[i].X, jobs[i].Y);
+            var w1 = expert.Gate.Weight;
+            var weights = new ExpertWeights((void*)TensorMemory.DataPtr(w1), (void*)TensorMemory.DataPtr(expert.Up.Weight),
+                (void*)TensorMemory.DataPtr(expert.Down.Weight), (int)w1.shape[1], (int)w1.shape[0], TypeOf(w1.dtype));
+            kernelJobs[i] = new ExpertJob(weights, (float*)TensorMemory.DataPtr(x), (float*)TensorMemory.DataPtr(y), (int)x.shape[0]);
+        }
+        CpuExpertKernel.SwiGluMany(pool, kernelJobs);
+    }
+
+    private static WeightType TypeOf(ScalarType t) => t switch
+    {
+        ScalarType.BFloat16 => WeightType.BF16,
+        ScalarType.Float16 => WeightType.F16,
+        ScalarType.Float32 => WeightType.F32,
+        _ => throw new NotSupportedException($"CPU expert kernel: weights of {t}"),
+    };
+}
+
+/// <summary>
+/// Per job, the SIMD kernel or libtorch's CPU linear, whichever the latency models predict faster at that token count
+/// (the kernel is memory-bound and wins small batches; oneDNN/AMX wins large ones).
+/// </summary>
+public sealed class SplitCpuBackend(ICpuExpertBackend small, ICpuExpertBackend large, Func<int, bool> preferLarge) : ICpuExpertBackend
+{
+    public string Name => $"{small.Name}+{large.Name}";
+
+    public void Run(IReadOnlyList<CpuExpertJob> jobs)
+    {
+        var useLarge = jobs.Where(j => preferLarge((int)j.X.shape[0])).ToList();
+        var useSmall = jobs.Where(j => !preferLarge((int)j.X.shape[0])).ToList();
+        if (useSmall.Count > 0) small.Run(useSmall);
+        if (useLarge.Count > 0) large.Run(useLarge);
+    }
+}

@@ -1,0 +1,65 @@
+using Xunit;
+using Fiddler.Actors.Placement;
+using Fiddler.Kernels.Config;
+
+namespace Fiddler.Tests.Actors.Placement;
+
+public sealed class ModelShapeTests
+{
+    public static ModelShape Mixtral => ModelShape.From(MixtralConfig.Mixtral8x7B, bytesPerElement: 2);
+
+    [Fact]
+    public void From_Mixtral8x7B_CopiesEveryDimension()
+    {
+        Assert.Equal(new ModelShape(Layers: 32, Experts: 8, Hidden: 4096, Intermediate: 14336, Vocab: 32000, Heads: 32,
+            KvHeads: 8, HeadDim: 128, BytesPerElement: 2, TieEmbeddings: false), Mixtral);
+    }
+
+    [Fact]
+    public void ExpertBytes_Mixtral8x7BBf16_Is352MB()
+    {
+        Assert.Equal(352_321_536L, Mixtral.ExpertBytes); // 3 × 4096 × 14336 × 2
+        Assert.Equal(256 * 352_321_536L, Mixtral.AllExpertsBytes);
+    }
+
+    [Fact]
+    public void NonExpertBytes_Mixtral8x7BBf16_Is3GiB()
+    {
+        // embed + lm_head 2×32000×4096; per layer q,o 2×4096×4096 + k,v 2×4096×1024 + 2 norms + gate 8×4096; final norm.
+        long parameters = 2L * 32000 * 4096 + 32 * (2L * 4096 * 4096 + 2L * 4096 * 1024 + 2 * 4096 + 8 * 4096) + 4096;
+        Assert.Equal(1_605_636_096L, parameters);
+        Assert.Equal(2 * parameters, Mixtral.NonExpertBytes);
+        Assert.Equal(3.0, MemoryBudget.ToGiB(Mixtral.NonExpertBytes), 1); // NOTES.md: "non-expert part 3.0 GiB"
+        // Whole model: 46.7 B parameters, 93.4 GB in bf16 (NOTES.md).
+        Assert.Equal(93.4, (Mixtral.NonExpertBytes + Mixtral.AllExpertsBytes) / 1e9, 1);
+    }
+
+    [Fact]
+    public void NonExpertBytes_TiedEmbeddings_CountsEmbeddingOnce()
+    {
+        var untied = new ModelShape(2, 4, 32, 48, 96, 4, 2, 8, 4, false);
+        var tied = untied with { TieEmbeddings = true };
+        Assert.Equal(96 * 32 * 4, untied.NonExpertBytes - tied.NonExpertBytes);
+        // Tiny: embed 96×32 ×2, per layer q,o 2×32×32 + k,v 2×32×16 + norms 64 + gate 4×32, final norm 32; fp32.
+        Assert.Equal((2 * 96 * 32 + 2 * (2 * 32 * 32 + 2 * 32 * 16 + 64 + 4 * 32) + 32) * 4L, untied.NonExpertBytes);
+        Assert.Equal(3L * 32 * 48 * 4, untied.ExpertBytes);
+    }
+
+    [Fact]
+    public void KvCacheBytes_Mixtral4096Positions_IsHalfGiB() =>
+        Assert.Equal(1L << 29, Mixtral.KvCacheBytes(4096)); // 2 (K,V) × 32 layers × 8 kv heads × 128 × 4096 × 2 bytes
+
+    [Fact]
+    public void Fingerprint_AnyFieldChanged_Differs()
+    {
+        Assert.Equal(Mixtral.Fingerprint, ModelShape.From(MixtralConfig.Mixtral8x7B, 2).Fingerprint);
+        Assert.Equal(16, Mixtral.Fingerprint.Length);
+        Assert.NotEqual(Mixtral.Fingerprint, (Mixtral with { BytesPerElement = 4 }).Fingerprint);
+        Assert.NotEqual(Mixtral.Fingerprint, (Mixtral with { Intermediate = 14337 }).Fingerprint);
+        Assert.NotEqual(Mixtral.Fingerprint, (Mixtral with { TieEmbeddings = true }).Fingerprint);
+    }
+
+    [Fact]
+    public void From_BadElementWidth_Throws() =>
+        Assert.Throws<ArgumentException>(() => ModelShape.From(MixtralConfig.Mixtral8x7B, 3));
+}

@@ -1,0 +1,102 @@
+using Xunit;
+using Fiddler.Actors.Placement;
+
+namespace Fiddler.Tests.Actors.Placement;
+
+public sealed class PlacementPlannerTests
+{
+    private static readonly ModelShape Mixtral = ModelShapeTests.Mixtral;
+    private static readonly long Gib = 1L << 30;
+
+    [Fact]
+    public void Plan_Mixtral24GiBWithKvAndStagingReserve_Fits60Experts()
+    {
+        // NOTES.md says ~60 of 256 at 24 GiB. Here: 24 GiB − 2.99 GiB non-expert − 0.5 GiB KV (4096 positions)
+        // − a reserve of two 352 MB staging slots = 19.85 GiB = 60.5 experts of 352 MB → 60 whole experts.
+        long reserve = 2 * Mixtral.ExpertBytes;
+        var plan = PlacementPlanner.Plan(Mixtral, 24 * Gib, ExpertPopularity.Uniform(32, 8), Mixtral.KvCacheBytes(4096), reserve);
+        Assert.Equal(60, plan.ExpertsOnGpu);
+        Assert.Equal(256, plan.TotalExperts);
+        Assert.True(plan.UsedBytes + reserve <= 24 * Gib);
+        Assert.True(plan.UsedBytes + reserve + Mixtral.ExpertBytes > 24 * Gib);
+        // Uniform counts tie everywhere: lower layers first, so layers 0-6 are full and layer 7 gets experts 0-3.
+        Assert.Equal([8, 8, 8, 8, 8, 8, 8, 4], plan.ExpertsOnGpuPerLayer.Take(8));
+        Assert.All(plan.ExpertsOnGpuPerLayer.Skip(8), n => Assert.Equal(0, n));
+        Assert.True(plan.IsOnGpu(7, 3));
+        Assert.False(plan.IsOnGpu(7, 4));
+    }
+
+    [Fact]
+    public void Plan_Mixtral24GiBNothingElse_Fits64Experts()
+    {
+        // The raw arithmetic without KV cache or reserve: (24 − 2.99) GiB / 0.328 GiB = 64.03 → 64.
+        var plan = PlacementPlanner.Plan(Mixtral, 24 * Gib, ExpertPopularity.Uniform(32, 8), 0, 0);
+        Assert.Equal(64, plan.ExpertsOnGpu);
+        Assert.Equal(23.99, plan.UsedGiB, 2);
+    }
+
+    [Fact]
+    public void Plan_BudgetBelowNonExpertPart_ThrowsNeededVsGiven()
+    {
+        var e = Assert.Throws<PlacementException>(() =>
+            PlacementPlanner.Plan(Mixtral, 2 * Gib, ExpertPopularity.Uniform(32, 8), Gib / 2, Gib));
+        Assert.Equal("budget 2 GiB cannot hold the non-expert weights (3.0 GiB) + KV cache (0.5 GiB) + reserve (1.0 GiB) = 4.5 GiB",
+            e.Message);
+    }
+
+    [Fact]
+    public void Plan_BudgetHoldsFixedPartExactly_NoExperts()
+    {
+        long fixedBytes = Mixtral.NonExpertBytes + Gib;
+        var plan = PlacementPlanner.Plan(Mixtral, fixedBytes + Mixtral.ExpertBytes - 1, ExpertPopularity.Uniform(32, 8), Gib, 0);
+        Assert.Equal(0, plan.ExpertsOnGpu);
+    }
+
+    [Fact]
+    public void Plan_BudgetAboveWholeModel_AllExpertsOnGpu()
+    {
+        var plan = PlacementPlanner.Plan(Mixtral, 200 * Gib, ExpertPopularity.Uniform(32, 8), 0, 0);
+        Assert.Equal(256, plan.ExpertsOnGpu);
+        Assert.Equal(1.0, plan.ExpectedHitRate);
+    }
+
+    [Fact]
+    public void Plan_Popularity_MostChosenFirstTiesByLayerThenExpert()
+    {
+        var shape = new ModelShape(3, 4, 8, 8, 16, 2, 1, 4, 4, false);
+        var pop = new ExpertPopularity("m", 3, 4);
+        void Add(int l, int e, int n) { for (int i = 0; i < n; i++) pop.Record(l, e); }
+        Add(2, 3, 9); Add(1, 1, 5); Add(0, 2, 5); Add(2, 0, 5); Add(1, 2, 1);
+        // Room for 4 experts: (2,3) with 9, then the three with 5 in order (0,2), (1,1), (2,0).
+        var plan = PlacementPlanner.Plan(shape, shape.NonExpertBytes + 4 * shape.ExpertBytes, pop, 0, 0);
+        bool[,] expected = new bool[3, 4];
+        expected[2, 3] = expected[0, 2] = expected[1, 1] = expected[2, 0] = true;
+        Assert.Equal(expected, plan.OnGpu);
+        Assert.Equal([1, 1, 2], plan.ExpertsOnGpuPerLayer);
+        Assert.Equal([false, false, true, false], plan.OnGpuByLayer()[0]);
+        Assert.Equal([true, false, false, true], plan.OnGpuByLayer()[2]);
+        Assert.Equal(24.0 / 25.0, plan.ExpectedHitRate, 9);
+
+        // Room for 3: the tie among the 5s is broken towards the lower layer, so (2,0) is left out.
+        var three = PlacementPlanner.Plan(shape, shape.NonExpertBytes + 3 * shape.ExpertBytes, pop, 0, 0);
+        Assert.False(three.IsOnGpu(2, 0));
+        Assert.True(three.IsOnGpu(0, 2) && three.IsOnGpu(1, 1) && three.IsOnGpu(2, 3));
+    }
+
+    [Fact]
+    public void Plan_PopularityForAnotherModel_Throws() =>
+        Assert.Throws<InvalidDataException>(() => PlacementPlanner.Plan(Mixtral, 24 * Gib, ExpertPopularity.Uniform(2, 4), 0, 0));
+
+    [Fact]
+    public void Summary_Mixtral_ListsLayersTotalsAndGiB()
+    {
+        var plan = PlacementPlanner.Plan(Mixtral, 24 * Gib, ExpertPopularity.Uniform(32, 8), Gib / 2, 2 * Mixtral.ExpertBytes);
+        string s = plan.Summary();
+        Assert.Contains("    0    8/8   XXXXXXXX", s);
+        Assert.Contains("    7    4/8   XXXX....", s);
+        Assert.Contains("   31    0/8   ........", s);
+        Assert.Contains("total  60/256 experts on GPU (19.7 GiB)", s);
+        Assert.Contains("23.2 GiB used of 24 GiB: non-expert 3.0 GiB + KV cache 0.5 GiB + experts 19.7 GiB; reserve 0.7 GiB", s);
+        Assert.Equal(32 + 3, s.Split('\n').Length);
+    }
+}

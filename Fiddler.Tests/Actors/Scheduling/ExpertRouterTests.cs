@@ -1,0 +1,218 @@
+using Xunit;
+using Fiddler.Actors.Scheduling;
+
+namespace Fiddler.Tests.Actors.Scheduling;
+
+public sealed class ExpertRouterTests
+{
+    private static readonly HardwareKey Key = new("cpu", 16, "gpu", "shape", "bfloat16");
+
+    /// <summary>A synthetic host: CPU expert cpu1 ms at 1 token (+ cpuPerToken each), constant transfer, GPU compute.</summary>
+    private static HardwareProfile Host(double cpu1 = 3.9, double transfer = 6.45, double gpu = 0.15,
+        double cpuPerToken = 0.1, double roundTrip = 0.0) => new(Key,
+        LatencyModel.Linear(cpu1 - cpuPerToken, cpuPerToken), null, LatencyModel.Constant(gpu), transfer,
+        LatencyModel.Constant(roundTrip));
+
+    private static ExpertRouter Router(HardwareProfile host, RoutingMode mode = RoutingMode.Auto, int slots = 2, int exactLimit = 16) =>
+        new(host, new RouterOptions(mode, slots, exactLimit));
+
+    private static ExpertLoad Hit(int expert, int tokens = 1) => new(expert, tokens, Resident: true);
+    private static ExpertLoad Miss(int expert, int tokens = 1) => new(expert, tokens, Resident: false);
+
+    [Fact]
+    public void Decide_AllResident_AllGpuBackToBack()
+    {
+        var plan = Router(Host()).Decide([Hit(4), Hit(1)]);
+        Assert.All(plan.Decisions, d => Assert.Equal(ExpertPlacement.Gpu, d.Placement));
+        Assert.Equal([4, 1], plan.Decisions.Select(d => d.Expert)); // input order
+        Assert.Equal(0.0, plan.CpuLaneMs);
+        Assert.Equal(0.30, plan.MakespanMs, 9);
+        Assert.Equal(0.0, plan.For(1).StartMs);  // lower id first on the GPU
+        Assert.Equal(0.15, plan.For(4).StartMs, 9);
+        Assert.True(plan.Exact);
+    }
+
+    [Fact]
+    public void Decide_DecodeOneMiss_CpuAsTheSeed()
+    {
+        // The seed's H100 numbers: PyTorch CPU 6.5 ms vs transfer 6.45 + GPU 0.15 = 6.6 ms.
+        var plan = Router(Host(cpu1: 6.5, roundTrip: 0.02)).Decide([Hit(0), Miss(5)]);
+        Assert.Equal(ExpertPlacement.Gpu, plan.For(0).Placement);
+        Assert.Equal(ExpertPlacement.Cpu, plan.For(5).Placement);
+        Assert.Equal(6.52, plan.MakespanMs, 9);
+        Assert.Equal(6.52, plan.For(5).PredictedMs, 9);
+    }
+
+    [Fact]
+    public void Decide_DecodeTwoMisses_StreamsOneWhileCpuComputesTheOther()
+    {
+        // Two CPU misses: 2 × 3.9 = 7.8 ms; split: max(3.9, 6.45 + 0.15) = 6.6 ms.
+        var router = Router(Host(cpu1: 3.9));
+        var plan = router.Decide([Miss(6), Miss(2)]);
+        Assert.Equal(1, plan.Count(ExpertPlacement.Cpu));
+        Assert.Equal(1, plan.Count(ExpertPlacement.Transfer));
+        Assert.Equal(6.6, plan.MakespanMs, 9);
+        Assert.Equal(7.8, router.Evaluate([Miss(6), Miss(2)], _ => false).MakespanMs, 9);
+        // Equal experts tie; the lower id streams, whatever the input order.
+        Assert.Equal(ExpertPlacement.Transfer, plan.For(2).Placement);
+        Assert.Equal(ExpertPlacement.Transfer, router.Decide([Miss(2), Miss(6)]).For(2).Placement);
+        var t = plan.For(2);
+        Assert.Equal(0.0, t.StartMs);
+        Assert.Equal(6.45, t.ComputeStartMs, 9);
+        Assert.Equal(6.6, t.FinishMs, 9);
+        Assert.Equal(6.6, t.PredictedMs, 9);
+    }
+
+    [Fact]
+    public void Decide_DecodeTwoMissesSeedCpu_SplitStillWins()
+    {
+        // With the seed's 6.5 ms CPU: 13 ms all-CPU vs 6.6 ms split (NOTES.md decode ceiling 5.6 → 7.4 tok/s).
+        var plan = Router(Host(cpu1: 6.5)).Decide([Hit(1), Miss(3), Miss(4)]);
+        Assert.Equal(1, plan.Count(ExpertPlacement.Transfer));
+        Assert.Equal(6.6, plan.MakespanMs, 9); // the resident's 0.15 ms runs while the copy is in flight
+        Assert.Equal(6.6, plan.GpuLaneMs, 9);
+        Assert.Equal(6.5, plan.CpuLaneMs, 9);
+    }
+
+    [Fact]
+    public void Decide_DecodeTwoMissesSlowTransfer_BothCpu()
+    {
+        var plan = Router(Host(cpu1: 3.9, transfer: 20)).Decide([Miss(0), Miss(1)]);
+        Assert.Equal(2, plan.Count(ExpertPlacement.Cpu));
+        Assert.Equal(7.8, plan.MakespanMs, 9);
+        Assert.Equal(0.0, plan.GpuLaneMs);
+        Assert.Equal((0.0, 3.9), (plan.For(0).StartMs, plan.For(1).StartMs)); // CPU runs them back to back
+    }
+
+    [Fact]
+    public void Decide_PrefillLargeBatches_MostlyTransfers()
+    {
+        // 8 experts × 256 tokens, H100 host: CPU 27 ms each (oneDNN), transfer 6.45 ms, GPU 0.6 ms.
+        // All transfers: 8 × 6.45 + 0.6 = 52.2 ms; one on the CPU: max(27.05, 7 × 6.45 + 0.6 = 45.75) ms; two: 54.1 ms.
+        var router = new ExpertRouter(HardwareProfileTests.H100());
+        var loads = Enumerable.Range(0, 8).Select(e => Miss(e, 256)).ToArray();
+        var plan = router.Decide(loads);
+        Assert.Equal(7, plan.Count(ExpertPlacement.Transfer));
+        Assert.Equal(1, plan.Count(ExpertPlacement.Cpu));
+        Assert.Equal(45.75, plan.MakespanMs, 9);
+        Assert.True(plan.Decisions.Single(d => d.Placement == ExpertPlacement.Cpu).CpuViaTorch);
+
+        var one = router.Decide([Miss(3, 256)]);
+        Assert.Equal(ExpertPlacement.Transfer, one.For(3).Placement);
+        Assert.Equal(7.05, one.MakespanMs, 9);
+    }
+
+    [Fact]
+    public void Decide_CpuOnlyMode_EveryMissOnCpu()
+    {
+        var router = Router(Host(cpu1: 50, transfer: 1), RoutingMode.CpuOnly, slots: 0);
+        var plan = router.Decide([Hit(0), Miss(1, 64), Miss(2)]);
+        Assert.Equal(ExpertPlacement.Gpu, plan.For(0).Placement);
+        Assert.Equal(2, plan.Count(ExpertPlacement.Cpu));
+        Assert.False(plan.Exact);
+    }
+
+    [Fact]
+    public void Decide_TransferOnlyMode_EveryMissStreamed()
+    {
+        var plan = Router(Host(cpu1: 0.1, transfer: 100), RoutingMode.TransferOnly).Decide([Miss(1), Miss(2), Hit(3)]);
+        Assert.Equal(2, plan.Count(ExpertPlacement.Transfer));
+        Assert.Equal(0.0, plan.CpuLaneMs);
+    }
+
+    [Theory]
+    [InlineData(1, 28.0)] // copy 2, compute 5, and only then the next copy: 4 × 7
+    [InlineData(2, 22.0)] // copies hide behind computes: 2 + 4 × 5
+    [InlineData(8, 22.0)]
+    public void Decide_StagingSlots_CapTransfersInFlight(int slots, double makespan)
+    {
+        var host = Host(transfer: 2, gpu: 5);
+        var plan = Router(host, RoutingMode.TransferOnly, slots).Decide(Enumerable.Range(0, 4).Select(e => Miss(e)).ToArray());
+        Assert.Equal(makespan, plan.MakespanMs, 9);
+        Assert.True(RouterInvariants.MaxInFlight(plan) <= slots);
+        RouterInvariants.Check(plan, host, slots);
+    }
+
+    [Fact]
+    public void Decide_SlotsCapChangesTheSplit()
+    {
+        // GPU compute is slow (5 ms), so with one slot each stream holds it for copy + compute = 7 ms.
+        // 2 slots: 3 streamed finish at 2 + 3 × 5 = 17 ms, 1 on the CPU 9 ms → 17 (2 streamed: CPU 18).
+        // 1 slot: 3 streamed take 3 × 7 = 21 ms, so stream 2 (14 ms) and run 2 on the CPU (18 ms) → 18.
+        var host = Host(cpu1: 9, transfer: 2, gpu: 5, cpuPerToken: 0);
+        var loads = Enumerable.Range(0, 4).Select(e => Miss(e)).ToArray();
+        var two = Router(host, slots: 2).Decide(loads);
+        Assert.Equal((17.0, 3), (two.MakespanMs, two.Count(ExpertPlacement.Transfer)));
+        var one = Router(host, slots: 1).Decide(loads);
+        Assert.Equal((18.0, 2), (one.MakespanMs, one.Count(ExpertPlacement.Transfer)));
+        Assert.Equal(1, RouterInvariants.MaxInFlight(one));
+    }
+
+    [Fact]
+    public void Decide_InputOrder_SameDecisionsPerExpert()
+    {
+        var router = Router(Host(cpu1: 3.9));
+        ExpertLoad[] loads = [Miss(0), Miss(1), Miss(2), Miss(3), Hit(4), Hit(5)];
+        var reference = router.Decide(loads);
+        var rng = new Random(7);
+        for (int i = 0; i < 20; i++)
+        {
+            var plan = router.Decide(loads.OrderBy(_ => rng.Next()).ToArray());
+            foreach (var d in reference.Decisions) Assert.Equal(d, plan.For(d.Expert));
+        }
+    }
+
+    [Fact]
+    public void Decide_AboveExactLimit_UsesGreedy()
+    {
+        var plan = Router(Host(), exactLimit: 2).Decide([Miss(0), Miss(1), Miss(2)]);
+        Assert.False(plan.Exact);
+        Assert.Equal(3, plan.Decisions.Count);
+    }
+
+    [Fact]
+    public void Decide_BadInput_Throws()
+    {
+        var router = Router(Host());
+        Assert.Contains("appears twice", Assert.Throws<ArgumentException>(() => router.Decide([Miss(1), Hit(1)])).Message);
+        Assert.Contains("0 tokens", Assert.Throws<ArgumentException>(() => router.Decide([Miss(1, 0)])).Message);
+        Assert.Throws<ArgumentException>(() => Router(Host(), slots: 0));
+        Assert.Throws<ArgumentException>(() => Router(Host(), exactLimit: 30));
+    }
+
+    [Fact]
+    public void Account_ObservedTimes_StatsPerPlacementAndLayer()
+    {
+        var router = Router(Host(cpu1: 3.9));
+        var plan = router.Decide([Miss(0), Miss(1), Hit(2)]);
+        int cpu = plan.Decisions.Single(d => d.Placement == ExpertPlacement.Cpu).Expert;
+        int streamed = plan.Decisions.Single(d => d.Placement == ExpertPlacement.Transfer).Expert;
+        router.Account(plan, [new(cpu, 4.9), new(streamed, 6.6), new(2, 0.15)], observedLayerMs: 7.0, observedCpuLaneMs: 4.9);
+        router.Account(plan, [new(cpu, 2.9)]);
+
+        var c = router.Stats(ExpertPlacement.Cpu);
+        Assert.Equal(2, c.Count);
+        Assert.Equal(3.9, c.MeanPredictedMs, 9);
+        Assert.Equal(3.9, c.MeanObservedMs, 9);
+        Assert.Equal(1.0, c.MeanAbsErrorMs, 9);
+        Assert.Equal(1.0, c.MaxAbsErrorMs, 9);
+        Assert.Equal(1.0, c.ObservedOverPredicted, 9);
+        Assert.Equal(1, router.Stats(ExpertPlacement.Transfer).Count);
+        Assert.Equal(1, router.Stats(ExpertPlacement.Gpu).Count);
+        Assert.Equal(7.0 / plan.MakespanMs, router.LayerStats.ObservedOverPredicted, 9);
+        Assert.Equal((1L, 3.9, 4.9), (router.CpuLaneStats.Count, router.CpuLaneStats.PredictedMsSum, router.CpuLaneStats.ObservedMsSum));
+        Assert.Throws<ArgumentException>(() => router.Account(plan, [new(9, 1.0)]));
+
+        string report = router.Report();
+        Assert.Contains("cpu            2          3.900         3.900        1.000                1.000", report);
+        Assert.Contains("layer", report);
+    }
+
+    [Fact]
+    public void Stats_NothingAccounted_NaNMeans()
+    {
+        var s = Router(Host()).Stats(ExpertPlacement.Transfer);
+        Assert.Equal(0, s.Count);
+        Assert.True(double.IsNaN(s.MeanObservedMs));
+    }
+}

@@ -1,0 +1,108 @@
+using Xunit;
+using Fiddler.Kernels.Experts;
+
+namespace Fiddler.Tests.Kernels.Experts;
+
+public class CpuWorkerPoolTests
+{
+    [Fact]
+    public void ParallelFor_EveryIndex_RunsExactlyOnce()
+    {
+        using var pool = new CpuWorkerPool(threads: 4);
+        var hits = new int[10_007];
+        pool.ParallelFor(hits.Length, i => Interlocked.Increment(ref hits[i]));
+        Assert.All(hits, h => Assert.Equal(1, h));
+    }
+
+    [Fact]
+    public void ParallelFor_BodyThrows_RethrowsOriginalException()
+    {
+        using var pool = new CpuWorkerPool(threads: 4);
+        var e = Assert.Throws<InvalidOperationException>(() =>
+            pool.ParallelFor(1000, i => { if (i == 637) throw new InvalidOperationException("body 637"); }, grain: 1));
+        Assert.Equal("body 637", e.Message);
+        int sum = 0;
+        pool.ParallelFor(100, i => Interlocked.Add(ref sum, i)); // still usable afterwards
+        Assert.Equal(4950, sum);
+    }
+
+    [Theory]
+    [InlineData(500)] // workers spin between calls
+    [InlineData(0)]   // workers block on every call: exercises the sleep/wake handshake
+    public void ParallelFor_ManySmallCalls_AllComplete(int spinMicroseconds)
+    {
+        using var pool = new CpuWorkerPool(threads: 3, TimeSpan.FromMicroseconds(spinMicroseconds));
+        long total = 0;
+        for (int call = 0; call < 20_000; call++)
+        {
+            int count = call % 17;
+            pool.ParallelFor(count, i => Interlocked.Add(ref total, i + 1), grain: 1);
+        }
+        long expected = Enumerable.Range(0, 20_000).Sum(c => (long)(c % 17) * (c % 17 + 1) / 2);
+        Assert.Equal(expected, total);
+    }
+
+    [Fact]
+    public void ParallelFor_TwoPhases_SecondSeesAllOfFirst()
+    {
+        using var pool = new CpuWorkerPool(threads: 4);
+        for (int round = 0; round < 200; round++)
+        {
+            var first = new int[257];
+            var seen = new int[64];
+            pool.ParallelFor(first.Length, i => Volatile.Write(ref first[i], 1), seen.Length, j => seen[j] = first.Sum(), grain: 1);
+            Assert.All(seen, s => Assert.Equal(first.Length, s));
+        }
+    }
+
+    [Fact]
+    public void ParallelFor_CallersOnSeveralThreads_AreSerialised()
+    {
+        using var pool = new CpuWorkerPool(threads: 3);
+        long total = 0;
+        Parallel.For(0, 4, _ =>
+        {
+            for (int i = 0; i < 500; i++) pool.ParallelFor(10, j => Interlocked.Add(ref total, j));
+        });
+        Assert.Equal(4 * 500 * 45, total);
+    }
+
+    [Fact]
+    public void ParallelFor_NestedOnSamePool_Throws()
+    {
+        using var pool = new CpuWorkerPool(threads: 2);
+        Assert.Throws<InvalidOperationException>(() => pool.ParallelFor(4, _ => pool.ParallelFor(1, _ => { }), grain: 1));
+    }
+
+    [Fact]
+    public void Dispose_AfterWork_JoinsWorkerThreadsAndRejectsCalls()
+    {
+        var pool = new CpuWorkerPool(threads: 4);
+        var threads = new System.Collections.Concurrent.ConcurrentDictionary<Thread, bool>();
+        using (var arrived = new CountdownEvent(pool.Concurrency))
+        {
+            // One item per participant, each waiting for all: every worker must run one.
+            pool.ParallelFor(pool.Concurrency, _ =>
+            {
+                threads[Thread.CurrentThread] = true;
+                arrived.Signal();
+                Assert.True(arrived.Wait(TimeSpan.FromSeconds(10)));
+            }, grain: 1);
+        }
+        Assert.Equal(pool.Concurrency, threads.Count);
+        pool.Dispose();
+        Assert.All(threads.Keys.Where(t => t != Thread.CurrentThread), t => Assert.False(t.IsAlive));
+        Assert.Throws<ObjectDisposedException>(() => pool.ParallelFor(1, _ => { }));
+        pool.Dispose(); // idempotent
+    }
+
+    [Fact]
+    public void Constructor_SingleThread_RunsOnCaller()
+    {
+        using var pool = new CpuWorkerPool(threads: 1);
+        var caller = Thread.CurrentThread;
+        bool others = false;
+        pool.ParallelFor(100, _ => others |= Thread.CurrentThread != caller);
+        Assert.False(others);
+    }
+}
