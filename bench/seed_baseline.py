@@ -485,9 +485,10 @@ def run_accelerate(args, c, dev, phases):
     dtype = torch.bfloat16
     budget = int(args.gpu_budget_gib * GIB)
     if args.tiny:
-        full_b = sizes(MIXTRAL_8X7B)[0] * 256 + sizes(MIXTRAL_8X7B)[1]
-        tiny_b = sizes(c)[0] * c["layers"] * c["experts"] + sizes(c)[1]
-        budget = int(budget * tiny_b / full_b)
+        # Room for the non-expert part and about one layer, so the map has GPU-resident and offloaded layers
+        # (an all-CPU map makes dispatch_model run everything on the CPU).
+        expert_b, non_expert_b, _ = sizes(c)
+        budget = non_expert_b + int(1.5 * c["experts"] * expert_b)
 
     # 1. The device map accelerate gives the full model at this budget (meta tensors: no memory).
     def full_map():
@@ -499,28 +500,28 @@ def run_accelerate(args, c, dev, phases):
     dm = phases.run("infer_auto_device_map (full model, meta)", full_map)
     gpu_layers, cpu_layers = set(), set()
     for name, d in dm.items():
-        if name in ("", "model"):
+        if name in ("", "model", "model.layers"):
             (gpu_layers if d not in ("cpu", "disk") else cpu_layers).update(range(c["layers"]))
         elif layer_of(name) is not None:
             (gpu_layers if d not in ("cpu", "disk") else cpu_layers).add(layer_of(name))
     gpu_layers -= cpu_layers  # a layer split across devices counts as offloaded
     n_gpu_full, n_cpu_full = len(gpu_layers), c["layers"] - len(gpu_layers)
-    others = {k: v for k, v in dm.items() if layer_of(k) is None and k not in ("", "model")}
+    others = {k: v for k, v in dm.items() if layer_of(k) is None and k not in ("", "model", "model.layers")}
     log(f"full model device map: {n_gpu_full} layers on GPU, {n_cpu_full} offloaded to CPU; others: {others}")
 
     # 2. A truncated model: half its layers GPU-resident, half offloaded (as many of each as the full map has).
     N = min(args.accel_layers, c["layers"])
     g = N if n_cpu_full == 0 else (0 if n_gpu_full == 0 else N // 2)
     tmap = {}
-    for k, v in dm.items():
-        if layer_of(k) is None and k not in ("", "model"):
-            tmap[k] = v
+    for k, v in others.items():
+        tmap[k] = v
     if "" in dm or "model" in dm:
         d = dm.get("", dm.get("model"))
         tmap.update({"model.embed_tokens": d, "model.norm": d, "model.rotary_emb": d, "lm_head": d})
     for l in range(N):
         tmap[f"model.layers.{l}"] = 0 if l < g else "cpu"
     cfg = hf_config(c, N)
+    log(f"truncated device map: {tmap}")
 
     def build():
         with init_empty_weights():

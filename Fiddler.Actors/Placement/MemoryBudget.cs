@@ -74,5 +74,7 @@ public static partial class MemoryBudget
     public static string Format(long bytes) => $"{ToGiB(bytes).ToString("0.##", CultureInfo.InvariantCulture)} GiB";
 
     /// <summary>A size with exactly one decimal, for tables and component sums: "3.0 GiB".</summary>
-    public static string Format1(long bytes) => $"{ToGiB(bytes).ToString("0.0", CultureInfo.InvariantCulture)} GiB";
+    public static string Format1(long bytes) => bytes >= Gib / 10 || bytes == 0
+        ? $"{ToGiB(bytes).ToString("0.0", CultureInfo.InvariantCulture)} GiB"
+        : $"{(bytes / 1048576.0).ToString("0.###", CultureInfo.InvariantCulture)} MiB";
 }

@@ -21,6 +21,7 @@ public static class FiddlerCli
         root.Add(BenchDecodeCommand.Create());
         root.Add(BenchCpuExpertCommand.Create());
         root.Add(CudaSelfTestCommand.Create());
+        root.Add(BenchCommand.Create());
         return root;
     }
 

@@ -24,7 +24,7 @@ public static unsafe class CpuExpertKernel
 {
     /// <summary>Weight bytes per work item: small enough that the last items of a phase finish together (≤ 2% tail on
     /// 16 threads at full size), large enough that every thread streams long contiguous runs.</summary>
-    private const int ItemBytes = 128 * 1024;
+    private static readonly int ItemBytes = int.TryParse(Environment.GetEnvironmentVariable("FIDDLER_CPU_ITEM_KB"), out int kb) ? kb * 1024 : 128 * 1024; // TEMPORARY knob
 
     [ThreadStatic] private static CpuIsa? t_forceIsa;
 

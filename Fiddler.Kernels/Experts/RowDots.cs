@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics.X86;
 
 namespace Fiddler.Kernels.Experts;
 
@@ -19,6 +20,9 @@ internal static unsafe class RowDots
     /// <summary>Elements per K block: 4 bf16 rows (8 KB) plus a 4-token tile of fp32 activations (16 KB) fit L1.</summary>
     public const int KBlock = 1024;
 
+    // TEMPORARY tuning knob (device experiment): bytes ahead to prefetch each weight row; 0 = off.
+    internal static readonly nint Prefetch = int.TryParse(Environment.GetEnvironmentVariable("FIDDLER_CPU_PREFETCH"), out int v) ? v : 0;
+
     /// <summary>result[r·n + t] = Σ_k row_r[k]·x_t[k] for rows r0..r3 and activation rows x_t = x + t·ldx, t &lt; n.</summary>
     [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quad<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result)
@@ -35,9 +39,9 @@ internal static unsafe class RowDots
             {
                 tile = TileSize<TOps, TVec>(n - t);
                 float* xt = x + t * ldx + k0;
-                if (tile == 4) Tile4<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t);
-                else if (tile == 2) Tile2<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t);
-                else Tile1<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, acc + 4 * t);
+                if (tile == 4) Tile4<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t, Prefetch);
+                else if (tile == 2) Tile2<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t, Prefetch);
+                else Tile1<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, acc + 4 * t, Prefetch);
             }
         }
         for (int t = 0, tile; t < n; t += tile)
@@ -70,7 +74,7 @@ internal static unsafe class RowDots
 
     // One token: two accumulators per row (even and odd halves) so each row has two independent FMA chains.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile1<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, TVec* acc)
+    private static void Tile1<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, TVec* acc, nint prefetch)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
@@ -78,6 +82,10 @@ internal static unsafe class RowDots
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         for (nint s = 0; s < steps; s++)
         {
+            if (prefetch != 0 && Sse.IsSupported)
+            {
+                Sse.Prefetch0(r0 + prefetch); Sse.Prefetch0(r1 + prefetch); Sse.Prefetch0(r2 + prefetch); Sse.Prefetch0(r3 + prefetch);
+            }
             TVec xe = TOps.Load(x), xo = TOps.Load(x + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
             a0 = TOps.MultiplyAdd(e, xe, a0); b0 = TOps.MultiplyAdd(o, xo, b0);
@@ -94,7 +102,7 @@ internal static unsafe class RowDots
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile2<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc)
+    private static void Tile2<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc, nint prefetch)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
@@ -102,22 +110,26 @@ internal static unsafe class RowDots
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         for (nint s = 0; s < steps; s++)
         {
+            if (prefetch != 0 && Sse.IsSupported)
+            {
+                Sse.Prefetch0(r0 + prefetch); Sse.Prefetch0(r1 + prefetch); Sse.Prefetch0(r2 + prefetch); Sse.Prefetch0(r3 + prefetch);
+            }
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
-            a00 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a00)); a01 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a01));
+            a00 = TOps.MultiplyAdd(e, x0e, a00); a00 = TOps.MultiplyAdd(o, x0o, a00); a01 = TOps.MultiplyAdd(e, x1e, a01); a01 = TOps.MultiplyAdd(o, x1o, a01);
             TW.Load<TOps, TVec>(r1, out e, out o);
-            a10 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a10)); a11 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a11));
+            a10 = TOps.MultiplyAdd(e, x0e, a10); a10 = TOps.MultiplyAdd(o, x0o, a10); a11 = TOps.MultiplyAdd(e, x1e, a11); a11 = TOps.MultiplyAdd(o, x1o, a11);
             TW.Load<TOps, TVec>(r2, out e, out o);
-            a20 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a20)); a21 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a21));
+            a20 = TOps.MultiplyAdd(e, x0e, a20); a20 = TOps.MultiplyAdd(o, x0o, a20); a21 = TOps.MultiplyAdd(e, x1e, a21); a21 = TOps.MultiplyAdd(o, x1o, a21);
             TW.Load<TOps, TVec>(r3, out e, out o);
-            a30 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a30)); a31 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a31));
+            a30 = TOps.MultiplyAdd(e, x0e, a30); a30 = TOps.MultiplyAdd(o, x0o, a30); a31 = TOps.MultiplyAdd(e, x1e, a31); a31 = TOps.MultiplyAdd(o, x1o, a31);
             x += 2 * TOps.Width; x1 += 2 * TOps.Width; r0 += wStep; r1 += wStep; r2 += wStep; r3 += wStep;
         }
         acc[0] = a00; acc[1] = a01; acc[2] = a10; acc[3] = a11; acc[4] = a20; acc[5] = a21; acc[6] = a30; acc[7] = a31;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile4<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc)
+    private static void Tile4<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc, nint prefetch)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec a00 = acc[0], a01 = acc[1], a02 = acc[2], a03 = acc[3], a10 = acc[4], a11 = acc[5], a12 = acc[6], a13 = acc[7];
@@ -126,20 +138,24 @@ internal static unsafe class RowDots
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         for (nint s = 0; s < steps; s++)
         {
+            if (prefetch != 0 && Sse.IsSupported)
+            {
+                Sse.Prefetch0(r0 + prefetch); Sse.Prefetch0(r1 + prefetch); Sse.Prefetch0(r2 + prefetch); Sse.Prefetch0(r3 + prefetch);
+            }
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TVec x2e = TOps.Load(x2), x2o = TOps.Load(x2 + TOps.Width), x3e = TOps.Load(x3), x3o = TOps.Load(x3 + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
-            a00 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a00)); a01 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a01));
-            a02 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a02)); a03 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a03));
+            a00 = TOps.MultiplyAdd(e, x0e, a00); a00 = TOps.MultiplyAdd(o, x0o, a00); a01 = TOps.MultiplyAdd(e, x1e, a01); a01 = TOps.MultiplyAdd(o, x1o, a01);
+            a02 = TOps.MultiplyAdd(e, x2e, a02); a02 = TOps.MultiplyAdd(o, x2o, a02); a03 = TOps.MultiplyAdd(e, x3e, a03); a03 = TOps.MultiplyAdd(o, x3o, a03);
             TW.Load<TOps, TVec>(r1, out e, out o);
-            a10 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a10)); a11 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a11));
-            a12 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a12)); a13 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a13));
+            a10 = TOps.MultiplyAdd(e, x0e, a10); a10 = TOps.MultiplyAdd(o, x0o, a10); a11 = TOps.MultiplyAdd(e, x1e, a11); a11 = TOps.MultiplyAdd(o, x1o, a11);
+            a12 = TOps.MultiplyAdd(e, x2e, a12); a12 = TOps.MultiplyAdd(o, x2o, a12); a13 = TOps.MultiplyAdd(e, x3e, a13); a13 = TOps.MultiplyAdd(o, x3o, a13);
             TW.Load<TOps, TVec>(r2, out e, out o);
-            a20 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a20)); a21 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a21));
-            a22 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a22)); a23 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a23));
+            a20 = TOps.MultiplyAdd(e, x0e, a20); a20 = TOps.MultiplyAdd(o, x0o, a20); a21 = TOps.MultiplyAdd(e, x1e, a21); a21 = TOps.MultiplyAdd(o, x1o, a21);
+            a22 = TOps.MultiplyAdd(e, x2e, a22); a22 = TOps.MultiplyAdd(o, x2o, a22); a23 = TOps.MultiplyAdd(e, x3e, a23); a23 = TOps.MultiplyAdd(o, x3o, a23);
             TW.Load<TOps, TVec>(r3, out e, out o);
-            a30 = TOps.MultiplyAdd(o, x0o, TOps.MultiplyAdd(e, x0e, a30)); a31 = TOps.MultiplyAdd(o, x1o, TOps.MultiplyAdd(e, x1e, a31));
-            a32 = TOps.MultiplyAdd(o, x2o, TOps.MultiplyAdd(e, x2e, a32)); a33 = TOps.MultiplyAdd(o, x3o, TOps.MultiplyAdd(e, x3e, a33));
+            a30 = TOps.MultiplyAdd(e, x0e, a30); a30 = TOps.MultiplyAdd(o, x0o, a30); a31 = TOps.MultiplyAdd(e, x1e, a31); a31 = TOps.MultiplyAdd(o, x1o, a31);
+            a32 = TOps.MultiplyAdd(e, x2e, a32); a32 = TOps.MultiplyAdd(o, x2o, a32); a33 = TOps.MultiplyAdd(e, x3e, a33); a33 = TOps.MultiplyAdd(o, x3o, a33);
             int adv = 2 * TOps.Width;
             x += adv; x1 += adv; x2 += adv; x3 += adv; r0 += wStep; r1 += wStep; r2 += wStep; r3 += wStep;
         }

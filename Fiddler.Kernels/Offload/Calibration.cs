@@ -44,7 +44,7 @@ public static class Calibration
             double transferMs = stager is null ? double.PositiveInfinity : Median(repeats, () =>
             {
                 var e = host[turn++ % host.Length];
-                stager.Stage(0, e.Gate.Weight, e.Up.Weight, e.Down.Weight);
+                stager.Await(stager.Begin(0, e.Gate.Weight, e.Up.Weight, e.Down.Weight));
                 Sync(device);
                 stager.Release(0);
             });

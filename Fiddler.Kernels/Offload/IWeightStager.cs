@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Fiddler.Kernels.Offload;
 
 /// <summary>An expert's weights as staged on the compute device: w1 (gate) [I, H], w3 (up) [I, H], w2 (down) [H, I].</summary>
-public sealed record StagedWeights(Tensor W1, Tensor W3, Tensor W2);
+public sealed record StagedWeights(int Slot, Tensor W1, Tensor W3, Tensor W2, object? Ticket = null);
 
 /// <summary>
 /// Copies host-resident expert weights into reusable slots on the compute device. The CUDA implementation overlaps
@@ -13,8 +13,11 @@ public interface IWeightStager : IDisposable
 {
     int Slots { get; }
 
-    /// <summary>Starts copying into <paramref name="slot"/>; the result is usable by ops queued after this call.</summary>
-    StagedWeights Stage(int slot, Tensor w1, Tensor w3, Tensor w2);
+    /// <summary>Starts copying into <paramref name="slot"/> and returns without waiting for the copy.</summary>
+    StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2);
+
+    /// <summary>Makes compute queued after this call see the staged weights (on CUDA: the device waits, not the host).</summary>
+    void Await(StagedWeights staged);
 
     /// <summary>Marks the slot reusable once the ops already queued on it have run.</summary>
     void Release(int slot);
@@ -29,7 +32,7 @@ public sealed class CopyStager : IWeightStager
 
     public CopyStager(int slots, long hidden, long intermediate, ScalarType dtype, Device device)
     {
-        _slots = Enumerable.Range(0, slots).Select(_ => new StagedWeights(
+        _slots = Enumerable.Range(0, slots).Select(i => new StagedWeights(i,
             empty([intermediate, hidden], dtype, device), empty([intermediate, hidden], dtype, device),
             empty([hidden, intermediate], dtype, device))).ToArray();
     }
@@ -37,13 +40,15 @@ public sealed class CopyStager : IWeightStager
     public int Slots => _slots.Length;
     public long BytesCopied { get; private set; }
 
-    public StagedWeights Stage(int slot, Tensor w1, Tensor w3, Tensor w2)
+    public StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2)
     {
         var s = _slots[slot];
         s.W1.copy_(w1); s.W3.copy_(w3); s.W2.copy_(w2);
         BytesCopied += (w1.NumberOfElements + w3.NumberOfElements + w2.NumberOfElements) * w1.ElementSize;
         return s;
     }
+
+    public void Await(StagedWeights staged) { }
 
     public void Release(int slot) { }
 

@@ -47,21 +47,23 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             });
         }
 
-        // Device lane: resident experts, then transferred ones through the staging slots in turn.
+        // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
+        // transferred expert as its weights land, refilling its slot with the next pending copy.
         long bytesBefore = stager?.BytesCopied ?? 0;
-        int slot = 0;
+        var transfers = new Queue<ExpertAssignment>(assignments.Where((_, i) => routes[i] == ExpertRoute.Transfer));
+        var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
+        for (int slot = 0; stager is not null && slot < stager.Slots && transfers.Count > 0; slot++)
+            staged.Enqueue(Begin(block, slot, transfers.Dequeue()));
         for (int i = 0; i < assignments.Count; i++)
+            if (routes[i] == ExpertRoute.Gpu)
+                assignments[i].Accumulate(output, routingWeights, block.Expert(assignments[i].Expert).forward(assignments[i].Gather(flat)));
+        while (staged.Count > 0)
         {
-            var a = assignments[i];
-            var expert = block.Expert(a.Expert);
-            if (routes[i] == ExpertRoute.Gpu) a.Accumulate(output, routingWeights, expert.forward(a.Gather(flat)));
-            else if (routes[i] == ExpertRoute.Transfer)
-            {
-                var s = stager!.Stage(slot, expert.Gate.Weight, expert.Up.Weight, expert.Down.Weight);
-                a.Accumulate(output, routingWeights, MixtralBlockSparseTop2MLP.Compute(a.Gather(flat), s.W1, s.W3, s.W2));
-                stager.Release(slot);
-                slot = (slot + 1) % stager.Slots;
-            }
+            var (a, w) = staged.Dequeue();
+            stager!.Await(w);
+            a.Accumulate(output, routingWeights, MixtralBlockSparseTop2MLP.Compute(a.Gather(flat), w.W1, w.W3, w.W2));
+            stager.Release(w.Slot);
+            if (transfers.Count > 0) staged.Enqueue(Begin(block, w.Slot, transfers.Dequeue()));
         }
 
         double cpuMs = 0;
@@ -78,6 +80,12 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         }
         scheduler.Observe(new LayerObservation(block.Layer, work, routes, cpuMs, clock.Elapsed.TotalMilliseconds,
             cpuTokens, (stager?.BytesCopied ?? 0) - bytesBefore));
+    }
+
+    private (ExpertAssignment, StagedWeights) Begin(MixtralSparseMoeBlock block, int slot, ExpertAssignment a)
+    {
+        var e = block.Expert(a.Expert);
+        return (a, stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight));
     }
 
     private void Check(int layer, ExpertWork[] work, IReadOnlyList<ExpertRoute> routes)

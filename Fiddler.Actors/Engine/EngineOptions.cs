@@ -1,0 +1,28 @@
+using Fiddler.Actors.Scheduling;
+using static TorchSharp.torch;
+
+namespace Fiddler.Actors.Engine;
+
+/// <summary>
+/// How to build an engine. Exactly one of <see cref="ModelDir"/> (a Hugging Face checkpoint) or
+/// <see cref="NamedConfig"/> with <see cref="DummyWeights"/> (full-size shapes with random weights, for benchmarks).
+/// <see cref="GpuBudgetBytes"/> null: every expert on <see cref="Device"/>.
+/// </summary>
+public sealed record EngineOptions
+{
+    public string? ModelDir { get; init; }
+    public string? NamedConfig { get; init; }
+    public bool DummyWeights { get; init; }
+    public required Device Device { get; init; }
+    public ScalarType? DType { get; init; }
+    public long? GpuBudgetBytes { get; init; }
+    public string? PopularityPath { get; init; }
+    /// <summary>Tokens of KV cache the budget must leave room for.</summary>
+    public int ContextTokens { get; init; } = 4096;
+    public int StagingSlots { get; init; } = 2;
+    public RoutingMode Routing { get; init; } = RoutingMode.Auto;
+    /// <summary>Latency-model cache file; calibrated and written when missing or for another host/model.</summary>
+    public string ProfilePath { get; init; } = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "fiddler", "profile.json");
+    public int CpuThreads { get; init; }
+    public int? Layers { get; init; }
+}

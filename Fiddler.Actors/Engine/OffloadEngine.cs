@@ -1,0 +1,141 @@
+using Fiddler.Actors.Placement;
+using Fiddler.Actors.Scheduling;
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Cuda;
+using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Modules;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Actors.Engine;
+
+/// <summary>
+/// A model placed under a GPU budget and wired for Fiddler execution: plan the placement (popularity order), build
+/// the model with host experts in pinned memory, fill the weights, load or measure the latency models, and attach the
+/// router-driven executor. Owns everything it builds.
+/// </summary>
+public sealed class OffloadEngine : IDisposable
+{
+    private readonly List<IDisposable> _owned = [];
+
+    private OffloadEngine(MixtralConfig config, MixtralForCausalLM model, HfTokenizer? tokenizer)
+    {
+        Config = config;
+        Model = model;
+        Tokenizer = tokenizer;
+    }
+
+    public MixtralConfig Config { get; }
+    public MixtralForCausalLM Model { get; }
+    public HfTokenizer? Tokenizer { get; }
+    public PlacementPlan? Plan { get; private set; }
+    public RouterScheduler? Scheduler { get; private set; }
+    public HardwareProfile? Profile { get; private set; }
+    public IWeightStager? Stager { get; private set; }
+    public string? CpuBackend { get; private set; }
+
+    public static OffloadEngine Create(EngineOptions o, Action<string> log)
+    {
+        if ((o.ModelDir is null) == (o.NamedConfig is null)) throw new ArgumentException("give a model directory or a named config, not both");
+        if (o.NamedConfig is not null && !o.DummyWeights) throw new ArgumentException("a named config has no weights: add --dummy-weights");
+        var config = o.ModelDir is not null ? MixtralConfig.Load(Path.Combine(o.ModelDir, "config.json")) : MixtralConfig.Named(o.NamedConfig!);
+        if (o.Layers is int layers) config = config with { NumHiddenLayers = layers };
+        config.Validate();
+        var dtype = o.DType ?? (config.CheckpointDtype is { } d ? Kernels.Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
+        var shape = ModelShape.From(config, dtype == ScalarType.Float32 ? 4 : 2);
+
+        ExpertResidency? residency = null;
+        PlacementPlan? plan = null;
+        if (o.GpuBudgetBytes is long budget)
+        {
+            var popularity = o.PopularityPath is null ? ExpertPopularity.Uniform(shape.Layers, shape.Experts)
+                : ExpertPopularity.Load(o.PopularityPath, shape);
+            plan = PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(o.ContextTokens),
+                reserveBytes: o.StagingSlots * shape.ExpertBytes + Math.Min(1L << 30, shape.NonExpertBytes / 2)); // staging + activations
+            residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
+            log(plan.Summary());
+        }
+
+        MixtralForCausalLM model;
+        HfTokenizer? tokenizer = null;
+        if (o.ModelDir is not null)
+        {
+            var loaded = ModelLoader.Load(o.ModelDir, new LoadOptions(o.Device, dtype, residency));
+            (model, tokenizer) = (loaded.Model, loaded.Tokenizer);
+        }
+        else
+        {
+            model = new MixtralForCausalLM(config, dtype, o.Device, residency);
+            FillDummy(model);
+        }
+        var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan };
+        try
+        {
+            if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts) engine.AttachExecutor(o, shape, dtype, log);
+            return engine;
+        }
+        catch
+        {
+            engine.Dispose();
+            throw;
+        }
+    }
+
+    private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)
+    {
+        var pool = Own(new CpuWorkerPool(o.CpuThreads));
+        var simd = new SimdCpuBackend(pool);
+        var torchCpu = new TorchCpuBackend();
+        var expertShape = new ExpertShape(Config.HiddenSize, Config.IntermediateSize, dtype);
+        Stager = o.Device.type == DeviceType.CUDA
+            ? Own(new CudaWeightStager(new WeightStager(o.Device, expertShape, o.StagingSlots)))
+            : Own(new CopyStager(o.StagingSlots, Config.HiddenSize, Config.IntermediateSize, dtype, o.Device));
+        var key = HardwareKey.ForThisHost(o.Device.ToString(), shape, dtype.ToString());
+        Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key);
+        if (Profile is null)
+        {
+            log($"calibrating latency models for {key.CpuModel} / {key.GpuName} (cached in {o.ProfilePath})");
+            var points = Calibration.Measure(Config, dtype, o.Device, simd, torchCpu, Stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
+            Profile = HardwareProfiles.FromCalibration(key, points);
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(o.ProfilePath))!);
+            Profile.Save(o.ProfilePath);
+        }
+        var profile = Profile;
+        var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch);
+        CpuBackend = cpu.Name;
+        Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots)));
+        Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager));
+    }
+
+    /// <summary>Random weights: device tensors with torch's generator, host experts with the parallel filler.</summary>
+    private static void FillDummy(MixtralForCausalLM model)
+    {
+        using var noGrad = no_grad();
+        manual_seed(0);
+        if (cuda.is_available()) cuda.manual_seed_all(0);
+        ulong seed = 1;
+        foreach (var (name, p) in model.named_parameters())
+        {
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
+            else if (p.device_type == DeviceType.CPU) RandomFill.FillNormal(p, seed++, 0.02f);
+            else p.normal_(0, 0.02);
+        }
+    }
+
+    private T Own<T>(T d) where T : IDisposable
+    {
+        _owned.Add(d);
+        return d;
+    }
+
+    public void Dispose()
+    {
+        Model.SetExpertExecutor(null);
+        Model.Dispose();
+        Tokenizer?.Dispose();
+        foreach (var d in Enumerable.Reverse(_owned)) d.Dispose();
+    }
+}

@@ -1,0 +1,84 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using Fiddler.Actors.Engine;
+using Fiddler.Actors.Placement;
+using Fiddler.Actors.Scheduling;
+using Fiddler.Kernels.Runtime;
+using static TorchSharp.torch;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>
+/// <c>fiddler bench</c>: decode tok/s and time to first token of an offloaded model under a GPU budget, with the GPU
+/// hit rate, CPU expert bandwidth, PCIe traffic and router prediction accuracy; prints a table and writes JSON.
+/// </summary>
+public static class BenchCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Hugging Face checkpoint directory" };
+        var config = new Option<string?>("--config") { Description = "Named config (with --dummy-weights), e.g. mixtral-8x7b" };
+        var dummy = new Option<bool>("--dummy-weights") { Description = "Random full-size weights generated in memory" };
+        var budget = new Option<string?>("--gpu-budget") { Description = "GPU memory for weights + KV cache, e.g. 24GiB (default: all on GPU)" };
+        var popularity = new Option<string?>("--popularity") { Description = "popularity.json from `fiddler profile`" };
+        var promptTokens = new Option<string>("--prompt-tokens") { DefaultValueFactory = _ => "16,128,512" };
+        var newTokens = new Option<int>("--new-tokens") { DefaultValueFactory = _ => 64 };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "cuda" };
+        var routing = new Option<string>("--routing") { Description = "auto | cpu | transfer", DefaultValueFactory = _ => "auto" };
+        var layers = new Option<int?>("--layers") { Description = "Keep only the first N layers (quick runs)" };
+        var baseline = new Option<string?>("--baseline") { Description = "JSON written by bench/seed_baseline.py in the same session" };
+        var outDir = new Option<string>("--out") { DefaultValueFactory = _ => "bench/results" };
+        var profile = new Option<string?>("--profile") { Description = "Latency-model cache file" };
+        var libtorch = new Option<string?>("--libtorch");
+        var command = new Command("bench", "Offloaded decode and prefill benchmark");
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, layers, baseline, outDir, profile, libtorch })
+            command.Add(o);
+        command.SetAction(r =>
+        {
+            if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
+            int[] prompts = r.GetValue(promptTokens)!.Split(',').Select(s => int.TryParse(s, out int v) && v > 0 ? v
+                : throw new ArgumentException($"--prompt-tokens: '{s}' is not a positive integer")).ToArray();
+            int generate = r.GetValue(newTokens);
+            if (generate < 2) throw new ArgumentException("--new-tokens must be ≥ 2");
+            var dev = TorchRuntime.Initialize(r.GetValue(device)!);
+            var options = new EngineOptions
+            {
+                ModelDir = r.GetValue(model), NamedConfig = r.GetValue(config), DummyWeights = r.GetValue(dummy), Device = dev,
+                GpuBudgetBytes = r.GetValue(budget) is { } b ? MemoryBudget.Parse(b) : null, PopularityPath = r.GetValue(popularity),
+                ContextTokens = prompts.Max() + generate, Layers = r.GetValue(layers),
+                Routing = r.GetValue(routing) switch
+                {
+                    "auto" => RoutingMode.Auto, "cpu" => RoutingMode.CpuOnly, "transfer" => RoutingMode.TransferOnly,
+                    var x => throw new ArgumentException($"--routing: '{x}' (use auto, cpu or transfer)"),
+                },
+            };
+            if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
+            var clock = Stopwatch.StartNew();
+            using var engine = OffloadEngine.Create(options, Console.WriteLine);
+            Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
+            var result = BenchRun.Run(engine, prompts, generate);
+            var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());
+            Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
+            if (engine.Scheduler is { } s) Console.WriteLine(s.Router.Report());
+            Directory.CreateDirectory(r.GetValue(outDir)!);
+            string file = Path.Combine(r.GetValue(outDir)!, $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{report["model"]}-{report["gpu_budget_gib"]}gib.json");
+            File.WriteAllText(file, JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine($"wrote {file}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static string GpuName()
+    {
+        try
+        {
+            using var p = Process.Start(new ProcessStartInfo("nvidia-smi", "--query-gpu=name --format=csv,noheader") { RedirectStandardOutput = true });
+            string name = p!.StandardOutput.ReadToEnd().Trim().Split('\n')[0];
+            p.WaitForExit();
+            return name.Length > 0 ? name : "unknown";
+        }
+        catch (System.ComponentModel.Win32Exception) { return "none"; }
+    }
+}

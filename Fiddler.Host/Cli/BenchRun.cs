@@ -1,0 +1,96 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Fiddler.Actors.Engine;
+using Fiddler.Actors.Placement;
+using Fiddler.Kernels.Runtime;
+using static TorchSharp.torch;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>The measurements of <c>fiddler bench</c>: TTFT per prompt length, then decode on the first prompt.</summary>
+public static class BenchRun
+{
+    public sealed record Result(Dictionary<string, double> TtftS, double DecodeTokS, double HitRate, double CpuGbS,
+        double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs);
+
+    public static Result Run(OffloadEngine engine, int[] prompts, int generate)
+    {
+        var model = engine.Model;
+        using var noGrad = no_grad();
+        var rng = new Random(0);
+        long[] Prompt(int n) => Enumerable.Range(0, n).Select(_ => (long)rng.Next(3, engine.Config.VocabSize)).ToArray();
+
+        // Warm-up: kernels, allocator, staging slots.
+        using (var warm = model.NewCache(24))
+        {
+            model.Forward(tensor(Prompt(16)).unsqueeze(0), warm).Dispose();
+            for (int i = 0; i < 4; i++) model.Forward(tensor(new long[] { 5 }).unsqueeze(0), warm).Dispose();
+        }
+        var ttft = new Dictionary<string, double>();
+        foreach (int p in prompts)
+        {
+            using var cache = model.NewCache(p + 1);
+            var clock = Stopwatch.StartNew();
+            using var logits = model.Forward(tensor(Prompt(p)).unsqueeze(0), cache);
+            _ = logits.argmax(-1).item<long>();
+            ttft[p.ToString()] = clock.Elapsed.TotalSeconds;
+        }
+
+        engine.Scheduler?.ResetCounters();
+        using var decodeCache = model.NewCache(prompts[0] + generate);
+        var first = model.Forward(tensor(Prompt(prompts[0])).unsqueeze(0), decodeCache);
+        long next = first.argmax(-1).item<long>();
+        first.Dispose();
+        var decode = Stopwatch.StartNew();
+        for (int i = 1; i < generate; i++)
+        {
+            using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
+            next = l.argmax(-1).item<long>();
+        }
+        double decodeS = decode.Elapsed.TotalSeconds;
+        var s = engine.Scheduler;
+        double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
+        long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
+        double cpuGbS = cpuLaneMs > 0 ? s!.CpuExperts * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
+
+        // A few steps with per-stage timing (synchronising, so kept out of the tok/s above).
+        StageTimer.Enable(model.Device);
+        for (int i = 0; i < 4 && decodeCache.Length < decodeCache.Capacity; i++)
+        {
+            using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
+            next = l.argmax(-1).item<long>();
+        }
+        StageTimer.Disable();
+        var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / 4, 3));
+        return new Result(ttft, (generate - 1) / decodeS, s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
+            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages);
+    }
+
+    public static Dictionary<string, object?> Report(OffloadEngine engine, EngineOptions o, Result r, string? baselinePath, string card)
+    {
+        double? baseline = null;
+        if (baselinePath is not null && File.Exists(baselinePath))
+            baseline = JsonDocument.Parse(File.ReadAllText(baselinePath)).RootElement.GetProperty("decode_tok_s").GetDouble();
+        return new()
+        {
+            ["model"] = o.NamedConfig ?? Path.GetFileName(o.ModelDir!.TrimEnd('/')),
+            ["layers"] = engine.Config.NumHiddenLayers,
+            ["gpu_budget_gib"] = o.GpuBudgetBytes is long b ? Math.Round(MemoryBudget.ToGiB(b), 2) : null,
+            ["experts_on_gpu"] = engine.Plan?.ExpertsOnGpu,
+            ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
+            ["ttft_s"] = r.TtftS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
+            ["gpu_hit_rate"] = Math.Round(r.HitRate, 3),
+            ["cpu_expert_runs"] = r.CpuExperts,
+            ["expert_transfers"] = r.Transfers,
+            ["cpu_gb_s"] = Math.Round(r.CpuGbS, 1),
+            ["pcie_gb"] = Math.Round(r.PcieGb, 2),
+            ["stage_ms_per_token"] = r.StageMs,
+            ["cpu_backend"] = engine.CpuBackend,
+            ["routing"] = o.Routing.ToString(),
+            ["card"] = card,
+            ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
+            ["baseline_seed_decode_tok_s"] = baseline,
+            ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
+        };
+    }
+}
