@@ -19,8 +19,11 @@ fi
 for b in $budgets; do
   step "seed baseline at $b GiB"
   timeout 240 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens "${NEW_TOKENS:-32}" --out "$res/seed-$b.json" | tail -15 || echo "SEED FAILED"
-  step "fiddler bench at $b GiB"
-  timeout 360 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
-    --new-tokens "${NEW_TOKENS:-32}" --baseline "$res/seed-$b.json" --out "$res" --profile "$res/profile.json" || echo "BENCH FAILED"
+  for routing in ${ROUTINGS:-auto}; do
+    step "fiddler bench at $b GiB, routing $routing"
+    timeout 360 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
+      --new-tokens "${NEW_TOKENS:-32}" --routing "$routing" --baseline "$res/seed-$b.json" --out "$res" \
+      --profile "$res/profile.json" || echo "BENCH FAILED"
+  done
 done
 tar -C "$OUT" -czf "$OUT/results.tar.gz" results

@@ -86,7 +86,8 @@ public sealed class OffloadEngine : IDisposable
 
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)
     {
-        var pool = Own(new CpuWorkerPool(o.CpuThreads));
+        // One core stays free for the thread that drives the GPU: a straggling worker stalls the whole parallel region.
+        var pool = Own(new CpuWorkerPool(o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1)));
         var simd = new SimdCpuBackend(pool);
         var torchCpu = new TorchCpuBackend();
         var expertShape = new ExpertShape(Config.HiddenSize, Config.IntermediateSize, dtype);
@@ -134,6 +135,7 @@ public sealed class OffloadEngine : IDisposable
     public void Dispose()
     {
         Model.SetExpertExecutor(null);
+        HostPinning.Release(Model);
         Model.Dispose();
         Tokenizer?.Dispose();
         foreach (var d in Enumerable.Reverse(_owned)) d.Dispose();

@@ -44,6 +44,9 @@ public static unsafe class BenchCpuExpertCommand
                 $"({count * expertBytes / 1e9:F1} GB); {pool.Concurrency} threads; path {CpuExpertKernel.ForceIsa ?? CpuExpertKernel.BestIsa} " +
                 $"(best here: {CpuExpertKernel.BestIsa}); {Environment.ProcessorCount} logical CPUs");
 
+            long d0 = Stopwatch.GetTimestamp();
+            for (int k = 0; k < 10_000; k++) pool.ParallelFor(pool.Concurrency, _ => { }, pool.Concurrency, _ => { }, grain: 1);
+            Console.WriteLine($"pool: {Stopwatch.GetElapsedTime(d0).TotalMicroseconds / 10_000:F1} µs per empty two-phase region (workers spinning)");
             double readGBps = MeasureBandwidth(pool, (long)(r.GetValue(bandwidthGb) * 1e9));
             Console.WriteLine($"DRAM read bandwidth (parallel vector sum, {pool.Concurrency} threads): {readGBps:F1} GB/s");
 

@@ -13,6 +13,8 @@ public static class BenchRun
     public sealed record Result(Dictionary<string, double> TtftS, double DecodeTokS, double HitRate, double CpuGbS,
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs);
 
+    private const int StagedSteps = 4;
+
     public static Result Run(OffloadEngine engine, int[] prompts, int generate)
     {
         var model = engine.Model;
@@ -37,7 +39,7 @@ public static class BenchRun
         }
 
         engine.Scheduler?.ResetCounters();
-        using var decodeCache = model.NewCache(prompts[0] + generate);
+        using var decodeCache = model.NewCache(prompts[0] + generate + StagedSteps);
         var first = model.Forward(tensor(Prompt(prompts[0])).unsqueeze(0), decodeCache);
         long next = first.argmax(-1).item<long>();
         first.Dispose();
@@ -55,13 +57,13 @@ public static class BenchRun
 
         // A few steps with per-stage timing (synchronising, so kept out of the tok/s above).
         StageTimer.Enable(model.Device);
-        for (int i = 0; i < 4 && decodeCache.Length < decodeCache.Capacity; i++)
+        for (int i = 0; i < StagedSteps; i++)
         {
             using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
             next = l.argmax(-1).item<long>();
         }
         StageTimer.Disable();
-        var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / 4, 3));
+        var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
         return new Result(ttft, (generate - 1) / decodeS, s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages);
     }

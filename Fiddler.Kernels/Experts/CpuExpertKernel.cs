@@ -24,7 +24,7 @@ public static unsafe class CpuExpertKernel
 {
     /// <summary>Weight bytes per work item: small enough that the last items of a phase finish together (≤ 2% tail on
     /// 16 threads at full size), large enough that every thread streams long contiguous runs.</summary>
-    private static readonly int ItemBytes = int.TryParse(Environment.GetEnvironmentVariable("FIDDLER_CPU_ITEM_KB"), out int kb) ? kb * 1024 : 128 * 1024; // TEMPORARY knob
+    private const int ItemBytes = 128 * 1024;
 
     [ThreadStatic] private static CpuIsa? t_forceIsa;
 
@@ -223,7 +223,9 @@ public static unsafe class CpuExpertKernel
             {
                 W1 = (byte*)w.W1, W3 = (byte*)w.W3, W2 = (byte*)w.W2, Y = job.Y,
                 Hidden = w.Hidden, Intermediate = w.Intermediate, Tokens = job.Tokens, Width = orderWidth, Type = w.Type,
-                LdX = RoundUp(w.Hidden, 16), LdH = RoundUp(w.Intermediate, 16), // 64-byte aligned rows
+                // 64-byte aligned rows, one cache line longer than a multiple of 64 so that the rows of several tokens don't
+                // all map to the same L1 sets (4K aliasing: Mixtral's 4096 and 14336 floats are multiples of 4 KB).
+                LdX = RoundUp(w.Hidden, 16) + 16, LdH = RoundUp(w.Intermediate, 16) + 16,
             };
             p.XpOffset = scratchFloats;
             scratchFloats += (long)p.LdX * job.Tokens;

@@ -29,7 +29,6 @@ public static class Weights
     public static Parameter Empty(long[] shape, ScalarType dtype, Device device, bool pinned = false)
     {
         if (!pinned || device.type != DeviceType.CPU) return new(torch.empty(shape, dtype, device), requires_grad: false);
-        using var pageable = torch.empty(shape, dtype, device);
-        return new(pageable.pin_memory(), requires_grad: false);
+        return new(Cuda.HostPinning.Empty(shape, dtype), requires_grad: false);
     }
 }

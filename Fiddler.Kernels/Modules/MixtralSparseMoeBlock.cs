@@ -94,14 +94,14 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
 public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
 {
     /// <summary>This expert's input rows [n, D] of the flattened hidden states.</summary>
-    public Tensor Gather(Tensor flat) => flat.index_select(0, tensor(Tokens, device: flat.device));
+    public Tensor Gather(Tensor flat) => flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
 
     /// <summary>output[token] += routing weight × expert output, for this expert's rows (as HF: multiply, then index_add).</summary>
     public void Accumulate(Tensor output, Tensor routingWeights, Tensor expertOutput)
     {
         using var scope = NewDisposeScope();
-        var idx = tensor(Tokens, device: output.device);
-        var slots = tensor(Slots, device: output.device);
+        var idx = DeviceIndices.Get(Tokens, output.device);
+        var slots = DeviceIndices.Get(Slots, output.device);
         var w = routingWeights.index_select(0, idx).gather(1, slots.unsqueeze(1));   // [n, 1]
         output.index_add_(0, idx, expertOutput.to(output.dtype, output.device) * w, 1);
     }

@@ -62,7 +62,11 @@ public static class Calibration
         }
         finally
         {
-            foreach (var e in host) e.Dispose();
+            foreach (var e in host)
+            {
+                Cuda.HostPinning.Release(e);
+                e.Dispose();
+            }
         }
     }
 

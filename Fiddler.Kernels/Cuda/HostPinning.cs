@@ -1,0 +1,48 @@
+using System.Collections.Concurrent;
+using Fiddler.Kernels.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Cuda;
+
+/// <summary>
+/// Page-locks large host tensors where they are (cudaHostRegister) instead of copying them into torch's pinned pool.
+/// Why: torch's pinned allocator rounds each block up to a power of two (a 112 MiB expert matrix takes 128 MiB, +14%
+/// over 70 GB of experts), and the CPU expert kernel read pinned-pool memory at ~72 GB/s against ~121 GB/s from
+/// torch's ordinary allocations (measured on the H100 host, 1-token expert: 4.9 ms vs 2.9 ms).
+/// </summary>
+public static class HostPinning
+{
+    private const long MinBytes = 2L << 20; // small blocks may share pages with other allocations: use torch's pool
+    private static readonly ConcurrentDictionary<IntPtr, long> Registered = new();
+
+    /// <summary>A page-locked tensor of the given shape: registered in place when large, else torch's pin_memory.</summary>
+    public static Tensor Empty(long[] shape, ScalarType dtype)
+    {
+        var t = empty(shape, dtype, CPU);
+        long bytes = t.NumberOfElements * t.ElementSize;
+        if (bytes >= MinBytes && CudaRuntime.IsAvailable)
+        {
+            IntPtr p = TensorMemory.DataPtr(t);
+            try
+            {
+                PinnedMemory.Register(p, bytes);
+                Registered[p] = bytes;
+                return t;
+            }
+            catch (CudaException) { } // e.g. a page already registered: fall back to a copy into the pinned pool
+        }
+        using (t) return t.pin_memory();
+    }
+
+    /// <summary>Unregisters every registered parameter of <paramref name="module"/> (before the module frees them).</summary>
+    public static void Release(nn.Module module)
+    {
+        foreach (var p in module.parameters())
+        {
+            if (p.device_type != DeviceType.CPU) continue;
+            IntPtr ptr = TensorMemory.DataPtr(p);
+            if (Registered.TryRemove(ptr, out _)) PinnedMemory.Unregister(ptr);
+        }
+    }
+}
