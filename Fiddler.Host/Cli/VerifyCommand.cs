@@ -17,8 +17,9 @@ public static class VerifyCommand
         var fixtures = new Option<string>("--fixtures") { Description = "Folder of fixture models (Fiddler.Tests/Fixtures)", Required = true };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var libtorch = new Option<string?>("--libtorch") { Description = "Folder of a CUDA libtorch" };
+        var plans = new Option<bool>("--plans") { Description = "Also run every offload plan (CPU, SIMD, transfers, splits) against HF greedy tokens" };
         var command = new Command("verify", "Check logits and greedy tokens against Hugging Face transformers fixtures");
-        command.Add(fixtures); command.Add(device); command.Add(libtorch);
+        command.Add(fixtures); command.Add(device); command.Add(libtorch); command.Add(plans);
         command.SetAction(r =>
         {
             if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
@@ -37,6 +38,16 @@ public static class VerifyCommand
                         $"{(rep.GreedyEqual ? "same" : "DIFF"),7} {(rep.Bf16FirstDivergence < 0 ? "none" : rep.Bf16FirstDivergence.ToString()),9} " +
                         $"{(rep.Bf16Top5Agree ? "ok" : "FAIL"),9}{(rep.Detail.Length == 0 ? "" : "  " + rep.Detail)}");
                 }
+            if (r.GetValue(plans))
+                foreach (var dir in dirs)
+                    foreach (var (residency, route) in PlanParity.Plans)
+                    {
+                        var failures = PlanParity.Check(dir, residency, route, dev, out long copied, out int cpuTokens);
+                        ok &= failures.Count == 0;
+                        Console.WriteLine($"plan {Path.GetFileName(dir),-22} experts {residency,-4} route {route,-10} " +
+                            $"{(failures.Count == 0 ? "same tokens" : "DIFF")}  (staged {copied / 1024.0:F0} KiB, {cpuTokens} CPU expert tokens)");
+                        foreach (var f in failures) Console.WriteLine("  " + f);
+                    }
             Console.WriteLine(ok ? "verify: all checks passed" : "verify: FAILED");
             return ok ? 0 : 1;
         });

@@ -13,7 +13,7 @@ public enum CpuIsa
 
 /// <summary>
 /// The Fiddler CPU expert: y = w2 · (silu(w1·x) ⊙ (w3·x)) for a few tokens, straight from weights in CPU memory,
-/// fp32 accumulation (matches HF MixtralBlockSparseTop2MLP computed in fp32 on the same weights).
+/// fp32 throughout: HF MixtralBlockSparseTop2MLP's math on the stored weights, without bf16 rounding between the ops.
 /// Decode is memory-bound (one weight byte feeds ≤ 16 multiply-adds), so the design is about reading each weight once:
 /// phase 1 splits the intermediate rows of w1 and w3 across threads (each item streams w1 and w3 rows side by side and
 /// writes silu(g)·u), a completion barrier, then phase 2 splits the hidden rows of w2. All tokens of an expert are

@@ -7,10 +7,10 @@ namespace Fiddler.Kernels.Experts;
 /// <summary>
 /// A dedicated set of long-lived threads for the CPU expert kernels (not the .NET ThreadPool, whose injection and
 /// queueing latency is too high for 32 parallel regions per token). A call runs on <see cref="Concurrency"/>
-/// participants: the calling thread plus <c>Concurrency − 1</c> workers. Work items are handed out dynamically by one
-/// atomic counter, so a late or descheduled worker delays a region by at most one item.
-/// Idle workers spin for <c>spin</c> (default 500 µs, long enough to bridge the GPU work between two MoE layers),
-/// then block on their own semaphore. One region runs at a time; calls from several threads are serialised.
+/// participants: the calling thread plus <c>Concurrency − 1</c> workers. Work items are handed out dynamically by an
+/// atomic counter per phase, so a late or descheduled worker delays a region by at most one item.
+/// Idle workers spin for <c>spin</c> (default 500 µs, meant to bridge the GPU work between two MoE layers), then block
+/// on their own semaphore; waking a blocked worker costs a semaphore release on the calling thread. One region runs at a time; calls from several threads are serialised.
 /// </summary>
 public sealed unsafe class CpuWorkerPool : IDisposable
 {
@@ -55,6 +55,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
     /// </summary>
     public void ParallelFor(int count1, Action<int> body1, int count2, Action<int>? body2, int grain = 0)
     {
+        ArgumentNullException.ThrowIfNull(body1);
         ArgumentOutOfRangeException.ThrowIfNegative(count1);
         ArgumentOutOfRangeException.ThrowIfNegative(count2);
         if (count2 > 0) ArgumentNullException.ThrowIfNull(body2);
@@ -152,11 +153,16 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         t_runningBodyOf = this;
         try
         {
-            RunPhase(job, ref job.Next1, ref job.Done1, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0);
+            RunPhase(job, ref job.Next1.Value, ref job.Done1.Value, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0);
             if (job.Count2 == 0) return;
-            var spinner = new SpinWait();
-            while (Volatile.Read(ref job.Done1) < job.Count1) spinner.SpinOnce(sleep1Threshold: -1);
-            RunPhase(job, ref job.Next2, ref job.Done2, job.Count2, job.Grain2, job.Body2!, last: true);
+            // Barrier: the last phase-1 items are in flight on other threads. Pure spinning (no sched_yield syscalls, which
+            // cost microseconds in a VM) unless it lasts long enough to suggest the straggler needs our core.
+            for (int i = 0; Volatile.Read(ref job.Done1.Value) < job.Count1; i++)
+            {
+                if (i < 4096) Thread.SpinWait(1);
+                else Thread.Yield();
+            }
+            RunPhase(job, ref job.Next2.Value, ref job.Done2.Value, job.Count2, job.Grain2, job.Body2!, last: true);
         }
         finally { t_runningBodyOf = previous; }
     }
@@ -211,7 +217,16 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         public readonly int Count1 = count1, Count2 = count2, Grain1 = grain1, Grain2 = grain2;
         public readonly Action<int> Body1 = body1;
         public readonly Action<int>? Body2 = body2;
-        public int Next1, Done1, Next2, Done2, Finished, Waiting;
+        // Each counter on its own cache lines: with all four on one line, an empty two-phase region took 12-14 µs on the
+        // 16-core Xeon host; apart (and with the barrier spinning instead of yielding), 9 µs.
+        public PaddedInt Next1, Done1, Next2, Done2;
+        public int Finished, Waiting;
         public Exception? Error;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 128)]
+    private struct PaddedInt
+    {
+        [FieldOffset(64)] public int Value;
     }
 }

@@ -97,6 +97,14 @@ public static class FixtureParity
         return (maxAbs, maxAbs / Math.Max(scale, 1e-30));
     }
 
+    /// <summary>An integer reference tensor (I64 or I32) as longs.</summary>
+    public static long[] Longs(SafetensorsFile file, string name)
+    {
+        using var t = Load(file, name);
+        using var l = t.to(ScalarType.Int64);
+        return l.data<long>().ToArray();
+    }
+
     private static unsafe Tensor Load(SafetensorsFile file, string name)
     {
         var info = file.Info(name);

@@ -1,0 +1,77 @@
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Cuda;
+using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.IO;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Sampling;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Verification;
+
+/// <summary>
+/// Every execution plan must compute the same function: fixture models run with experts resident or in host memory,
+/// routed to the device, the CPU (libtorch or the SIMD kernel) or through weight transfers (CUDA streams on a GPU,
+/// plain copies elsewhere), and must reproduce Hugging Face's fp32 greedy tokens. Used by the tests and by
+/// <c>fiddler verify --plans</c> on GPU hosts.
+/// </summary>
+public static class PlanParity
+{
+    /// <summary>(residency, route): residency "none" or "half"; route cpu | cpu-simd | transfer | split | split-simd.</summary>
+    public static readonly (string Residency, string Route)[] Plans =
+        [("none", "cpu"), ("none", "cpu-simd"), ("none", "transfer"), ("none", "split"), ("half", "cpu"), ("half", "split"), ("half", "split-simd")];
+
+    /// <summary>Routes by a fixed rule: resident → device, others by <paramref name="pick"/>.</summary>
+    public sealed class ForcedScheduler(Func<int, ExpertWork, ExpertRoute> pick) : IExpertScheduler
+    {
+        public List<LayerObservation> Observed { get; } = [];
+        public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work) =>
+            work.Select(w => w.Resident ? ExpertRoute.Gpu : pick(layer, w)).ToArray();
+        public void Observe(LayerObservation o) => Observed.Add(o);
+    }
+
+    /// <summary>Runs one plan on one fixture model; returns a failure message per mismatching prompt (empty: pass).</summary>
+    public static List<string> Check(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens)
+    {
+        var config = MixtralConfig.Load(Path.Combine(modelDir, "config.json"));
+        var resident = Enumerable.Range(0, config.NumHiddenLayers).Select(l => Enumerable.Range(0, config.NumLocalExperts)
+            .Select(e => residency == "half" && (l + e) % 2 == 0).ToArray()).ToArray();
+        bool cudaDevice = device.type == DeviceType.CUDA;
+        using var loaded = ModelLoader.Load(modelDir, new LoadOptions(device, ScalarType.Float32, new ExpertResidency(resident, cudaDevice)));
+        var scheduler = new ForcedScheduler((layer, w) => route switch
+        {
+            "cpu" or "cpu-simd" => ExpertRoute.Cpu,
+            "transfer" => ExpertRoute.Transfer,
+            _ => (layer + w.Expert) % 3 == 0 ? ExpertRoute.Transfer : ExpertRoute.Cpu,
+        });
+        using IWeightStager stager = cudaDevice
+            ? new CudaWeightStager(new WeightStager(device, new ExpertShape(config.HiddenSize, config.IntermediateSize, ScalarType.Float32), 2))
+            : new CopyStager(2, config.HiddenSize, config.IntermediateSize, ScalarType.Float32, device);
+        using var pool = new CpuWorkerPool(Math.Min(4, Environment.ProcessorCount));
+        ICpuExpertBackend backend = route.EndsWith("-simd", StringComparison.Ordinal) ? new SimdCpuBackend(pool) : new TorchCpuBackend();
+        loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, backend, stager));
+        var failures = new List<string>();
+        try
+        {
+            using var refs = new SafetensorsFile(Path.Combine(modelDir, FixtureParity.ReferenceFile));
+            for (int k = 0; refs.Contains($"p{k}.prompt_ids"); k++)
+            {
+                int[] prompt = FixtureParity.Longs(refs, $"p{k}.prompt_ids").Select(i => (int)i).ToArray();
+                long[] expected = FixtureParity.Longs(refs, $"p{k}.greedy_tokens");
+                var result = new Generation.Generator(loaded.Model, null).Run(prompt,
+                    new Generation.GenerationOptions { MaxNewTokens = expected.Length, Sampling = SamplingOptions.Greedy, StopOnEos = false });
+                if (!result.Tokens.Select(t => (long)t).SequenceEqual(expected))
+                    failures.Add($"{Path.GetFileName(modelDir)} p{k} {residency}/{route}: [{string.Join(",", result.Tokens)}] vs HF [{string.Join(",", expected)}]");
+            }
+        }
+        finally
+        {
+            loaded.Model.SetExpertExecutor(null);
+            HostPinning.Release(loaded.Model);
+        }
+        bytesCopied = stager.BytesCopied;
+        cpuTokens = scheduler.Observed.Sum(o => o.CpuTokens);
+        return failures;
+    }
+}
