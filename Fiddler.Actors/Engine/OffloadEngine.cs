@@ -35,7 +35,8 @@ public sealed class OffloadEngine : IDisposable
     public RouterScheduler? Scheduler { get; private set; }
     public HardwareProfile? Profile { get; private set; }
     public IWeightStager? Stager { get; private set; }
-    public string? CpuBackend { get; private set; }
+    public string? CpuBackend => Cpu?.Name;
+    public ICpuExpertBackend? Cpu { get; private set; }
 
     public static OffloadEngine Create(EngineOptions o, Action<string> log)
     {
@@ -106,7 +107,7 @@ public sealed class OffloadEngine : IDisposable
         }
         var profile = Profile;
         var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch);
-        CpuBackend = cpu.Name;
+        Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots)));
         Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager));
     }

@@ -31,8 +31,9 @@ public static class BenchCommand
         var outDir = new Option<string>("--out") { DefaultValueFactory = _ => "bench/results" };
         var profile = new Option<string?>("--profile") { Description = "Latency-model cache file" };
         var libtorch = new Option<string?>("--libtorch");
+        var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, layers, baseline, outDir, profile, libtorch })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, layers, baseline, outDir, profile, libtorch, actors })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -58,6 +59,11 @@ public static class BenchCommand
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
             var result = BenchRun.Run(engine, prompts, generate);
+            if (r.GetValue(actors))
+            {
+                var (direct, viaActors) = BenchRun.ActorOverhead(engine, prompts[0], generate).GetAwaiter().GetResult();
+                result = result with { GeneratorTokS = direct, ActorsTokS = viaActors };
+            }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());
             Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
             if (engine.Scheduler is { } s) Console.WriteLine(s.Router.Report());

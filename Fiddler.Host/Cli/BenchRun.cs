@@ -11,7 +11,33 @@ namespace Fiddler.Host.Cli;
 public static class BenchRun
 {
     public sealed record Result(Dictionary<string, double> TtftS, double DecodeTokS, double HitRate, double CpuGbS,
-        double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs);
+        double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
+    {
+        public double? GeneratorTokS { get; init; }
+        public double? ActorsTokS { get; init; }
+    }
+
+    /// <summary>
+    /// Decode through Kernels' generator directly, then through the actor runtime (router, layer and CPU pool actors,
+    /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
+    /// </summary>
+    public static async Task<(double Direct, double Actors)> ActorOverhead(OffloadEngine engine, int promptTokens, int generate)
+    {
+        var rng = new Random(1);
+        int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
+        var options = new Fiddler.Kernels.Generation.GenerationOptions
+            { MaxNewTokens = generate, Sampling = Fiddler.Kernels.Sampling.SamplingOptions.Greedy, StopOnEos = false };
+        var warmUp = options with { MaxNewTokens = 3 };
+        var generator = new Fiddler.Kernels.Generation.Generator(engine.Model, null);
+        generator.Run(prompt, warmUp); // JIT and allocator warm-up of the generator path
+        double direct = generator.Run(prompt, options).DecodeTokensPerSecond;
+        var offload = engine.Scheduler is null ? ((Fiddler.Kernels.Offload.IExpertScheduler, Fiddler.Kernels.Offload.ICpuExpertBackend, Fiddler.Kernels.Offload.IWeightStager?)?)null
+            : (engine.Scheduler, engine.Cpu!, engine.Stager);
+        await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload);
+        await runtime.RunAsync(prompt, warmUp);
+        double actors = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
+        return (direct, actors);
+    }
 
     private const int StagedSteps = 4;
 
@@ -91,6 +117,9 @@ public static class BenchRun
             ["routing"] = o.Routing.ToString(),
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
+            ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,
+            ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
+            ["actor_overhead_pct"] = r.GeneratorTokS is double g2 && r.ActorsTokS is double a2 ? Math.Round((g2 / a2 - 1) * 100, 2) : null,
             ["baseline_seed_decode_tok_s"] = baseline,
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
         };

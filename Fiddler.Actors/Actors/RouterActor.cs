@@ -1,0 +1,27 @@
+using Akka.Actor;
+using Fiddler.Actors.Protocols;
+using Fiddler.Kernels.Offload;
+
+namespace Fiddler.Actors.Actors;
+
+/// <summary>
+/// Owns the routing decision (any <see cref="IExpertScheduler"/>, normally the latency-model router) and the layer
+/// actors: answers <see cref="DecideLayer"/>, accounts <see cref="LayerObserved"/> and forwards it to "layer-NN".
+/// </summary>
+public sealed class RouterActor : ReceiveActor
+{
+    public RouterActor(IExpertScheduler scheduler, int layers)
+    {
+        var layerActors = Enumerable.Range(0, layers)
+            .Select(i => Context.ActorOf(LayerActor.Props(i), $"layer-{i:00}")).ToArray();
+        Receive<DecideLayer>(m => Sender.Tell(new LayerRoutes(m.Layer, scheduler.Decide(m.Layer, m.Work))));
+        Receive<LayerObserved>(m =>
+        {
+            scheduler.Observe(m.Observation);
+            layerActors[m.Observation.Layer].Tell(m);
+        });
+        Receive<GetLayerStats>(_ => Sender.Tell(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, TimeSpan.FromSeconds(5)).Result).ToArray()));
+    }
+
+    public static Props Props(IExpertScheduler scheduler, int layers) => Akka.Actor.Props.Create(() => new RouterActor(scheduler, layers));
+}

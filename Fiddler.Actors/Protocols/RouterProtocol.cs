@@ -1,0 +1,24 @@
+using Fiddler.Kernels.Offload;
+
+namespace Fiddler.Actors.Protocols;
+
+/// <summary>Asks the router actor where one layer's chosen experts run.</summary>
+public sealed record DecideLayer(int Layer, IReadOnlyList<ExpertWork> Work);
+
+/// <summary>The router's answer: one route per work item, same order.</summary>
+public sealed record LayerRoutes(int Layer, IReadOnlyList<ExpertRoute> Routes);
+
+/// <summary>What a layer took; the router accounts it and forwards it to that layer's actor.</summary>
+public sealed record LayerObserved(LayerObservation Observation);
+
+/// <summary>Asks a layer actor for its running statistics.</summary>
+public sealed record GetLayerStats
+{
+    public static GetLayerStats Instance { get; } = new();
+}
+
+/// <summary>One layer's totals since start: steps, experts chosen, resident hits, CPU/transfer counts and time.</summary>
+public sealed record LayerStats(int Layer, long Steps, long Chosen, long Resident, long Cpu, long Transfers, double CpuLaneMs, double LayerMs)
+{
+    public double HitRate => Chosen == 0 ? 0 : (double)Resident / Chosen;
+}

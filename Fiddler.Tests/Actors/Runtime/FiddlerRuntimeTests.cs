@@ -1,0 +1,99 @@
+using Akka.Actor;
+using Fiddler.Actors.Actors;
+using Fiddler.Actors.Protocols;
+using Fiddler.Actors.Runtime;
+using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.Generation;
+using Fiddler.Kernels.IO;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Sampling;
+using Fiddler.Kernels.Verification;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Fiddler.Tests.Actors.Runtime;
+
+public class FiddlerRuntimeTests : Akka.TestKit.Xunit2.TestKit
+{
+    private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
+
+    private static (int[] Prompt, long[] Expected) Reference(string model)
+    {
+        using var refs = new SafetensorsFile(Path.Combine(Fixture(model), FixtureParity.ReferenceFile));
+        return (FixtureParity.Longs(refs, "p0.prompt_ids").Select(i => (int)i).ToArray(), FixtureParity.Longs(refs, "p0.greedy_tokens"));
+    }
+
+    private static LoadedModel LoadHostExperts(string model)
+    {
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(Fixture(model), "config.json"));
+        var none = Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new bool[config.NumLocalExperts]).ToArray();
+        return ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32, new ExpertResidency(none, false)));
+    }
+
+    [Fact]
+    public async Task GenerateAsync_OffloadedThroughActors_MatchesTransformersGreedyTokens()
+    {
+        using var loaded = LoadHostExperts("tiny-gqa2-top2-swa8");
+        using var pool = new CpuWorkerPool(2);
+        using var stager = new CopyStager(2, 64, loaded.Model.Config.IntermediateSize, ScalarType.Float32, CPU);
+        var scheduler = new PlanParity.ForcedScheduler((layer, w) => (layer + w.Expert) % 2 == 0 ? ExpertRoute.Transfer : ExpertRoute.Cpu);
+        await using var runtime = FiddlerRuntime.Start(loaded.Model, null, (scheduler, new SimdCpuBackend(pool), stager));
+        var (prompt, expected) = Reference("tiny-gqa2-top2-swa8");
+
+        var tokens = new List<long>();
+        await foreach (var t in runtime.GenerateAsync(prompt, new GenerationOptions
+            { MaxNewTokens = expected.Length, Sampling = SamplingOptions.Greedy, StopOnEos = false }))
+            if (t.Id >= 0) tokens.Add(t.Id);
+
+        Assert.Equal(expected, tokens);
+        var stats = await runtime.LayerStatsAsync();
+        Assert.Equal(loaded.Model.Config.NumHiddenLayers, stats.Length);
+        Assert.All(stats, s => Assert.True(s.Steps > 0 && s.Cpu > 0 && s.Transfers > 0 && s.Resident == 0));
+    }
+
+    [Fact]
+    public async Task RunAsync_BadRequest_ThrowsAndRuntimeKeepsServing()
+    {
+        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
+        await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
+        await Assert.ThrowsAsync<ArgumentException>(() => runtime.RunAsync([1, 99999], new GenerationOptions { MaxNewTokens = 2 }));
+        var (prompt, expected) = Reference("tiny-mha-top1");
+        var result = await runtime.RunAsync(prompt, new GenerationOptions { MaxNewTokens = 8, Sampling = SamplingOptions.Greedy, StopOnEos = false });
+        Assert.Equal(expected.Take(8), result.Tokens.Select(t => (long)t));
+    }
+
+    [Fact]
+    public async Task GenerateAsync_ConsumerStopsEarly_GenerationIsCancelled()
+    {
+        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
+        await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
+        using var cts = new CancellationTokenSource();
+        int seen = 0;
+        await foreach (var _ in runtime.GenerateAsync([1, 2, 3], new GenerationOptions { MaxNewTokens = 100, StopOnEos = false }, cts.Token))
+            if (++seen == 3) cts.Cancel();
+        Assert.InRange(seen, 3, 5);
+        // The device actor is free again: the next request completes.
+        var next = await runtime.RunAsync([4, 5], new GenerationOptions { MaxNewTokens = 3, StopOnEos = false });
+        Assert.Equal(3, next.Tokens.Length);
+    }
+
+    [Fact]
+    public void RouterActor_DecideAndObserve_RoutesAndFeedsLayerActors()
+    {
+        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
+        var router = Sys.ActorOf(RouterActor.Props(scheduler, layers: 2), "router");
+        var work = new[] { new ExpertWork(0, 1, true), new ExpertWork(3, 1, false) };
+        router.Tell(new DecideLayer(1, work), TestActor);
+        var routes = ExpectMsg<LayerRoutes>();
+        Assert.Equal([ExpertRoute.Gpu, ExpertRoute.Cpu], routes.Routes);
+
+        router.Tell(new LayerObserved(new LayerObservation(1, work, routes.Routes, 2.5, 3.0, 1, 0)));
+        router.Tell(GetLayerStats.Instance, TestActor);
+        var stats = ExpectMsg<LayerStats[]>();
+        Assert.Equal(0, stats[0].Steps);
+        Assert.Equal(1, stats[1].Steps);
+        Assert.Equal(0.5, stats[1].HitRate);
+        Assert.Single(scheduler.Observed);
+    }
+}
