@@ -12,6 +12,10 @@ budgets=${BUDGETS:-"24"}
 mkdir -p /opt/fiddler && tar -xJf "$root/artifacts/fiddler-bundle.tar.xz" -C /opt/fiddler
 f=/opt/fiddler/fiddler
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+if [ "${VERIFY:-0}" = 1 ]; then
+  step "verify (HF parity + every offload plan) on CUDA"
+  timeout 150 $f verify --fixtures "$root/Fiddler.Tests/Fixtures" --device cuda --plans || echo "VERIFY FAILED"
+fi
 if [ "${SELFTEST:-1}" = 1 ]; then
   step "cuda-selftest"; timeout 90 $f cuda-selftest --iterations 5 || echo "SELFTEST FAILED"
   step "bench-cpu-expert"; timeout 120 $f bench-cpu-expert --tokens 1,2,4,8,16 --iterations 10 || echo "CPU EXPERT BENCH FAILED"
@@ -23,7 +27,7 @@ for b in $budgets; do
     step "fiddler bench at $b GiB, routing $routing"
     timeout 360 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
       --new-tokens "${NEW_TOKENS:-32}" --routing "$routing" --baseline "$res/seed-$b.json" --out "$res" \
-      --profile "$res/profile.json" || echo "BENCH FAILED"
+      --profile "$res/profile.json" ${BENCH_FLAGS:-} || echo "BENCH FAILED"
   done
 done
 tar -C "$OUT" -czf "$OUT/results.tar.gz" results

@@ -88,7 +88,8 @@ public sealed class OffloadEngine : IDisposable
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)
     {
         // One core stays free for the thread that drives the GPU: a straggling worker stalls the whole parallel region.
-        var pool = Own(new CpuWorkerPool(o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1)));
+        // Workers spin 2 ms before sleeping: one decode layer's device work is ~1 ms, so the pool stays awake between layers.
+        var pool = Own(new CpuWorkerPool(o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1), TimeSpan.FromMilliseconds(2)));
         var simd = new SimdCpuBackend(pool);
         var torchCpu = new TorchCpuBackend();
         var expertShape = new ExpertShape(Config.HiddenSize, Config.IntermediateSize, dtype);
