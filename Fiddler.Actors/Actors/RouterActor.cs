@@ -23,5 +23,8 @@ public sealed class RouterActor : ReceiveActor
         Receive<GetLayerStats>(_ => Sender.Tell(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, TimeSpan.FromSeconds(5)).Result).ToArray()));
     }
 
-    public static Props Props(IExpertScheduler scheduler, int layers) => Akka.Actor.Props.Create(() => new RouterActor(scheduler, layers));
+    /// <summary>On its own pinned thread: every layer of every token waits for its answer, so it must never queue
+    /// behind other work for a dispatcher thread (measured: 9 % of decode time on the shared dispatcher).</summary>
+    public static Props Props(IExpertScheduler scheduler, int layers) =>
+        Akka.Actor.Props.Create(() => new RouterActor(scheduler, layers)).WithDispatcher("fiddler.router-dispatcher");
 }
