@@ -14,7 +14,7 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Tests.Actors.Runtime;
 
-public class FiddlerRuntimeTests : Akka.TestKit.Xunit2.TestKit
+public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.DefaultConfig())
 {
     private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
 
@@ -64,16 +64,17 @@ public class FiddlerRuntimeTests : Akka.TestKit.Xunit2.TestKit
     }
 
     [Fact]
-    public async Task GenerateAsync_ConsumerStopsEarly_GenerationIsCancelled()
+    public async Task RunAsync_CancelledAfterThreeTokens_StopsWithinAStepAndServesNext()
     {
-        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
-        await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
+        // The embedded default model: 500 new tokens fit its 512-token context and take far longer than a few steps.
+        using var loaded = ModelLoader.Load(Path.Combine(AppContext.BaseDirectory, "default-model"), new LoadOptions(CPU));
+        await using var runtime = FiddlerRuntime.Start(loaded.Model, loaded.Tokenizer);
         using var cts = new CancellationTokenSource();
         int seen = 0;
-        await foreach (var _ in runtime.GenerateAsync([1, 2, 3], new GenerationOptions { MaxNewTokens = 100, StopOnEos = false }, cts.Token))
-            if (++seen == 3) cts.Cancel();
-        Assert.InRange(seen, 3, 5);
-        // The device actor is free again: the next request completes.
+        var result = await runtime.RunAsync([1, 415, 1102], new GenerationOptions { MaxNewTokens = 500, StopOnEos = false },
+            _ => { if (++seen == 3) cts.Cancel(); }, cts.Token);
+        Assert.Equal(FinishReason.Cancelled, result.Finish);
+        Assert.InRange(result.Tokens.Length, 3, 100);
         var next = await runtime.RunAsync([4, 5], new GenerationOptions { MaxNewTokens = 3, StopOnEos = false });
         Assert.Equal(3, next.Tokens.Length);
     }
