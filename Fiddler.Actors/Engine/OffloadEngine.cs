@@ -54,7 +54,7 @@ public sealed class OffloadEngine : IDisposable
         {
             var popularity = o.PopularityPath is null ? ExpertPopularity.Uniform(shape.Layers, shape.Experts)
                 : ExpertPopularity.Load(o.PopularityPath, shape);
-            plan = PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(o.ContextTokens),
+            plan = PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(Math.Min(o.ContextTokens, config.MaxPositionEmbeddings)),
                 reserveBytes: o.StagingSlots * shape.ExpertBytes + Math.Min(1L << 30, shape.NonExpertBytes / 2)); // staging + activations
             residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
             log(plan.Summary());

@@ -22,6 +22,8 @@ public static class FiddlerCli
         root.Add(BenchCpuExpertCommand.Create());
         root.Add(CudaSelfTestCommand.Create());
         root.Add(BenchCommand.Create());
+        root.Add(ProfileCommand.Create());
+        root.Add(CalibrateCommand.Create());
         return root;
     }
 

@@ -1,5 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
+using Fiddler.Actors.Engine;
+using Fiddler.Actors.Placement;
 using Fiddler.Kernels.Generation;
 using Fiddler.Kernels.Loading;
 using Fiddler.Kernels.Runtime;
@@ -27,9 +29,11 @@ public static class GenerateCommand
         var libtorch = new Option<string?>("--libtorch") { Description = $"Folder of a CUDA libtorch (default: ${TorchRuntime.LibTorchEnvironmentVariable}, else python3's torch)" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object: ids, text, per-step top-5 logprobs, timings" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
+        var budget = new Option<string?>("--gpu-budget") { Description = "Offload: GPU memory for weights + KV cache (e.g. 24GiB); other experts stay in host memory" };
+        var popularity = new Option<string?>("--popularity") { Description = "popularity.json from `fiddler profile` (placement order)" };
 
         var command = new Command("generate", "Generate text from a prompt");
-        foreach (var o in new Option[] { model, prompt, promptIds, maxTokens, temperature, topK, topP, seed, stop, device, dtype, libtorch, json, ignoreEos })
+        foreach (var o in new Option[] { model, prompt, promptIds, maxTokens, temperature, topK, topP, seed, stop, device, dtype, libtorch, json, ignoreEos, budget, popularity })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -47,12 +51,23 @@ public static class GenerateCommand
             options.Validate();
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var dt = r.GetValue(dtype) is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
-            using var loaded = Load(DefaultModel.Resolve(r.GetValue(model)), new LoadOptions(dev, dt), quiet: r.GetValue(json));
+            string dir = DefaultModel.Resolve(r.GetValue(model));
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            using var engine = r.GetValue(budget) is { } b
+                ? OffloadEngine.Create(new EngineOptions
+                {
+                    ModelDir = dir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = r.GetValue(popularity),
+                    ContextTokens = r.GetValue(maxTokens) + 4096,
+                }, m => Console.Error.WriteLine(m))
+                : null;
+            using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;
+            var (model_, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
+            var source = new Source(Path.GetFullPath(dir), loaded?.LoadTime ?? clock.Elapsed);
             int[] promptTokens = ids is not null ? ParseIds(ids)
-                : (loaded.Tokenizer ?? throw new ArgumentException("this model has no tokenizer.json: use --prompt-ids")).Encode(text!);
-            var generator = new Generator(loaded.Model, loaded.Tokenizer);
+                : (tokenizer ?? throw new ArgumentException("this model has no tokenizer.json: use --prompt-ids")).Encode(text!);
+            var generator = new Generator(model_, tokenizer);
             generator.Check(promptTokens, options);
-            return r.GetValue(json) ? PrintJson(generator, loaded, promptTokens, options) : Stream(generator, loaded, promptTokens, options);
+            return r.GetValue(json) ? PrintJson(generator, source, promptTokens, options) : Stream(generator, source, promptTokens, options);
         });
         return command;
     }
@@ -76,7 +91,7 @@ public static class GenerateCommand
         return loaded!;
     }
 
-    private static int Stream(Generator generator, LoadedModel loaded, int[] prompt, GenerationOptions options)
+    private static int Stream(Generator generator, Source loaded, int[] prompt, GenerationOptions options)
     {
         using var cancel = new CancellationTokenSource();
         Console.CancelKeyPress += (_, e) => { e.Cancel = true; cancel.Cancel(); };
@@ -88,7 +103,7 @@ public static class GenerateCommand
         return 0;
     }
 
-    private static int PrintJson(Generator generator, LoadedModel loaded, int[] prompt, GenerationOptions options)
+    private static int PrintJson(Generator generator, Source loaded, int[] prompt, GenerationOptions options)
     {
         var steps = new List<object>();
         var result = generator.Run(prompt, options, t =>
@@ -110,6 +125,8 @@ public static class GenerateCommand
         Console.WriteLine(JsonSerializer.Serialize(output));
         return 0;
     }
+
+    private sealed record Source(string Directory, TimeSpan LoadTime);
 
     public static int[] ParseIds(string text)
     {

@@ -1,0 +1,56 @@
+using System.CommandLine;
+using Fiddler.Actors.Engine;
+using Fiddler.Actors.Placement;
+using Fiddler.Actors.Scheduling;
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Cuda;
+using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Runtime;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Host.Cli;
+
+/// <summary>
+/// <c>fiddler calibrate</c>: measures this host's CPU expert, GPU expert, weight transfer and activation round-trip
+/// times for a model's shape, fits the router's latency models and writes the cache file that `bench` and offloaded
+/// generation load (they calibrate by themselves when the file is missing or was made for another host or model).
+/// </summary>
+public static class CalibrateCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Hugging Face directory (only config.json is read)" };
+        var config = new Option<string?>("--config") { Description = "Named config, e.g. mixtral-8x7b" };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "cuda" };
+        var dtype = new Option<string>("--dtype") { DefaultValueFactory = _ => "bfloat16" };
+        var outFile = new Option<string>("--out") { DefaultValueFactory = _ => new EngineOptions { Device = CPU }.ProfilePath };
+        var libtorch = new Option<string?>("--libtorch");
+        var command = new Command("calibrate", "Measure and cache the router's latency models for this host");
+        foreach (var o in new Option[] { model, config, device, dtype, outFile, libtorch }) command.Add(o);
+        command.SetAction(r =>
+        {
+            if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
+            if ((r.GetValue(model) is null) == (r.GetValue(config) is null)) throw new ArgumentException("give exactly one of --model or --config");
+            var c = r.GetValue(model) is { } dir ? MixtralConfig.Load(Path.Combine(dir, "config.json")) : MixtralConfig.Named(r.GetValue(config)!);
+            var dev = TorchRuntime.Initialize(r.GetValue(device)!);
+            var dt = TorchRuntime.ParseDType(r.GetValue(dtype)!);
+            using var pool = new CpuWorkerPool(Math.Max(1, Environment.ProcessorCount - 1));
+            using IWeightStager stager = dev.type == DeviceType.CUDA
+                ? new CudaWeightStager(new WeightStager(dev, new ExpertShape(c.HiddenSize, c.IntermediateSize, dt), 1))
+                : new CopyStager(1, c.HiddenSize, c.IntermediateSize, dt, dev);
+            var points = Calibration.Measure(c, dt, dev, new SimdCpuBackend(pool), new TorchCpuBackend(), stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
+            var shape = ModelShape.From(c, dt == ScalarType.Float32 ? 4 : 2);
+            var profile = HardwareProfiles.FromCalibration(HardwareKey.ForThisHost(dev.ToString(), shape, dt.ToString()), points);
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(r.GetValue(outFile)!))!);
+            profile.Save(r.GetValue(outFile)!);
+            Console.WriteLine("tokens   cpu simd ms   cpu torch ms   device ms   round trip ms");
+            for (int i = 0; i < points.Tokens.Length; i++)
+                Console.WriteLine($"{points.Tokens[i],6} {points.CpuMs[i],13:F3} {points.CpuTorchMs[i],14:F3} {points.DeviceMs[i],11:F3} {points.RoundTripMs[i],15:F3}");
+            Console.WriteLine($"weight transfer per expert: {points.TransferMs:F3} ms → {r.GetValue(outFile)}");
+            return 0;
+        });
+        return command;
+    }
+}
