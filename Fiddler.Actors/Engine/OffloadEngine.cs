@@ -70,7 +70,7 @@ public sealed class OffloadEngine : IDisposable
         else
         {
             model = new MixtralForCausalLM(config, dtype, o.Device, residency);
-            FillDummy(model);
+            DummyWeights.Fill(model);
         }
         var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan };
         try
@@ -111,21 +111,6 @@ public sealed class OffloadEngine : IDisposable
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots)));
         Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager));
-    }
-
-    /// <summary>Random weights: device tensors with torch's generator, host experts with the parallel filler.</summary>
-    private static void FillDummy(MixtralForCausalLM model)
-    {
-        using var noGrad = no_grad();
-        manual_seed(0);
-        if (cuda.is_available()) cuda.manual_seed_all(0);
-        ulong seed = 1;
-        foreach (var (name, p) in model.named_parameters())
-        {
-            if (name.EndsWith("norm.weight", StringComparison.Ordinal)) p.fill_(1);
-            else if (p.device_type == DeviceType.CPU) RandomFill.FillNormal(p, seed++, 0.02f);
-            else p.normal_(0, 0.02);
-        }
     }
 
     private T Own<T>(T d) where T : IDisposable

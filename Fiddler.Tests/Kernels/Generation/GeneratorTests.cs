@@ -22,16 +22,20 @@ public sealed class GeneratorTests : IDisposable
         var result = new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run(prompt,
             new GenerationOptions { MaxNewTokens = 12, Sampling = SamplingOptions.Greedy, StopOnEos = false });
         Assert.Equal(12, result.Tokens.Length);
+        AssertMatchesFullRecompute(loaded.Model, prompt, result.Tokens);
+    }
 
-        // Reference: recompute the whole sequence from scratch each step (no KV reuse) and take the argmax.
+    /// <summary>Reference: recompute the whole sequence from scratch each step (no KV reuse) and take the argmax.</summary>
+    private static void AssertMatchesFullRecompute(Fiddler.Kernels.Modules.MixtralForCausalLM model, int[] prompt, int[] tokens)
+    {
         var sequence = prompt.Select(i => (long)i).ToList();
         using var noGrad = no_grad();
-        for (int i = 0; i < 12; i++)
+        foreach (int token in tokens)
         {
-            using var cache = loaded.Model.NewCache(sequence.Count);
-            using var logits = loaded.Model.Forward(tensor(sequence.ToArray()).unsqueeze(0), cache);
+            using var cache = model.NewCache(sequence.Count);
+            using var logits = model.Forward(tensor(sequence.ToArray()).unsqueeze(0), cache);
             long next = logits[0].argmax().item<long>();
-            Assert.Equal(next, result.Tokens[i]);
+            Assert.Equal(next, token);
             sequence.Add(next);
         }
     }
@@ -44,16 +48,8 @@ public sealed class GeneratorTests : IDisposable
         int[] prompt = [1, 2, 3, 4, 5, 6, 7];
         var result = new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run(prompt,
             new GenerationOptions { MaxNewTokens = 6, Sampling = SamplingOptions.Greedy, StopOnEos = false });
-        var sequence = prompt.Select(i => (long)i).ToList();
-        using var noGrad = no_grad();
-        for (int i = 0; i < 6; i++)
-        {
-            using var cache = loaded.Model.NewCache(sequence.Count);
-            using var logits = loaded.Model.Forward(tensor(sequence.ToArray()).unsqueeze(0), cache);
-            long next = logits[0].argmax().item<long>();
-            Assert.Equal(next, result.Tokens[i]);
-            sequence.Add(next);
-        }
+        Assert.Equal(6, result.Tokens.Length);
+        AssertMatchesFullRecompute(loaded.Model, prompt, result.Tokens);
     }
 
     [Fact]
