@@ -9,6 +9,7 @@ namespace Fiddler.Kernels.Modules;
 public sealed class MixtralRotaryEmbedding
 {
     private readonly float[] _invFreq;
+    private Tensor? _invFreqOnDevice; // one copy on the compute device: a host→device copy per token would sync
 
     public MixtralRotaryEmbedding(int headDim, double theta)
     {
@@ -22,10 +23,19 @@ public sealed class MixtralRotaryEmbedding
     {
         using var scope = NewDisposeScope();
         var positions = arange(start, start + count, ScalarType.Float32, device);            // [T]
-        var invFreq = tensor(_invFreq, device: device);                                         // [Dh/2]
+        var invFreq = InvFreq(device);                                                          // [Dh/2]
         var freqs = outer(positions, invFreq);                                                  // [T, Dh/2]
         var emb = cat([freqs, freqs], -1);                                                      // [T, Dh]
         return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
+    }
+
+    private Tensor InvFreq(Device device)
+    {
+        if (_invFreqOnDevice is { } t && t.device_type == device.type && t.device_index == device.index) return t;
+        _invFreqOnDevice?.Dispose();
+        _invFreqOnDevice = tensor(_invFreq, device: device);
+        _invFreqOnDevice.DetachFromDisposeScope();
+        return _invFreqOnDevice;
     }
 
     /// <summary>x * cos + rotate_half(x) * sin, x [B, heads, T, Dh].</summary>
