@@ -1,6 +1,3 @@
-using System.Text;
-using System.Text.Encodings.Web;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using NativeTokenizer = Tokenizers.DotNet.Tokenizer;
 using NativeTokenizerException = Tokenizers.DotNet.TokenizerException;
@@ -42,14 +39,6 @@ public sealed class HfTokenizer : IDisposable
     ];
 
     private const int NativeInvalidInput = 20001; // Tokenizers.DotNet TokenizerErrorCode.InvalidInput
-
-    private static readonly JsonDocumentOptions DocumentOptions = new() { MaxDepth = 128 };
-
-    private static readonly JsonSerializerOptions WriteOptions = new()
-    {
-        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
-        WriteIndented = false,
-    };
 
     private readonly NativeTokenizer _full;      // post-processor kept: encode with special tokens, decode skipping them
     private readonly NativeTokenizer _raw;       // post-processor removed: encode without special tokens
@@ -94,16 +83,10 @@ public sealed class HfTokenizer : IDisposable
             throw new TokenizerLoadException(jsonPath, "tokenizer.json not found",
                 new FileNotFoundException("tokenizer.json not found", jsonPath));
         }
-        byte[] bytes = ReadFile(jsonPath);
-        bool hadBom = bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]);
-        JsonObject root = ParseObject(jsonPath, hadBom ? bytes.AsMemory(3) : bytes, "tokenizer.json");
-        if (root["model"] is not JsonObject model)
-        {
-            throw new TokenizerLoadException(jsonPath, "tokenizer.json has no \"model\" object; not a Hugging Face tokenizer file");
-        }
+        var (root, model) = TokenizerJson.Load(jsonPath, out bool hadBom);
 
-        (_tokenToId, _idToToken, _specialIds) = ReadVocabulary(jsonPath, root, model);
-        ValidatePostProcessor(jsonPath, root["post_processor"]);
+        (_tokenToId, _idToToken, _specialIds) = TokenizerJson.ReadVocabulary(jsonPath, root, model);
+        TokenizerJson.ValidatePostProcessor(jsonPath, root["post_processor"]);
         VocabSize = _idToToken.Length;
 
         // 2. tokenizer_config.json (optional) and chat template.
@@ -122,20 +105,11 @@ public sealed class HfTokenizer : IDisposable
         // 3. Native instances.
         try
         {
-            bool needsSanitizing = hadBom || !IsNull(root["truncation"]) || !IsNull(root["padding"]);
-            root["truncation"] = null;
-            root["padding"] = null;
-            _full = needsSanitizing ? LoadNativeFromJson(jsonPath, root) : LoadNative(jsonPath, jsonPath);
+            // Each variant is rewritten from the previous one, in place.
+            bool hadSettings = TokenizerJson.ClearTruncationAndPadding(root);
+            _full = hadBom || hadSettings ? LoadNativeFromJson(jsonPath, root) : LoadNative(jsonPath, jsonPath);
 
-            if (IsNull(root["post_processor"]))
-            {
-                _raw = _full;
-            }
-            else
-            {
-                root["post_processor"] = null;
-                _raw = LoadNativeFromJson(jsonPath, root);
-            }
+            _raw = TokenizerJson.RemovePostProcessor(root) ? LoadNativeFromJson(jsonPath, root) : _full;
 
             if (_specialIds.Count == 0)
             {
@@ -143,15 +117,12 @@ public sealed class HfTokenizer : IDisposable
             }
             else
             {
-                foreach (var tok in (JsonArray)root["added_tokens"]!)
-                {
-                    ((JsonObject)tok!)["special"] = false;
-                }
+                TokenizerJson.ClearSpecialFlags(root);
                 _decodeAll = LoadNativeFromJson(jsonPath, root);
             }
 
             // Some inconsistencies are accepted by deserialisation and only fail when encoding (as errors; the
-            // known panics are ruled out by ValidatePostProcessor): surface them now, as a load error.
+            // known panics are ruled out by TokenizerJson.ValidatePostProcessor): surface them now, as a load error.
             Probe(jsonPath, _full);
         }
         catch
@@ -334,75 +305,6 @@ public sealed class HfTokenizer : IDisposable
         return r;
     }
 
-    /// <summary>
-    /// tokenizers 0.22.2 deserialises a TemplateProcessing without checking it, then panics while encoding (and
-    /// the native library aborts the process on panic) when a template names a special token missing from
-    /// <c>special_tokens</c>, when the single-sequence template uses <c>$B</c>, or (later) when a special token's
-    /// <c>ids</c> and <c>tokens</c> differ in length. Check those here.
-    /// </summary>
-    private static void ValidatePostProcessor(string path, JsonNode? node)
-    {
-        if (IsNull(node) || node is not JsonObject o)
-        {
-            return; // null, or a shape serde will reject with an error
-        }
-        string? type = o["type"] is JsonValue tv && tv.GetValueKind() == JsonValueKind.String ? tv.GetValue<string>() : null;
-        if (type == "Sequence" && o["processors"] is JsonArray processors)
-        {
-            foreach (var p in processors)
-            {
-                ValidatePostProcessor(path, p);
-            }
-            return;
-        }
-        if (type != "TemplateProcessing")
-        {
-            return;
-        }
-
-        var names = new HashSet<string>(StringComparer.Ordinal);
-        if (o["special_tokens"] is JsonObject specials)
-        {
-            foreach (var (name, value) in specials)
-            {
-                names.Add(name);
-                if (value is JsonObject st && st["ids"] is JsonArray ids && st["tokens"] is JsonArray tokens && ids.Count != tokens.Count)
-                {
-                    throw new TokenizerLoadException(path,
-                        $"post_processor special token \"{name}\" has {ids.Count} ids but {tokens.Count} tokens");
-                }
-            }
-        }
-        CheckTemplate("single", allowB: false);
-        CheckTemplate("pair", allowB: true);
-
-        void CheckTemplate(string key, bool allowB)
-        {
-            if (o[key] is not JsonArray pieces)
-            {
-                return;
-            }
-            foreach (var piece in pieces)
-            {
-                if (piece is not JsonObject po)
-                {
-                    continue;
-                }
-                if (po["SpecialToken"] is JsonObject st && st["id"] is JsonValue idv && idv.GetValueKind() == JsonValueKind.String
-                    && !names.Contains(idv.GetValue<string>()))
-                {
-                    throw new TokenizerLoadException(path,
-                        $"post_processor {key} template uses special token \"{idv.GetValue<string>()}\" that is not in its special_tokens");
-                }
-                if (!allowB && po["Sequence"] is JsonObject sq && sq["id"] is JsonValue sv && sv.GetValueKind() == JsonValueKind.String
-                    && sv.GetValue<string>() == "B")
-                {
-                    throw new TokenizerLoadException(path, $"post_processor {key} template uses sequence B");
-                }
-            }
-        }
-    }
-
     private static void Probe(string path, NativeTokenizer tokenizer)
     {
         try
@@ -415,36 +317,8 @@ public sealed class HfTokenizer : IDisposable
         }
     }
 
-    private static bool IsNull(JsonNode? node) => node is null || node.GetValueKind() == JsonValueKind.Null;
-
-    private NativeTokenizer LoadNativeFromJson(string originalPath, JsonObject root)
-    {
-        string tmp = Path.Combine(Path.GetTempPath(), $"fiddler-tokenizer-{Guid.NewGuid():N}.json");
-        try
-        {
-            try
-            {
-                File.WriteAllText(tmp, root.ToJsonString(WriteOptions), new UTF8Encoding(false));
-            }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-            {
-                throw new TokenizerLoadException(originalPath,
-                    $"could not write a rewritten copy of tokenizer.json to {tmp}: {ex.Message}", ex);
-            }
-            return LoadNative(originalPath, tmp);
-        }
-        finally
-        {
-            try
-            {
-                File.Delete(tmp);
-            }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-            {
-                // best effort: the native library has already read the file
-            }
-        }
-    }
+    private NativeTokenizer LoadNativeFromJson(string originalPath, JsonObject root) =>
+        TokenizerJson.LoadFromTempCopy(originalPath, root, tmp => LoadNative(originalPath, tmp));
 
     private NativeTokenizer LoadNative(string originalPath, string pathToLoad)
     {
@@ -466,127 +340,9 @@ public sealed class HfTokenizer : IDisposable
         return t;
     }
 
-    internal static byte[] ReadFile(string path)
-    {
-        try
-        {
-            return File.ReadAllBytes(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new TokenizerLoadException(path, $"could not read file: {ex.Message}", ex);
-        }
-    }
+    // Kept for TokenizerConfigInfo, which reads its files through these.
+    internal static byte[] ReadFile(string path) => TokenizerJson.ReadFile(path);
 
-    internal static JsonObject ParseObject(string path, ReadOnlyMemory<byte> utf8, string what)
-    {
-        JsonNode? node;
-        try
-        {
-            node = JsonNode.Parse(utf8.Span, documentOptions: DocumentOptions);
-        }
-        catch (JsonException ex)
-        {
-            throw new TokenizerLoadException(path, $"{what} is not valid JSON: {ex.Message}", ex);
-        }
-        if (node is not JsonObject obj)
-        {
-            throw new TokenizerLoadException(path, $"{what} must contain a JSON object at the top level");
-        }
-        try
-        {
-            _ = obj.Count; // materialises the top-level properties: throws on duplicate keys
-        }
-        catch (ArgumentException ex)
-        {
-            throw new TokenizerLoadException(path, $"{what} has duplicate top-level keys: {ex.Message}", ex);
-        }
-        return obj;
-    }
-
-    private static (Dictionary<string, int>, string?[], HashSet<int>) ReadVocabulary(string path, JsonObject root, JsonObject model)
-    {
-        var tokenToId = new Dictionary<string, int>(StringComparer.Ordinal);
-        var idToToken = new Dictionary<int, string>();
-        var special = new HashSet<int>();
-        int maxId = -1;
-
-        void Add(string token, int id, bool overrideExisting)
-        {
-            if (id < 0)
-            {
-                throw new TokenizerLoadException(path, $"tokenizer.json has a negative id {id} for token \"{token}\"");
-            }
-            if (overrideExisting || !tokenToId.ContainsKey(token))
-            {
-                tokenToId[token] = id;
-            }
-            if (overrideExisting || !idToToken.ContainsKey(id))
-            {
-                idToToken[id] = token;
-            }
-            maxId = Math.Max(maxId, id);
-        }
-
-        try
-        {
-            switch (model["vocab"])
-            {
-                case JsonObject vocab: // BPE, WordLevel, WordPiece: {"token": id}
-                    foreach (var (token, idNode) in vocab)
-                    {
-                        Add(token, idNode!.GetValue<int>(), overrideExisting: false);
-                    }
-                    break;
-                case JsonArray pieces: // Unigram: [["token", score], ...], id = index
-                    for (int i = 0; i < pieces.Count; i++)
-                    {
-                        Add(pieces[i]![0]!.GetValue<string>(), i, overrideExisting: false);
-                    }
-                    break;
-                case null:
-                    break;
-                default:
-                    throw new TokenizerLoadException(path, "tokenizer.json: model.vocab must be an object or an array");
-            }
-
-            switch (root["added_tokens"])
-            {
-                case JsonArray added:
-                    foreach (var entry in added)
-                    {
-                        if (entry is not JsonObject o || o["content"] is null || o["id"] is null)
-                        {
-                            throw new TokenizerLoadException(path, "tokenizer.json: every added_tokens entry needs \"id\" and \"content\"");
-                        }
-                        int id = o["id"]!.GetValue<int>();
-                        Add(o["content"]!.GetValue<string>(), id, overrideExisting: true);
-                        if (o["special"] is { } sp && sp.GetValueKind() == JsonValueKind.True)
-                        {
-                            special.Add(id);
-                        }
-                    }
-                    break;
-                case var n when IsNull(n):
-                    break;
-                default:
-                    throw new TokenizerLoadException(path, "tokenizer.json: added_tokens must be an array");
-            }
-        }
-        catch (Exception ex) when (ex is InvalidOperationException or FormatException or JsonException or IndexOutOfRangeException or ArgumentException)
-        {
-            throw new TokenizerLoadException(path, $"tokenizer.json has a malformed vocabulary: {ex.Message}", ex);
-        }
-
-        if (maxId < 0)
-        {
-            throw new TokenizerLoadException(path, "tokenizer.json has an empty vocabulary");
-        }
-        var table = new string?[maxId + 1];
-        foreach (var (id, token) in idToToken)
-        {
-            table[id] = token;
-        }
-        return (tokenToId, table, special);
-    }
+    internal static JsonObject ParseObject(string path, ReadOnlyMemory<byte> utf8, string what) =>
+        TokenizerJson.ParseObject(path, utf8, what);
 }
