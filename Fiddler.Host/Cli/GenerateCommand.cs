@@ -31,9 +31,10 @@ public static class GenerateCommand
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
         var budget = new Option<string?>("--gpu-budget") { Description = "Offload: GPU memory for weights + KV cache (e.g. 24GiB); other experts stay in host memory" };
         var popularity = new Option<string?>("--popularity") { Description = "popularity.json from `fiddler profile` (placement order)" };
+        var beamWidth = new Option<int>("--beam-width") { Description = "Beam search with W beams (deterministic; sampling options are not used)", DefaultValueFactory = _ => 1 };
 
         var command = new Command("generate", "Generate text from a prompt");
-        foreach (var o in new Option[] { model, prompt, promptIds, maxTokens, temperature, topK, topP, seed, stop, device, dtype, libtorch, json, ignoreEos, budget, popularity })
+        foreach (var o in new Option[] { model, prompt, promptIds, maxTokens, temperature, topK, topP, seed, stop, device, dtype, libtorch, json, ignoreEos, budget, popularity, beamWidth })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -67,6 +68,8 @@ public static class GenerateCommand
                 : (tokenizer ?? throw new ArgumentException("this model has no tokenizer.json: use --prompt-ids")).Encode(text!);
             var generator = new Generator(model_, tokenizer);
             generator.Check(promptTokens, options);
+            if (r.GetValue(beamWidth) != 1)
+                return RunBeams(model_, tokenizer, promptTokens, r.GetValue(beamWidth), options, r.GetValue(json));
             return r.GetValue(json) ? PrintJson(generator, source, promptTokens, options) : Stream(generator, source, promptTokens, options);
         });
         return command;
@@ -127,6 +130,32 @@ public static class GenerateCommand
     }
 
     private sealed record Source(string Directory, TimeSpan LoadTime);
+
+    private static int RunBeams(Fiddler.Kernels.Modules.MixtralForCausalLM model, Fiddler.Kernels.Text.HfTokenizer? tokenizer,
+        int[] prompt, int width, GenerationOptions options, bool json)
+    {
+        var eos = new HashSet<int>(options.StopOnEos ? model.Config.EosTokenIds : []);
+        if (options.StopOnEos && tokenizer?.EosId is int e) eos.Add(e);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var beams = new BeamSearch(model).Run(prompt, width, options.MaxNewTokens, eos);
+        string Text(int[] ids) => tokenizer?.Decode(ids.Where(i => !eos.Contains(i)).ToList()) ?? "";
+        if (json)
+            Console.WriteLine(JsonSerializer.Serialize(new
+            {
+                prompt_ids = prompt,
+                tokens = beams[0].Tokens,
+                text = Text(beams[0].Tokens),
+                beams = beams.Select(b => new { tokens = b.Tokens, logprob = b.LogProb, score = b.Score, text = Text(b.Tokens) }),
+                seconds = clock.Elapsed.TotalSeconds,
+            }));
+        else
+        {
+            Console.WriteLine(Text(beams[0].Tokens));
+            Console.Error.WriteLine($"[beam search, {width} beams: best of {beams.Count}, {beams[0].Tokens.Length} tokens, " +
+                $"score {beams[0].Score:F3}, {clock.Elapsed.TotalSeconds:F2} s]");
+        }
+        return 0;
+    }
 
     public static int[] ParseIds(string text)
     {

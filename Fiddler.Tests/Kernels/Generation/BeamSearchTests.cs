@@ -1,0 +1,73 @@
+using System.Text.Json;
+using Fiddler.Kernels.Generation;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Verification;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Fiddler.Tests.Kernels.Generation;
+
+/// <summary>Beam search against transformers 5.17's (num_beams=3, 12 tokens, EOS off): Fixtures/*/beam.json.</summary>
+public class BeamSearchTests
+{
+    private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
+
+    public sealed record BeamPrompt(int[] prompt_ids, int[][] hf_sequences, double[] manual_scores);
+    public sealed record BeamFile(int num_beams, int new_tokens, BeamPrompt[] prompts);
+
+    [Theory]
+    [InlineData("tiny-mha-top1", false)]
+    [InlineData("tiny-gqa2-top2-swa8", false)]
+    [InlineData("tiny-gqa4-top3", false)]
+    [InlineData("tiny-gqa4-top3", true)]
+    public void Run_FixtureModels_MatchesTransformersBeams(string model, bool offloaded)
+    {
+        var beams = JsonSerializer.Deserialize<BeamFile>(File.ReadAllText(Path.Combine(Fixture(model), "beam.json")))!;
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(Fixture(model), "config.json"));
+        var residency = offloaded ? new ExpertResidency(Enumerable.Range(0, config.NumHiddenLayers)
+            .Select(l => Enumerable.Range(0, config.NumLocalExperts).Select(e => e % 2 == 0).ToArray()).ToArray(), false) : null;
+        using var loaded = ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32, residency));
+        var scheduler = new PlanParity.ForcedScheduler((_, w) => ExpertRoute.Cpu);
+        if (offloaded) loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, new TorchCpuBackend(), null));
+
+        foreach (var p in beams.prompts)
+        {
+            var result = new BeamSearch(loaded.Model).Run(p.prompt_ids, beams.num_beams, beams.new_tokens);
+            Assert.Equal(p.hf_sequences.Length, result.Count);
+            for (int i = 0; i < result.Count; i++)
+            {
+                Assert.Equal(p.hf_sequences[i], result[i].Tokens);
+                Assert.InRange(result[i].LogProb, p.manual_scores[i] - 1e-3, p.manual_scores[i] + 1e-3);
+                Assert.Equal(result[i].LogProb / beams.new_tokens, result[i].Score, 9);
+            }
+        }
+        if (offloaded) Assert.Contains(scheduler.Observed, o => o.CpuTokens > 1); // the router saw the beams' batch
+    }
+
+    [Fact]
+    public void Run_EosAmongBest_FinishesHypothesis()
+    {
+        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
+        var beams = JsonSerializer.Deserialize<BeamFile>(File.ReadAllText(Path.Combine(Fixture("tiny-mha-top1"), "beam.json")))!;
+        var p = beams.prompts[0];
+        // The most likely first token, declared EOS: it finishes a 1-token hypothesis that outranks the live beams
+        // (one step: every hypothesis has length 1, so ranking is by log-probability), and no beam continues it.
+        int eos = p.hf_sequences[0][0];
+        var result = new BeamSearch(loaded.Model).Run(p.prompt_ids, 3, 1, new HashSet<int> { eos });
+        Assert.Equal([eos], result[0].Tokens);
+        Assert.Equal(3, result.Count);
+        Assert.True(result.Any(h => h.Tokens.SequenceEqual(new[] { eos })),
+            $"eos {eos}: " + string.Join(" | ", result.Select(h => $"[{string.Join(",", h.Tokens)}] {h.LogProb:F3} {h.Score:F3}")));
+        Assert.All(result, h => Assert.DoesNotContain(eos, h.Tokens[..^1]));
+        Assert.True(result.Zip(result.Skip(1)).All(x => x.First.Score >= x.Second.Score), "sorted by normalised score");
+    }
+
+    [Fact]
+    public void Run_BadWidth_Throws()
+    {
+        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
+        Assert.Throws<ArgumentException>(() => new BeamSearch(loaded.Model).Run([1, 2], 0, 4));
+        Assert.Throws<ArgumentException>(() => new BeamSearch(loaded.Model).Run([1, 2], 33, 4));
+    }
+}
