@@ -23,6 +23,10 @@ public sealed class RouterActor : ReceiveActor
         Receive<GetLayerStats>(_ => Sender.Tell(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, TimeSpan.FromSeconds(5)).Result).ToArray()));
     }
 
+    /// <summary>A layer actor only keeps statistics: restart it (fresh counters) rather than stop routing.</summary>
+    protected override SupervisorStrategy SupervisorStrategy() =>
+        new OneForOneStrategy(maxNrOfRetries: 10, withinTimeRange: TimeSpan.FromMinutes(1), localOnlyDecider: _ => Directive.Restart);
+
     /// <summary>On its own pinned thread: every layer of every token waits for its answer, so it must never queue
     /// behind other work for a dispatcher thread (measured: 9 % of decode time on the shared dispatcher).</summary>
     public static Props Props(IExpertScheduler scheduler, int layers) =>

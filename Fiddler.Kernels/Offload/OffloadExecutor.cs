@@ -47,23 +47,32 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             });
         }
 
-        // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
-        // transferred expert as its weights land, refilling its slot with the next pending copy.
         long bytesBefore = stager?.BytesCopied ?? 0;
-        var transfers = new Queue<ExpertAssignment>(assignments.Where((_, i) => routes[i] == ExpertRoute.Transfer));
-        var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
-        for (int slot = 0; stager is not null && slot < stager.Slots && transfers.Count > 0; slot++)
-            staged.Enqueue(Begin(block, slot, transfers.Dequeue()));
-        for (int i = 0; i < assignments.Count; i++)
-            if (routes[i] == ExpertRoute.Gpu)
-                assignments[i].Accumulate(output, routingWeights, block.Expert(assignments[i].Expert).forward(assignments[i].Gather(flat)));
-        while (staged.Count > 0)
+        try
         {
-            var (a, w) = staged.Dequeue();
-            stager!.Await(w);
-            a.Accumulate(output, routingWeights, MixtralBlockSparseTop2MLP.Compute(a.Gather(flat), w.W1, w.W3, w.W2));
-            stager.Release(w.Slot);
-            if (transfers.Count > 0) staged.Enqueue(Begin(block, w.Slot, transfers.Dequeue()));
+            // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
+            // transferred expert as its weights land, refilling its slot with the next pending copy.
+            var transfers = new Queue<ExpertAssignment>(assignments.Where((_, i) => routes[i] == ExpertRoute.Transfer));
+            var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
+            for (int slot = 0; stager is not null && slot < stager.Slots && transfers.Count > 0; slot++)
+                staged.Enqueue(Begin(block, slot, transfers.Dequeue()));
+            for (int i = 0; i < assignments.Count; i++)
+                if (routes[i] == ExpertRoute.Gpu)
+                    assignments[i].Accumulate(output, routingWeights, block.Expert(assignments[i].Expert).forward(assignments[i].Gather(flat)));
+            while (staged.Count > 0)
+            {
+                var (a, w) = staged.Dequeue();
+                stager!.Await(w);
+                a.Accumulate(output, routingWeights, MixtralBlockSparseTop2MLP.Compute(a.Gather(flat), w.W1, w.W3, w.W2));
+                stager.Release(w.Slot);
+                if (transfers.Count > 0) staged.Enqueue(Begin(block, w.Slot, transfers.Dequeue()));
+            }
+        }
+        catch
+        {
+            // The CPU lane reads hostX and writes hostY, which this scope frees: let it finish before unwinding.
+            try { cpuLane?.Wait(); } catch (AggregateException) { }
+            throw;
         }
 
         double cpuMs = 0;

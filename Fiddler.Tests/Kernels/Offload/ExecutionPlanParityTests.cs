@@ -36,6 +36,28 @@ public class ExecutionPlanParityTests
         if (route != "transfer") Assert.True(cpuTokens > 0, "no expert ran on the CPU");
     }
 
+    private sealed class FailingBackend : ICpuExpertBackend
+    {
+        public string Name => "failing";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs) => throw new InvalidOperationException("CPU expert failed on purpose");
+    }
+
+    [Fact]
+    public void Generate_CpuBackendFails_ErrorSurfacesAndModelStaysUsable()
+    {
+        string dir = Fixture("tiny-mha-top1");
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        var none = Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new bool[config.NumLocalExperts]).ToArray();
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32, new ExpertResidency(none, false)));
+        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
+        var options = new GenerationOptions { MaxNewTokens = 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
+        loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, new FailingBackend(), null));
+        var e = Assert.Throws<InvalidOperationException>(() => new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run([1, 2, 3], options));
+        Assert.Contains("on purpose", e.Message);
+        loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, new TorchCpuBackend(), null));
+        Assert.Equal(4, new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run([1, 2, 3], options).Tokens.Length);
+    }
+
     [Fact]
     public void Forward_HostExpertWithoutExecutor_ThrowsClearError()
     {
