@@ -64,10 +64,11 @@ public sealed class KvCache : IDisposable
     /// <summary>Reorders batch rows (beam search): row i takes the old row <paramref name="rows"/>[i].</summary>
     public void Reorder(Tensor rows)
     {
+        using var onDevice = rows.to(_keys[0].device);
         for (int i = 0; i < _keys.Length; i++)
         {
-            using var k = _keys[i].index_select(0, rows);
-            using var v = _values[i].index_select(0, rows);
+            using var k = _keys[i].index_select(0, onDevice);
+            using var v = _values[i].index_select(0, onDevice);
             _keys[i].copy_(k);
             _values[i].copy_(v);
         }
