@@ -43,6 +43,7 @@ public sealed class ExpertResidency(bool[][] onGpu, bool pinHostMemory)
 
     public int ResidentCount => onGpu.Sum(l => l.Count(x => x));
 
-    public static ExpertResidency All(int layers, int experts) =>
-        new(Enumerable.Range(0, layers).Select(_ => Enumerable.Repeat(true, experts).ToArray()).ToArray(), false);
+    /// <summary>Expert (l, e) resident where <paramref name="resident"/>(l, e) is true.</summary>
+    public static ExpertResidency Where(int layers, int experts, Func<int, int, bool> resident, bool pinHostMemory = false) =>
+        new(Enumerable.Range(0, layers).Select(l => Enumerable.Range(0, experts).Select(e => resident(l, e)).ToArray()).ToArray(), pinHostMemory);
 }

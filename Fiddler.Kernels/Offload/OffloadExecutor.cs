@@ -29,8 +29,10 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         int cpuTokens = cpuAssignments.Sum(a => a.Tokens.Length);
         if (cpuTokens > 0)
         {
-            var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray(), device: flat.device);
-            var hostX = flat.index_select(0, rows).to(ScalarType.Float32, CPU).contiguous();  // [Σn, D]
+            // Copy all N rows once and gather on the host: one device→host copy, and no host→device index copy
+            // (a synchronous one) on the decode path, where N is 1 (or the beam width).
+            var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray());
+            var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, rows);               // [Σn, D]
             hostY = empty_like(hostX);
             var jobs = new List<CpuExpertJob>();
             long offset = 0;

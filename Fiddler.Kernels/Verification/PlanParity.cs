@@ -35,10 +35,9 @@ public static class PlanParity
     public static List<string> Check(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens)
     {
         var config = MixtralConfig.Load(Path.Combine(modelDir, "config.json"));
-        var resident = Enumerable.Range(0, config.NumHiddenLayers).Select(l => Enumerable.Range(0, config.NumLocalExperts)
-            .Select(e => residency == "half" && (l + e) % 2 == 0).ToArray()).ToArray();
         bool cudaDevice = device.type == DeviceType.CUDA;
-        using var loaded = ModelLoader.Load(modelDir, new LoadOptions(device, ScalarType.Float32, new ExpertResidency(resident, cudaDevice)));
+        using var loaded = ModelLoader.Load(modelDir, new LoadOptions(device, ScalarType.Float32, ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts,
+            (l, e) => residency == "half" && (l + e) % 2 == 0, cudaDevice)));
         var scheduler = new ForcedScheduler((layer, w) => route switch
         {
             "cpu" or "cpu-simd" => ExpertRoute.Cpu,

@@ -27,8 +27,7 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
     private static LoadedModel LoadHostExperts(string model)
     {
         var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(Fixture(model), "config.json"));
-        var none = Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new bool[config.NumLocalExperts]).ToArray();
-        return ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32, new ExpertResidency(none, false)));
+        return ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32, ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
     }
 
     [Fact]

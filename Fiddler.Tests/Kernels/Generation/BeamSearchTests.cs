@@ -25,8 +25,7 @@ public class BeamSearchTests
     {
         var beams = JsonSerializer.Deserialize<BeamFile>(File.ReadAllText(Path.Combine(Fixture(model), "beam.json")))!;
         var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(Fixture(model), "config.json"));
-        var residency = offloaded ? new ExpertResidency(Enumerable.Range(0, config.NumHiddenLayers)
-            .Select(l => Enumerable.Range(0, config.NumLocalExperts).Select(e => e % 2 == 0).ToArray()).ToArray(), false) : null;
+        var residency = offloaded ? ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, e) => e % 2 == 0) : null;
         using var loaded = ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32, residency));
         var scheduler = new PlanParity.ForcedScheduler((_, w) => ExpertRoute.Cpu);
         if (offloaded) loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, new TorchCpuBackend(), null));

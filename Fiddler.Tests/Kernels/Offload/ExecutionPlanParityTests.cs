@@ -47,8 +47,7 @@ public class ExecutionPlanParityTests
     {
         string dir = Fixture("tiny-mha-top1");
         var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
-        var none = Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new bool[config.NumLocalExperts]).ToArray();
-        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32, new ExpertResidency(none, false)));
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32, ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
         var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
         var options = new GenerationOptions { MaxNewTokens = 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
         loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, new FailingBackend(), null));
@@ -63,8 +62,7 @@ public class ExecutionPlanParityTests
     {
         string dir = Fixture("tiny-mha-top1");
         var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
-        var none = Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new bool[config.NumLocalExperts]).ToArray();
-        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32, new ExpertResidency(none, false)));
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32, ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
         var e = Assert.Throws<InvalidOperationException>(() => new Fiddler.Kernels.Generation.Generator(loaded.Model, null)
             .Run([1, 2, 3], new GenerationOptions { MaxNewTokens = 2, Sampling = SamplingOptions.Greedy }));
         Assert.Contains("no executor", e.Message);
