@@ -15,7 +15,7 @@ public sealed unsafe class CudaLibrary
         "cudaGetDeviceCount", "cudaSetDevice", "cudaGetDevice", "cudaDriverGetVersion", "cudaRuntimeGetVersion",
         "cudaStreamCreateWithFlags", "cudaStreamDestroy", "cudaStreamSynchronize", "cudaStreamQuery", "cudaStreamWaitEvent",
         "cudaEventCreateWithFlags", "cudaEventRecord", "cudaEventSynchronize", "cudaEventQuery", "cudaEventElapsedTime",
-        "cudaEventDestroy", "cudaMemcpyAsync", "cudaHostRegister", "cudaHostUnregister", "cudaHostAlloc", "cudaFreeHost",
+        "cudaEventDestroy", "cudaMemcpyAsync", "cudaMemcpy2DAsync", "cudaHostRegister", "cudaHostUnregister", "cudaHostAlloc", "cudaFreeHost",
         "cudaGetErrorString", "cudaGetErrorName", "cudaGetLastError", "cudaDeviceSynchronize",
     ];
 
@@ -36,6 +36,7 @@ public sealed unsafe class CudaLibrary
     internal readonly delegate* unmanaged<float*, nint, nint, int> EventElapsedTime;
     internal readonly delegate* unmanaged<nint, int> EventDestroy;
     internal readonly delegate* unmanaged<nint, nint, nuint, int, nint, int> MemcpyAsync;
+    internal readonly delegate* unmanaged<nint, nuint, nint, nuint, nuint, nuint, int, nint, int> Memcpy2DAsync;
     internal readonly delegate* unmanaged<nint, nuint, uint, int> HostRegister;
     internal readonly delegate* unmanaged<nint, int> HostUnregister;
     internal readonly delegate* unmanaged<nint*, nuint, uint, int> HostAlloc;
@@ -66,6 +67,7 @@ public sealed unsafe class CudaLibrary
         EventElapsedTime = (delegate* unmanaged<float*, nint, nint, int>)e["cudaEventElapsedTime"];
         EventDestroy = (delegate* unmanaged<nint, int>)e["cudaEventDestroy"];
         MemcpyAsync = (delegate* unmanaged<nint, nint, nuint, int, nint, int>)e["cudaMemcpyAsync"];
+        Memcpy2DAsync = (delegate* unmanaged<nint, nuint, nint, nuint, nuint, nuint, int, nint, int>)e["cudaMemcpy2DAsync"];
         HostRegister = (delegate* unmanaged<nint, nuint, uint, int>)e["cudaHostRegister"];
         HostUnregister = (delegate* unmanaged<nint, int>)e["cudaHostUnregister"];
         HostAlloc = (delegate* unmanaged<nint*, nuint, uint, int>)e["cudaHostAlloc"];

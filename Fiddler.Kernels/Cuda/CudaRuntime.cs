@@ -227,6 +227,20 @@ public static unsafe class CudaRuntime
         Check(Library.MemcpyAsync(dst, src, (nuint)bytes, (int)kind, stream), "cudaMemcpyAsync");
     }
 
+    /// <summary>
+    /// Queues a strided copy of <paramref name="height"/> rows of <paramref name="widthBytes"/> each, rows
+    /// <paramref name="srcPitch"/> bytes apart in the source and <paramref name="dstPitch"/> apart in the destination
+    /// (e.g. a column block of a row-major matrix). Asynchronous from page-locked memory, as <see cref="MemcpyAsync"/>.
+    /// </summary>
+    public static void Memcpy2DAsync(IntPtr dst, long dstPitch, IntPtr src, long srcPitch, long widthBytes, long height,
+        CudaMemcpyKind kind, IntPtr stream)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(widthBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(height);
+        if (dstPitch < widthBytes || srcPitch < widthBytes) throw new ArgumentException($"pitches {dstPitch}/{srcPitch} are below the row width {widthBytes}");
+        Check(Library.Memcpy2DAsync(dst, (nuint)dstPitch, src, (nuint)srcPitch, (nuint)widthBytes, (nuint)height, (int)kind, stream), "cudaMemcpy2DAsync");
+    }
+
     public static void HostRegister(IntPtr ptr, long bytes, CudaHostRegisterFlags flags) =>
         Check(Library.HostRegister(ptr, (nuint)bytes, (uint)flags), "cudaHostRegister");
 

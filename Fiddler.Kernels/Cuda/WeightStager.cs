@@ -49,6 +49,26 @@ public readonly record struct HostExpert(IntPtr W1, IntPtr W3, IntPtr W2, long W
 {
     public long TotalBytes => W1Bytes + W3Bytes + W2Bytes;
 
+    /// <summary>Bytes between consecutive rows of w2 in host memory; 0 when w2 is contiguous. Set for a slice of an
+    /// expert's intermediate rows, whose w2 part is a column block (see <see cref="Slice"/>).</summary>
+    public long W2Pitch { get; init; }
+
+    /// <summary>
+    /// Intermediate rows [<paramref name="start"/>, start + <paramref name="rows"/>) of an expert in host tensors
+    /// (w1/w3 [I, H] and w2 [H, I], contiguous, pinned unless <paramref name="requirePinned"/> is false): w1/w3 rows are
+    /// contiguous, the w2 columns are strided (copied with a 2-D copy into a contiguous [H, rows] block).
+    /// </summary>
+    public static HostExpert Slice(Tensor w1, Tensor w3, Tensor w2, int start, int rows, bool requirePinned = true)
+    {
+        var whole = FromTensors(w1, w3, w2, requirePinned);
+        long hidden = w1.shape[1], intermediate = w1.shape[0], es = w1.element_size();
+        if (start < 0 || rows < 1 || start + rows > intermediate)
+            throw new ArgumentOutOfRangeException(nameof(rows), $"rows [{start}, {start + rows}) outside the expert's {intermediate}");
+        long rowBytes = hidden * es;
+        return new HostExpert(whole.W1 + (nint)(start * rowBytes), whole.W3 + (nint)(start * rowBytes), whole.W2 + (nint)(start * es),
+            rows * rowBytes, rows * rowBytes, hidden * rows * es) { W2Pitch = intermediate * es };
+    }
+
     /// <summary>From three CPU tensors (contiguous, in the expert's shapes; pinned unless <paramref name="requirePinned"/> is false).</summary>
     public static HostExpert FromTensors(Tensor w1, Tensor w3, Tensor w2, bool requirePinned = true)
     {
@@ -228,23 +248,34 @@ public sealed unsafe class WeightStager : IDisposable
         var s = Get(slot);
         if (s.InUse) throw new InvalidOperationException($"slot {slot} is still in use: Release it before staging into it again");
         if (host.W1 == IntPtr.Zero || host.W3 == IntPtr.Zero || host.W2 == IntPtr.Zero) throw new ArgumentException("null host pointer in the expert");
-        if (host.W1Bytes != Shape.W1Bytes || host.W3Bytes != Shape.W3Bytes || host.W2Bytes != Shape.W2Bytes)
-            throw new ArgumentException($"host expert sizes {host.W1Bytes}/{host.W3Bytes}/{host.W2Bytes} bytes do not match the slot's " +
-                $"{Shape.W1Bytes}/{Shape.W3Bytes}/{Shape.W2Bytes} ({Shape})");
+        // A whole expert, or a slice of its intermediate rows (w1/w3 rows [a, a+r), w2 columns [a, a+r)).
+        long rowBytes = Shape.Hidden * Shape.ElementSize;
+        long rows = host.W1Bytes / rowBytes;
+        if (host.W1Bytes != host.W3Bytes || host.W1Bytes % rowBytes != 0 || rows < 1 || rows > Shape.Intermediate
+            || host.W2Bytes != rows * rowBytes || (host.W2Pitch != 0 && host.W2Pitch < rows * Shape.ElementSize))
+            throw new ArgumentException($"host expert sizes {host.W1Bytes}/{host.W3Bytes}/{host.W2Bytes} bytes (w2 pitch {host.W2Pitch}) " +
+                $"are neither the slot's {Shape.W1Bytes}/{Shape.W3Bytes}/{Shape.W2Bytes} ({Shape}) nor a slice of its intermediate rows");
         var stream = CopyStream.Handle;
         using (CudaRuntime.UseDevice(DeviceIndex))
         {
             CudaRuntime.StreamWaitEvent(stream, s.Free.Handle);
             CudaRuntime.MemcpyAsync(s.D1, host.W1, host.W1Bytes, CudaMemcpyKind.HostToDevice, stream);
             CudaRuntime.MemcpyAsync(s.D3, host.W3, host.W3Bytes, CudaMemcpyKind.HostToDevice, stream);
-            CudaRuntime.MemcpyAsync(s.D2, host.W2, host.W2Bytes, CudaMemcpyKind.HostToDevice, stream);
+            long w2Row = rows * Shape.ElementSize;
+            if (host.W2Pitch == 0 || host.W2Pitch == w2Row)
+                CudaRuntime.MemcpyAsync(s.D2, host.W2, host.W2Bytes, CudaMemcpyKind.HostToDevice, stream);
+            else
+                CudaRuntime.Memcpy2DAsync(s.D2, w2Row, host.W2, host.W2Pitch, w2Row, Shape.Hidden, CudaMemcpyKind.HostToDevice, stream);
             s.Ready.Record(stream);
         }
+        var (w1, w3, w2) = rows == Shape.Intermediate ? (s.W1, s.W3, s.W2)
+            // Views of the slot's prefix; they own no memory (the caller's dispose scope may free the handles).
+            : (s.W1.narrow(0, 0, rows), s.W3.narrow(0, 0, rows), s.W2.view(-1).narrow(0, 0, Shape.Hidden * rows).view(Shape.Hidden, rows));
         s.InUse = true;
         s.Ticket++;
         BytesTransferred += host.TotalBytes;
         TransferCount++;
-        return new StagedExpert(this, slot, s.Ticket, s.W1, s.W3, s.W2, host.TotalBytes);
+        return new StagedExpert(this, slot, s.Ticket, w1, w3, w2, host.TotalBytes);
     }
 
     /// <summary>

@@ -87,6 +87,7 @@ public static unsafe class CpuExpertKernel
         var w = job.Weights;
         if (w.Hidden <= 0 || w.Intermediate <= 0) throw new ArgumentException($"job {index}: hidden and intermediate sizes must be positive");
         if (w.W1 == null || w.W2 == null || w.W3 == null) throw new ArgumentException($"job {index}: null weight pointer");
+        if (w.W2Stride < w.Intermediate) throw new ArgumentException($"job {index}: w2 stride {w.W2Stride} < intermediate {w.Intermediate}");
         if (job.Tokens < 0) throw new ArgumentException($"job {index}: negative token count");
         if (job.Tokens > 0 && (job.X == null || job.Y == null)) throw new ArgumentException($"job {index}: null x or y");
         if (!Enum.IsDefined(w.Type)) throw new ArgumentException($"job {index}: unknown weight type {w.Type}");
@@ -155,7 +156,7 @@ public static unsafe class CpuExpertKernel
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         float* r = stackalloc float[4 * RowDots.MaxTokens];
-        nint rowBytes = (nint)p.Intermediate * TW.ElementBytes;
+        nint rowBytes = (nint)p.W2Stride * TW.ElementBytes;
         int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
         for (int j = begin; j < end; j += 4)
         {
@@ -209,7 +210,7 @@ public static unsafe class CpuExpertKernel
     {
         public byte* W1, W3, W2;
         public float* Y, Xp, H;
-        public int Hidden, Intermediate, Tokens, Width, LdX, LdH;
+        public int Hidden, Intermediate, W2Stride, Tokens, Width, LdX, LdH;
         public WeightType Type;
         public long XpOffset, HOffset;
         public int GateRows, DownRows, GateItems, DownItems, GateItemStart, DownItemStart;
@@ -222,7 +223,7 @@ public static unsafe class CpuExpertKernel
             var p = new JobPlan
             {
                 W1 = (byte*)w.W1, W3 = (byte*)w.W3, W2 = (byte*)w.W2, Y = job.Y,
-                Hidden = w.Hidden, Intermediate = w.Intermediate, Tokens = job.Tokens, Width = orderWidth, Type = w.Type,
+                Hidden = w.Hidden, Intermediate = w.Intermediate, W2Stride = w.W2Stride, Tokens = job.Tokens, Width = orderWidth, Type = w.Type,
                 // 64-byte aligned rows, one cache line longer than a multiple of 64 so that the rows of several tokens don't
                 // all map to the same L1 sets (4K aliasing: Mixtral's 4096 and 14336 floats are multiples of 4 KB).
                 LdX = RoundUp(w.Hidden, 16) + 16, LdH = RoundUp(w.Intermediate, 16) + 16,

@@ -15,7 +15,11 @@ public enum WeightType
 /// </summary>
 public readonly unsafe struct ExpertWeights
 {
-    public ExpertWeights(void* w1, void* w3, void* w2, int hidden, int intermediate, WeightType type)
+    /// <param name="w2Stride">Elements between consecutive rows of w2 (default: <paramref name="intermediate"/>). Larger when
+    /// the weights are a slice of a bigger expert's intermediate rows: w1/w3 rows [a, a+k) and w2 columns [a, a+k) of an
+    /// expert with I rows are (w1 + a·H, w3 + a·H, w2 + a) with intermediate k and w2 stride I. The expert's output is the
+    /// sum of its slices' outputs (w2 is linear in the intermediate activations), which is how a CPU/GPU split works.</param>
+    public ExpertWeights(void* w1, void* w3, void* w2, int hidden, int intermediate, WeightType type, int w2Stride = 0)
     {
         W1 = w1;
         W3 = w3;
@@ -23,6 +27,7 @@ public readonly unsafe struct ExpertWeights
         Hidden = hidden;
         Intermediate = intermediate;
         Type = type;
+        W2Stride = w2Stride == 0 ? intermediate : w2Stride;
     }
 
     public void* W1 { get; }
@@ -31,6 +36,7 @@ public readonly unsafe struct ExpertWeights
     public int Hidden { get; }
     public int Intermediate { get; }
     public WeightType Type { get; }
+    public int W2Stride { get; }
 
     public int ElementBytes => Type switch { WeightType.BF16 or WeightType.F16 => 2, _ => 4 };
 

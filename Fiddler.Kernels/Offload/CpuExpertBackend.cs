@@ -3,8 +3,11 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Kernels.Offload;
 
-/// <summary>One CPU expert job: x [n, H] and y [n, H], float32, contiguous, in host memory; weights in the expert.</summary>
-public sealed record CpuExpertJob(MixtralBlockSparseTop2MLP Expert, Tensor X, Tensor Y);
+/// <summary>
+/// One CPU expert job: x [n, H] and y [n, H], float32, contiguous, in host memory; weights in the expert. With
+/// <paramref name="Rows"/> set, only intermediate rows [0, Rows) (w1/w3 rows, w2 columns): the CPU half of a split.
+/// </summary>
+public sealed record CpuExpertJob(MixtralBlockSparseTop2MLP Expert, Tensor X, Tensor Y, int? Rows = null);
 
 /// <summary>Computes a layer's CPU experts (all of them in one call, so an implementation can use one parallel region).</summary>
 public interface ICpuExpertBackend
@@ -30,7 +33,9 @@ public sealed class TorchCpuBackend : ICpuExpertBackend
         foreach (var job in jobs)
         {
             var e = job.Expert;
-            var y = MixtralBlockSparseTop2MLP.Compute(job.X.to(e.Gate.Weight.dtype), e.Gate.Weight, e.Up.Weight, e.Down.Weight);
+            var (w1, w3, w2) = (e.Gate.Weight, e.Up.Weight, e.Down.Weight);
+            if (job.Rows is int k) (w1, w3, w2) = (w1.narrow(0, 0, k), w3.narrow(0, 0, k), w2.narrow(1, 0, k));
+            var y = MixtralBlockSparseTop2MLP.Compute(job.X.to(w1.dtype), w1, w3, w2);
             job.Y.copy_(y);
         }
     }

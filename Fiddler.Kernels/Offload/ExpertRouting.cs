@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace Fiddler.Kernels.Offload;
 
 /// <summary>Where one expert's tokens are computed in one layer.</summary>
-public enum ExpertRoute
+public enum ExpertRouteKind
 {
     /// <summary>The expert's weights live on the compute device: compute there.</summary>
     Gpu,
@@ -11,6 +11,47 @@ public enum ExpertRoute
     Cpu,
     /// <summary>Copy the weights to a GPU staging slot, then compute on the GPU.</summary>
     Transfer,
+    /// <summary>
+    /// Both at once: the CPU computes the first <see cref="ExpertRoute.CpuShare"/> of the intermediate rows while the rest
+    /// of the weights stream to the GPU and are computed there; the two partial outputs add up to the expert's
+    /// (w2 is linear in the intermediate activations). Balances the CPU lane against the PCIe lane.
+    /// </summary>
+    Split,
+}
+
+/// <summary>A route: where, and for <see cref="ExpertRouteKind.Split"/> the CPU's share of the intermediate rows.</summary>
+public readonly record struct ExpertRoute(ExpertRouteKind Kind, double CpuShare = 0)
+{
+    public static ExpertRoute Gpu { get; } = new(ExpertRouteKind.Gpu);
+    public static ExpertRoute Cpu { get; } = new(ExpertRouteKind.Cpu, 1);
+    public static ExpertRoute Transfer { get; } = new(ExpertRouteKind.Transfer);
+
+    /// <summary>A split with the CPU computing <paramref name="cpuShare"/> (0 &lt; share &lt; 1) of the intermediate rows.</summary>
+    public static ExpertRoute Split(double cpuShare) =>
+        cpuShare is > 0 and < 1 ? new(ExpertRouteKind.Split, cpuShare)
+            : throw new ArgumentOutOfRangeException(nameof(cpuShare), $"a split's CPU share must be in (0, 1), got {cpuShare}");
+
+    /// <summary>Whether part of the expert runs on the CPU.</summary>
+    public bool UsesCpu => Kind is ExpertRouteKind.Cpu or ExpertRouteKind.Split;
+
+    /// <summary>Whether part of the expert's weights are copied to the GPU.</summary>
+    public bool UsesTransfer => Kind is ExpertRouteKind.Transfer or ExpertRouteKind.Split;
+
+    /// <summary>
+    /// Intermediate rows [0, result) on the CPU for an expert of <paramref name="intermediate"/> rows, rounded to 64
+    /// (whole SIMD blocks; 1 for experts under 1024 rows); 0 or <paramref name="intermediate"/> when the rounded share
+    /// leaves one side empty.
+    /// </summary>
+    public int CpuRows(int intermediate)
+    {
+        if (Kind == ExpertRouteKind.Cpu) return intermediate;
+        if (Kind != ExpertRouteKind.Split) return 0;
+        int multiple = intermediate >= 1024 ? 64 : 1;
+        int rows = (int)Math.Round(CpuShare * intermediate / multiple) * multiple;
+        return Math.Clamp(rows, 0, intermediate);
+    }
+
+    public override string ToString() => Kind == ExpertRouteKind.Split ? $"Split({CpuShare:0.###})" : Kind.ToString();
 }
 
 /// <summary>One expert's work in one layer: how many tokens chose it, and whether its weights are on the GPU.</summary>

@@ -13,8 +13,12 @@ public interface IWeightStager : IDisposable
 {
     int Slots { get; }
 
-    /// <summary>Starts copying into <paramref name="slot"/> and returns without waiting for the copy.</summary>
-    StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2);
+    /// <summary>
+    /// Starts copying the expert (w1/w3 [I, H], w2 [H, I] in host memory) into <paramref name="slot"/> and returns without
+    /// waiting for the copy. With <paramref name="rows"/>, only intermediate rows [start, start + rows): the staged
+    /// tensors are then [rows, H], [rows, H] and [H, rows] (the GPU half of a CPU/GPU split).
+    /// </summary>
+    StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2, int start = 0, int? rows = null);
 
     /// <summary>Makes compute queued after this call see the staged weights (on CUDA: the device waits, not the host).</summary>
     void Await(StagedWeights staged);
@@ -40,12 +44,24 @@ public sealed class CopyStager : IWeightStager
     public int Slots => _slots.Length;
     public long BytesCopied { get; private set; }
 
-    public StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2)
+    public StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2, int start = 0, int? rows = null)
     {
         var s = _slots[slot];
-        s.W1.copy_(w1); s.W3.copy_(w3); s.W2.copy_(w2);
-        BytesCopied += (w1.NumberOfElements + w3.NumberOfElements + w2.NumberOfElements) * w1.ElementSize;
-        return s;
+        long hidden = w1.shape[1], intermediate = w1.shape[0];
+        long r = rows ?? intermediate;
+        if (start < 0 || r < 1 || start + r > intermediate || intermediate > s.W1.shape[0] || hidden != s.W1.shape[1])
+            throw new ArgumentException($"rows [{start}, {start + r}) of an expert [{intermediate}, {hidden}] do not fit slot {slot}");
+        if (r == intermediate)
+        {
+            s.W1.copy_(w1); s.W3.copy_(w3); s.W2.copy_(w2);
+            BytesCopied += 3 * w1.NumberOfElements * w1.ElementSize;
+            return s;
+        }
+        // Views of the slot's prefix (the same layout as the CUDA stager's: w2's column block made contiguous).
+        var (d1, d3, d2) = (s.W1.narrow(0, 0, r), s.W3.narrow(0, 0, r), s.W2.view(-1).narrow(0, 0, hidden * r).view(hidden, r));
+        d1.copy_(w1.narrow(0, start, r)); d3.copy_(w3.narrow(0, start, r)); d2.copy_(w2.narrow(1, start, r));
+        BytesCopied += 3 * hidden * r * w1.ElementSize;
+        return new StagedWeights(slot, d1, d3, d2);
     }
 
     public void Await(StagedWeights staged) { }

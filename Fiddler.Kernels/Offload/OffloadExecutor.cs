@@ -22,8 +22,13 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         var routes = scheduler.Decide(block.Layer, work);
         Check(block.Layer, work, routes);
 
+        // Intermediate rows [0, cpuRows) of each expert on the CPU, [cpuRows, I) on the device (a split has both).
+        int intermediate = (int)block.Expert(assignments.Count > 0 ? assignments[0].Expert : 0).Gate.Weight.shape[0];
+        var cpuRows = routes.Select(r => r.CpuRows(intermediate)).ToArray();
+
         // CPU lane first, so it runs while the device lane is being queued.
-        var cpuAssignments = assignments.Where((_, i) => routes[i] == ExpertRoute.Cpu).ToList();
+        var cpuIndices = Enumerable.Range(0, assignments.Count).Where(i => routes[i].UsesCpu && cpuRows[i] > 0).ToList();
+        var cpuAssignments = cpuIndices.Select(i => assignments[i]).ToList();
         Task<double>? cpuLane = null;
         Tensor? hostY = null;
         int cpuTokens = cpuAssignments.Sum(a => a.Tokens.Length);
@@ -36,9 +41,11 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             hostY = empty_like(hostX);
             var jobs = new List<CpuExpertJob>();
             long offset = 0;
-            foreach (var a in cpuAssignments)
+            foreach (int i in cpuIndices)
             {
-                jobs.Add(new CpuExpertJob(block.Expert(a.Expert), hostX.narrow(0, offset, a.Tokens.Length), hostY.narrow(0, offset, a.Tokens.Length)));
+                var a = assignments[i];
+                jobs.Add(new CpuExpertJob(block.Expert(a.Expert), hostX.narrow(0, offset, a.Tokens.Length), hostY.narrow(0, offset, a.Tokens.Length),
+                    cpuRows[i] < intermediate ? cpuRows[i] : null));
                 offset += a.Tokens.Length;
             }
             cpuLane = Task.Run(() =>
@@ -54,12 +61,13 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
             // transferred expert as its weights land, refilling its slot with the next pending copy.
-            var transfers = new Queue<ExpertAssignment>(assignments.Where((_, i) => routes[i] == ExpertRoute.Transfer));
+            var transfers = new Queue<(ExpertAssignment A, int Start)>(Enumerable.Range(0, assignments.Count)
+                .Where(i => routes[i].UsesTransfer && cpuRows[i] < intermediate).Select(i => (assignments[i], cpuRows[i])));
             var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
             for (int slot = 0; stager is not null && slot < stager.Slots && transfers.Count > 0; slot++)
                 staged.Enqueue(Begin(block, slot, transfers.Dequeue()));
             for (int i = 0; i < assignments.Count; i++)
-                if (routes[i] == ExpertRoute.Gpu)
+                if (routes[i].Kind == ExpertRouteKind.Gpu)
                     assignments[i].Accumulate(output, routingWeights, block.Expert(assignments[i].Expert).forward(assignments[i].Gather(flat)));
             while (staged.Count > 0)
             {
@@ -93,10 +101,12 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             cpuTokens, (stager?.BytesCopied ?? 0) - bytesBefore));
     }
 
-    private (ExpertAssignment, StagedWeights) Begin(MixtralSparseMoeBlock block, int slot, ExpertAssignment a)
+    private (ExpertAssignment, StagedWeights) Begin(MixtralSparseMoeBlock block, int slot, (ExpertAssignment A, int Start) t)
     {
-        var e = block.Expert(a.Expert);
-        return (a, stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight));
+        var e = block.Expert(t.A.Expert);
+        long intermediate = e.Gate.Weight.shape[0];
+        return (t.A, t.Start == 0 ? stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight)
+            : stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight, t.Start, (int)(intermediate - t.Start)));
     }
 
     private void Check(int layer, ExpertWork[] work, IReadOnlyList<ExpertRoute> routes)
@@ -105,10 +115,10 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             throw new InvalidOperationException($"layer {layer}: scheduler returned {routes.Count} routes for {work.Length} experts");
         for (int i = 0; i < work.Length; i++)
         {
-            if (work[i].Resident != (routes[i] == ExpertRoute.Gpu))
+            if (work[i].Resident != (routes[i].Kind == ExpertRouteKind.Gpu))
                 throw new InvalidOperationException($"layer {layer} expert {work[i].Expert}: route {routes[i]} for a " +
                     (work[i].Resident ? "resident" : "host-resident") + " expert");
-            if (routes[i] == ExpertRoute.Transfer && stager is null)
+            if (routes[i].UsesTransfer && stager is null)
                 throw new InvalidOperationException($"layer {layer}: transfer requested but no weight stager is configured");
         }
     }

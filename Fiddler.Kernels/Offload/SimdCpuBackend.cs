@@ -19,8 +19,11 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool) : ICpuExpertBacken
         {
             var (expert, x, y) = (jobs[i].Expert, jobs[i].X, jobs[i].Y);
             var w1 = expert.Gate.Weight;
+            int intermediate = (int)w1.shape[0];
+            int rows = jobs[i].Rows ?? intermediate;
+            if (rows < 1 || rows > intermediate) throw new ArgumentException($"CPU job {i}: rows {rows} outside 1..{intermediate}");
             var weights = new ExpertWeights((void*)TensorMemory.DataPtr(w1), (void*)TensorMemory.DataPtr(expert.Up.Weight),
-                (void*)TensorMemory.DataPtr(expert.Down.Weight), (int)w1.shape[1], (int)w1.shape[0], TypeOf(w1.dtype));
+                (void*)TensorMemory.DataPtr(expert.Down.Weight), (int)w1.shape[1], rows, TypeOf(w1.dtype), w2Stride: intermediate);
             kernelJobs[i] = new ExpertJob(weights, (float*)TensorMemory.DataPtr(x), (float*)TensorMemory.DataPtr(y), (int)x.shape[0]);
         }
         CpuExpertKernel.SwiGluMany(pool, kernelJobs);

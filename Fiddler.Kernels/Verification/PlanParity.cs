@@ -18,9 +18,14 @@ namespace Fiddler.Kernels.Verification;
 /// </summary>
 public static class PlanParity
 {
-    /// <summary>(residency, route): residency "none" or "half"; route cpu | cpu-simd | transfer | split | split-simd.</summary>
+    /// <summary>
+    /// (residency, route): residency "none" or "half"; route cpu | cpu-simd | transfer | mixed | mixed-simd (some misses
+    /// on the CPU, others transferred) | split | split-simd (every miss split between the CPU and a transfer, at a share
+    /// that varies by layer and expert).
+    /// </summary>
     public static readonly (string Residency, string Route)[] Plans =
-        [("none", "cpu"), ("none", "cpu-simd"), ("none", "transfer"), ("none", "split"), ("half", "cpu"), ("half", "split"), ("half", "split-simd")];
+        [("none", "cpu"), ("none", "cpu-simd"), ("none", "transfer"), ("none", "mixed"), ("half", "cpu"), ("half", "mixed"), ("half", "mixed-simd"),
+         ("none", "split"), ("none", "split-simd"), ("half", "split-simd")];
 
     /// <summary>Routes by a fixed rule: resident → device, others by <paramref name="pick"/>.</summary>
     public sealed class ForcedScheduler(Func<int, ExpertWork, ExpertRoute> pick) : IExpertScheduler
@@ -42,7 +47,9 @@ public static class PlanParity
         {
             "cpu" or "cpu-simd" => ExpertRoute.Cpu,
             "transfer" => ExpertRoute.Transfer,
-            _ => (layer + w.Expert) % 3 == 0 ? ExpertRoute.Transfer : ExpertRoute.Cpu,
+            "split" or "split-simd" => ExpertRoute.Split(0.25 + 0.5 * ((layer + w.Expert) % 3) / 2.0),
+            "mixed" or "mixed-simd" => (layer + w.Expert) % 3 == 0 ? ExpertRoute.Transfer : ExpertRoute.Cpu,
+            _ => throw new ArgumentException($"unknown plan route '{route}'"),
         });
         using IWeightStager stager = cudaDevice
             ? new CudaWeightStager(new WeightStager(device, new ExpertShape(config.HiddenSize, config.IntermediateSize, ScalarType.Float32), 2))

@@ -118,6 +118,43 @@ public sealed unsafe class CpuExpertKernelTests : IDisposable
         Assert.True(Identical(inPlace, expected));
     }
 
+    [Theory]
+    [InlineData(CpuIsa.Scalar, ScalarType.BFloat16)]
+    [InlineData(CpuIsa.Avx2, ScalarType.BFloat16)]
+    [InlineData(CpuIsa.Avx512, ScalarType.BFloat16)]
+    [InlineData(CpuIsa.Avx512, ScalarType.Float32)]
+    public void SwiGlu_IntermediateSlices_SumToTheWholeExpert(CpuIsa isa, ScalarType type)
+    {
+        // A CPU/GPU split computes rows [0, k) here and [k, I) elsewhere: the two slices' outputs must add up to the expert.
+        if (!Supported(isa)) return;
+        CpuExpertKernel.ForceIsa = isa;
+        using var scope = NewDisposeScope();
+        int hidden = 256, intermediate = 384, k = 160, tokens = 3;
+        var (x, w1, w3, w2) = RandomExpert(hidden, intermediate, tokens, type);
+        var whole = Run(x, w1, w3, w2, type);
+        var weightType = Weights(w1, w3, w2, type).Type;
+        int bytes = (int)w1.element_size();
+        var head = new ExpertWeights(Ptr(w1), Ptr(w3), Ptr(w2), hidden, k, weightType, w2Stride: intermediate);
+        var tail = new ExpertWeights((byte*)Ptr(w1) + (long)k * hidden * bytes, (byte*)Ptr(w3) + (long)k * hidden * bytes,
+            (byte*)Ptr(w2) + (long)k * bytes, hidden, intermediate - k, weightType, w2Stride: intermediate);
+        var (y1, y2) = (full(x.shape, float.NaN), full(x.shape, float.NaN));
+        CpuExpertKernel.SwiGluMany(_pool, [new ExpertJob(head, Ptr(x), Ptr(y1), tokens), new ExpertJob(tail, Ptr(x), Ptr(y2), tokens)]);
+        Assert.True(MaxRelativeError(y1 + y2, whole) <= 1e-5, $"{isa} {type}: slices do not add up");
+        Assert.True(MaxRelativeError(y1, whole) > 1e-2, "the head slice alone should differ from the whole expert");
+    }
+
+    [Fact]
+    public void SwiGlu_W2StrideBelowIntermediate_ThrowsArgumentException()
+    {
+        var buffer = new float[8];
+        fixed (float* p = buffer)
+        {
+            var w = new ExpertWeights(p, p, p, 2, 4, WeightType.F32, w2Stride: 3);
+            float* q = p;
+            Assert.Throws<ArgumentException>(() => CpuExpertKernel.SwiGlu(_pool, q, 1, w, q + 4));
+        }
+    }
+
     [Fact]
     public void SwiGlu_NullWeights_ThrowsArgumentException()
     {

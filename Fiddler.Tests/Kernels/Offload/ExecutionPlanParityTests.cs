@@ -32,7 +32,7 @@ public class ExecutionPlanParityTests
     {
         var failures = PlanParity.Check(Fixture(model), residency, route, CPU, out long bytesCopied, out int cpuTokens);
         Assert.Empty(failures);
-        if (route.Contains("transfer") || route.StartsWith("split")) Assert.True(bytesCopied > 0, "no weights were staged");
+        if (route.Contains("transfer") || route.StartsWith("split") || route.StartsWith("mixed")) Assert.True(bytesCopied > 0, "no weights were staged");
         if (route != "transfer") Assert.True(cpuTokens > 0, "no expert ran on the CPU");
     }
 
