@@ -22,6 +22,8 @@ public sealed class LayerActor : ReceiveActor
                 Resident = _stats.Resident + o.Work.Count(w => w.Resident),
                 Cpu = _stats.Cpu + o.Routes.Count(r => r == ExpertRoute.Cpu),
                 Transfers = _stats.Transfers + o.Routes.Count(r => r == ExpertRoute.Transfer),
+                Splits = _stats.Splits + o.Routes.Count(r => r.Kind == ExpertRouteKind.Split),
+                TransferredBytes = _stats.TransferredBytes + o.TransferredBytes,
                 CpuLaneMs = _stats.CpuLaneMs + o.CpuLaneMs,
                 LayerMs = _stats.LayerMs + o.LayerMs,
             };

@@ -21,6 +21,10 @@ public sealed record EngineOptions
     public int ContextTokens { get; init; } = 4096;
     public int StagingSlots { get; init; } = 2;
     public RoutingMode Routing { get; init; } = RoutingMode.Auto;
+    /// <summary>Let the router divide one expert per layer between the CPU and a transfer (see <see cref="RouterOptions"/>).</summary>
+    public bool SplitExperts { get; init; } = true;
+    /// <summary>CPU expert slowdown while weights stream in the same layer (see <see cref="RouterOptions.CpuContention"/>).</summary>
+    public double CpuContention { get; init; } = RouterOptions.Default.CpuContention;
     /// <summary>Latency-model cache file; calibrated and written when missing or for another host/model.</summary>
     public string ProfilePath { get; init; } = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "fiddler", "profile.json");
     public int CpuThreads { get; init; }

@@ -109,7 +109,8 @@ public sealed class OffloadEngine : IDisposable
         var profile = Profile;
         var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch);
         Cpu = cpu;
-        Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots)));
+        Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
+            SplitExperts: o.SplitExperts, CpuContention: o.CpuContention)));
         Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager));
     }
 

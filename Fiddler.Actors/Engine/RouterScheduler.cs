@@ -11,12 +11,17 @@ namespace Fiddler.Actors.Engine;
 public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
 {
     private readonly Dictionary<int, LayerPlan> _lastPlan = new();
-    private long _chosen, _resident, _cpu, _transfer, _transferBytes;
+    private long _chosen, _resident, _cpu, _transfer, _split, _transferBytes;
+    private double _cpuShares;
 
     public ExpertRouter Router { get; } = router;
     public double HitRate => _chosen == 0 ? 0 : (double)_resident / _chosen;
     public long CpuExperts => _cpu;
     public long TransferredExperts => _transfer;
+    /// <summary>Experts divided between the CPU and a transfer (also counted in neither of the two above).</summary>
+    public long SplitExperts => _split;
+    /// <summary>CPU work in whole experts: CPU experts plus the CPU shares of split ones (for effective GB/s).</summary>
+    public double CpuExpertEquivalents { get { lock (_lastPlan) return _cpuShares; } }
     public long TransferredBytes => _transferBytes;
 
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
@@ -27,6 +32,7 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         {
             ExpertPlacement.Gpu => ExpertRoute.Gpu,
             ExpertPlacement.Cpu => ExpertRoute.Cpu,
+            ExpertPlacement.Split => ExpertRoute.Split(d.CpuShare),
             _ => ExpertRoute.Transfer,
         }).ToArray();
     }
@@ -40,12 +46,15 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         Interlocked.Add(ref _resident, o.Work.Count(w => w.Resident));
         Interlocked.Add(ref _cpu, o.Routes.Count(r => r == ExpertRoute.Cpu));
         Interlocked.Add(ref _transfer, o.Routes.Count(r => r == ExpertRoute.Transfer));
+        Interlocked.Add(ref _split, o.Routes.Count(r => r.Kind == ExpertRouteKind.Split));
+        lock (_lastPlan) _cpuShares += o.Routes.Where(r => r.UsesCpu).Sum(r => r.CpuShare);
         Interlocked.Add(ref _transferBytes, o.TransferredBytes);
     }
 
     /// <summary>Starts a new measurement window (e.g. after warm-up).</summary>
     public void ResetCounters()
     {
-        _chosen = _resident = _cpu = _transfer = _transferBytes = 0;
+        _chosen = _resident = _cpu = _transfer = _split = _transferBytes = 0;
+        lock (_lastPlan) _cpuShares = 0;
     }
 }

@@ -20,5 +20,9 @@ public sealed record GetLayerStats
 /// <summary>One layer's totals since start: steps, experts chosen, resident hits, CPU/transfer counts and time.</summary>
 public sealed record LayerStats(int Layer, long Steps, long Chosen, long Resident, long Cpu, long Transfers, double CpuLaneMs, double LayerMs)
 {
+    /// <summary>Experts divided between the CPU and a transfer.</summary>
+    public long Splits { get; init; }
+    /// <summary>Weight bytes copied host → GPU (PCIe traffic).</summary>
+    public long TransferredBytes { get; init; }
     public double HitRate => Chosen == 0 ? 0 : (double)Resident / Chosen;
 }

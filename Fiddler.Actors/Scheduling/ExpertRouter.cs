@@ -16,7 +16,7 @@ public sealed class ExpertRouter
     // Predictions within a nanosecond are equal; ties then go to fewer transfers (less PCIe traffic, fewer slots).
     private const double Eps = 1e-6;
     private readonly Lock _gate = new();
-    private readonly PredictionStats[] _stats = new PredictionStats[3];
+    private readonly PredictionStats[] _stats = new PredictionStats[Enum.GetValues<ExpertPlacement>().Length];
     private PredictionStats _layer;
     private PredictionStats _cpuLane;
 
@@ -28,6 +28,9 @@ public sealed class ExpertRouter
             throw new ArgumentException($"staging slots must be >= 1 to stream experts, got {Options.StagingSlots}; use RoutingMode.CpuOnly for no GPU lane");
         if (Options.ExactSearchLimit is < 0 or > 24)
             throw new ArgumentException($"exact search limit must be in 0..24 (2^n splits), got {Options.ExactSearchLimit}");
+        if (!(Options.CpuContention is >= 1 and <= 10))
+            throw new ArgumentException($"CPU contention factor must be in 1..10, got {Options.CpuContention}");
+        if (!(Options.MinSplitGainMs >= 0)) throw new ArgumentException($"minimum split gain must be >= 0 ms, got {Options.MinSplitGainMs}");
     }
 
     public HardwareProfile Profile { get; }
@@ -43,7 +46,11 @@ public sealed class ExpertRouter
         if (Options.Mode == RoutingMode.TransferOnly) Array.Fill(transfer, true);
         else if (Options.Mode == RoutingMode.Auto && n > 0)
             transfer = exact ? ExactSplit(experts, misses) : GreedySplit(experts, misses);
-        return Build(experts, misses, transfer, exact);
+        var plan = Build(experts, misses, transfer, exact);
+        if (Options.Mode == RoutingMode.Auto && Options.SplitExperts && n > 0
+            && BestSplit(experts, misses, transfer, plan.MakespanMs - Options.MinSplitGainMs) is { } split)
+            plan = Build(experts, misses, transfer, exact, split);
+        return plan;
     }
 
     /// <summary>The predicted plan for a forced split: misses for which <paramref name="transfer"/> is true are streamed.</summary>
@@ -140,7 +147,7 @@ public sealed class ExpertRouter
                 if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
                 else cpu += misses[i].CpuMs;
             if (cpu > best + Eps) continue;
-            double makespan = Math.Max(cpu, GpuLane.Simulate(resident, staged[..m], Profile.TransferMs, Options.StagingSlots));
+            double makespan = Math.Max(CpuLane(cpu, m > 0), GpuLane.Simulate(resident, staged[..m], Profile.TransferMs, Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
             if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
                 (best, bestMask, bestCount) = (makespan, mask, count);
@@ -161,21 +168,78 @@ public sealed class ExpertRouter
             staged.Clear();
             for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
             double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), Profile.TransferMs, Options.StagingSlots);
-            transfer[i] = gpuIf < cpu + misses[i].CpuMs - Eps;
+            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true) - Eps;
             if (!transfer[i]) cpu += misses[i].CpuMs;
         }
         return transfer;
     }
 
-    private LayerPlan Build(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, bool exact)
+    /// <summary>The CPU lane's time: slower while weights stream in the same layer (both read host DRAM).</summary>
+    private double CpuLane(double cpuMs, bool anyTransfer) => anyTransfer ? cpuMs * Options.CpuContention : cpuMs;
+
+    private readonly record struct SplitChoice(int Miss, double GpuShare);
+
+    /// <summary>
+    /// The best single-expert split, if it beats <paramref name="target"/>: each miss in turn leaves its lane and is
+    /// divided, its transferred share t copied last; the CPU lane falls and the GPU lane grows with t, so bisection finds
+    /// where they meet. Others keep the whole-expert decision.
+    /// </summary>
+    private SplitChoice? BestSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, double target)
+    {
+        double[] resident = ResidentGpuMs(experts);
+        SplitChoice? best = null;
+        double bestMs = target;
+        var staged = new double[misses.Length];
+        for (int s = 0; s < misses.Length; s++)
+        {
+            double cpuOthers = 0;
+            int m = 0;
+            for (int i = 0; i < misses.Length; i++)
+                if (i == s) continue;
+                else if (transfer[i]) staged[m++] = misses[i].GpuMs;
+                else cpuOthers += misses[i].CpuMs;
+            var (cpuPart, roundTrip) = CpuParts(misses[s], experts[misses[s].Index].Tokens);
+            double Cpu(double t) => CpuLane(cpuOthers + (1 - t) * cpuPart + roundTrip, true);
+            double Gpu(double t)
+            {
+                staged[m] = t * misses[s].GpuMs;
+                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), Profile.TransferMs, Options.StagingSlots, lastTransferMs: t * Profile.TransferMs);
+            }
+            double lo = 0, hi = 1;
+            for (int k = 0; k < 40; k++)
+            {
+                double mid = (lo + hi) / 2;
+                if (Cpu(mid) > Gpu(mid)) lo = mid; else hi = mid;
+            }
+            double share = hi, ms = Math.Max(Cpu(share), Gpu(share));
+            // Nearly all on one side is the whole-expert plan with extra overhead.
+            if (share is < 0.02 or > 0.98) continue;
+            if (ms < bestMs - Eps) (best, bestMs) = (new SplitChoice(s, share), ms);
+        }
+        return best;
+    }
+
+    /// <summary>A miss's CPU time as (compute, which scales with the rows computed; activation round trip, which does not).</summary>
+    private (double Compute, double RoundTrip) CpuParts(Miss miss, int tokens)
+    {
+        double roundTrip = Profile.ActivationRoundTrip.Ms(tokens);
+        return (Math.Max(0, miss.CpuMs - roundTrip), roundTrip);
+    }
+
+    private LayerPlan Build(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, bool exact, SplitChoice? split = null)
     {
         var decisions = new ExpertDecision[experts.Count];
         var residents = experts.Select((e, i) => (e, i)).Where(x => x.e.Resident).OrderBy(x => x.e.Expert).ToArray();
         double[] residentMs = residents.Select(x => Profile.GpuExpert.Ms(x.e.Tokens)).ToArray();
-        Miss[] staged = misses.Where((_, i) => transfer[i]).ToArray();
-        double[] stagedMs = staged.Select(m => m.GpuMs).ToArray();
-        var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[staged.Length], new double[staged.Length]);
-        double gpu = GpuLane.Simulate(residentMs, stagedMs, Profile.TransferMs, Options.StagingSlots, residentStart, copyStart, computeStart);
+        int splitMiss = split?.Miss ?? -1;
+        double t = split?.GpuShare ?? 0;
+        Miss[] staged = misses.Where((_, i) => transfer[i] && i != splitMiss).ToArray();
+        // The split's transferred part is copied last.
+        double[] stagedMs = staged.Select(m => m.GpuMs).Concat(split is null ? [] : [t * misses[splitMiss].GpuMs]).ToArray();
+        int copies = stagedMs.Length;
+        var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[copies], new double[copies]);
+        double gpu = GpuLane.Simulate(residentMs, stagedMs, Profile.TransferMs, Options.StagingSlots, residentStart, copyStart, computeStart,
+            split is null ? double.NaN : t * Profile.TransferMs);
 
         for (int r = 0; r < residents.Length; r++)
         {
@@ -188,12 +252,25 @@ public sealed class ExpertRouter
             double own = Profile.TransferMs + m.GpuMs;
             decisions[m.Index] = new(m.Expert, experts[m.Index].Tokens, ExpertPlacement.Transfer, own, copyStart[s], computeStart[s], computeStart[s] + m.GpuMs);
         }
+        double factor = copies > 0 ? Options.CpuContention : 1;
         double cpu = 0;
-        foreach (var m in misses.Where((_, i) => !transfer[i]).OrderBy(m => m.Expert))
+        foreach (var m in misses.Where((_, i) => !transfer[i] && i != splitMiss).OrderBy(m => m.Expert))
         {
             int tokens = experts[m.Index].Tokens;
-            decisions[m.Index] = new(m.Expert, tokens, ExpertPlacement.Cpu, m.CpuMs, cpu, cpu, cpu + m.CpuMs, Profile.CpuPrefersTorch(tokens));
-            cpu += m.CpuMs;
+            double ms = m.CpuMs * factor;
+            decisions[m.Index] = new(m.Expert, tokens, ExpertPlacement.Cpu, ms, cpu, cpu, cpu + ms, Profile.CpuPrefersTorch(tokens), CpuShare: 1);
+            cpu += ms;
+        }
+        if (split is not null)
+        {
+            var m = misses[splitMiss];
+            int tokens = experts[m.Index].Tokens;
+            var (cpuPart, roundTrip) = CpuParts(m, tokens);
+            double cpuMs = ((1 - t) * cpuPart + roundTrip) * factor, gpuMs = t * m.GpuMs;
+            int last = copies - 1;
+            decisions[m.Index] = new(m.Expert, tokens, ExpertPlacement.Split, Math.Max(cpuMs, t * Profile.TransferMs + gpuMs),
+                copyStart[last], computeStart[last], Math.Max(cpu + cpuMs, computeStart[last] + gpuMs), Profile.CpuPrefersTorch(tokens), CpuShare: 1 - t);
+            cpu += cpuMs;
         }
         return new LayerPlan(decisions, cpu, gpu, exact);
     }

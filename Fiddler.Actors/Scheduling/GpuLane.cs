@@ -12,8 +12,10 @@ internal static class GpuLane
     /// streamed expert whose weights are in (it frees a slot for the next copy) and otherwise works on a resident
     /// one, so it idles only when nothing is ready. Timeline outputs are filled when non-empty.
     /// </summary>
+    /// <param name="lastTransferMs">The last staged item's copy time when it is a partial expert (NaN: <paramref name="transferMs"/>).</param>
     public static double Simulate(ReadOnlySpan<double> resident, ReadOnlySpan<double> staged, double transferMs, int slots,
-        Span<double> residentStart = default, Span<double> copyStart = default, Span<double> stagedComputeStart = default)
+        Span<double> residentStart = default, Span<double> copyStart = default, Span<double> stagedComputeStart = default,
+        double lastTransferMs = double.NaN)
     {
         int n = staged.Length;
         int k = Math.Min(slots, n);
@@ -35,7 +37,7 @@ internal static class GpuLane
                 if (double.IsPositiveInfinity(slotFree[s])) break;
                 double start = Math.Max(copyFree, slotFree[s]);
                 if (!copyStart.IsEmpty) copyStart[nextCopy] = start;
-                arrival[nextCopy] = copyFree = start + transferMs;
+                arrival[nextCopy] = copyFree = start + (nextCopy == n - 1 && !double.IsNaN(lastTransferMs) ? lastTransferMs : transferMs);
                 slotOf[nextCopy] = s;
                 slotFree[s] = double.PositiveInfinity;
                 nextCopy++;

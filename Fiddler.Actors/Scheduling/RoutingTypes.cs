@@ -12,6 +12,9 @@ public enum ExpertPlacement
     Cpu,
     /// <summary>Not resident: copy the weights into a GPU staging slot, then compute on the GPU.</summary>
     Transfer,
+    /// <summary>Not resident: the CPU computes a share of the intermediate rows while the rest is streamed and computed
+    /// on the GPU (the balancing expert between the two lanes).</summary>
+    Split,
 }
 
 /// <summary>Which decisions the router may make.</summary>
@@ -30,7 +33,15 @@ public enum RoutingMode
 /// <param name="StagingSlots">GPU staging buffers for streamed experts: a transfer waits for a free one, and a slot is
 /// freed when the GPU has finished computing the expert in it.</param>
 /// <param name="ExactSearchLimit">Exact search over all 2^n CPU/transfer splits up to this many misses; greedy above.</param>
-public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16)
+/// <param name="SplitExperts">In <see cref="RoutingMode.Auto"/>, also divide one miss's intermediate rows between the CPU
+/// and a transfer when that balances the two lanes (a whole expert is too coarse: at decode two CPU misses take ~5.8 ms
+/// and one transfer 6.45 ms, so no whole-expert choice uses both lanes).</param>
+/// <param name="MinSplitGainMs">A split must finish the layer at least this much sooner than the best whole-expert plan
+/// (it costs a second launch and a 2-D copy that the latency models do not see).</param>
+/// <param name="CpuContention">CPU expert time multiplier while weights stream over PCIe in the same layer: both read host
+/// DRAM (NOTES.md: CPU 99 → 84.5 GB/s with a concurrent H2D copy).</param>
+public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16,
+    bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.15)
 {
     public static RouterOptions Default { get; } = new();
 }
@@ -44,8 +55,10 @@ public readonly record struct ExpertLoad(int Expert, int Tokens, bool Resident);
 /// <param name="ComputeStartMs">When its compute starts (for Transfer: after the weights arrived and the GPU is free).</param>
 /// <param name="FinishMs">When its result is ready.</param>
 /// <param name="CpuViaTorch">For Cpu: the oneDNN path is predicted faster than the SIMD kernel at this batch.</param>
+/// <param name="CpuShare">The share of the intermediate rows computed on the CPU: 1 for Cpu, 0 for Gpu/Transfer, in
+/// between for Split (whose timeline fields describe its transferred part; PredictedMs is the later of its two parts).</param>
 public readonly record struct ExpertDecision(int Expert, int Tokens, ExpertPlacement Placement, double PredictedMs,
-    double StartMs, double ComputeStartMs, double FinishMs, bool CpuViaTorch = false);
+    double StartMs, double ComputeStartMs, double FinishMs, bool CpuViaTorch = false, double CpuShare = 0);
 
 /// <summary>The decisions for one layer (in input order) and the predicted lane finish times.</summary>
 /// <param name="CpuLaneMs">When the CPU lane (CPU experts back to back) finishes.</param>

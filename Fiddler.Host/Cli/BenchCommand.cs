@@ -25,7 +25,8 @@ public static class BenchCommand
         var promptTokens = new Option<string>("--prompt-tokens") { DefaultValueFactory = _ => "16,128,512" };
         var newTokens = new Option<int>("--new-tokens") { DefaultValueFactory = _ => 64 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cuda" };
-        var routing = new Option<string>("--routing") { Description = "auto | cpu | transfer", DefaultValueFactory = _ => "auto" };
+        var routing = new Option<string>("--routing") { Description = "auto | whole (auto without dividing experts) | cpu | transfer", DefaultValueFactory = _ => "auto" };
+        var contention = new Option<double?>("--cpu-contention") { Description = "CPU slowdown factor while weights stream (router model; default 1.15)" };
         var layers = new Option<int?>("--layers") { Description = "Keep only the first N layers (quick runs)" };
         var baseline = new Option<string?>("--baseline") { Description = "JSON written by bench/seed_baseline.py in the same session" };
         var outDir = new Option<string>("--out") { DefaultValueFactory = _ => "bench/results" };
@@ -33,7 +34,7 @@ public static class BenchCommand
         var libtorch = new Option<string?>("--libtorch");
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, layers, baseline, outDir, profile, libtorch, actors })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, layers, baseline, outDir, profile, libtorch, actors })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -50,10 +51,12 @@ public static class BenchCommand
                 ContextTokens = prompts.Max() + generate, Layers = r.GetValue(layers),
                 Routing = r.GetValue(routing) switch
                 {
-                    "auto" => RoutingMode.Auto, "cpu" => RoutingMode.CpuOnly, "transfer" => RoutingMode.TransferOnly,
-                    var x => throw new ArgumentException($"--routing: '{x}' (use auto, cpu or transfer)"),
+                    "auto" or "whole" => RoutingMode.Auto, "cpu" => RoutingMode.CpuOnly, "transfer" => RoutingMode.TransferOnly,
+                    var x => throw new ArgumentException($"--routing: '{x}' (use auto, whole, cpu or transfer)"),
                 },
+                SplitExperts = r.GetValue(routing) != "whole",
             };
+            if (r.GetValue(contention) is double c) options = options with { CpuContention = c };
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);

@@ -13,6 +13,7 @@ public static class BenchRun
     public sealed record Result(Dictionary<string, double> TtftS, double DecodeTokS, double HitRate, double CpuGbS,
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
     {
+        public long SplitExperts { get; init; }
         public double? GeneratorTokS { get; init; }
         public double? ActorsTokS { get; init; }
     }
@@ -79,7 +80,7 @@ public static class BenchRun
         var s = engine.Scheduler;
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
         long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
-        double cpuGbS = cpuLaneMs > 0 ? s!.CpuExperts * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
+        double cpuGbS = cpuLaneMs > 0 ? s!.CpuExpertEquivalents * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
 
         // A few steps with per-stage timing (synchronising, so kept out of the tok/s above).
         StageTimer.Enable(model.Device);
@@ -91,7 +92,7 @@ public static class BenchRun
         StageTimer.Disable();
         var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
         return new Result(ttft, (generate - 1) / decodeS, s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
-            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages);
+            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages) { SplitExperts = s?.SplitExperts ?? 0 };
     }
 
     public static Dictionary<string, object?> Report(OffloadEngine engine, EngineOptions o, Result r, string? baselinePath, string card)
@@ -110,11 +111,13 @@ public static class BenchRun
             ["gpu_hit_rate"] = Math.Round(r.HitRate, 3),
             ["cpu_expert_runs"] = r.CpuExperts,
             ["expert_transfers"] = r.Transfers,
+            ["split_experts"] = r.SplitExperts,
             ["cpu_gb_s"] = Math.Round(r.CpuGbS, 1),
             ["pcie_gb"] = Math.Round(r.PcieGb, 2),
             ["stage_ms_per_token"] = r.StageMs,
             ["cpu_backend"] = engine.CpuBackend,
-            ["routing"] = o.Routing.ToString(),
+            ["routing"] = o.Routing == Fiddler.Actors.Scheduling.RoutingMode.Auto && !o.SplitExperts ? "AutoWhole" : o.Routing.ToString(),
+            ["cpu_contention"] = o.CpuContention,
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
             ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,

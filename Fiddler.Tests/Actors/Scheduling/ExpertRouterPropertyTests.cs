@@ -36,7 +36,8 @@ public sealed class ExpertRouterPropertyTests
             var host = RandomHost(rng);
             int slots = rng.Next(1, 4);
             var loads = RandomLayer(rng, maxExperts: 14);
-            LayerPlan Plan(RoutingMode mode, int limit = 16) => new ExpertRouter(host, new RouterOptions(mode, slots, limit)).Decide(loads);
+            double contention = 1 + rng.NextDouble() * 0.5;
+            LayerPlan Plan(RoutingMode mode, int limit = 16) => new ExpertRouter(host, new RouterOptions(mode, slots, limit, SplitExperts: false, CpuContention: contention)).Decide(loads);
 
             var exact = Plan(RoutingMode.Auto);
             var greedy = Plan(RoutingMode.Auto, limit: 0);
@@ -52,7 +53,7 @@ public sealed class ExpertRouterPropertyTests
             {
                 Assert.Equal(loads.Select(l => l.Expert), plan.Decisions.Select(d => d.Expert));
                 Assert.All(plan.Decisions, d => Assert.Equal(loads.Single(l => l.Expert == d.Expert).Resident, d.Placement == ExpertPlacement.Gpu));
-                RouterInvariants.Check(plan, host, slots);
+                RouterInvariants.Check(plan, host, slots, contention);
             }
         }
     }
@@ -66,7 +67,8 @@ public sealed class ExpertRouterPropertyTests
             var host = RandomHost(rng);
             int slots = rng.Next(1, 4);
             var loads = RandomLayer(rng, maxExperts: 7);
-            var router = new ExpertRouter(host, new RouterOptions(StagingSlots: slots));
+            var router = new ExpertRouter(host, new RouterOptions(StagingSlots: slots, SplitExperts: false, CpuContention: 1));
+            var split = new ExpertRouter(host, new RouterOptions(StagingSlots: slots, CpuContention: 1));
             var misses = loads.Where(l => !l.Resident).Select(l => l.Expert).ToArray();
             double best = double.PositiveInfinity;
             for (int mask = 0; mask < 1 << misses.Length; mask++)
@@ -77,6 +79,12 @@ public sealed class ExpertRouterPropertyTests
                 best = Math.Min(best, forced.MakespanMs);
             }
             Assert.Equal(best, router.Decide(loads).MakespanMs, 9);
+            // Dividing one expert can only help, and only by more than the minimum gain.
+            var withSplit = split.Decide(loads);
+            RouterInvariants.Check(withSplit, host, slots);
+            Assert.True(withSplit.MakespanMs <= best + 1e-9, $"trial {trial}: split plan {withSplit.MakespanMs} > best whole-expert plan {best}");
+            if (withSplit.Count(ExpertPlacement.Split) == 1)
+                Assert.True(withSplit.MakespanMs <= best - split.Options.MinSplitGainMs + 1e-9, $"trial {trial}: split gains too little");
         }
     }
 

@@ -14,7 +14,7 @@ public sealed class ExpertRouterTests
         LatencyModel.Constant(roundTrip));
 
     private static ExpertRouter Router(HardwareProfile host, RoutingMode mode = RoutingMode.Auto, int slots = 2, int exactLimit = 16) =>
-        new(host, new RouterOptions(mode, slots, exactLimit));
+        new(host, new RouterOptions(mode, slots, exactLimit, SplitExperts: false, CpuContention: 1));
 
     private static ExpertLoad Hit(int expert, int tokens = 1) => new(expert, tokens, Resident: true);
     private static ExpertLoad Miss(int expert, int tokens = 1) => new(expert, tokens, Resident: false);
@@ -89,9 +89,13 @@ public sealed class ExpertRouterTests
     {
         // 8 experts × 256 tokens, H100 host: CPU 27 ms each (oneDNN), transfer 6.45 ms, GPU 0.6 ms.
         // All transfers: 8 × 6.45 + 0.6 = 52.2 ms; one on the CPU: max(27.05, 7 × 6.45 + 0.6 = 45.75) ms; two: 54.1 ms.
-        var router = new ExpertRouter(HardwareProfileTests.H100());
+        var router = new ExpertRouter(HardwareProfileTests.H100(), new RouterOptions(SplitExperts: false, CpuContention: 1));
         var loads = Enumerable.Range(0, 8).Select(e => Miss(e, 256)).ToArray();
         var plan = router.Decide(loads);
+        // The default router also divides one expert and finishes sooner, even with the CPU slowed by contention.
+        var withSplit = new ExpertRouter(HardwareProfileTests.H100()).Decide(loads);
+        Assert.Equal(1, withSplit.Count(ExpertPlacement.Split));
+        Assert.True(withSplit.MakespanMs < plan.MakespanMs, $"{withSplit.MakespanMs} vs {plan.MakespanMs}");
         Assert.Equal(7, plan.Count(ExpertPlacement.Transfer));
         Assert.Equal(1, plan.Count(ExpertPlacement.Cpu));
         Assert.Equal(45.75, plan.MakespanMs, 9);
@@ -214,5 +218,76 @@ public sealed class ExpertRouterTests
         var s = Router(Host()).Stats(ExpertPlacement.Transfer);
         Assert.Equal(0, s.Count);
         Assert.True(double.IsNaN(s.MeanObservedMs));
+    }
+
+    private static ExpertRouter SplitRouter(HardwareProfile host, double contention = 1, double minGain = 0.1) =>
+        new(host, new RouterOptions(RoutingMode.Auto, 2, 16, SplitExperts: true, MinSplitGainMs: minGain, CpuContention: contention));
+
+    [Fact]
+    public void Decide_DecodeTwoMissesSplitAllowed_DividesOneExpertToBalanceTheLanes()
+    {
+        // Whole experts: 6.6 ms (one streamed). Split: CPU 3.9 + (1 − t)·3.9 = GPU t·(6.45 + 0.15) → t = 7.8/10.5, 4.903 ms.
+        var router = SplitRouter(Host(cpu1: 3.9));
+        var plan = router.Decide([Miss(6), Miss(2)]);
+        Assert.Equal(1, plan.Count(ExpertPlacement.Split));
+        Assert.Equal(1, plan.Count(ExpertPlacement.Cpu));
+        Assert.Equal(0, plan.Count(ExpertPlacement.Transfer));
+        double t = 7.8 / 10.5;
+        Assert.Equal(6.6 * t, plan.MakespanMs, 6);
+        Assert.Equal(plan.CpuLaneMs, plan.GpuLaneMs, 6);
+        var split = plan.Decisions.Single(d => d.Placement == ExpertPlacement.Split);
+        Assert.Equal(1 - t, split.CpuShare, 6);
+        RouterInvariants.Check(plan, Host(cpu1: 3.9), 2);
+    }
+
+    [Fact]
+    public void Decide_OneMissCpuFasterThanTransfer_SplitsItAcrossBothLanes()
+    {
+        // CPU 2.9 ms vs transfer 6.6: t·6.6 = (1 − t)·2.9 → t = 2.9/9.5; the layer takes 2.015 ms instead of 2.9.
+        var plan = SplitRouter(Host(cpu1: 2.9)).Decide([Hit(0), Miss(5)]);
+        Assert.Equal(ExpertPlacement.Split, plan.For(5).Placement);
+        Assert.Equal(6.6 * 2.9 / 9.5, plan.MakespanMs, 6);
+    }
+
+    [Fact]
+    public void Decide_ContentionSlowsTheCpuLane_SplitShiftsTowardTheGpu()
+    {
+        var calm = SplitRouter(Host(cpu1: 2.9)).Decide([Miss(5)]);
+        var contended = SplitRouter(Host(cpu1: 2.9), contention: 1.3).Decide([Miss(5)]);
+        Assert.True(contended.For(5).CpuShare < calm.For(5).CpuShare);
+        // 2.9·1.3·(1 − t) = 6.6·t
+        double t = 2.9 * 1.3 / (2.9 * 1.3 + 6.6);
+        Assert.Equal(6.6 * t, contended.MakespanMs, 6);
+    }
+
+    [Fact]
+    public void Decide_AllOnCpuNoTransfer_NoContentionCharged()
+    {
+        var plan = Router(Host(cpu1: 2.9, transfer: 1000)).Decide([Miss(1), Miss(2)]);
+        var contended = new ExpertRouter(Host(cpu1: 2.9, transfer: 1000), new RouterOptions(CpuContention: 1.5)).Decide([Miss(1), Miss(2)]);
+        Assert.Equal(0, contended.Count(ExpertPlacement.Split)); // a 1000 ms copy never pays
+        Assert.Equal(plan.MakespanMs, contended.MakespanMs, 9);
+    }
+
+    [Fact]
+    public void Decide_SplitGainBelowMinimum_KeepsWholeExperts()
+    {
+        // CPU 6.7 vs transfer 6.6: the best split gains ~3.3 ms here, so require more than that.
+        var plan = SplitRouter(Host(cpu1: 6.7), minGain: 4).Decide([Miss(3)]);
+        Assert.Equal(0, plan.Count(ExpertPlacement.Split));
+        Assert.Equal(6.6, plan.MakespanMs, 9);
+    }
+
+    [Fact]
+    public void Decide_PrefillManyTokens_GpuBoundLayerMovesPartOfATransferToTheCpu()
+    {
+        // 3 misses of 200 tokens: CPU 20.0 ms each, transfer 6.45 + GPU 0.15: all three streamed = 19.8 ms; a split
+        // lets the CPU take part of the last copy.
+        var host = Host(cpu1: 0.1 * 200, cpuPerToken: 0.1);
+        var whole = Router(host).Decide([Miss(0, 200), Miss(1, 200), Miss(2, 200)]);
+        var plan = SplitRouter(host).Decide([Miss(0, 200), Miss(1, 200), Miss(2, 200)]);
+        Assert.Equal(1, plan.Count(ExpertPlacement.Split));
+        Assert.True(plan.MakespanMs < whole.MakespanMs - 0.1, $"{plan.MakespanMs} vs {whole.MakespanMs}");
+        RouterInvariants.Check(plan, host, 2);
     }
 }

@@ -16,8 +16,11 @@ internal static class RouterInvariants
         return held.Length == 0 ? 0 : held.Max(h => held.Count(o => o.StartMs <= h.StartMs + Eps && o.FinishMs > h.StartMs + Eps));
     }
 
-    public static void Check(LayerPlan plan, HardwareProfile host, int slots)
+    public static void Check(LayerPlan plan, HardwareProfile host, int slots, double contention = 1)
     {
+        bool copies = plan.Decisions.Any(d => d.Placement is ExpertPlacement.Transfer or ExpertPlacement.Split);
+        double factor = copies ? contention : 1;
+        double splitCpuMs = 0;
         foreach (var d in plan.Decisions)
         {
             Assert.True(d.StartMs >= 0 && d.ComputeStartMs >= d.StartMs - Eps && d.FinishMs >= d.ComputeStartMs - Eps);
@@ -29,7 +32,7 @@ internal static class RouterInvariants
                     Assert.Equal(gpu, d.FinishMs - d.ComputeStartMs, 9);
                     break;
                 case ExpertPlacement.Cpu:
-                    Assert.Equal(host.CpuMs(d.Tokens) + host.ActivationRoundTrip.Ms(d.Tokens), d.PredictedMs, 9);
+                    Assert.Equal((host.CpuMs(d.Tokens) + host.ActivationRoundTrip.Ms(d.Tokens)) * factor, d.PredictedMs, 9);
                     Assert.Equal(d.PredictedMs, d.FinishMs - d.StartMs, 9);
                     Assert.Equal(host.CpuPrefersTorch(d.Tokens), d.CpuViaTorch);
                     break;
@@ -38,15 +41,27 @@ internal static class RouterInvariants
                     Assert.True(d.ComputeStartMs >= d.StartMs + host.TransferMs - Eps, "compute before the weights arrived");
                     Assert.Equal(gpu, d.FinishMs - d.ComputeStartMs, 9);
                     break;
+                case ExpertPlacement.Split:
+                    Assert.InRange(d.CpuShare, 0.02, 0.98);
+                    double t = 1 - d.CpuShare;
+                    Assert.True(d.ComputeStartMs >= d.StartMs + t * host.TransferMs - Eps, "split compute before its weights arrived");
+                    Assert.True(d.FinishMs >= d.ComputeStartMs + t * gpu - Eps);
+                    splitCpuMs = (d.CpuShare * host.CpuMs(d.Tokens) + host.ActivationRoundTrip.Ms(d.Tokens)) * factor;
+                    break;
             }
         }
+        Assert.True(plan.Decisions.Count(d => d.Placement == ExpertPlacement.Split) <= 1, "more than one split expert");
         NoOverlap(plan.Decisions.Where(d => d.Placement == ExpertPlacement.Cpu).Select(d => (d.StartMs, d.FinishMs)), "CPU");
-        NoOverlap(plan.Decisions.Where(d => d.Placement != ExpertPlacement.Cpu).Select(d => (d.ComputeStartMs, d.FinishMs)), "GPU");
-        NoOverlap(plan.Decisions.Where(d => d.Placement == ExpertPlacement.Transfer).Select(d => (d.StartMs, d.StartMs + host.TransferMs)), "copy engine");
+        NoOverlap(plan.Decisions.Where(d => d.Placement != ExpertPlacement.Cpu).Select(d => (d.ComputeStartMs, GpuEnd(d, host))), "GPU");
+        NoOverlap(plan.Decisions.Where(d => d.Placement is ExpertPlacement.Transfer or ExpertPlacement.Split)
+            .Select(d => (d.StartMs, d.StartMs + (d.Placement == ExpertPlacement.Split ? 1 - d.CpuShare : 1) * host.TransferMs)), "copy engine");
         Assert.True(MaxInFlight(plan) <= slots, $"{MaxInFlight(plan)} transfers in flight with {slots} slots");
-        Assert.Equal(Finish(plan, d => d.Placement == ExpertPlacement.Cpu), plan.CpuLaneMs, 9);
-        Assert.Equal(Finish(plan, d => d.Placement != ExpertPlacement.Cpu), plan.GpuLaneMs, 9);
+        Assert.Equal(Finish(plan, d => d.Placement == ExpertPlacement.Cpu) + splitCpuMs, plan.CpuLaneMs, 9);
+        Assert.Equal(plan.Decisions.Where(d => d.Placement != ExpertPlacement.Cpu).Select(d => GpuEnd(d, host)).DefaultIfEmpty(0).Max(), plan.GpuLaneMs, 9);
     }
+
+    private static double GpuEnd(ExpertDecision d, HardwareProfile host) =>
+        d.Placement == ExpertPlacement.Split ? d.ComputeStartMs + (1 - d.CpuShare) * host.GpuExpert.Ms(d.Tokens) : d.FinishMs;
 
     private static double Finish(LayerPlan plan, Func<ExpertDecision, bool> lane) =>
         plan.Decisions.Where(lane).Select(d => d.FinishMs).DefaultIfEmpty(0).Max();
