@@ -19,6 +19,8 @@ public sealed class ExpertRouter
     private readonly PredictionStats[] _stats = new PredictionStats[Enum.GetValues<ExpertPlacement>().Length];
     private PredictionStats _layer;
     private PredictionStats _cpuLane;
+    // CPU lane slowdown vs calibration, learned online (see RouterOptions.AdaptCpuModel): without / with transfers.
+    private double _calmFactor = 1, _contendedFactor;
 
     public ExpertRouter(HardwareProfile profile, RouterOptions? options = null)
     {
@@ -31,6 +33,8 @@ public sealed class ExpertRouter
         if (!(Options.CpuContention is >= 1 and <= 10))
             throw new ArgumentException($"CPU contention factor must be in 1..10, got {Options.CpuContention}");
         if (!(Options.MinSplitGainMs >= 0)) throw new ArgumentException($"minimum split gain must be >= 0 ms, got {Options.MinSplitGainMs}");
+        if (!(Options.AdaptRate is > 0 and <= 1)) throw new ArgumentException($"adapt rate must be in (0, 1], got {Options.AdaptRate}");
+        _contendedFactor = Options.CpuContention;
     }
 
     public HardwareProfile Profile { get; }
@@ -80,7 +84,16 @@ public sealed class ExpertRouter
                 _stats[(int)d.Placement] = _stats[(int)d.Placement].Add(d.PredictedMs, t.ObservedMs);
             }
             if (observedLayerMs is { } ms) _layer = _layer.Add(plan.MakespanMs, ms);
-            if (observedCpuLaneMs is { } cpu && plan.Count(ExpertPlacement.Cpu) > 0) _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
+            if (observedCpuLaneMs is { } cpu && plan.HasCpuWork && plan.CpuLaneMs > 0)
+            {
+                _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
+                if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0)
+                {
+                    double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.5, 4);
+                    if (plan.HasTransfers) _contendedFactor += Options.AdaptRate * (ratio - _contendedFactor);
+                    else _calmFactor += Options.AdaptRate * (ratio - _calmFactor);
+                }
+            }
         }
     }
 
@@ -89,6 +102,9 @@ public sealed class ExpertRouter
 
     /// <summary>Predicted layer makespan vs observed layer time so far.</summary>
     public PredictionStats LayerStats { get { lock (_gate) return _layer; } }
+
+    /// <summary>The CPU slowdown factors in use (calibrated → engine): layers without and with weight transfers.</summary>
+    public (double Calm, double Contended) CpuFactors { get { lock (_gate) return (_calmFactor, _contendedFactor); } }
 
     /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
     public PredictionStats CpuLaneStats { get { lock (_gate) return _cpuLane; } }
@@ -102,6 +118,8 @@ public sealed class ExpertRouter
         foreach (var p in Enum.GetValues<ExpertPlacement>()) Row(p.ToString().ToLowerInvariant(), Stats(p));
         Row("cpu lane", CpuLaneStats);
         Row("layer", LayerStats);
+        var (calm, contended) = CpuFactors;
+        sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers");
         return sb.ToString();
     }
 
@@ -175,7 +193,9 @@ public sealed class ExpertRouter
     }
 
     /// <summary>The CPU lane's time: slower while weights stream in the same layer (both read host DRAM).</summary>
-    private double CpuLane(double cpuMs, bool anyTransfer) => anyTransfer ? cpuMs * Options.CpuContention : cpuMs;
+    private double CpuLane(double cpuMs, bool anyTransfer) => cpuMs * CpuFactor(anyTransfer);
+
+    private double CpuFactor(bool anyTransfer) => anyTransfer ? Volatile.Read(ref _contendedFactor) : Volatile.Read(ref _calmFactor);
 
     private readonly record struct SplitChoice(int Miss, double GpuShare);
 
@@ -252,7 +272,7 @@ public sealed class ExpertRouter
             double own = Profile.TransferMs + m.GpuMs;
             decisions[m.Index] = new(m.Expert, experts[m.Index].Tokens, ExpertPlacement.Transfer, own, copyStart[s], computeStart[s], computeStart[s] + m.GpuMs);
         }
-        double factor = copies > 0 ? Options.CpuContention : 1;
+        double factor = CpuFactor(copies > 0);
         double cpu = 0;
         foreach (var m in misses.Where((_, i) => !transfer[i] && i != splitMiss).OrderBy(m => m.Expert))
         {
@@ -272,7 +292,7 @@ public sealed class ExpertRouter
                 copyStart[last], computeStart[last], Math.Max(cpu + cpuMs, computeStart[last] + gpuMs), Profile.CpuPrefersTorch(tokens), CpuShare: 1 - t);
             cpu += cpuMs;
         }
-        return new LayerPlan(decisions, cpu, gpu, exact);
+        return new LayerPlan(decisions, cpu, gpu, exact) { CpuFactor = factor };
     }
 
     private static int IndexOf(LayerPlan plan, int expert)

@@ -40,8 +40,12 @@ public enum RoutingMode
 /// (it costs a second launch and a 2-D copy that the latency models do not see).</param>
 /// <param name="CpuContention">CPU expert time multiplier while weights stream over PCIe in the same layer: both read host
 /// DRAM (NOTES.md: CPU 99 → 84.5 GB/s with a concurrent H2D copy).</param>
+/// <param name="AdaptCpuModel">Learn, from observed CPU lanes, how much slower the CPU runs in the engine than calibrated,
+/// separately for layers with and without weight transfers (an exponential moving average of observed / calibrated with
+/// rate <paramref name="AdaptRate"/>). Calibration measures one kernel alone; in the engine the GPU thread, the copy
+/// engine's DRAM reads and the pool's wake-ups slow it (seen on the H100 host: ×1.19 alone, ×1.48 beside transfers).</param>
 public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16,
-    bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.15)
+    bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.25, bool AdaptCpuModel = true, double AdaptRate = 0.05)
 {
     public static RouterOptions Default { get; } = new();
 }
@@ -66,6 +70,15 @@ public readonly record struct ExpertDecision(int Expert, int Tokens, ExpertPlace
 /// <param name="Exact">Whether the split came from exact search (false: greedy, or no choice to make).</param>
 public sealed record LayerPlan(IReadOnlyList<ExpertDecision> Decisions, double CpuLaneMs, double GpuLaneMs, bool Exact)
 {
+    /// <summary>The CPU slowdown factor the plan was made with (calibrated CPU times × this = the CPU lane's times).</summary>
+    public double CpuFactor { get; init; } = 1;
+
+    /// <summary>Whether weights stream in this layer (its CPU lane competes with the copy engine for DRAM).</summary>
+    public bool HasTransfers => Decisions.Any(d => d.Placement is ExpertPlacement.Transfer or ExpertPlacement.Split);
+
+    /// <summary>Whether the CPU computes anything in this layer.</summary>
+    public bool HasCpuWork => Decisions.Any(d => d.Placement is ExpertPlacement.Cpu or ExpertPlacement.Split);
+
     /// <summary>The layer's predicted finish: both lanes run at the same time.</summary>
     public double MakespanMs => Math.Max(CpuLaneMs, GpuLaneMs);
 

@@ -290,4 +290,38 @@ public sealed class ExpertRouterTests
         Assert.True(plan.MakespanMs < whole.MakespanMs - 0.1, $"{plan.MakespanMs} vs {whole.MakespanMs}");
         RouterInvariants.Check(plan, host, 2);
     }
+
+    [Fact]
+    public void Account_CpuLanesSlowerThanCalibrated_LearnsFactorPerRegimeAndShiftsTheSplit()
+    {
+        var host = Host(cpu1: 2.9);
+        var router = SplitRouter(host, contention: 1.0);
+        var before = router.Decide([Miss(5)]);
+        Assert.Equal(ExpertPlacement.Split, before.For(5).Placement);
+        // Calm layers (no transfer) run 1.2× slower than calibrated; layers beside transfers 1.5×.
+        var calm = router.Evaluate([Miss(1)], _ => false);
+        for (int i = 0; i < 400; i++)
+        {
+            router.Account(calm, [], observedCpuLaneMs: calm.CpuLaneMs / calm.CpuFactor * 1.2);
+            var plan = router.Decide([Miss(5)]);
+            router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs / plan.CpuFactor * 1.5);
+        }
+        var (calmFactor, contended) = router.CpuFactors;
+        Assert.Equal(1.2, calmFactor, 3);
+        Assert.Equal(1.5, contended, 3);
+        var after = router.Decide([Miss(5)]);
+        Assert.True(after.For(5).CpuShare < before.For(5).CpuShare, "a slower CPU should take a smaller share");
+        double t = 2.9 * 1.5 / (2.9 * 1.5 + 6.6);
+        Assert.Equal(6.6 * t, after.MakespanMs, 3);
+        Assert.Equal(2.9 * 1.2, router.Evaluate([Miss(1)], _ => false).MakespanMs, 3);
+    }
+
+    [Fact]
+    public void Account_AdaptationOff_FactorsStayFixed()
+    {
+        var router = new ExpertRouter(Host(cpu1: 2.9), new RouterOptions(CpuContention: 1.3, AdaptCpuModel: false));
+        var plan = router.Evaluate([Miss(1)], _ => false);
+        router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs * 3);
+        Assert.Equal((1.0, 1.3), router.CpuFactors);
+    }
 }
