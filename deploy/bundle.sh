@@ -37,5 +37,5 @@ exec "$here/dotnet/dotnet" "$here/app/fiddler.dll" "$@"
 LAUNCH
 chmod +x "$stage/fiddler"
 mkdir -p "$(dirname "$out")"
-tar -C "$stage" -cJf "$out" .
+XZ_OPT=${XZ_OPT:--T0} tar -C "$stage" -cJf "$out" .
 echo "bundle: $out ($(du -h "$out" | cut -f1))"

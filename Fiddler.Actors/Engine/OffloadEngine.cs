@@ -110,7 +110,7 @@ public sealed class OffloadEngine : IDisposable
         var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch);
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
-            SplitExperts: o.SplitExperts, CpuContention: o.CpuContention)));
+            SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel)));
         Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager));
     }
 

@@ -87,7 +87,7 @@ public sealed class ExpertRouter
             if (observedCpuLaneMs is { } cpu && plan.HasCpuWork && plan.CpuLaneMs > 0)
             {
                 _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
-                if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0)
+                if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
                 {
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.5, 4);
                     if (plan.HasTransfers) _contendedFactor += Options.AdaptRate * (ratio - _contendedFactor);
@@ -156,6 +156,7 @@ public sealed class ExpertRouter
         double[] resident = ResidentGpuMs(experts);
         Span<double> staged = stackalloc double[n];
         double best = double.PositiveInfinity;
+        bool learned = Learned(experts);
         int bestMask = 0, bestCount = int.MaxValue;
         for (int mask = 0; mask < 1 << n; mask++)
         {
@@ -165,7 +166,7 @@ public sealed class ExpertRouter
                 if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
                 else cpu += misses[i].CpuMs;
             if (cpu > best + Eps) continue;
-            double makespan = Math.Max(CpuLane(cpu, m > 0), GpuLane.Simulate(resident, staged[..m], Profile.TransferMs, Options.StagingSlots));
+            double makespan = Math.Max(CpuLane(cpu, m > 0, learned), GpuLane.Simulate(resident, staged[..m], Profile.TransferMs, Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
             if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
                 (best, bestMask, bestCount) = (makespan, mask, count);
@@ -186,16 +187,24 @@ public sealed class ExpertRouter
             staged.Clear();
             for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
             double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), Profile.TransferMs, Options.StagingSlots);
-            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true) - Eps;
+            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, Learned(experts)) - Eps;
             if (!transfer[i]) cpu += misses[i].CpuMs;
         }
         return transfer;
     }
 
     /// <summary>The CPU lane's time: slower while weights stream in the same layer (both read host DRAM).</summary>
-    private double CpuLane(double cpuMs, bool anyTransfer) => cpuMs * CpuFactor(anyTransfer);
+    private double CpuLane(double cpuMs, bool anyTransfer, bool learned) => cpuMs * CpuFactor(anyTransfer, learned);
 
-    private double CpuFactor(bool anyTransfer) => anyTransfer ? Volatile.Read(ref _contendedFactor) : Volatile.Read(ref _calmFactor);
+    /// <summary>Learned factors apply to decode-sized layers (where they were learned: the SIMD kernel's regime); larger
+    /// batches run on other code (oneDNN) with their own behaviour, so they keep the configured contention only.</summary>
+    private double CpuFactor(bool anyTransfer, bool learned) =>
+        !learned ? (anyTransfer ? Options.CpuContention : 1)
+        : anyTransfer ? Volatile.Read(ref _contendedFactor) : Volatile.Read(ref _calmFactor);
+
+    private const int LearnedMaxTokens = 4;
+
+    private bool Learned(IReadOnlyList<ExpertLoad> experts) => Options.AdaptCpuModel && experts.All(e => e.Tokens <= LearnedMaxTokens);
 
     private readonly record struct SplitChoice(int Miss, double GpuShare);
 
@@ -208,6 +217,7 @@ public sealed class ExpertRouter
     {
         double[] resident = ResidentGpuMs(experts);
         SplitChoice? best = null;
+        bool learned = Learned(experts);
         double bestMs = target;
         var staged = new double[misses.Length];
         for (int s = 0; s < misses.Length; s++)
@@ -219,7 +229,7 @@ public sealed class ExpertRouter
                 else if (transfer[i]) staged[m++] = misses[i].GpuMs;
                 else cpuOthers += misses[i].CpuMs;
             var (cpuPart, roundTrip) = CpuParts(misses[s], experts[misses[s].Index].Tokens);
-            double Cpu(double t) => CpuLane(cpuOthers + (1 - t) * cpuPart + roundTrip, true);
+            double Cpu(double t) => CpuLane(cpuOthers + (1 - t) * cpuPart + roundTrip, true, learned);
             double Gpu(double t)
             {
                 staged[m] = t * misses[s].GpuMs;
@@ -272,7 +282,7 @@ public sealed class ExpertRouter
             double own = Profile.TransferMs + m.GpuMs;
             decisions[m.Index] = new(m.Expert, experts[m.Index].Tokens, ExpertPlacement.Transfer, own, copyStart[s], computeStart[s], computeStart[s] + m.GpuMs);
         }
-        double factor = CpuFactor(copies > 0);
+        double factor = CpuFactor(copies > 0, Learned(experts));
         double cpu = 0;
         foreach (var m in misses.Where((_, i) => !transfer[i] && i != splitMiss).OrderBy(m => m.Expert))
         {
