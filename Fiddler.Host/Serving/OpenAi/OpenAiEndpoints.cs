@@ -104,7 +104,7 @@ public static class OpenAiEndpoints
             MaxNewTokens = maxTokens,
             Sampling = new SamplingOptions(request.Temperature, request.TopK, request.TopP, request.Seed is long s ? unchecked((ulong)s) : null),
             StopStrings = request.Stop,
-            StopOnEos = true,
+            StopOnEos = !request.IgnoreEos,
             TopLogprobs = request.Logprobs ? request.TopLogprobs : 0,
         }, id);
     }

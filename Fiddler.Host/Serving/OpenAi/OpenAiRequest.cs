@@ -21,6 +21,8 @@ public sealed record OpenAiRequest
     /// <summary>An extension (vLLM's name); 0 disables.</summary>
     public int TopK { get; init; }
     public IReadOnlyList<string> Stop { get; init; } = [];
+    /// <summary>An extension (vLLM's name): keep generating past the end-of-sequence token.</summary>
+    public bool IgnoreEos { get; init; }
     public long? Seed { get; init; }
     public bool Stream { get; init; }
     public bool IncludeUsage { get; init; }

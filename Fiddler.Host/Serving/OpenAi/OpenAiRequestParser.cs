@@ -43,6 +43,7 @@ public static class OpenAiRequestParser
             TopP = Number(root, "top_p", 0, 1, minExclusive: true) ?? 1,
             TopK = Integer(root, "top_k", -1, int.MaxValue) is int k and > 0 ? k : 0, // -1 and 0 both disable (vLLM)
             Stop = Stop(root),
+            IgnoreEos = Bool(root, "ignore_eos") ?? false,
             Seed = Long(root, "seed"),
             Stream = stream,
             IncludeUsage = includeUsage,
