@@ -19,9 +19,6 @@ internal static class JinjaBuiltins
 
     public static bool HasFilter(string name) => JinjaFilters.Has(name);
 
-    /// <summary>Overridable clock for strftime_now (tests).</summary>
-    public static Func<DateTime> Now { get; set; } = () => DateTime.Now;
-
     public static object? Global(string name) => name switch
     {
         "range" => new JinjaCallable("range", (a, _) => Range(a)),
@@ -38,7 +35,7 @@ internal static class JinjaBuiltins
         "raise_exception" => new JinjaCallable("raise_exception", (a, _) =>
             throw new JinjaRenderException(a.Count > 0 ? JinjaValue.Str(a[0]) : "")),
         "strftime_now" => new JinjaCallable("strftime_now", (a, _) =>
-            JinjaStrftime.Format(Now(), a.Count > 0 && a[0] is string f ? f : throw new JinjaRenderException("strftime_now() needs a format string"))),
+            JinjaStrftime.Format(DateTime.Now, a.Count > 0 && a[0] is string f ? f : throw new JinjaRenderException("strftime_now() needs a format string"))),
         _ => null,
     };
 

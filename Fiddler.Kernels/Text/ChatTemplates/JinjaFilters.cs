@@ -183,11 +183,12 @@ internal static partial class JinjaFilters
     private static List<object?> Map(object? v, Params p, string src, int pos)
     {
         var items = JinjaValue.Items(v);
-        if (p.Args.Count == 0 && p.Get(99, "attribute") is { } attribute)
+        // map(attribute='x', default=...) or map('filter', args...)
+        if (p.Args.Count == 0 && p.Get(int.MaxValue, "attribute") is { } attribute)
         {
-            var dflt = p.Get(99, "default", null);
             bool hasDefault = p.Kwargs.Any(k => k.Name == "default");
-            return items.Select(x => GetPath(x, attribute, src, pos) is JinjaUndefined u && hasDefault ? dflt : GetPath(x, attribute, src, pos)).ToList();
+            var dflt = p.Get(int.MaxValue, "default");
+            return items.Select(x => GetPath(x, attribute, src, pos) is var got && got is JinjaUndefined && hasDefault ? dflt : got).ToList();
         }
         if (p.Args.Count == 0)
         {
