@@ -1,13 +1,26 @@
+using Fiddler.Kernels.Text;
+
 namespace Fiddler.Host.Serving;
 
-/// <summary>The model's chat template as the service runs it (Kernels' ChatTemplate behind a <see cref="ChatFormatter"/>).</summary>
+/// <summary>The model's chat template as the service runs it (Kernels' <see cref="ChatTemplate"/> behind a <see cref="ChatFormatter"/>).</summary>
 public static class ChatTemplates
 {
-    /// <summary>Null when the model has no chat template; throws <see cref="InvalidDataException"/> (exit code 2) for one that cannot run.</summary>
+    /// <summary>
+    /// Null when the model has no chat template. A template that cannot run is a start-up error
+    /// (<see cref="InvalidDataException"/>, exit code 2): serving chat with a half-understood template would send the
+    /// model garbage prompts.
+    /// </summary>
     public static ChatFormatter? Load(string modelDir)
     {
-        // Placeholder until branch tmpl (Fiddler.Kernels.Text.ChatTemplate) is merged: no template, chat answers 400.
-        _ = modelDir;
-        return null;
+        ChatTemplate? template;
+        try
+        {
+            template = ChatTemplate.FromTokenizerConfig(modelDir);
+        }
+        catch (NotSupportedException e)
+        {
+            throw new InvalidDataException($"{modelDir}: the model's chat template cannot be run: {e.Message}", e);
+        }
+        return template is null ? null : new ChatFormatter(template.Name, messages => template.Apply(messages));
     }
 }

@@ -104,6 +104,9 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         if (messages.Count == 0) throw new RequestException("messages must contain at least one message", "messages");
         try { return _chat.Apply([.. messages.Select(m => (m.Role, m.Content))]); }
         catch (ArgumentException e) { throw new RequestException($"the chat template rejected the conversation: {e.Message}", "messages"); }
+        // Start-up trial renders rule out templates the interpreter cannot run; one that still meets an unsupported
+        // construct on this conversation's path is refused as a request the server cannot take, not a server fault.
+        catch (NotSupportedException e) { throw new RequestException($"the chat template cannot render this conversation: {e.Message}", "messages"); }
     }
 
     public string TokenText(int id)

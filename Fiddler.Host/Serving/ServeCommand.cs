@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
+using Akka.Configuration;
 using Fiddler.Actors.Engine;
 using Fiddler.Actors.Placement;
 using Fiddler.Actors.Runtime;
@@ -81,7 +82,9 @@ public static class ServeCommand
         var (model, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
         (IExpertScheduler, ICpuExpertBackend, IWeightStager?)? offload = engine?.Scheduler is { } scheduler ? (scheduler, engine.Cpu!, engine.Stager) : null;
 
-        await using var runtime = FiddlerRuntime.Start(model, tokenizer, offload);
+        // stdout carries only the URL line (scripts read it): Akka's INFO lines (e.g. its shutdown notice) stay off.
+        var akka = ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = WARNING").WithFallback(FiddlerRuntime.DefaultConfig());
+        await using var runtime = FiddlerRuntime.Start(model, tokenizer, offload, akka);
         // Telemetry: wrap `service` (InstrumentedInferenceService) here, before the frontends see it.
         await using var service = new InferenceService(runtime, tokenizer, run.Chat,
             new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = run.MaxContext });

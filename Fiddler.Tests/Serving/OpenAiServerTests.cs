@@ -109,6 +109,10 @@ public sealed class OpenAiServerTests(ServerFixture fixture) : IClassFixture<Ser
     }
 
     [Fact]
+    public void Model_DefaultModel_ServesItsMistralChatTemplate() =>
+        Assert.Equal("mistral-instruct", H.Service.Model.ChatTemplate);
+
+    [Fact]
     public async Task Chat_Stream_RoleFirstThenContentThenFinishThenUsage()
     {
         const string request = """{"model":"default-model","messages":[{"role":"user","content":[{"type":"text","text":"Hello"}]}],"max_tokens":8,"temperature":0""";
@@ -283,7 +287,7 @@ public sealed class OpenAiServerTests(ServerFixture fixture) : IClassFixture<Ser
         { "/v1/chat/completions", """{"model":"default-model","messages":[{"content":"hi"}]}""", 400, "messages[0].role", null },
         { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":5}]}""", 400, "messages[0].content", null },
         { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}""", 400, "messages[0].content[0].type", null },
-        { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"system","content":"x"}]}""", 400, "messages", null },
+        { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"tool","content":"x"}]}""", 400, "messages", null },
         { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}""", 400, "messages", null },
         { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":"a"}],"top_logprobs":2}""", 400, "top_logprobs", null },
         { "/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":21}""", 400, "top_logprobs", null },

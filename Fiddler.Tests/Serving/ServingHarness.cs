@@ -48,35 +48,17 @@ public sealed class ServingHarness : IAsyncDisposable
     /// <param name="wrap">Wraps the engine call (fault injection, observation).</param>
     /// <param name="probe">Run the start-up probe before returning.</param>
     public static async Task<ServingHarness> StartAsync(int queueSize = 64, string? apiKey = null, Func<EngineCall, EngineCall>? wrap = null,
-        bool probe = true, ChatFormatter? chat = null, long maxBodyBytes = ServeOptions.DefaultMaxBodyBytes)
+        bool probe = true, bool chatTemplate = true, long maxBodyBytes = ServeOptions.DefaultMaxBodyBytes)
     {
         var loaded = ModelLoader.Load(ModelDir, new LoadOptions(CPU));
         var runtime = FiddlerRuntime.Start(loaded.Model, loaded.Tokenizer);
         EngineCall engine = runtime.GenerateAsync;
-        var service = new InferenceService(runtime, loaded.Tokenizer, chat ?? ChatTemplates.Load(ModelDir) ?? MistralChat,
+        var service = new InferenceService(runtime, loaded.Tokenizer, chatTemplate ? ChatTemplates.Load(ModelDir) : null,
             new InferenceServiceOptions(ModelId, queueSize), wrap?.Invoke(engine) ?? engine);
         var server = await ServerHost.StartAsync(new ServeOptions { Port = 0, GrpcPort = -1, ApiKey = apiKey, MaxBodyBytes = maxBodyBytes }, service);
         if (probe) await service.StartAsync();
         return new ServingHarness(loaded, runtime, service, server);
     }
-
-    /// <summary>The default model's template (Mistral's [INST] format), for as long as Kernels has no template engine on this branch.</summary>
-    public static readonly ChatFormatter MistralChat = new("mistral-test", messages =>
-    {
-        var text = new StringBuilder("<s>");
-        for (int i = 0; i < messages.Count; i++)
-        {
-            var (role, content) = messages[i];
-            if ((role == "user") != (i % 2 == 0)) throw new ArgumentException("Conversation roles must alternate user/assistant/user/assistant/...");
-            text.Append(role switch
-            {
-                "user" => $"[INST] {content} [/INST]",
-                "assistant" => content + "</s>",
-                _ => throw new ArgumentException("Only user and assistant roles are supported!"),
-            });
-        }
-        return text.ToString();
-    });
 
     /// <summary>The in-process API's greedy answer for the same prompt ids.</summary>
     public Task<GenerationResult> InProcessGreedyAsync(int[] prompt, int maxTokens, bool stopOnEos = true) =>

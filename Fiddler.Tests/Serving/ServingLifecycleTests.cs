@@ -158,6 +158,18 @@ public sealed class ServingLifecycleTests
     }
 
     [Fact]
+    public async Task Chat_ModelWithoutTemplate_Returns400Clearly()
+    {
+        await using var h = await ServingHarness.StartAsync(chatTemplate: false);
+        var (status, error) = await h.PostAsync("/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":"hi"}]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        OpenAiAssert.Error(error, "invalid_request_error", "messages");
+        Assert.Contains("no chat template", error.GetProperty("error").GetProperty("message").GetString());
+        var (completion, _) = await h.PostAsync("/v1/completions", """{"model":"default-model","prompt":"hi","max_tokens":1}""");
+        Assert.Equal(HttpStatusCode.OK, completion);
+    }
+
+    [Fact]
     public async Task Auth_ApiKey_RequiredOnV1NotOnHealth()
     {
         await using var h = await ServingHarness.StartAsync(apiKey: "sekret");
