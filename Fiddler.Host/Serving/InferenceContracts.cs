@@ -26,6 +26,12 @@ public interface IInferenceService
     string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages);
 
     /// <summary>
+    /// Display text of one token id, for log-probabilities (e.g. " Hello" for the piece "▁Hello"); empty when unknown.
+    /// A default body so that decorators written before it still compile: they should forward it.
+    /// </summary>
+    string TokenText(int id) => "";
+
+    /// <summary>
     /// Takes a place in the bounded queue, at once: throws <see cref="QueueFullException"/> when it is full and
     /// <see cref="ServiceStoppingException"/> once shutdown began. Dispose the ticket if the job never runs.
     /// </summary>

@@ -1,0 +1,230 @@
+using System.Text.Json;
+using Fiddler.Kernels.Generation;
+using Fiddler.Kernels.Sampling;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace Fiddler.Host.Serving.OpenAi;
+
+/// <summary>
+/// The OpenAI-compatible routes over <see cref="IInferenceService"/>: /v1/chat/completions, /v1/completions (plain and
+/// SSE), /v1/models, and /health. Request delegates only (no MVC, no reflection binding): each handler parses its body
+/// with <see cref="OpenAiRequestParser"/> and maps every failure through <see cref="OpenAiError.From"/>.
+/// </summary>
+public static class OpenAiEndpoints
+{
+    /// <summary>Completions' default max_tokens when none is given (OpenAI's); chat defaults to the rest of the context.</summary>
+    public const int DefaultCompletionTokens = 16;
+
+    private static readonly JsonDocumentOptions JsonLimits = new() { MaxDepth = 64 };
+
+    public static void MapOpenAi(this IEndpointRouteBuilder app, IInferenceService service)
+    {
+        app.MapPost("/v1/chat/completions", ctx => CompleteAsync(ctx, service, OpenAiEndpoint.Chat));
+        app.MapPost("/v1/completions", ctx => CompleteAsync(ctx, service, OpenAiEndpoint.Completion));
+        app.MapGet("/v1/models", ctx => WriteJsonAsync(ctx, 200, w =>
+        {
+            w.WriteString("object", "list");
+            w.WriteStartArray("data");
+            w.WriteStartObject();
+            ModelFields(w, service.Model);
+            w.WriteEndObject();
+            w.WriteEndArray();
+        }));
+        // Model ids may contain slashes ("mistralai/Mixtral-8x7B-Instruct-v0.1"): a catch-all segment.
+        app.MapGet("/v1/models/{**id}", ctx =>
+        {
+            string? id = ctx.Request.RouteValues["id"] as string;
+            return id == service.Model.Id ? WriteJsonAsync(ctx, 200, w => ModelFields(w, service.Model))
+                : OpenAiError.ModelNotFound(id ?? "").WriteAsync(ctx.Response);
+        });
+        app.MapGet("/health", ctx =>
+        {
+            var health = service.Health;
+            return WriteJsonAsync(ctx, health.Ready ? 200 : 503, w =>
+            {
+                w.WriteString("status", health.Status);
+                if (health.Detail is not null) w.WriteString("detail", health.Detail);
+                w.WriteNumber("queue_depth", service.QueueDepth);
+            });
+        });
+    }
+
+    private static async Task CompleteAsync(HttpContext ctx, IInferenceService service, OpenAiEndpoint endpoint)
+    {
+        var aborted = ctx.RequestAborted;
+        OpenAiResponse response;
+        CompletionJob job;
+        QueueTicket ticket;
+        try
+        {
+            OpenAiRequest request;
+            using (var body = await JsonDocument.ParseAsync(ctx.Request.Body, JsonLimits, aborted))
+                request = OpenAiRequestParser.Parse(body.RootElement, endpoint);
+            if (request.Model != service.Model.Id)
+            {
+                await OpenAiError.ModelNotFound(request.Model).WriteAsync(ctx.Response);
+                return;
+            }
+            string id = (endpoint == OpenAiEndpoint.Chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+            job = ToJob(service, request, id);
+            response = new OpenAiResponse(request, id, DateTimeOffset.UtcNow, service);
+            ticket = service.Admit();
+        }
+        catch (Exception) when (aborted.IsCancellationRequested)
+        {
+            return; // the client left while we read its request
+        }
+        catch (Exception e)
+        {
+            await OpenAiError.From(e).WriteAsync(ctx.Response);
+            return;
+        }
+
+        using (ticket)
+        {
+            if (response.Request.Stream) await StreamAsync(ctx, service, ticket, job, response);
+            else await PlainAsync(ctx, service, ticket, job, response);
+        }
+    }
+
+    internal static CompletionJob ToJob(IInferenceService service, OpenAiRequest request, string id)
+    {
+        int[] prompt = request.PromptIds
+            ?? (request.Messages is { } messages
+                // The rendered template already holds the BOS text: tokenize without adding special tokens (as HF's apply_chat_template).
+                ? service.Tokenize(service.ApplyChatTemplate(messages), addSpecialTokens: false)
+                : service.Tokenize(request.PromptText!, addSpecialTokens: true));
+        int room = service.Model.ContextLength - prompt.Length;
+        int maxTokens = request.MaxTokens
+            ?? (request.Endpoint == OpenAiEndpoint.Chat ? Math.Max(1, room) : Math.Clamp(room, 1, DefaultCompletionTokens));
+        return new CompletionJob(prompt, new GenerationOptions
+        {
+            MaxNewTokens = maxTokens,
+            Sampling = new SamplingOptions(request.Temperature, request.TopK, request.TopP, request.Seed is long s ? unchecked((ulong)s) : null),
+            StopStrings = request.Stop,
+            StopOnEos = !request.IgnoreEos,
+            TopLogprobs = request.Logprobs ? request.TopLogprobs : 0,
+        }, id);
+    }
+
+    private static async Task PlainAsync(HttpContext ctx, IInferenceService service, QueueTicket ticket, CompletionJob job, OpenAiResponse response)
+    {
+        var aborted = ctx.RequestAborted;
+        CompletedEvent? done = null;
+        try
+        {
+            await foreach (var e in service.RunAsync(ticket, job, aborted))
+            {
+                if (e is TokenEvent t) response.Add(t.Token);
+                else if (e is CompletedEvent c) done = c;
+            }
+        }
+        catch (Exception) when (aborted.IsCancellationRequested)
+        {
+            return;
+        }
+        catch (Exception e)
+        {
+            await OpenAiError.From(e).WriteAsync(ctx.Response);
+            return;
+        }
+        if (aborted.IsCancellationRequested) return;
+        if (done is null or { Finish: FinishReason.Cancelled })
+        {
+            // Not the client: shutdown cut the generation short.
+            await new OpenAiError(503, "the generation was cancelled: the server is shutting down", OpenAiError.ServerError, null,
+                "service_unavailable").WriteAsync(ctx.Response);
+            return;
+        }
+        ctx.Response.StatusCode = 200;
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.Body.WriteAsync(response.Final(done), aborted);
+    }
+
+    private static async Task StreamAsync(HttpContext ctx, IInferenceService service, QueueTicket ticket, CompletionJob job, OpenAiResponse response)
+    {
+        var aborted = ctx.RequestAborted;
+        await using var events = service.RunAsync(ticket, job, aborted).GetAsyncEnumerator(aborted);
+        // The first event decides the status: a job the model refuses or a shutdown while queued is a plain error response.
+        bool more;
+        try { more = await events.MoveNextAsync(); }
+        catch (Exception) when (aborted.IsCancellationRequested) { return; }
+        catch (Exception e)
+        {
+            await OpenAiError.From(e).WriteAsync(ctx.Response);
+            return;
+        }
+        if (aborted.IsCancellationRequested) return;
+        if (more && events.Current is CompletedEvent { Finish: FinishReason.Cancelled })
+        {
+            await OpenAiError.Stopping().WriteAsync(ctx.Response);
+            return;
+        }
+
+        var sse = new SseWriter(ctx.Response);
+        try
+        {
+            await sse.StartAsync(aborted);
+            if (response.FirstChunk() is { } first) await sse.WriteAsync(first, aborted);
+            while (more)
+            {
+                switch (events.Current)
+                {
+                    case TokenEvent t when response.TokenChunk(t.Token) is { } chunk:
+                        await sse.WriteAsync(chunk, aborted);
+                        break;
+                    case CompletedEvent { Finish: FinishReason.Cancelled }:
+                        if (!aborted.IsCancellationRequested)
+                            await sse.WriteAsync(new OpenAiError(503, "the generation was cancelled: the server is shutting down",
+                                OpenAiError.ServerError, null, "service_unavailable").ToJson(), aborted);
+                        break;
+                    case CompletedEvent done:
+                        await sse.WriteAsync(response.FinishChunk(done), aborted);
+                        if (response.Request.IncludeUsage) await sse.WriteAsync(response.UsageChunk(done), aborted);
+                        break;
+                }
+                more = await events.MoveNextAsync();
+            }
+            await sse.DoneAsync(aborted);
+        }
+        catch (Exception) when (aborted.IsCancellationRequested)
+        {
+            // The client left: disposing the enumerator stops the generation within a step.
+        }
+        catch (Exception e)
+        {
+            // Headers are out: the error goes in the stream, as vLLM does.
+            try
+            {
+                await sse.WriteAsync(OpenAiError.From(e).ToJson(), aborted);
+                await sse.DoneAsync(aborted);
+            }
+            catch (Exception) when (aborted.IsCancellationRequested) { }
+        }
+    }
+
+    private static void ModelFields(Utf8JsonWriter w, ServedModel model)
+    {
+        w.WriteString("id", model.Id);
+        w.WriteString("object", "model");
+        w.WriteNumber("created", model.Created.ToUnixTimeSeconds());
+        w.WriteString("owned_by", "fiddler");
+        w.WriteNumber("max_model_len", model.ContextLength);
+    }
+
+    internal static async Task WriteJsonAsync(HttpContext ctx, int status, Action<Utf8JsonWriter> body)
+    {
+        using var buffer = new MemoryStream();
+        using (var w = new Utf8JsonWriter(buffer, OpenAiError.WriterOptions))
+        {
+            w.WriteStartObject();
+            body(w);
+            w.WriteEndObject();
+        }
+        ctx.Response.StatusCode = status;
+        ctx.Response.ContentType = "application/json";
+        await ctx.Response.Body.WriteAsync(buffer.ToArray(), ctx.RequestAborted);
+    }
+}

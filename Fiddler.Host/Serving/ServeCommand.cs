@@ -1,0 +1,159 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using Akka.Configuration;
+using Fiddler.Actors.Engine;
+using Fiddler.Actors.Placement;
+using Fiddler.Actors.Runtime;
+using Fiddler.Host.Cli;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Runtime;
+
+namespace Fiddler.Host.Serving;
+
+/// <summary>
+/// <c>fiddler serve</c>: load a model, start the actor runtime, probe it, serve the OpenAI API until SIGINT/SIGTERM,
+/// then drain: new requests get 503, in-flight ones get the shutdown timeout to finish, then are cancelled; exit 0.
+/// A second signal skips the rest of the grace period.
+/// </summary>
+public static class ServeCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model") { Description = "Hugging Face Mixtral directory (default: the embedded demo model)" };
+        var host = new Option<string>("--host") { Description = "Address to listen on (loopback by default; * for all)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "HTTP port (0 = pick a free port and print it)", DefaultValueFactory = _ => 8080 };
+        var grpcPort = new Option<int?>("--grpc-port") { Description = "HTTP/2 (h2c) port for gRPC (default: --port + 1; 0 = pick; -1 = none)" };
+        var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1/*" };
+        var queueSize = new Option<int>("--queue-size") { Description = "Requests admitted at once (running + waiting); more get 429", DefaultValueFactory = _ => 16 };
+        var modelId = new Option<string?>("--model-id") { Description = "Model name clients send (default: the model directory's name)" };
+        var maxContext = new Option<int?>("--max-context") { Description = "Cap on prompt + completion tokens (default: the model's max_position_embeddings)" };
+        var shutdown = new Option<string>("--shutdown-timeout") { Description = "Grace period for in-flight requests on shutdown (e.g. 30s, 2m)", DefaultValueFactory = _ => "30s" };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
+        var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 (default: the checkpoint's)" };
+        var budget = new Option<string?>("--gpu-budget") { Description = "Offload: GPU memory for weights + KV cache (e.g. 24GiB); other experts stay in host memory" };
+        var popularity = new Option<string?>("--popularity") { Description = "popularity.json from `fiddler profile` (placement order)" };
+        var libtorch = new Option<string?>("--libtorch") { Description = $"Folder of a CUDA libtorch (default: ${TorchRuntime.LibTorchEnvironmentVariable}, else python3's torch)" };
+
+        var command = new Command("serve", "Serve the model over an OpenAI-compatible HTTP API");
+        foreach (var o in new Option[] { model, host, port, grpcPort, apiKey, queueSize, modelId, maxContext, shutdown, device, dtype, budget, popularity, libtorch })
+            command.Add(o);
+        // A synchronous action: System.CommandLine's async actions install their own SIGINT/SIGTERM handling, which
+        // would end the process before the drain.
+        command.SetAction(r =>
+        {
+            if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
+            var serve = new ServeOptions
+            {
+                Host = r.GetValue(host)!, Port = r.GetValue(port), GrpcPort = r.GetValue(grpcPort), ApiKey = r.GetValue(apiKey), LogToConsole = true,
+            };
+            serve.Validate();
+            if (r.GetValue(queueSize) < 1) throw new ArgumentException($"--queue-size must be at least 1, got {r.GetValue(queueSize)}");
+            if (r.GetValue(maxContext) is < 2) throw new ArgumentException($"--max-context must be at least 2, got {r.GetValue(maxContext)}");
+            var grace = ParseDuration(r.GetValue(shutdown)!, "--shutdown-timeout");
+            string dir = DefaultModel.Resolve(r.GetValue(model));
+            // Before the weights: a template that cannot run fails start-up in a second, not after a long load.
+            var chat = ChatTemplates.Load(dir);
+            var run = new Run(serve, grace, dir, r.GetValue(modelId) ?? ModelIdOf(dir), r.GetValue(queueSize), r.GetValue(maxContext),
+                r.GetValue(device)!, r.GetValue(dtype), r.GetValue(budget), r.GetValue(popularity), chat);
+            using var signals = new ShutdownSignals();
+            return RunAsync(run, signals.First, signals.Second).GetAwaiter().GetResult();
+        });
+        return command;
+    }
+
+    public sealed record Run(ServeOptions Serve, TimeSpan Grace, string ModelDir, string ModelId, int QueueSize, int? MaxContext,
+        string Device, string? DType, string? GpuBudget, string? Popularity, ChatFormatter? Chat);
+
+    /// <summary>Serves until <paramref name="stop"/>, then drains; <paramref name="skipGrace"/> cuts the drain short.</summary>
+    public static async Task<int> RunAsync(Run run, CancellationToken stop, CancellationToken skipGrace = default)
+    {
+        var dev = TorchRuntime.Initialize(run.Device);
+        var dt = run.DType is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
+        Console.Error.WriteLine($"fiddler: loading {run.ModelDir}");
+        using var engine = run.GpuBudget is { } b
+            ? OffloadEngine.Create(new EngineOptions
+            {
+                ModelDir = run.ModelDir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = run.Popularity,
+                ContextTokens = run.MaxContext ?? 4096,
+            }, m => Console.Error.WriteLine(m))
+            : null;
+        using var loaded = engine is null ? ModelLoader.Load(run.ModelDir, new LoadOptions(dev, dt)) : null;
+        var (model, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
+        (IExpertScheduler, ICpuExpertBackend, IWeightStager?)? offload = engine?.Scheduler is { } scheduler ? (scheduler, engine.Cpu!, engine.Stager) : null;
+
+        // stdout carries only the URL line (scripts read it): Akka's INFO lines (e.g. its shutdown notice) stay off.
+        var akka = ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = WARNING").WithFallback(FiddlerRuntime.DefaultConfig());
+        await using var runtime = FiddlerRuntime.Start(model, tokenizer, offload, akka);
+        // Telemetry: wrap `service` (InstrumentedInferenceService) here, before the frontends see it.
+        await using var service = new InferenceService(runtime, tokenizer, run.Chat,
+            new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = run.MaxContext });
+        await using var server = await ServerHost.StartAsync(run.Serve, service, stop);
+        try
+        {
+            await service.StartAsync(stop);
+        }
+        catch (InvalidOperationException e)
+        {
+            Console.Error.WriteLine($"fiddler: error: {CliErrors.OneLine(e.Message)}");
+            return FiddlerCli.InternalErrorExitCode;
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            return 0;
+        }
+        static string Show(Uri u) => u.GetLeftPart(UriPartial.Authority);
+        Console.WriteLine($"Listening on {Show(server.Url)} (model '{service.Model.Id}', context {service.Model.ContextLength}, " +
+            $"chat template {service.Model.ChatTemplate ?? "none"}{(server.GrpcUrl is { } g ? $"; gRPC h2c on {Show(g)}" : "")})");
+        Console.Out.Flush();
+
+        try { await Task.Delay(Timeout.Infinite, stop); }
+        catch (OperationCanceledException) { }
+        Console.Error.WriteLine($"fiddler: shutting down: refusing new requests, {service.QueueDepth} in flight get {run.Grace.TotalSeconds:0.#} s");
+        await service.ShutdownAsync(run.Grace, skipGrace);
+        await server.StopAsync(TimeSpan.FromSeconds(5));
+        Console.Error.WriteLine("fiddler: stopped");
+        return 0;
+    }
+
+    /// <summary>"30s", "2m", "500ms", "1h" or plain seconds.</summary>
+    public static TimeSpan ParseDuration(string text, string option)
+    {
+        string t = text.Trim();
+        (string number, double scale) = t.EndsWith("ms") ? (t[..^2], 0.001) : t.EndsWith('s') ? (t[..^1], 1)
+            : t.EndsWith('m') ? (t[..^1], 60) : t.EndsWith('h') ? (t[..^1], 3600) : (t, 1);
+        if (!double.TryParse(number, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v)
+            || !double.IsFinite(v) || v < 0 || v * scale > TimeSpan.FromDays(1).TotalSeconds)
+            throw new ArgumentException($"{option}: '{text}' is not a duration such as 30s, 2m or 500ms");
+        return TimeSpan.FromSeconds(v * scale);
+    }
+
+    public static string ModelIdOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, '/'));
+
+    /// <summary>SIGINT/SIGTERM: the first starts the drain, the next skips what is left of the grace period.</summary>
+    private sealed class ShutdownSignals : IDisposable
+    {
+        private readonly CancellationTokenSource _first = new(), _second = new();
+        private readonly PosixSignalRegistration[] _registrations;
+
+        public ShutdownSignals() => _registrations =
+            [PosixSignalRegistration.Create(PosixSignal.SIGINT, Handle), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handle)];
+
+        public CancellationToken First => _first.Token;
+        public CancellationToken Second => _second.Token;
+
+        private void Handle(PosixSignalContext context)
+        {
+            context.Cancel = true; // no default termination: the drain ends the process
+            if (_first.IsCancellationRequested) _second.Cancel();
+            else _first.Cancel();
+        }
+
+        public void Dispose()
+        {
+            foreach (var r in _registrations) r.Dispose();
+            _first.Dispose();
+            _second.Dispose();
+        }
+    }
+}
