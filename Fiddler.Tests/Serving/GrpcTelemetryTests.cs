@@ -20,7 +20,7 @@ public sealed class GrpcTelemetryTests(ITestOutputHelper output)
     [Fact]
     public async Task GrpcGenerate_WithTelemetry_SpansExportedAndMetricsScraped()
     {
-        var spans = new List<Activity>();
+        var spans = new LockedCollection<Activity>();
         var engine = new ScriptedInferenceService { TokenDelay = TimeSpan.FromMilliseconds(5) };
         var options = new TelemetryOptions { ConfigureTracing = t => t.AddInMemoryExporter(spans) };
         await using var server = await GrpcTestServer.StartAsync(null,
@@ -56,9 +56,20 @@ public sealed class GrpcTelemetryTests(ITestOutputHelper output)
         Assert.Contains("fiddler_engine_pcie_transferred_bytes_total", text);
     }
 
-    private static Activity[] Snapshot(List<Activity> spans)
+    private static Activity[] Snapshot(LockedCollection<Activity> spans) => spans.Snapshot();
+
+    /// <summary>The in-memory exporter adds from the request's thread while the test reads.</summary>
+    private sealed class LockedCollection<T> : System.Collections.ObjectModel.Collection<T>
     {
-        lock (spans) return [.. spans];
+        protected override void InsertItem(int index, T item)
+        {
+            lock (this) base.InsertItem(index, item);
+        }
+
+        public T[] Snapshot()
+        {
+            lock (this) return [.. this];
+        }
     }
 
     private static async Task<T> Eventually<T>(Func<T?> probe) where T : class
