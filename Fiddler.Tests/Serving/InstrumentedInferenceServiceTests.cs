@@ -76,6 +76,23 @@ public sealed class InstrumentedInferenceServiceTests : IDisposable
     }
 
     [Fact]
+    public async Task RunAsync_EmptyPhases_SpansStayEmptyInsteadOfRunningToNow()
+    {
+        var engine = new ScriptedInferenceService
+        {
+            TokenDelay = TimeSpan.FromMilliseconds(20),
+            AlterCompletion = c => c with { Queued = TimeSpan.Zero, Prefill = TimeSpan.Zero },
+        };
+        var service = new InstrumentedInferenceService(engine, _telemetry);
+        using var ticket = service.Admit();
+        await foreach (var _ in service.RunAsync(ticket, Job(3), CancellationToken.None)) { }
+
+        Assert.True(_capture.Span("fiddler.queue").Duration < TimeSpan.FromMilliseconds(1));
+        Assert.True(_capture.Span("fiddler.prefill").Duration < TimeSpan.FromMilliseconds(1));
+        Assert.True(_capture.Span("fiddler.decode").Duration >= TimeSpan.FromMilliseconds(40));
+    }
+
+    [Fact]
     public async Task RunAsync_Completed_RecordsRequestMetrics()
     {
         await Run(Job(3));

@@ -21,6 +21,8 @@ internal sealed class ScriptedInferenceService : IInferenceService
     public TimeSpan PrefillDelay { get; init; }
     public TimeSpan TokenDelay { get; init; }
     public bool Stopping { get; set; }
+    /// <summary>Rewrites the last event (e.g. to report other phase times).</summary>
+    public Func<CompletedEvent, CompletedEvent> AlterCompletion { get; init; } = c => c;
     public HealthReport Health { get; set; } = new(true, "ready", null);
     public ServedModel Model { get; } = new("scripted-moe", 256, 100, "chatml", new DateTimeOffset(2024, 1, 2, 3, 4, 5, TimeSpan.Zero));
     public int QueueDepth => Volatile.Read(ref _depth);
@@ -86,8 +88,8 @@ internal sealed class ScriptedInferenceService : IInferenceService
                 yield return new TokenEvent(new GeneratedToken(id, $"<{id}>", -0.5f, []));
             }
             var finish = cancelled ? FinishReason.Cancelled : FinishReason.Length;
-            yield return new CompletedEvent(finish, job.PromptIds.Length, n, text.ToString(), queueTime, prefillTime,
-                n > 0 ? Stopwatch.GetElapsedTime(decode) : TimeSpan.Zero);
+            yield return AlterCompletion(new CompletedEvent(finish, job.PromptIds.Length, n, text.ToString(), queueTime, prefillTime,
+                n > 0 ? Stopwatch.GetElapsedTime(decode) : TimeSpan.Zero));
         }
         finally
         {
