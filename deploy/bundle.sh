@@ -23,6 +23,8 @@ mkdir -p "$stage/dotnet/shared"
 cp "$dotnet_root/dotnet" "$stage/dotnet/"
 cp -r "$dotnet_root/host" "$stage/dotnet/"
 cp -r "$dotnet_root/shared/Microsoft.NETCore.App" "$stage/dotnet/shared/"
+# fiddler serve (HTTP, gRPC, /metrics) runs on ASP.NET Core, a shared framework the app needs even to start.
+cp -r "$dotnet_root/shared/Microsoft.AspNetCore.App" "$stage/dotnet/shared/"
 
 cat > "$stage/fiddler" <<'LAUNCH'
 #!/usr/bin/env bash

@@ -1,0 +1,25 @@
+using Grpc.Core;
+
+namespace Fiddler.Host.Serving.Grpc;
+
+/// <summary>The contract's exceptions as gRPC statuses (the same table as the HTTP frontend's 400/404/429/503).</summary>
+internal static class GrpcErrors
+{
+    public static RpcException From(RequestException e) => new(new Status(
+        e.Kind switch
+        {
+            RequestErrorKind.NotFound => StatusCode.NotFound,
+            RequestErrorKind.ContextLength => StatusCode.OutOfRange,
+            _ => StatusCode.InvalidArgument,
+        },
+        e.Param is null ? e.Message : $"{e.Param}: {e.Message}"));
+
+    public static RpcException QueueFull(QueueFullException e) => new(new Status(StatusCode.ResourceExhausted, e.Message));
+
+    public static RpcException Stopping(ServiceStoppingException e) => new(new Status(StatusCode.Unavailable, e.Message));
+
+    /// <summary>The call was cancelled by the client or ran past its deadline; the status says which.</summary>
+    public static RpcException Cancelled(ServerCallContext context) => context.Deadline <= DateTime.UtcNow
+        ? new(new Status(StatusCode.DeadlineExceeded, "the deadline passed before the generation finished"))
+        : new(new Status(StatusCode.Cancelled, "the call was cancelled"));
+}
