@@ -24,6 +24,7 @@ public static class FiddlerCli
         root.Add(BenchCommand.Create());
         root.Add(ProfileCommand.Create());
         root.Add(CalibrateCommand.Create());
+        root.Add(LoadgenCommand.Create());
         return root;
     }
 
