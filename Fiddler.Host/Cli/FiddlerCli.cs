@@ -25,6 +25,7 @@ public static class FiddlerCli
         root.Add(ProfileCommand.Create());
         root.Add(CalibrateCommand.Create());
         root.Add(Serving.ServeCommand.Create());
+        root.Add(LoadgenCommand.Create());
         return root;
     }
 
