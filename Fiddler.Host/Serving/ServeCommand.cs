@@ -5,6 +5,7 @@ using Fiddler.Actors.Engine;
 using Fiddler.Actors.Placement;
 using Fiddler.Actors.Runtime;
 using Fiddler.Host.Cli;
+using Fiddler.Host.Serving.Telemetry;
 using Fiddler.Kernels.Loading;
 using Fiddler.Kernels.Offload;
 using Fiddler.Kernels.Runtime;
@@ -33,10 +34,12 @@ public static class ServeCommand
         var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 (default: the checkpoint's)" };
         var budget = new Option<string?>("--gpu-budget") { Description = "Offload: GPU memory for weights + KV cache (e.g. 24GiB); other experts stay in host memory" };
         var popularity = new Option<string?>("--popularity") { Description = "popularity.json from `fiddler profile` (placement order)" };
+        var otel = new Option<string>("--otel") { Description = "Traces and metrics besides /metrics: console, otlp or none", DefaultValueFactory = _ => "none" };
+        var otlpEndpoint = new Option<string?>("--otlp-endpoint") { Description = "OTLP receiver for --otel otlp (default: $OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317)" };
         var libtorch = new Option<string?>("--libtorch") { Description = $"Folder of a CUDA libtorch (default: ${TorchRuntime.LibTorchEnvironmentVariable}, else python3's torch)" };
 
-        var command = new Command("serve", "Serve the model over an OpenAI-compatible HTTP API");
-        foreach (var o in new Option[] { model, host, port, grpcPort, apiKey, queueSize, modelId, maxContext, shutdown, device, dtype, budget, popularity, libtorch })
+        var command = new Command("serve", "Serve the model over an OpenAI-compatible HTTP API and gRPC");
+        foreach (var o in new Option[] { model, host, port, grpcPort, apiKey, queueSize, modelId, maxContext, shutdown, otel, otlpEndpoint, device, dtype, budget, popularity, libtorch })
             command.Add(o);
         // A synchronous action: System.CommandLine's async actions install their own SIGINT/SIGTERM handling, which
         // would end the process before the drain.
@@ -46,6 +49,7 @@ public static class ServeCommand
             var serve = new ServeOptions
             {
                 Host = r.GetValue(host)!, Port = r.GetValue(port), GrpcPort = r.GetValue(grpcPort), ApiKey = r.GetValue(apiKey), LogToConsole = true,
+                Telemetry = TelemetryOptionsOf(r.GetValue(otel)!, r.GetValue(otlpEndpoint)),
             };
             serve.Validate();
             if (r.GetValue(queueSize) < 1) throw new ArgumentException($"--queue-size must be at least 1, got {r.GetValue(queueSize)}");
@@ -60,6 +64,20 @@ public static class ServeCommand
             return RunAsync(run, signals.First, signals.Second).GetAwaiter().GetResult();
         });
         return command;
+    }
+
+    /// <summary>--otel and --otlp-endpoint; an endpoint without --otel otlp is a mistake worth an error.</summary>
+    public static TelemetryOptions TelemetryOptionsOf(string exporter, string? otlpEndpoint)
+    {
+        var kind = TelemetryOptions.ParseExporter(exporter);
+        Uri? endpoint = null;
+        if (otlpEndpoint is not null)
+        {
+            if (kind != TelemetryExporter.Otlp) throw new ArgumentException("--otlp-endpoint needs --otel otlp");
+            if (!Uri.TryCreate(otlpEndpoint, UriKind.Absolute, out endpoint) || endpoint.Scheme is not ("http" or "https"))
+                throw new ArgumentException($"--otlp-endpoint: '{otlpEndpoint}' is not an http(s) URL such as http://localhost:4317");
+        }
+        return new TelemetryOptions { Exporter = kind, OtlpEndpoint = endpoint };
     }
 
     public sealed record Run(ServeOptions Serve, TimeSpan Grace, string ModelDir, string ModelId, int QueueSize, int? MaxContext,
@@ -85,10 +103,12 @@ public static class ServeCommand
         // stdout carries only the URL line (scripts read it): Akka's INFO lines (e.g. its shutdown notice) stay off.
         var akka = ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = WARNING").WithFallback(FiddlerRuntime.DefaultConfig());
         await using var runtime = FiddlerRuntime.Start(model, tokenizer, offload, akka);
-        // Telemetry: wrap `service` (InstrumentedInferenceService) here, before the frontends see it.
         await using var service = new InferenceService(runtime, tokenizer, run.Chat,
             new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = run.MaxContext });
-        await using var server = await ServerHost.StartAsync(run.Serve, service, stop);
+        // Disposed after the server (declared before it): no scrape reads a stopped poller.
+        await using var stats = new EngineStatsPoller(runtime.LayerStatsAsync);
+        await using var server = await ServerHost.StartAsync(run.Serve, service, stop, () => stats.Latest);
+        stats.Start();
         try
         {
             await service.StartAsync(stop);

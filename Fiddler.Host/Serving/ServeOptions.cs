@@ -1,4 +1,5 @@
 using System.Net;
+using Fiddler.Host.Serving.Telemetry;
 
 namespace Fiddler.Host.Serving;
 
@@ -22,6 +23,9 @@ public sealed record ServeOptions
 
     /// <summary>Request bodies above this are refused with 413.</summary>
     public long MaxBodyBytes { get; init; } = DefaultMaxBodyBytes;
+
+    /// <summary>Where traces and metrics go besides /metrics (<c>--otel</c>, <c>--otlp-endpoint</c>).</summary>
+    public TelemetryOptions Telemetry { get; init; } = new();
 
     /// <summary>Warnings and errors of ASP.NET Core on stderr (the CLI); tests keep it off.</summary>
     public bool LogToConsole { get; init; }

@@ -1,6 +1,8 @@
 using System.Security.Cryptography;
 using System.Text;
+using Fiddler.Host.Serving.Grpc;
 using Fiddler.Host.Serving.OpenAi;
+using Fiddler.Host.Serving.Telemetry;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Hosting;
@@ -17,6 +19,8 @@ namespace Fiddler.Host.Serving;
 /// HTTP/2-only endpoint for gRPC (cleartext HTTP/2 needs prior knowledge, which Kestrel offers only on an endpoint
 /// without HTTP/1.1). Signals are not handled here: the caller decides when to drain and stop (ServeCommand on
 /// SIGINT/SIGTERM, tests directly), so that shutdown first refuses new work with 503 while in-flight requests finish.
+/// The engine is wrapped once in <see cref="InstrumentedInferenceService"/> and every frontend resolves that wrapper
+/// from the container, so OpenAI and gRPC requests are traced and measured alike; <c>/metrics</c> serves Prometheus text.
 /// </summary>
 public sealed class ServerHost : IAsyncDisposable
 {
@@ -35,7 +39,9 @@ public sealed class ServerHost : IAsyncDisposable
     /// <summary>The bound HTTP/2 (gRPC) URL, or null when none was opened.</summary>
     public Uri? GrpcUrl { get; }
 
-    public static WebApplication Build(ServeOptions options, IInferenceService service)
+    /// <param name="engine">The undecorated engine; the frontends see it through the telemetry decorator.</param>
+    /// <param name="engineStats">The latest engine totals for the fiddler_engine_* instruments (e.g. <see cref="EngineStatsPoller.Latest"/>).</param>
+    public static WebApplication Build(ServeOptions options, IInferenceService engine, Func<EngineStatsSnapshot?>? engineStats = null)
     {
         options.Validate();
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
@@ -49,7 +55,8 @@ public sealed class ServerHost : IAsyncDisposable
                 // Kestrel warns at every start that cleartext Http1AndHttp2 serves HTTP/1.1 only: known, hence the h2c endpoint.
                 .AddFilter("Microsoft.AspNetCore.Server.Kestrel", LogLevel.Error);
         builder.Services.AddSingleton<IHostLifetime, CallerLifetime>();
-        builder.Services.AddSingleton(service);
+        builder.Services.AddFiddlerTelemetry(options.Telemetry).AddInstrumentedInference(engine, engineStats);
+        if (options.ResolvedGrpcPort is not null) builder.Services.AddFiddlerGrpc();
         var endpoints = new BoundEndpoints();
         builder.Services.AddSingleton(endpoints);
         builder.WebHost.ConfigureKestrel(k =>
@@ -68,23 +75,23 @@ public sealed class ServerHost : IAsyncDisposable
                     endpoints.Grpc = l;
                 });
         });
-        // gRPC frontend (Serving/Grpc): register its services here, e.g. builder.Services.AddFiddlerGrpc().
-        // Telemetry: the InstrumentedInferenceService decorator wraps `service` before it is passed in (ServeCommand).
-
         var app = builder.Build();
         app.Use(CatchAll);
         app.UseStatusCodePages(StatusCodeErrorAsync);
         if (options.ApiKey is { } key) app.Use(RequireBearer(key));
-        app.MapOpenAi(service);
-        // gRPC frontend: app.MapFiddlerGrpc(); telemetry: /metrics is mapped here.
+        app.MapOpenAi(app.Services.GetRequiredService<IInferenceService>());
+        app.MapFiddlerMetrics();
+        // Port 0 binds at start: the filter reads the bound port per request.
+        if (options.ResolvedGrpcPort is not null) app.MapFiddlerGrpc(() => endpoints.Grpc?.IPEndPoint?.Port);
         app.MapFallback(ctx => OpenAiError.NotFound($"no route for {ctx.Request.Method} {ctx.Request.Path}").WriteAsync(ctx.Response));
         return app;
     }
 
     /// <summary>Builds and starts the server; the URLs are the bound ones.</summary>
-    public static async Task<ServerHost> StartAsync(ServeOptions options, IInferenceService service, CancellationToken cancel = default)
+    public static async Task<ServerHost> StartAsync(ServeOptions options, IInferenceService engine, CancellationToken cancel = default,
+        Func<EngineStatsSnapshot?>? engineStats = null)
     {
-        var app = Build(options, service);
+        var app = Build(options, engine, engineStats);
         try
         {
             await app.StartAsync(cancel);

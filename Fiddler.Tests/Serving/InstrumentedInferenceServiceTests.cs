@@ -190,13 +190,22 @@ public sealed class InstrumentedInferenceServiceTests : IDisposable
     }
 
     [Fact]
-    public void FromLayers_SumsLayersAndScalesTransfersToBytes()
+    public void TokenText_ThroughTheInterface_ForwardedToTheEngine()
     {
-        LayerStats[] layers = [new(0, 4, 8, 6, 2, 1, 1.5, 10), new(1, 4, 8, 2, 6, 3, 2.5, 20)];
+        // The interface's default body answers "": a decorator that did not forward would blank logprob tokens.
+        IInferenceService service = _service;
 
-        var s = EngineStatsSnapshot.FromLayers(layers, bytesPerTransfer: 1000);
+        Assert.Equal("tok42", service.TokenText(42));
+    }
 
-        Assert.Equal(new EngineStatsSnapshot(8, 16, 8, 8, 4, 4000, TimeSpan.FromMilliseconds(4), TimeSpan.FromMilliseconds(30)), s);
+    [Fact]
+    public void FromLayers_SumsLayersIncludingTransferredBytes()
+    {
+        LayerStats[] layers = [new(0, 4, 8, 6, 2, 1, 1.5, 10) { TransferredBytes = 1000 }, new(1, 4, 8, 2, 6, 3, 2.5, 20) { TransferredBytes = 2500 }];
+
+        var s = EngineStatsSnapshot.FromLayers(layers);
+
+        Assert.Equal(new EngineStatsSnapshot(8, 16, 8, 8, 4, 3500, TimeSpan.FromMilliseconds(4), TimeSpan.FromMilliseconds(30)), s);
         Assert.Equal(0.5, s.GpuHitRate);
     }
 

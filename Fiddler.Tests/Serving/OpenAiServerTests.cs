@@ -148,6 +148,8 @@ public sealed class OpenAiServerTests(ServerFixture fixture) : IClassFixture<Ser
             var values = top.Select(t => t.GetProperty("logprob").GetSingle()).ToList();
             Assert.Equal(values.OrderDescending(), values);
             Assert.Equal(top[0].GetProperty("token").GetString(), entry.GetProperty("token").GetString());
+            // Token strings come through the telemetry decorator's TokenText: never blank for this vocabulary.
+            Assert.All(top, t => Assert.NotEqual("", t.GetProperty("token").GetString()));
             Assert.Equal(values[0], entry.GetProperty("logprob").GetSingle(), 4);
             Assert.True(entry.GetProperty("bytes").GetArrayLength() >= 0);
         }

@@ -37,6 +37,8 @@ internal sealed class ScriptedInferenceService : IInferenceService
     public int[] Tokenize(string text, bool addSpecialTokens = true) =>
         [.. (addSpecialTokens ? [Bos] : Array.Empty<int>()), .. text.Select(c => 10 + c % 90)];
 
+    public string TokenText(int id) => $"tok{id}";
+
     public string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages)
     {
         if (messages.Any(m => m.Role == "tool")) throw new RequestException("the template knows no role 'tool'", "messages");

@@ -3,9 +3,11 @@ using System.Text;
 using System.Text.Json;
 using Fiddler.Actors.Runtime;
 using Fiddler.Host.Serving;
+using Fiddler.Host.Serving.Telemetry;
 using Fiddler.Kernels.Generation;
 using Fiddler.Kernels.Loading;
 using Fiddler.Kernels.Sampling;
+using Microsoft.Extensions.DependencyInjection;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -26,11 +28,12 @@ public sealed class ServingHarness : IAsyncDisposable
 {
     public const string ModelId = "default-model";
 
-    private ServingHarness(LoadedModel loaded, FiddlerRuntime runtime, InferenceService service, ServerHost server)
+    private ServingHarness(LoadedModel loaded, FiddlerRuntime runtime, InferenceService service, EngineStatsPoller stats, ServerHost server)
     {
         Loaded = loaded;
         Runtime = runtime;
         Service = service;
+        Stats = stats;
         Server = server;
         // No draining of an abandoned response (HttpClient would read up to 1 MiB of it to reuse the connection): a
         // disposed stream closes the connection, as a client that went away does.
@@ -39,25 +42,40 @@ public sealed class ServingHarness : IAsyncDisposable
 
     public LoadedModel Loaded { get; }
     public FiddlerRuntime Runtime { get; }
+    /// <summary>The undecorated engine (the frontends see it through the telemetry decorator: <see cref="Served"/>).</summary>
     public InferenceService Service { get; }
+    public EngineStatsPoller Stats { get; }
     public ServerHost Server { get; }
+
+    /// <summary>The <see cref="IInferenceService"/> the frontends resolve from the server's container.</summary>
+    public IInferenceService Served => Server.App.Services.GetRequiredService<IInferenceService>();
     public HttpClient Http { get; }
 
     public static string ModelDir => Path.Combine(AppContext.BaseDirectory, "default-model");
 
     /// <param name="wrap">Wraps the engine call (fault injection, observation).</param>
     /// <param name="probe">Run the start-up probe before returning.</param>
+    /// <param name="grpcPort">-1: no gRPC endpoint (as <c>--grpc-port -1</c>); 0: a picked port.</param>
+    /// <param name="maxContext">As <c>--max-context</c>.</param>
     public static async Task<ServingHarness> StartAsync(int queueSize = 64, string? apiKey = null, Func<EngineCall, EngineCall>? wrap = null,
-        bool probe = true, bool chatTemplate = true, long maxBodyBytes = ServeOptions.DefaultMaxBodyBytes)
+        bool probe = true, bool chatTemplate = true, long maxBodyBytes = ServeOptions.DefaultMaxBodyBytes, int grpcPort = -1,
+        int? maxContext = null, TelemetryOptions? telemetry = null)
     {
         var loaded = ModelLoader.Load(ModelDir, new LoadOptions(CPU));
         var runtime = FiddlerRuntime.Start(loaded.Model, loaded.Tokenizer);
         EngineCall engine = runtime.GenerateAsync;
         var service = new InferenceService(runtime, loaded.Tokenizer, chatTemplate ? ChatTemplates.Load(ModelDir) : null,
-            new InferenceServiceOptions(ModelId, queueSize), wrap?.Invoke(engine) ?? engine);
-        var server = await ServerHost.StartAsync(new ServeOptions { Port = 0, GrpcPort = -1, ApiKey = apiKey, MaxBodyBytes = maxBodyBytes }, service);
+            new InferenceServiceOptions(ModelId, queueSize) { MaxContext = maxContext }, wrap?.Invoke(engine) ?? engine);
+        // As ServeCommand: the poller outlives the server, and the server wraps the engine in the telemetry decorator.
+        var stats = new EngineStatsPoller(runtime.LayerStatsAsync);
+        var options = new ServeOptions
+        {
+            Port = 0, GrpcPort = grpcPort, ApiKey = apiKey, MaxBodyBytes = maxBodyBytes, Telemetry = telemetry ?? new TelemetryOptions(),
+        };
+        var server = await ServerHost.StartAsync(options, service, engineStats: () => stats.Latest);
+        stats.Start();
         if (probe) await service.StartAsync();
-        return new ServingHarness(loaded, runtime, service, server);
+        return new ServingHarness(loaded, runtime, service, stats, server);
     }
 
     /// <summary>The in-process API's greedy answer for the same prompt ids.</summary>
@@ -108,6 +126,7 @@ public sealed class ServingHarness : IAsyncDisposable
     {
         Http.Dispose();
         await Server.DisposeAsync();
+        await Stats.DisposeAsync();
         await Service.DisposeAsync();
         await Runtime.DisposeAsync();
         Loaded.Dispose();

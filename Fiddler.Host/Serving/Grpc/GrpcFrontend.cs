@@ -1,5 +1,7 @@
 using Fiddler.Host.Serving.Grpc.V1;
+using Grpc.AspNetCore.Server;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Fiddler.Host.Serving.Grpc;
@@ -20,16 +22,32 @@ public static class GrpcFrontend
         return services;
     }
 
-    /// <summary>Maps the services; with <paramref name="port"/>, only requests to that port reach them.</summary>
-    public static WebApplication MapFiddlerGrpc(this WebApplication app, int? port = null)
+    /// <summary>Maps the services; with <paramref name="port"/>, only connections to that local port reach them.</summary>
+    public static WebApplication MapFiddlerGrpc(this WebApplication app, int? port = null) =>
+        app.MapFiddlerGrpc(port is int p ? () => p : null);
+
+    /// <summary>
+    /// Maps the services, reachable only through connections to the local port <paramref name="port"/> answers at
+    /// request time (a port picked at bind time is known only then); a gRPC path on another port gets 404.
+    /// </summary>
+    public static WebApplication MapFiddlerGrpc(this WebApplication app, Func<int?>? port)
     {
-        var inference = app.MapGrpcService<InferenceGrpcService>();
-        var health = app.MapGrpcHealthChecksService();
-        if (port is int p)
+        if (port is not null)
         {
-            inference.RequireHost($"*:{p}");
-            health.RequireHost($"*:{p}");
+            // Runs after routing (WebApplication routes first), so the endpoint is known; the connection's local port
+            // tells which listener it came through, whatever Host header the client sent.
+            app.Use((ctx, next) =>
+            {
+                if (ctx.GetEndpoint()?.Metadata.GetMetadata<GrpcMethodMetadata>() is not null && ctx.Connection.LocalPort != port())
+                {
+                    ctx.Response.StatusCode = StatusCodes.Status404NotFound;
+                    return Task.CompletedTask;
+                }
+                return next(ctx);
+            });
         }
+        app.MapGrpcService<InferenceGrpcService>();
+        app.MapGrpcHealthChecksService();
         return app;
     }
 }

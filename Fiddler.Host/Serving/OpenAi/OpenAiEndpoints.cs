@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Fiddler.Host.Serving.Telemetry;
 using Fiddler.Kernels.Generation;
 using Fiddler.Kernels.Sampling;
 using Microsoft.AspNetCore.Builder;
@@ -16,6 +17,9 @@ public static class OpenAiEndpoints
 {
     /// <summary>Completions' default max_tokens when none is given (OpenAI's); chat defaults to the rest of the context.</summary>
     public const int DefaultCompletionTokens = 16;
+
+    /// <summary>The fiddler.frontend tag of this frontend's requests.</summary>
+    public const string FrontendName = "openai";
 
     private static readonly JsonDocumentOptions JsonLimits = new() { MaxDepth = 64 };
 
@@ -53,6 +57,8 @@ public static class OpenAiEndpoints
 
     private static async Task CompleteAsync(HttpContext ctx, IInferenceService service, OpenAiEndpoint endpoint)
     {
+        // Before Admit: the telemetry decorator tags the request (and a refused one) with the frontend of this async flow.
+        ServingTelemetry.CurrentFrontend = FrontendName;
         var aborted = ctx.RequestAborted;
         OpenAiResponse response;
         CompletionJob job;

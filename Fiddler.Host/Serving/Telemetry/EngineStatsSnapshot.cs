@@ -21,12 +21,12 @@ public sealed record EngineStatsSnapshot(long Steps, long ExpertsChosen, long Ex
     public double GpuHitRate => ExpertsChosen == 0 ? 0 : (double)ExpertsResident / ExpertsChosen;
 
     /// <summary>
-    /// Sums <c>FiddlerRuntime.LayerStatsAsync()</c>; <paramref name="bytesPerTransfer"/> is one expert's weight bytes
-    /// (layer stats count transfers, not bytes).
+    /// Sums <c>FiddlerRuntime.LayerStatsAsync()</c>. PCIe bytes are the layers' own <see cref="LayerStats.TransferredBytes"/>
+    /// (split experts move only part of their weights, so transfers × expert size would overcount).
     /// </summary>
-    public static EngineStatsSnapshot FromLayers(IEnumerable<LayerStats> layers, long bytesPerTransfer)
+    public static EngineStatsSnapshot FromLayers(IEnumerable<LayerStats> layers)
     {
-        long steps = 0, chosen = 0, resident = 0, cpu = 0, transfers = 0;
+        long steps = 0, chosen = 0, resident = 0, cpu = 0, transfers = 0, bytes = 0;
         double cpuMs = 0, layerMs = 0;
         foreach (var l in layers)
         {
@@ -35,10 +35,11 @@ public sealed record EngineStatsSnapshot(long Steps, long ExpertsChosen, long Ex
             resident += l.Resident;
             cpu += l.Cpu;
             transfers += l.Transfers;
+            bytes += l.TransferredBytes;
             cpuMs += l.CpuLaneMs;
             layerMs += l.LayerMs;
         }
-        return new(steps, chosen, resident, cpu, transfers, transfers * bytesPerTransfer,
+        return new(steps, chosen, resident, cpu, transfers, bytes,
             TimeSpan.FromMilliseconds(cpuMs), TimeSpan.FromMilliseconds(layerMs));
     }
 }

@@ -18,6 +18,7 @@ public sealed class InstrumentedInferenceService(IInferenceService inner, Servin
     public int QueueDepth => inner.QueueDepth;
     public int[] Tokenize(string text, bool addSpecialTokens = true) => inner.Tokenize(text, addSpecialTokens);
     public string ApplyChatTemplate(IReadOnlyList<ChatMessage> messages) => inner.ApplyChatTemplate(messages);
+    public string TokenText(int id) => inner.TokenText(id);
 
     public QueueTicket Admit()
     {
