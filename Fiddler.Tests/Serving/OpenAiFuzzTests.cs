@@ -48,4 +48,18 @@ public sealed class OpenAiFuzzTests(InstantEngineFixture fixture) : IClassFixtur
                 await Probe("/v1/completions", """ "max_tokens":1,"model":"default-model","prompt":"hi" """, field, v);
         Assert.Empty(failures);
     }
+
+    /// <summary>Found by the malformed corpus on the real server: valid JSON may escape an unpaired surrogate in a key,
+    /// and System.Text.Json's property lookup throws on it (it was a 500).</summary>
+    [Theory]
+    [InlineData("/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","content":"hi"}],"max_tokens":1,"\ud800\ud800":1}""")]
+    [InlineData("/v1/completions", """{"model":"default-model","prompt":"hi","max_tokens":1,"\udc00\ud800":1}""")]
+    [InlineData("/v1/chat/completions", """{"model":"default-model","messages":[{"role":"user","\ud800":"x","content":"hi"}],"max_tokens":1}""")]
+    public async Task Post_KeyWithUnpairedSurrogateEscape_Returns400(string path, string json)
+    {
+        var (status, body) = await H.PostAsync(path, json);
+
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, status);
+        OpenAiAssert.Error(body, "invalid_request_error");
+    }
 }

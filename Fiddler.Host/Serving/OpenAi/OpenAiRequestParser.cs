@@ -121,7 +121,7 @@ public static class OpenAiRequestParser
     /// <summary>A string, or text parts joined with newlines (as vLLM does); null (e.g. an assistant tool call) is empty text.</summary>
     private static string Content(JsonElement message, string param)
     {
-        if (!message.TryGetProperty("content", out var content) || content.ValueKind == JsonValueKind.Null) return "";
+        if (Get(message, "content") is not { } content) return "";
         if (content.ValueKind == JsonValueKind.String) return Text(content, param);
         if (content.ValueKind != JsonValueKind.Array) throw TypeError(param, "a string or an array of content parts", content);
         var text = new StringBuilder();
@@ -175,8 +175,15 @@ public static class OpenAiRequestParser
 
     // Getters: JSON null counts as not given. The param name defaults to the field name.
 
-    private static JsonElement? Get(JsonElement obj, string name) =>
-        obj.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
+    private static JsonElement? Get(JsonElement obj, string name)
+    {
+        try
+        {
+            return obj.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
+        }
+        // Valid JSON may escape an unpaired surrogate in a key ("\ud800"): the lookup unescapes every key it passes and throws.
+        catch (InvalidOperationException e) { throw new RequestException($"a property name is not valid text: {e.Message}"); }
+    }
 
     private static string? String(JsonElement obj, string name, string? param = null)
     {
