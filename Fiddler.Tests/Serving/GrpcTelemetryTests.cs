@@ -59,7 +59,7 @@ public sealed class GrpcTelemetryTests(ITestOutputHelper output)
     private static Activity[] Snapshot(LockedCollection<Activity> spans) => spans.Snapshot();
 
     /// <summary>The in-memory exporter adds from the request's thread while the test reads.</summary>
-    private sealed class LockedCollection<T> : System.Collections.ObjectModel.Collection<T>
+    internal sealed class LockedCollection<T> : System.Collections.ObjectModel.Collection<T>
     {
         protected override void InsertItem(int index, T item)
         {
@@ -72,7 +72,7 @@ public sealed class GrpcTelemetryTests(ITestOutputHelper output)
         }
     }
 
-    private static async Task<T> Eventually<T>(Func<T?> probe) where T : class
+    internal static async Task<T> Eventually<T>(Func<T?> probe) where T : class
     {
         var watch = Stopwatch.StartNew();
         while (true)

@@ -198,7 +198,7 @@ public sealed class ServingLifecycleTests
 
     /// <summary>Pulls the engine's tokens as fast as it makes them, counting them: the count shows what the engine does,
     /// not what the client reads. Only the cancellation token (not the consumer leaving) can stop it.</summary>
-    private static IAsyncEnumerable<GeneratedToken> Pump(IAsyncEnumerable<GeneratedToken> source, Action onToken)
+    internal static IAsyncEnumerable<GeneratedToken> Pump(IAsyncEnumerable<GeneratedToken> source, Action onToken)
     {
         var channel = Channel.CreateUnbounded<GeneratedToken>();
         _ = Task.Run(async () =>
