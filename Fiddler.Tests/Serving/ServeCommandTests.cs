@@ -34,6 +34,8 @@ public sealed class ServeCommandErrorTests : IDisposable
     [InlineData("--queue-size", "0", "--queue-size")]
     [InlineData("--shutdown-timeout", "soon", "--shutdown-timeout")]
     [InlineData("--max-context", "1", "--max-context")]
+    [InlineData("--otel", "jaeger", "--otel must be console, otlp or none")]
+    [InlineData("--otlp-endpoint", "http://collector:4317", "--otlp-endpoint needs --otel otlp")]
     public void Serve_BadOption_ExitCode2(string option, string value, string expected) =>
         AssertUserError(CliHarness.Run("serve", option, value), expected);
 
@@ -99,6 +101,12 @@ public sealed class ServeProcessTests
             using (var completion = await http.PostAsync("/v1/completions",
                 new StringContent("""{"model":"default-model","prompt":"Once","max_tokens":2,"temperature":0}""")))
                 Assert.Equal(HttpStatusCode.OK, completion.StatusCode);
+            string metrics = await http.GetStringAsync("/metrics");
+            Assert.Contains("fiddler_requests_total{", metrics);
+            Assert.Contains("fiddler_frontend=\"openai\"", metrics);
+            using (var channel = Grpc.Net.Client.GrpcChannel.ForAddress(urls[1]))
+                Assert.Equal("default-model", (await new Fiddler.Host.Serving.Grpc.V1.Inference.InferenceClient(channel)
+                    .ModelInfoAsync(new Fiddler.Host.Serving.Grpc.V1.ModelInfoRequest())).Id);
 
             Assert.Equal(0, kill(process.Id, SigTerm));
             await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
