@@ -56,7 +56,7 @@ public sealed class ServerHost : IAsyncDisposable
                 .AddFilter("Microsoft.AspNetCore.Server.Kestrel", LogLevel.Error);
         builder.Services.AddSingleton<IHostLifetime, CallerLifetime>();
         builder.Services.AddFiddlerTelemetry(options.Telemetry).AddInstrumentedInference(engine, engineStats);
-        if (options.ResolvedGrpcPort is not null) builder.Services.AddFiddlerGrpc();
+        if (options.ResolvedGrpcPort is not null) builder.Services.AddFiddlerGrpc(options.ApiKey);
         var endpoints = new BoundEndpoints();
         builder.Services.AddSingleton(endpoints);
         builder.WebHost.ConfigureKestrel(k =>

@@ -87,6 +87,29 @@ public sealed class GrpcEndToEndTests
     }
 
     [Fact]
+    public async Task ApiKey_GrpcCalls_UnauthenticatedWithoutItHealthOpen()
+    {
+        await using var h = await ServingHarness.StartAsync(grpcPort: 0, apiKey: "sk-grpc");
+        var (channel, client) = Connect(h);
+        using var _ = channel;
+
+        foreach (var headers in new[] { new Metadata(), new Metadata { { "authorization", "Bearer wrong" } } })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(async () => await client.ModelInfoAsync(new ModelInfoRequest(), headers));
+            Assert.Equal(StatusCode.Unauthenticated, e.StatusCode);
+            using var call = client.Generate(new GenerateRequest { Text = "a", MaxTokens = 1 }, headers);
+            Assert.Equal(StatusCode.Unauthenticated, (await Assert.ThrowsAsync<RpcException>(() => call.ResponseStream.MoveNext(CancellationToken.None))).StatusCode);
+        }
+        var key = new Metadata { { "authorization", "Bearer sk-grpc" } };
+        Assert.Equal(ServingHarness.ModelId, (await client.ModelInfoAsync(new ModelInfoRequest(), key)).Id);
+        using (var call = client.Generate(new GenerateRequest { Text = "a", MaxTokens = 2, Temperature = 0 }, key))
+            await foreach (var __ in call.ResponseStream.ReadAllAsync()) { }
+        Assert.Equal(HealthCheckResponse.Types.ServingStatus.Serving,
+            (await new Health.HealthClient(channel).CheckAsync(new HealthCheckRequest())).Status);
+        Assert.Equal(0, h.Service.QueueDepth);
+    }
+
+    [Fact]
     public async Task Generate_QueueFull_ResourceExhaustedAtOnce()
     {
         await using var h = await ServingHarness.StartAsync(queueSize: 1, grpcPort: 0);

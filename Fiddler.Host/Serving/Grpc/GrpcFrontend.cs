@@ -13,9 +13,13 @@ namespace Fiddler.Host.Serving.Grpc;
 /// </summary>
 public static class GrpcFrontend
 {
-    public static IServiceCollection AddFiddlerGrpc(this IServiceCollection services)
+    /// <param name="apiKey">When set, calls need <c>authorization: Bearer KEY</c> (<see cref="ApiKeyInterceptor"/>).</param>
+    public static IServiceCollection AddFiddlerGrpc(this IServiceCollection services, string? apiKey = null)
     {
-        services.AddGrpc();
+        services.AddGrpc(o =>
+        {
+            if (apiKey is not null) o.Interceptors.Add<ApiKeyInterceptor>(apiKey);
+        });
         // Service "" (the whole server) and "fiddler.v1.Inference" both report the engine's readiness.
         services.AddGrpcHealthChecks(o => o.Services.Map(Inference.Descriptor.FullName, c => c.Name == EngineHealthCheck.Name))
             .AddCheck<EngineHealthCheck>(EngineHealthCheck.Name);
