@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Packs a self-contained Fiddler for Linux GPU hosts that have PyTorch (with CUDA) installed but no .NET:
-# this machine's .NET runtime + the published app WITHOUT libtorch natives, in one tar.xz (~30 MB).
+# this machine's .NET runtime (with ASP.NET Core, which `fiddler` needs to start) + the published app WITHOUT libtorch
+# natives, in one tar.xz (~57 MB; 49 MB before the servers). The device tool sends the working tree (~13 MB) plus
+# carried files within 64 MiB: try XZ_OPT="-9e -T0" if a bundle no longer fits.
 # On the host:  mkdir -p /opt/fiddler && tar -xJf fiddler-bundle.tar.xz -C /opt/fiddler
 #               /opt/fiddler/fiddler generate --device cuda --prompt "Hello"
 # The launcher puts PyTorch's libtorch folder (python3 -c 'import torch', or $FIDDLER_LIBTORCH) on LD_LIBRARY_PATH.
