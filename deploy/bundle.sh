@@ -17,6 +17,8 @@ if [ "${FIDDLER_BUNDLE_TESTS:-0}" = 1 ]; then
   # Also ship the test assembly with its dependencies, for running the parity checks on the GPU host.
   dotnet publish "$root/Fiddler.Tests" -c Release -p:FiddlerBundle=true -o "$stage/tests" --nologo -v q
 fi
+# Benchmark-only bundles may leave the embedded default model out (7 MB that xz cannot shrink).
+if [ "${FIDDLER_BUNDLE_NO_DEFAULT_MODEL:-0}" = 1 ]; then rm -rf "$stage/app/default-model"; fi
 # Any libtorch natives that slipped in would shadow the host's CUDA libtorch.
 find "$stage" -name 'libtorch*.so' -o -name 'libc10*.so' -o -name 'libgomp*.so*' | xargs -r rm -f
 

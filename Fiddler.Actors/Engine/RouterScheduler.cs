@@ -13,6 +13,9 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     private readonly Dictionary<int, LayerPlan> _lastPlan = new();
     private long _chosen, _resident, _cpu, _transfer, _split, _transferBytes;
     private double _cpuShares;
+    private ExecutorTimings _timings;
+    private long _timed;
+    private double _layerMsSum, _cpuLaneMsSum;
 
     public ExpertRouter Router { get; } = router;
     public double HitRate => _chosen == 0 ? 0 : (double)_resident / _chosen;
@@ -22,6 +25,23 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     public long SplitExperts => _split;
     /// <summary>CPU work in whole experts: CPU experts plus the CPU shares of split ones (for effective GB/s).</summary>
     public double CpuExpertEquivalents { get { lock (_lastPlan) return _cpuShares; } }
+
+    /// <summary>Mean executor wall time and CPU lane time per layer since the last reset.</summary>
+    public (double LayerMs, double CpuLaneMs, long Layers) MeanLayer
+    {
+        get { lock (_lastPlan) return _timed == 0 ? (0, 0, 0) : (_layerMsSum / _timed, _cpuLaneMsSum / _timed, _timed); }
+    }
+
+    /// <summary>Mean executor timeline per layer since the last reset (where a layer's host time went).</summary>
+    public ExecutorTimings MeanTimings
+    {
+        get
+        {
+            lock (_lastPlan)
+                return _timed == 0 ? default : new(_timings.DecideMs / _timed, _timings.CpuStartMs / _timed, _timings.DeviceQueueMs / _timed,
+                    _timings.CpuWaitMs / _timed, _timings.MergeMs / _timed);
+        }
+    }
     public long TransferredBytes => _transferBytes;
 
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
@@ -47,7 +67,11 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         Interlocked.Add(ref _cpu, o.Routes.Count(r => r == ExpertRoute.Cpu));
         Interlocked.Add(ref _transfer, o.Routes.Count(r => r == ExpertRoute.Transfer));
         Interlocked.Add(ref _split, o.Routes.Count(r => r.Kind == ExpertRouteKind.Split));
-        lock (_lastPlan) _cpuShares += o.Routes.Where(r => r.UsesCpu).Sum(r => r.CpuShare);
+        lock (_lastPlan)
+        {
+            _cpuShares += o.Routes.Where(r => r.UsesCpu).Sum(r => r.CpuShare);
+            if (o.Timings is { } t) { _timings += t; _timed++; _layerMsSum += o.LayerMs; _cpuLaneMsSum += o.CpuLaneMs; }
+        }
         Interlocked.Add(ref _transferBytes, o.TransferredBytes);
     }
 
@@ -55,6 +79,6 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     public void ResetCounters()
     {
         _chosen = _resident = _cpu = _transfer = _split = _transferBytes = 0;
-        lock (_lastPlan) _cpuShares = 0;
+        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = 0; _layerMsSum = _cpuLaneMsSum = 0; }
     }
 }

@@ -14,6 +14,7 @@ public static class BenchRun
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
     {
         public long SplitExperts { get; init; }
+        public Dictionary<string, double>? Executor { get; init; }
         public double? GeneratorTokS { get; init; }
         public double? ActorsTokS { get; init; }
     }
@@ -78,6 +79,7 @@ public static class BenchRun
         }
         double decodeS = decode.Elapsed.TotalSeconds;
         var s = engine.Scheduler;
+        var executor = s is null ? null : ExecutorBreakdown(s, generate);
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
         long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
         double cpuGbS = cpuLaneMs > 0 ? s!.CpuExpertEquivalents * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
@@ -92,7 +94,25 @@ public static class BenchRun
         StageTimer.Disable();
         var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
         return new Result(ttft, (generate - 1) / decodeS, s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
-            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages) { SplitExperts = s?.SplitExperts ?? 0 };
+            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages) { SplitExperts = s?.SplitExperts ?? 0, Executor = executor };
+    }
+
+    /// <summary>The decode window's executor timeline per offloaded layer (host clock, no syncs) and layers per token.</summary>
+    private static Dictionary<string, double> ExecutorBreakdown(Fiddler.Actors.Engine.RouterScheduler s, int tokens)
+    {
+        var t = s.MeanTimings;
+        var (layerMs, cpuLaneMs, layers) = s.MeanLayer;
+        return new()
+        {
+            ["layers_per_token"] = Math.Round((double)layers / tokens, 2),
+            ["total"] = Math.Round(layerMs, 3),
+            ["decide"] = Math.Round(t.DecideMs, 3),
+            ["until_cpu_lane_starts"] = Math.Round(t.CpuStartMs, 3),
+            ["queue_device_lane"] = Math.Round(t.DeviceQueueMs, 3),
+            ["wait_for_cpu_lane"] = Math.Round(t.CpuWaitMs, 3),
+            ["merge"] = Math.Round(t.MergeMs, 3),
+            ["cpu_lane"] = Math.Round(cpuLaneMs, 3),
+        };
     }
 
     public static Dictionary<string, object?> Report(OffloadEngine engine, EngineOptions o, Result r, string? baselinePath, string card)
@@ -115,10 +135,12 @@ public static class BenchRun
             ["cpu_gb_s"] = Math.Round(r.CpuGbS, 1),
             ["pcie_gb"] = Math.Round(r.PcieGb, 2),
             ["stage_ms_per_token"] = r.StageMs,
+            ["executor_ms_per_offloaded_layer"] = r.Executor,
             ["cpu_backend"] = engine.CpuBackend,
             ["routing"] = o.Routing == Fiddler.Actors.Scheduling.RoutingMode.Auto && !o.SplitExperts ? "AutoWhole" : o.Routing.ToString(),
             ["cpu_contention"] = o.CpuContention,
             ["adapt_cpu_model"] = o.AdaptCpuModel,
+            ["cpu_threads"] = o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),

@@ -59,7 +59,22 @@ public readonly record struct ExpertWork(int Expert, int Tokens, bool Resident);
 
 /// <summary>What one layer took, for comparing a scheduler's predictions with reality.</summary>
 public sealed record LayerObservation(int Layer, IReadOnlyList<ExpertWork> Work, IReadOnlyList<ExpertRoute> Routes,
-    double CpuLaneMs, double LayerMs, int CpuTokens, long TransferredBytes);
+    double CpuLaneMs, double LayerMs, int CpuTokens, long TransferredBytes)
+{
+    /// <summary>Where the executor's wall time went (host clock, no device syncs), when measured.</summary>
+    public ExecutorTimings? Timings { get; init; }
+}
+
+/// <summary>
+/// One layer's executor timeline on the host, in ms: deciding routes; until the CPU lane started (the device→host copy
+/// of its rows, which waits for the device's queue); queuing the device lane; waiting for the CPU lane after that;
+/// bringing the CPU results back and adding every output in.
+/// </summary>
+public readonly record struct ExecutorTimings(double DecideMs, double CpuStartMs, double DeviceQueueMs, double CpuWaitMs, double MergeMs)
+{
+    public static ExecutorTimings operator +(ExecutorTimings a, ExecutorTimings b) =>
+        new(a.DecideMs + b.DecideMs, a.CpuStartMs + b.CpuStartMs, a.DeviceQueueMs + b.DeviceQueueMs, a.CpuWaitMs + b.CpuWaitMs, a.MergeMs + b.MergeMs);
+}
 
 /// <summary>
 /// Decides, per layer, where each chosen expert runs. Implemented by the orchestration (Fiddler.Actors'

@@ -21,6 +21,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         var work = assignments.Select(a => new ExpertWork(a.Expert, a.Tokens.Length, block.IsResident(a.Expert))).ToArray();
         var routes = scheduler.Decide(block.Layer, work);
         Check(block.Layer, work, routes);
+        double decided = clock.Elapsed.TotalMilliseconds, cpuStarted = decided;
 
         // Intermediate rows [0, cpuRows) of each expert on the CPU, [cpuRows, I) on the device (a split has both).
         int intermediate = (int)block.Expert(assignments.Count > 0 ? assignments[0].Expert : 0).Gate.Weight.shape[0];
@@ -48,6 +49,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
                     cpuRows[i] < intermediate ? cpuRows[i] : null));
                 offset += a.Tokens.Length;
             }
+            cpuStarted = clock.Elapsed.TotalMilliseconds;
             cpuLane = Task.Run(() =>
             {
                 var lane = Stopwatch.StartNew();
@@ -85,10 +87,12 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             throw;
         }
 
+        double queued = clock.Elapsed.TotalMilliseconds, waited = queued;
         double cpuMs = 0;
         if (cpuLane is not null)
         {
             cpuMs = cpuLane.GetAwaiter().GetResult();
+            waited = clock.Elapsed.TotalMilliseconds;
             var y = hostY!.to(flat.dtype, flat.device);                                         // [Σn, D]
             long offset = 0;
             foreach (var a in cpuAssignments)
@@ -97,8 +101,11 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
                 offset += a.Tokens.Length;
             }
         }
-        scheduler.Observe(new LayerObservation(block.Layer, work, routes, cpuMs, clock.Elapsed.TotalMilliseconds,
-            cpuTokens, (stager?.BytesCopied ?? 0) - bytesBefore));
+        double end = clock.Elapsed.TotalMilliseconds;
+        scheduler.Observe(new LayerObservation(block.Layer, work, routes, cpuMs, end, cpuTokens, (stager?.BytesCopied ?? 0) - bytesBefore)
+        {
+            Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, waited - queued, end - waited),
+        });
     }
 
     private (ExpertAssignment, StagedWeights) Begin(MixtralSparseMoeBlock block, int slot, (ExpertAssignment A, int Start) t)
