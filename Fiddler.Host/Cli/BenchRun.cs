@@ -15,6 +15,7 @@ public static class BenchRun
     {
         public long SplitExperts { get; init; }
         public Dictionary<string, double>? Executor { get; init; }
+        public Dictionary<string, Dictionary<string, double>>? TtftExecutor { get; init; }
         public double? GeneratorTokS { get; init; }
         public double? ActorsTokS { get; init; }
     }
@@ -57,13 +58,16 @@ public static class BenchRun
             for (int i = 0; i < 4; i++) model.Forward(tensor(new long[] { 5 }).unsqueeze(0), warm).Dispose();
         }
         var ttft = new Dictionary<string, double>();
+        var ttftExecutor = new Dictionary<string, Dictionary<string, double>>();
         foreach (int p in prompts)
         {
+            engine.Scheduler?.ResetCounters();
             using var cache = model.NewCache(p + 1);
             var clock = Stopwatch.StartNew();
             using var logits = model.Forward(tensor(Prompt(p)).unsqueeze(0), cache);
             _ = logits.argmax(-1).item<long>();
             ttft[p.ToString()] = clock.Elapsed.TotalSeconds;
+            if (engine.Scheduler is { } sp) ttftExecutor[p.ToString()] = ExecutorBreakdown(sp, 1);
         }
 
         engine.Scheduler?.ResetCounters();
@@ -94,10 +98,10 @@ public static class BenchRun
         StageTimer.Disable();
         var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
         return new Result(ttft, (generate - 1) / decodeS, s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
-            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages) { SplitExperts = s?.SplitExperts ?? 0, Executor = executor };
+            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages) { SplitExperts = s?.SplitExperts ?? 0, Executor = executor, TtftExecutor = ttftExecutor };
     }
 
-    /// <summary>The decode window's executor timeline per offloaded layer (host clock, no syncs) and layers per token.</summary>
+    /// <summary>The decode window's executor timeline per layer (host clock, no syncs) and layers per token.</summary>
     private static Dictionary<string, double> ExecutorBreakdown(Fiddler.Actors.Engine.RouterScheduler s, int tokens)
     {
         var t = s.MeanTimings;
@@ -135,7 +139,8 @@ public static class BenchRun
             ["cpu_gb_s"] = Math.Round(r.CpuGbS, 1),
             ["pcie_gb"] = Math.Round(r.PcieGb, 2),
             ["stage_ms_per_token"] = r.StageMs,
-            ["executor_ms_per_offloaded_layer"] = r.Executor,
+            ["executor_ms_per_layer"] = r.Executor,
+            ["ttft_executor_ms_per_layer"] = r.TtftExecutor,
             ["cpu_backend"] = engine.CpuBackend,
             ["routing"] = o.Routing == Fiddler.Actors.Scheduling.RoutingMode.Auto && !o.SplitExperts ? "AutoWhole" : o.Routing.ToString(),
             ["cpu_contention"] = o.CpuContention,

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Fiddler.Kernels.Runtime;
 
 namespace Fiddler.Host.Cli;
@@ -6,9 +7,11 @@ namespace Fiddler.Host.Cli;
 /// <summary>
 /// CUDA runs on PyTorch's libtorch, which the dynamic loader finds only through LD_LIBRARY_PATH set before the
 /// process starts. When a CUDA device is asked for and that folder is not on it, run this same command again in a
-/// child process with it set, streaming its output, and return its exit code.
+/// child process with it set, streaming its output, and return its exit code. Termination signals are passed on, so
+/// `fiddler serve --device cuda` still shuts down gracefully on SIGTERM (SIGINT from a terminal reaches the child by
+/// itself: it is in the same process group).
 /// </summary>
-public static class CudaBootstrap
+public static partial class CudaBootstrap
 {
     private const string Marker = "FIDDLER_CUDA_BOOTSTRAPPED";
 
@@ -30,7 +33,18 @@ public static class CudaBootstrap
         psi.Environment["LD_LIBRARY_PATH"] = current.Length == 0 ? dir : dir + ":" + current;
         psi.Environment[Marker] = "1";
         using var child = Process.Start(psi)!;
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
+        {
+            ctx.Cancel = true; // the parent stays until the child has drained and exited
+            if (!child.HasExited) _ = Kill(child.Id, SigTerm);
+        });
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => ctx.Cancel = true);
         child.WaitForExit();
         return child.ExitCode;
     }
+
+    private const int SigTerm = 15;
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
 }

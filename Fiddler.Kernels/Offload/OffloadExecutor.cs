@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using TorchSharp;
 using Fiddler.Kernels.Modules;
 using static TorchSharp.torch;
 
@@ -39,7 +40,8 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             // (a synchronous one) on the decode path, where N is 1 (or the beam width).
             var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray());
             var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, rows);               // [Σn, D]
-            hostY = empty_like(hostX);
+            // Page-locked on CUDA, so the results can go back with a non-blocking copy (see the merge below).
+            hostY = flat.device.type == DeviceType.CUDA ? empty_like(hostX).pin_memory() : empty_like(hostX);
             var jobs = new List<CpuExpertJob>();
             long offset = 0;
             foreach (int i in cpuIndices)
@@ -93,7 +95,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             cpuMs = cpuLane.GetAwaiter().GetResult();
             waited = clock.Elapsed.TotalMilliseconds;
-            var y = hostY!.to(flat.dtype, flat.device);                                         // [Σn, D]
+            var y = ToDevice(hostY!, flat);                                                    // [Σn, D]
             long offset = 0;
             foreach (var a in cpuAssignments)
             {
@@ -106,6 +108,20 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, waited - queued, end - waited),
         });
+    }
+
+    /// <summary>
+    /// The CPU lane's results onto the device, without blocking the host on CUDA: a blocking copy would wait for the
+    /// whole device lane (streamed experts included) before the host could queue the next layer's attention; this way
+    /// the host's launch work overlaps the device lane's tail. The pinned source stays valid: torch's pinned allocator
+    /// does not reuse a block before the copies queued from it have run.
+    /// </summary>
+    private static Tensor ToDevice(Tensor hostY, Tensor like)
+    {
+        if (like.device.type != DeviceType.CUDA) return hostY.to(like.dtype, like.device);
+        var staged = empty(hostY.shape, hostY.dtype, like.device);
+        staged.copy_(hostY, true);
+        return staged.to(like.dtype);
     }
 
     private (ExpertAssignment, StagedWeights) Begin(MixtralSparseMoeBlock block, int slot, (ExpertAssignment A, int Start) t)
