@@ -111,7 +111,7 @@ public sealed class OffloadEngine : IDisposable
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
             SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel)));
-        Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager));
+        Model.SetExpertExecutor(new OffloadExecutor(Scheduler, cpu, Stager, o.AsyncMerge));
     }
 
     private T Own<T>(T d) where T : IDisposable

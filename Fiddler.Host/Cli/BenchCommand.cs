@@ -27,6 +27,7 @@ public static class BenchCommand
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cuda" };
         var routing = new Option<string>("--routing") { Description = "auto | whole (auto without dividing experts) | cpu | transfer", DefaultValueFactory = _ => "auto" };
         var cpuThreads = new Option<int>("--cpu-threads") { Description = "CPU expert worker threads (default: logical CPUs − 1)" };
+        var syncMerge = new Option<bool>("--sync-merge") { Description = "Return CPU results with a blocking copy (A/B of the non-blocking merge)" };
         var noAdapt = new Option<bool>("--no-adapt") { Description = "Plan with calibrated CPU times only (do not learn the engine's CPU slowdown)" };
         var contention = new Option<double?>("--cpu-contention") { Description = "CPU slowdown factor while weights stream (router model; default 1.15)" };
         var layers = new Option<int?>("--layers") { Description = "Keep only the first N layers (quick runs)" };
@@ -36,7 +37,7 @@ public static class BenchCommand
         var libtorch = new Option<string?>("--libtorch");
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, cpuThreads, layers, baseline, outDir, profile, libtorch, actors })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, syncMerge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -59,6 +60,7 @@ public static class BenchCommand
                 SplitExperts = r.GetValue(routing) != "whole",
                 AdaptCpuModel = !r.GetValue(noAdapt),
                 CpuThreads = r.GetValue(cpuThreads),
+                AsyncMerge = !r.GetValue(syncMerge),
             };
             if (r.GetValue(contention) is double c) options = options with { CpuContention = c };
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };

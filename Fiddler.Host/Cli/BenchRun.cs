@@ -145,6 +145,7 @@ public static class BenchRun
             ["routing"] = o.Routing == Fiddler.Actors.Scheduling.RoutingMode.Auto && !o.SplitExperts ? "AutoWhole" : o.Routing.ToString(),
             ["cpu_contention"] = o.CpuContention,
             ["adapt_cpu_model"] = o.AdaptCpuModel,
+            ["async_merge"] = o.AsyncMerge,
             ["cpu_threads"] = o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["card"] = card,

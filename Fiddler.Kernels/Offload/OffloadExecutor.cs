@@ -13,7 +13,8 @@ namespace Fiddler.Kernels.Offload;
 /// are queued on the compute device; then the CPU results come back in one host→device copy. Every path adds
 /// weight × output with <see cref="ExpertAssignment.Accumulate"/>, so all plans compute the same function.
 /// </summary>
-public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager) : IExpertExecutor
+/// <param name="asyncMerge">On CUDA, return the CPU lane's results with a non-blocking copy from pinned memory.</param>
+public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager, bool asyncMerge = true) : IExpertExecutor
 {
     public void Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments, Tensor output)
     {
@@ -41,7 +42,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray());
             var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, rows);               // [Σn, D]
             // Page-locked on CUDA, so the results can go back with a non-blocking copy (see the merge below).
-            hostY = flat.device.type == DeviceType.CUDA ? empty_like(hostX).pin_memory() : empty_like(hostX);
+            hostY = asyncMerge && flat.device.type == DeviceType.CUDA ? empty_like(hostX).pin_memory() : empty_like(hostX);
             var jobs = new List<CpuExpertJob>();
             long offset = 0;
             foreach (int i in cpuIndices)
@@ -95,7 +96,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             cpuMs = cpuLane.GetAwaiter().GetResult();
             waited = clock.Elapsed.TotalMilliseconds;
-            var y = ToDevice(hostY!, flat);                                                    // [Σn, D]
+            var y = asyncMerge ? ToDevice(hostY!, flat) : hostY!.to(flat.dtype, flat.device);                                                    // [Σn, D]
             long offset = 0;
             foreach (var a in cpuAssignments)
             {
