@@ -12,8 +12,8 @@ public sealed record BeamHypothesis(int[] Tokens, double LogProb, double Score);
 /// Beam search as Hugging Face's (num_beams=W, length_penalty=1): all W beams advance in one batched forward (the
 /// MoE router sees W tokens per step), each step keeps the W best continuations over all beams (2W candidates per
 /// beam), and the KV cache rows are reordered to follow their beams. A beam that chooses EOS is finished; the result
-/// is sorted by log-probability / generated length. Without EOS this equals transformers' beam search exactly
-/// (fixtures: Fiddler.Tests/Fixtures/*/beam.json).
+/// is sorted by log-probability / generated length. This equals transformers' beam search, without EOS
+/// (Fiddler.Tests/Fixtures/*/beam.json) and with EOS tokens that finish hypotheses early (*/beam_eos.json).
 /// </summary>
 public sealed class BeamSearch(MixtralForCausalLM model)
 {

@@ -8,7 +8,8 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Tests.Kernels.Generation;
 
-/// <summary>Beam search against transformers 5.17's (num_beams=3, 12 tokens, EOS off): Fixtures/*/beam.json.</summary>
+/// <summary>Beam search against transformers 5.17's (num_beams=3, 12 tokens): EOS off (Fixtures/*/beam.json) and with
+/// EOS tokens that finish hypotheses early (Fixtures/*/beam_eos.json).</summary>
 public class BeamSearchTests
 {
     private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
@@ -42,6 +43,43 @@ public class BeamSearchTests
             }
         }
         if (offloaded) Assert.Contains(scheduler.Observed, o => o.CpuTokens > 1); // the router saw the beams' batch
+    }
+
+    public sealed record EosCase(int[] prompt_ids, int eos, int[][] hf_sequences, double[] hf_scores);
+    public sealed record EosFile(int num_beams, int new_tokens, EosCase[] cases);
+
+    [Theory]
+    [InlineData("tiny-mha-top1")]
+    [InlineData("tiny-gqa2-top2-swa8")]
+    [InlineData("tiny-gqa4-top3")]
+    public void Run_WithEos_MatchesTransformersFinishedHypotheses(string model)
+    {
+        // Fixtures/make_beam_eos_fixtures.py: tokens the EOS-free beams choose, declared EOS, so hypotheses of several
+        // lengths finish and compete with live beams by length-normalised score.
+        var file = JsonSerializer.Deserialize<EosFile>(File.ReadAllText(Path.Combine(Fixture(model), "beam_eos.json")))!;
+        using var loaded = ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32));
+        foreach (var c in file.cases)
+        {
+            var result = new BeamSearch(loaded.Model).Run(c.prompt_ids, file.num_beams, file.new_tokens, new HashSet<int> { c.eos });
+            string got = string.Join(" | ", result.Select(h => $"[{string.Join(",", h.Tokens)}] {h.Score:F4}"));
+            Assert.True(c.hf_sequences.Length == result.Count, $"eos {c.eos}: {result.Count} hypotheses vs HF {c.hf_sequences.Length}: {got}");
+            for (int i = 0; i < result.Count; i++)
+            {
+                Assert.True(c.hf_sequences[i].SequenceEqual(result[i].Tokens),
+                    $"eos {c.eos} #{i}: ours {got}; HF [{string.Join(",", c.hf_sequences[i])}] {c.hf_scores[i]:F4}");
+                Assert.InRange(result[i].Score, c.hf_scores[i] - 1e-3, c.hf_scores[i] + 1e-3);
+            }
+        }
+    }
+
+    [Fact]
+    public void EosFixtures_FinishHypothesesEarly_SoTheyTestEos()
+    {
+        // Otherwise the EOS parity above would only repeat the EOS-free one.
+        var early = new[] { "tiny-mha-top1", "tiny-gqa2-top2-swa8", "tiny-gqa4-top3" }
+            .Select(m => JsonSerializer.Deserialize<EosFile>(File.ReadAllText(Path.Combine(Fixture(m), "beam_eos.json")))!)
+            .SelectMany(f => f.cases.Where(c => c.hf_sequences.Any(s => s.Length < f.new_tokens))).Count();
+        Assert.True(early >= 4, $"only {early} EOS cases finish a hypothesis early");
     }
 
     [Fact]
