@@ -3,7 +3,6 @@ using System.Runtime.CompilerServices;
 using System.Text;
 using Fiddler.Actors.Runtime;
 using Fiddler.Kernels.Generation;
-using Fiddler.Kernels.Sampling;
 using Fiddler.Kernels.Text;
 
 namespace Fiddler.Host.Serving;
@@ -37,11 +36,8 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
     private readonly ChatFormatter? _chat;
     private readonly RequestQueue _queue;
     private readonly HashSet<int> _eos;
-    private readonly int _probeToken;
     private readonly CancellationTokenSource _abort = new();
-    private readonly object _healthGate = new();
-    private HealthReport _health = new(false, "starting", "the start-up probe has not run yet");
-    private Task? _probe;
+    private readonly EngineHealth _health;
 
     /// <param name="engine">Defaults to <paramref name="runtime"/>'s <see cref="FiddlerRuntime.GenerateAsync"/>.</param>
     public InferenceService(FiddlerRuntime runtime, HfTokenizer? tokenizer, ChatFormatter? chat, InferenceServiceOptions options,
@@ -56,8 +52,9 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         _queue = new RequestQueue(options.QueueSize);
         _eos = [.. config.EosTokenIds];
         if (tokenizer?.EosId is int eos) _eos.Add(eos);
-        _probeToken = tokenizer?.BosId ?? config.BosTokenId ?? 0;
-        if (_probeToken < 0 || _probeToken >= config.VocabSize) _probeToken = 0;
+        int probeToken = tokenizer?.BosId ?? config.BosTokenId ?? 0;
+        if (probeToken < 0 || probeToken >= config.VocabSize) probeToken = 0;
+        _health = new EngineHealth(_engine, probeToken, _abort);
         if (options.MaxContext is < 2) throw new ArgumentException($"the context cap must be at least 2 tokens, got {options.MaxContext}");
         int context = Math.Min(config.MaxPositionEmbeddings, options.MaxContext ?? int.MaxValue);
         Model = new ServedModel(options.ModelId, context, config.VocabSize, chat?.Name, options.Created);
@@ -65,10 +62,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
 
     public ServedModel Model { get; }
 
-    public HealthReport Health
-    {
-        get { lock (_healthGate) return _health; }
-    }
+    public HealthReport Health => _health.Report;
 
     public int QueueDepth => _queue.Count;
 
@@ -77,8 +71,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
     /// <summary>Runs the start-up probe; throws when the engine cannot generate one token.</summary>
     public async Task StartAsync(CancellationToken cancel = default)
     {
-        Task probe;
-        lock (_healthGate) probe = _probe ??= ProbeAsync();
+        Task probe = _health.StartProbe();
         await probe.WaitAsync(cancel);
         if (!Health.Ready) throw new InvalidOperationException($"the engine failed its start-up probe: {Health.Detail}");
     }
@@ -168,7 +161,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
                 catch (ArgumentException e) { throw new RequestException(e.Message); } // Validate ran the same checks: should not happen
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
-                    EngineFailed(e);
+                    _health.EngineFailed(e);
                     throw;
                 }
                 if (!more) break;
@@ -198,7 +191,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
     /// </summary>
     public async Task ShutdownAsync(TimeSpan grace, CancellationToken skipGrace = default)
     {
-        lock (_healthGate) _health = new HealthReport(false, "stopping", "the server is shutting down");
+        _health.Stopping();
         _queue.BeginShutdown(failWaiting: false);
         var empty = _queue.WhenEmptyAsync();
         if (await Task.WhenAny(empty, Task.Delay(grace, skipGrace)) == empty) return;
@@ -211,8 +204,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await ShutdownAsync(TimeSpan.Zero);
-        Task? probe;
-        lock (_healthGate) probe = _probe;
+        Task? probe = _health.LastProbe;
         if (probe is not null) await probe;
         _abort.Dispose();
     }
@@ -248,39 +240,6 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
             && new StopStringMatcher(job.Options.StopStrings).Push(_tokenizer.Decode(ids)).Stopped)
             return FinishReason.Stop;
         return FinishReason.Length;
-    }
-
-    private void EngineFailed(Exception e)
-    {
-        lock (_healthGate)
-        {
-            if (_health.Status == "stopping") return;
-            _health = new HealthReport(false, "unhealthy", $"engine failure: {e.Message}; re-probing");
-            if (_probe is { IsCompleted: false }) return;
-            _probe = ProbeAsync();
-        }
-    }
-
-    /// <summary>A real one-token greedy generation through the runtime; ready only if it gives one token.</summary>
-    private async Task ProbeAsync()
-    {
-        await Task.Yield();
-        HealthReport report;
-        try
-        {
-            int n = 0;
-            var options = new GenerationOptions { MaxNewTokens = 1, Sampling = SamplingOptions.Greedy, StopOnEos = false };
-            await foreach (var token in _engine([_probeToken], options, _abort.Token))
-                if (token.Id >= 0) n++;
-            report = n == 1 ? new HealthReport(true, "ok", null)
-                : new HealthReport(false, "unhealthy", $"the probe generation gave {n} tokens instead of 1");
-        }
-        catch (Exception e)
-        {
-            report = new HealthReport(false, "unhealthy", $"the probe generation failed: {e.Message}");
-        }
-        lock (_healthGate)
-            if (_health.Status != "stopping") _health = report;
     }
 
     private static int? FirstInvalidUtf16(string s)
