@@ -161,10 +161,12 @@ public static class ServeCommand
 
     public static string ModelIdOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, '/'));
 
-    /// <summary>SIGINT/SIGTERM: the first starts the drain, the next skips what is left of the grace period.</summary>
+    /// <summary>SIGINT/SIGTERM: the first starts the drain, the next skips what is left of the grace period (one
+    /// within a second of the first is the same signal delivered twice: see <see cref="ShutdownSignalCounter"/>).</summary>
     private sealed class ShutdownSignals : IDisposable
     {
         private readonly CancellationTokenSource _first = new(), _second = new();
+        private readonly ShutdownSignalCounter _counter = new(static () => System.Diagnostics.Stopwatch.GetElapsedTime(0));
         private readonly PosixSignalRegistration[] _registrations;
 
         public ShutdownSignals() => _registrations =
@@ -176,8 +178,11 @@ public static class ServeCommand
         private void Handle(PosixSignalContext context)
         {
             context.Cancel = true; // no default termination: the drain ends the process
-            if (_first.IsCancellationRequested) _second.Cancel();
-            else _first.Cancel();
+            switch (_counter.Next())
+            {
+                case ShutdownSignalCounter.Step.Drain: _first.Cancel(); break;
+                case ShutdownSignalCounter.Step.SkipGrace: _second.Cancel(); break;
+            }
         }
 
         public void Dispose()

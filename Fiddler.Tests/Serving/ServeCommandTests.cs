@@ -139,3 +139,30 @@ public sealed class ServeContextTests
     [Fact]
     public void ServedContext_NoOffloadNoCap_IsTheModels() => Assert.Null(ServeCommand.ServedContext(null, offload: false));
 }
+
+/// <summary>What a repeated SIGINT/SIGTERM to <c>fiddler serve</c> does.</summary>
+public sealed class ShutdownSignalCounterTests
+{
+    [Fact]
+    public void Next_SameSignalDeliveredTwiceAtOnce_DrainsWithoutSkippingGrace()
+    {
+        // A process-group SIGTERM under CudaBootstrap: the child gets it directly and forwarded by the parent.
+        var now = TimeSpan.FromSeconds(100);
+        var counter = new ShutdownSignalCounter(() => now);
+        Assert.Equal(ShutdownSignalCounter.Step.Drain, counter.Next());
+        now += TimeSpan.FromMilliseconds(2);
+        Assert.Equal(ShutdownSignalCounter.Step.Ignored, counter.Next());
+    }
+
+    [Fact]
+    public void Next_SecondSignalLater_SkipsGrace()
+    {
+        var now = TimeSpan.FromSeconds(100);
+        var counter = new ShutdownSignalCounter(() => now);
+        Assert.Equal(ShutdownSignalCounter.Step.Drain, counter.Next());
+        now += ShutdownSignalCounter.Echo;
+        Assert.Equal(ShutdownSignalCounter.Step.SkipGrace, counter.Next());
+        now += TimeSpan.FromSeconds(5);
+        Assert.Equal(ShutdownSignalCounter.Step.SkipGrace, counter.Next());
+    }
+}
