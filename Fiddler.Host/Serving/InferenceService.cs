@@ -152,6 +152,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         var ids = new List<int>();
         var text = new StringBuilder();
         var tokens = _engine(job.PromptIds, job.Options, stop.Token).GetAsyncEnumerator(CancellationToken.None);
+        bool ended = false;
         try
         {
             while (true)
@@ -164,7 +165,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
                     _health.EngineFailed(e);
                     throw;
                 }
-                if (!more) break;
+                if (!more) { ended = true; break; }
                 var token = tokens.Current;
                 if (token.Id >= 0)
                 {
@@ -177,6 +178,10 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         }
         finally
         {
+            // The consumer left early (client gone, or a frontend that stopped reading before its token fired, as gRPC
+            // does when a deadline completes the call first): cancel the engine's token, not only its enumerator, so an
+            // engine that stops on the token stops too. Disposing `stop` without cancelling it would leave it running.
+            if (!ended) await stop.CancelAsync();
             // Stops the engine within one decode step if the consumer left early (client gone); its KV cache is freed then.
             await tokens.DisposeAsync();
         }

@@ -28,7 +28,7 @@ public static class ServeCommand
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1/*" };
         var queueSize = new Option<int>("--queue-size") { Description = "Requests admitted at once (running + waiting); more get 429", DefaultValueFactory = _ => 16 };
         var modelId = new Option<string?>("--model-id") { Description = "Model name clients send (default: the model directory's name)" };
-        var maxContext = new Option<int?>("--max-context") { Description = "Cap on prompt + completion tokens (default: the model's max_position_embeddings)" };
+        var maxContext = new Option<int?>("--max-context") { Description = $"Cap on prompt + completion tokens (default: the model's max_position_embeddings; {OffloadDefaultContext} with --gpu-budget, the KV cache it reserves)" };
         var shutdown = new Option<string>("--shutdown-timeout") { Description = "Grace period for in-flight requests on shutdown (e.g. 30s, 2m)", DefaultValueFactory = _ => "30s" };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 (default: the checkpoint's)" };
@@ -89,11 +89,12 @@ public static class ServeCommand
         var dev = TorchRuntime.Initialize(run.Device);
         var dt = run.DType is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
         Console.Error.WriteLine($"fiddler: loading {run.ModelDir}");
+        int? context = ServedContext(run.MaxContext, offload: run.GpuBudget is not null);
         using var engine = run.GpuBudget is { } b
             ? OffloadEngine.Create(new EngineOptions
             {
                 ModelDir = run.ModelDir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = run.Popularity,
-                ContextTokens = run.MaxContext ?? 4096,
+                ContextTokens = context!.Value,
             }, m => Console.Error.WriteLine(m))
             : null;
         using var loaded = engine is null ? ModelLoader.Load(run.ModelDir, new LoadOptions(dev, dt)) : null;
@@ -104,7 +105,7 @@ public static class ServeCommand
         var akka = ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = WARNING").WithFallback(FiddlerRuntime.DefaultConfig());
         await using var runtime = FiddlerRuntime.Start(model, tokenizer, offload, akka);
         await using var service = new InferenceService(runtime, tokenizer, run.Chat,
-            new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = run.MaxContext });
+            new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = context });
         // Disposed after the server (declared before it): no scrape reads a stopped poller.
         await using var stats = new EngineStatsPoller(runtime.LayerStatsAsync);
         await using var server = await ServerHost.StartAsync(run.Serve, service, stop, () => stats.Latest);
@@ -136,6 +137,16 @@ public static class ServeCommand
         return 0;
     }
 
+    /// <summary>The KV cache (in tokens) the offload planner reserves when --max-context is not given.</summary>
+    public const int OffloadDefaultContext = 4096;
+
+    /// <summary>
+    /// The context cap the service enforces: --max-context, else with offloading the context the placement planner
+    /// reserved KV cache for (a request allocates its whole KV cache up front, so admitting the model's full context,
+    /// e.g. a chat request without max_tokens, would allocate far beyond the GPU budget), else none (the model's).
+    /// </summary>
+    public static int? ServedContext(int? maxContext, bool offload) => maxContext ?? (offload ? OffloadDefaultContext : null);
+
     /// <summary>"30s", "2m", "500ms", "1h" or plain seconds.</summary>
     public static TimeSpan ParseDuration(string text, string option)
     {
@@ -150,10 +161,12 @@ public static class ServeCommand
 
     public static string ModelIdOf(string dir) => Path.GetFileName(Path.GetFullPath(dir).TrimEnd(Path.DirectorySeparatorChar, '/'));
 
-    /// <summary>SIGINT/SIGTERM: the first starts the drain, the next skips what is left of the grace period.</summary>
+    /// <summary>SIGINT/SIGTERM: the first starts the drain, the next skips what is left of the grace period (one
+    /// within a second of the first is the same signal delivered twice: see <see cref="ShutdownSignalCounter"/>).</summary>
     private sealed class ShutdownSignals : IDisposable
     {
         private readonly CancellationTokenSource _first = new(), _second = new();
+        private readonly ShutdownSignalCounter _counter = new(static () => System.Diagnostics.Stopwatch.GetElapsedTime(0));
         private readonly PosixSignalRegistration[] _registrations;
 
         public ShutdownSignals() => _registrations =
@@ -165,8 +178,11 @@ public static class ServeCommand
         private void Handle(PosixSignalContext context)
         {
             context.Cancel = true; // no default termination: the drain ends the process
-            if (_first.IsCancellationRequested) _second.Cancel();
-            else _first.Cancel();
+            switch (_counter.Next())
+            {
+                case ShutdownSignalCounter.Step.Drain: _first.Cancel(); break;
+                case ShutdownSignalCounter.Step.SkipGrace: _second.Cancel(); break;
+            }
         }
 
         public void Dispose()

@@ -120,3 +120,49 @@ public sealed class ServeProcessTests
         }
     }
 }
+
+/// <summary>The context the served model admits, against the KV cache the offload planner reserved.</summary>
+public sealed class ServeContextTests
+{
+    [Fact]
+    public void ServedContext_OffloadWithoutMaxContext_IsTheReservedKvCache() =>
+        // A chat request without max_tokens gets the rest of the context: it must not exceed what the budget reserved.
+        Assert.Equal(ServeCommand.OffloadDefaultContext, ServeCommand.ServedContext(null, offload: true));
+
+    [Theory]
+    [InlineData(1000, true, 1000)]
+    [InlineData(8192, true, 8192)]
+    [InlineData(1000, false, 1000)]
+    public void ServedContext_MaxContextGiven_IsUsed(int max, bool offload, int expected) =>
+        Assert.Equal(expected, ServeCommand.ServedContext(max, offload));
+
+    [Fact]
+    public void ServedContext_NoOffloadNoCap_IsTheModels() => Assert.Null(ServeCommand.ServedContext(null, offload: false));
+}
+
+/// <summary>What a repeated SIGINT/SIGTERM to <c>fiddler serve</c> does.</summary>
+public sealed class ShutdownSignalCounterTests
+{
+    [Fact]
+    public void Next_SameSignalDeliveredTwiceAtOnce_DrainsWithoutSkippingGrace()
+    {
+        // A process-group SIGTERM under CudaBootstrap: the child gets it directly and forwarded by the parent.
+        var now = TimeSpan.FromSeconds(100);
+        var counter = new ShutdownSignalCounter(() => now);
+        Assert.Equal(ShutdownSignalCounter.Step.Drain, counter.Next());
+        now += TimeSpan.FromMilliseconds(2);
+        Assert.Equal(ShutdownSignalCounter.Step.Ignored, counter.Next());
+    }
+
+    [Fact]
+    public void Next_SecondSignalLater_SkipsGrace()
+    {
+        var now = TimeSpan.FromSeconds(100);
+        var counter = new ShutdownSignalCounter(() => now);
+        Assert.Equal(ShutdownSignalCounter.Step.Drain, counter.Next());
+        now += ShutdownSignalCounter.Echo;
+        Assert.Equal(ShutdownSignalCounter.Step.SkipGrace, counter.Next());
+        now += TimeSpan.FromSeconds(5);
+        Assert.Equal(ShutdownSignalCounter.Step.SkipGrace, counter.Next());
+    }
+}
