@@ -35,7 +35,8 @@ public sealed class FiddlerRuntime : IAsyncDisposable
 
     /// <param name="offload">Null: every expert is resident. Else the scheduler, CPU backend and stager to route through actors.</param>
     public static FiddlerRuntime Start(MixtralForCausalLM model, HfTokenizer? tokenizer,
-        (IExpertScheduler Scheduler, ICpuExpertBackend Cpu, IWeightStager? Stager)? offload = null, Config? config = null)
+        (IExpertScheduler Scheduler, ICpuExpertBackend Cpu, IWeightStager? Stager)? offload = null, Config? config = null,
+        bool asyncMerge = true)
     {
         var system = ActorSystem.Create("fiddler", config ?? DefaultConfig());
         IActorRef? router = null;
@@ -44,7 +45,7 @@ public sealed class FiddlerRuntime : IAsyncDisposable
             router = system.ActorOf(RouterActor.Props(o.Scheduler, model.Config.NumHiddenLayers), "router");
             var pool = system.ActorOf(CpuWorkerPoolActor.Props(o.Cpu), "cpu-pool");
             model.SetExpertExecutor(new OffloadExecutor(new ActorScheduler(router, CallTimeout),
-                new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager));
+                new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, asyncMerge));
         }
         var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer)), "gpu-device");
         return new FiddlerRuntime(system, device, router, model);

@@ -70,7 +70,7 @@ public static class BenchCommand
             var result = BenchRun.Run(engine, prompts, generate);
             if (r.GetValue(actors))
             {
-                var (direct, viaActors) = BenchRun.ActorOverhead(engine, prompts[0], generate).GetAwaiter().GetResult();
+                var (direct, viaActors) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.AsyncMerge).GetAwaiter().GetResult();
                 result = result with { GeneratorTokS = direct, ActorsTokS = viaActors };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());

@@ -24,7 +24,7 @@ public static class BenchRun
     /// Decode through Kernels' generator directly, then through the actor runtime (router, layer and CPU pool actors,
     /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
     /// </summary>
-    public static async Task<(double Direct, double Actors)> ActorOverhead(OffloadEngine engine, int promptTokens, int generate)
+    public static async Task<(double Direct, double Actors)> ActorOverhead(OffloadEngine engine, int promptTokens, int generate, bool asyncMerge = true)
     {
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
@@ -36,7 +36,7 @@ public static class BenchRun
         double direct = generator.Run(prompt, options).DecodeTokensPerSecond;
         var offload = engine.Scheduler is null ? ((Fiddler.Kernels.Offload.IExpertScheduler, Fiddler.Kernels.Offload.ICpuExpertBackend, Fiddler.Kernels.Offload.IWeightStager?)?)null
             : (engine.Scheduler, engine.Cpu!, engine.Stager);
-        await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload);
+        await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, asyncMerge: asyncMerge);
         await runtime.RunAsync(prompt, warmUp);
         double actors = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
         return (direct, actors);

@@ -62,13 +62,13 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         }
 
         long bytesBefore = stager?.BytesCopied ?? 0;
+        var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
         try
         {
             // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
             // transferred expert as its weights land, refilling its slot with the next pending copy.
             var transfers = new Queue<(ExpertAssignment A, int Start)>(Enumerable.Range(0, assignments.Count)
                 .Where(i => routes[i].UsesTransfer && cpuRows[i] < intermediate).Select(i => (assignments[i], cpuRows[i])));
-            var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
             for (int slot = 0; stager is not null && slot < stager.Slots && transfers.Count > 0; slot++)
                 staged.Enqueue(Begin(block, slot, transfers.Dequeue()));
             for (int i = 0; i < assignments.Count; i++)
@@ -76,15 +76,20 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
                     assignments[i].Accumulate(output, routingWeights, block.Expert(assignments[i].Expert).forward(assignments[i].Gather(flat)));
             while (staged.Count > 0)
             {
-                var (a, w) = staged.Dequeue();
+                var (a, w) = staged.Peek();
                 stager!.Await(w);
                 a.Accumulate(output, routingWeights, MixtralBlockSparseTop2MLP.Compute(a.Gather(flat), w.W1, w.W3, w.W2));
+                staged.Dequeue();
                 stager.Release(w.Slot);
                 if (transfers.Count > 0) staged.Enqueue(Begin(block, w.Slot, transfers.Dequeue()));
             }
         }
         catch
         {
+            // Give back every slot still held, or one failed layer (e.g. out of memory) would leave the stager refusing
+            // every later transfer; the free point is after whatever the device already queued on them.
+            foreach (var (_, w) in staged)
+                try { stager!.Release(w.Slot); } catch (InvalidOperationException) { }
             // The CPU lane reads hostX and writes hostY, which this scope frees: let it finish before unwinding.
             try { cpuLane?.Wait(); } catch (AggregateException) { }
             throw;
