@@ -67,8 +67,10 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
             // transferred expert as its weights land, refilling its slot with the next pending copy.
+            // A split expert's part is copied last, as the router's timeline assumes (whole experts' copies go first).
             var transfers = new Queue<(ExpertAssignment A, int Start)>(Enumerable.Range(0, assignments.Count)
-                .Where(i => routes[i].UsesTransfer && cpuRows[i] < intermediate).Select(i => (assignments[i], cpuRows[i])));
+                .Where(i => routes[i].UsesTransfer && cpuRows[i] < intermediate)
+                .OrderBy(i => routes[i].Kind == ExpertRouteKind.Split ? 1 : 0).Select(i => (assignments[i], cpuRows[i])));
             for (int slot = 0; stager is not null && slot < stager.Slots && transfers.Count > 0; slot++)
                 staged.Enqueue(Begin(block, slot, transfers.Dequeue()));
             for (int i = 0; i < assignments.Count; i++)
