@@ -211,7 +211,8 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         await ShutdownAsync(TimeSpan.Zero);
         Task? probe = _health.LastProbe;
         if (probe is not null) await probe;
-        _abort.Dispose();
+        // _abort is not disposed: a job admitted before shutdown may still link to it (a disposed source would turn that
+        // into ObjectDisposedException, a 500); it has no timer, so there is nothing to free.
     }
 
     private void Validate(CompletionJob job)
