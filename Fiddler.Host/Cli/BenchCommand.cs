@@ -29,7 +29,7 @@ public static class BenchCommand
         var cpuThreads = new Option<int>("--cpu-threads") { Description = "CPU expert worker threads (default: logical CPUs − 1)" };
         var syncMerge = new Option<bool>("--sync-merge") { Description = "Return CPU results with a blocking copy (A/B of the non-blocking merge)" };
         var noAdapt = new Option<bool>("--no-adapt") { Description = "Plan with calibrated CPU times only (do not learn the engine's CPU slowdown)" };
-        var contention = new Option<double?>("--cpu-contention") { Description = "CPU slowdown factor while weights stream (router model; default 1.15)" };
+        var contention = new Option<double?>("--cpu-contention") { Description = "CPU slowdown factor while weights stream (router model; the starting value when learning; default 1.25)" };
         var layers = new Option<int?>("--layers") { Description = "Keep only the first N layers (quick runs)" };
         var baseline = new Option<string?>("--baseline") { Description = "JSON written by bench/seed_baseline.py in the same session" };
         var outDir = new Option<string>("--out") { DefaultValueFactory = _ => "bench/results" };
