@@ -70,8 +70,8 @@ public static class BenchCommand
             var result = BenchRun.Run(engine, prompts, generate);
             if (r.GetValue(actors))
             {
-                var (direct, viaActors) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.AsyncMerge).GetAwaiter().GetResult();
-                result = result with { GeneratorTokS = direct, ActorsTokS = viaActors };
+                var (direct, viaActors, overhead) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.AsyncMerge).GetAwaiter().GetResult();
+                result = result with { GeneratorTokS = direct, ActorsTokS = viaActors, ActorOverheadPct = overhead };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());
             Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));
