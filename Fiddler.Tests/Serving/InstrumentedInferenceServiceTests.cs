@@ -89,7 +89,9 @@ public sealed class InstrumentedInferenceServiceTests : IDisposable
 
         Assert.True(_capture.Span("fiddler.queue").Duration < TimeSpan.FromMilliseconds(1));
         Assert.True(_capture.Span("fiddler.prefill").Duration < TimeSpan.FromMilliseconds(1));
-        Assert.True(_capture.Span("fiddler.decode").Duration >= TimeSpan.FromMilliseconds(40));
+        // Two 20 ms token delays; Task.Delay's timer may end a little before 20 ms by the Stopwatch clock.
+        var decode = _capture.Span("fiddler.decode").Duration;
+        Assert.True(decode >= TimeSpan.FromMilliseconds(35), $"decode span {decode.TotalMilliseconds} ms");
     }
 
     [Fact]
