@@ -180,6 +180,7 @@ public sealed class ExpertRouter
         double[] resident = ResidentGpuMs(experts);
         bool[] transfer = new bool[misses.Length];
         var staged = new List<double>(misses.Length);
+        bool learned = Learned(experts);
         double cpu = 0;
         foreach (int i in Enumerable.Range(0, misses.Length).OrderByDescending(i => misses[i].CpuMs).ThenBy(i => misses[i].Expert))
         {
@@ -187,7 +188,7 @@ public sealed class ExpertRouter
             staged.Clear();
             for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
             double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), Profile.TransferMs, Options.StagingSlots);
-            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, Learned(experts)) - Eps;
+            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, learned) - Eps;
             if (!transfer[i]) cpu += misses[i].CpuMs;
         }
         return transfer;

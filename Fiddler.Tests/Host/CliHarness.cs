@@ -33,3 +33,17 @@ public static class CliHarness
         return new CliResult(code, stdout.ToString(), stderr.ToString());
     }
 }
+
+/// <summary>The CLI's user-error contract, shared by the command tests.</summary>
+public static class CliAssert
+{
+    /// <summary>Exit code 2 and exactly one line on stderr, "fiddler: error: ..." containing each of <paramref name="expected"/>.</summary>
+    public static void UserError(CliResult r, StringComparison comparison, params string[] expected)
+    {
+        Assert.True(r.ExitCode == 2, $"exit code {r.ExitCode}, stdout: {r.Out}, stderr: {r.Err}");
+        string err = r.Err.TrimEnd('\r', '\n');
+        Assert.DoesNotContain('\n', err);
+        Assert.StartsWith("fiddler: error: ", err);
+        foreach (string s in expected) Assert.Contains(s, err, comparison);
+    }
+}

@@ -10,14 +10,7 @@ namespace Fiddler.Tests.Host;
 [Collection(ConsoleCollection.Name)]
 public sealed class LoadgenCommandTests
 {
-    private static void AssertUserError(CliResult r, string expected)
-    {
-        Assert.True(r.ExitCode == 2, $"exit code {r.ExitCode}, stdout: {r.Out}, stderr: {r.Err}");
-        string err = r.Err.TrimEnd('\r', '\n');
-        Assert.DoesNotContain('\n', err);
-        Assert.StartsWith("fiddler: error: ", err);
-        Assert.Contains(expected, err);
-    }
+    private static void AssertUserError(CliResult r, string expected) => CliAssert.UserError(r, StringComparison.Ordinal, expected);
 
     [Fact]
     public async Task Loadgen_JsonAgainstRejectingServer_OneJsonObjectExit0()

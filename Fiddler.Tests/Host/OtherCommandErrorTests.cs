@@ -11,14 +11,7 @@ public sealed class OtherCommandErrorTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static void AssertUserError(CliResult r, string expected)
-    {
-        Assert.True(r.ExitCode == 2, $"exit code {r.ExitCode}, stdout: {r.Out}, stderr: {r.Err}");
-        string err = r.Err.TrimEnd('\r', '\n');
-        Assert.DoesNotContain('\n', err);
-        Assert.StartsWith("fiddler: error: ", err);
-        Assert.Contains(expected, err);
-    }
+    private static void AssertUserError(CliResult r, string expected) => CliAssert.UserError(r, StringComparison.Ordinal, expected);
 
     [Fact]
     public void Verify_NoFixturesOption_ExitCode2()

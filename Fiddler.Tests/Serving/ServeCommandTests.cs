@@ -18,14 +18,7 @@ public sealed class ServeCommandErrorTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private static void AssertUserError(CliResult r, string expected)
-    {
-        Assert.True(r.ExitCode == 2, $"exit code {r.ExitCode}, stdout: {r.Out}, stderr: {r.Err}");
-        string err = r.Err.TrimEnd('\r', '\n');
-        Assert.DoesNotContain('\n', err);
-        Assert.StartsWith("fiddler: error: ", err);
-        Assert.Contains(expected, err, StringComparison.OrdinalIgnoreCase);
-    }
+    private static void AssertUserError(CliResult r, string expected) => CliAssert.UserError(r, StringComparison.OrdinalIgnoreCase, expected);
 
     [Theory]
     [InlineData("--port", "70000", "--port")]
