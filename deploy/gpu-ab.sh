@@ -2,7 +2,7 @@
 # Same-call A/B of engine variants on the GPU host (the host's timing drifts ±8 % between calls, so only variants
 # measured in one call are compared). Expects artifacts/fiddler-bundle.tar.xz (deploy/bundle.sh; for the device
 # tool's 64 MiB limit: FIDDLER_BUNDLE_NO_DEFAULT_MODEL=1 XZ_OPT="-9e -T0" deploy/bundle.sh).
-#   BUDGET=24 VARIANTS="--routing auto;--routing whole;--sync-merge" SEED=1 deploy/gpu-ab.sh
+#   BUDGET=24 VARIANTS="--merge gated;--merge nonblocking;--routing whole" SEED=1 deploy/gpu-ab.sh
 # Each variant is a set of extra `fiddler bench` flags; the seed baseline runs first when SEED=1.
 # Results: $OUT/results/*.json and one summary line per variant in $OUT/ab.log.
 set -uo pipefail

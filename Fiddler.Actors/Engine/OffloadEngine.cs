@@ -111,12 +111,12 @@ public sealed class OffloadEngine : IDisposable
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
             SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel)));
-        Executor = new OffloadExecutor(Scheduler, cpu, Stager, o.AsyncMerge);
+        Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge));
         Model.SetExpertExecutor(Executor);
     }
 
     /// <summary>The direct (actor-free) executor the model runs with; set it again after an actor runtime replaced it.</summary>
-    public IExpertExecutor? Executor { get; private set; }
+    public OffloadExecutor? Executor { get; private set; }
 
     private T Own<T>(T d) where T : IDisposable
     {

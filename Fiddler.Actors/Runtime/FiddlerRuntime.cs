@@ -20,6 +20,7 @@ public sealed class FiddlerRuntime : IAsyncDisposable
 {
     private static readonly TimeSpan CallTimeout = TimeSpan.FromMinutes(2);
     private readonly IActorRef _device;
+    private OffloadExecutor? _executor;
 
     private FiddlerRuntime(ActorSystem system, IActorRef device, IActorRef? router, MixtralForCausalLM model)
     {
@@ -36,19 +37,20 @@ public sealed class FiddlerRuntime : IAsyncDisposable
     /// <param name="offload">Null: every expert is resident. Else the scheduler, CPU backend and stager to route through actors.</param>
     public static FiddlerRuntime Start(MixtralForCausalLM model, HfTokenizer? tokenizer,
         (IExpertScheduler Scheduler, ICpuExpertBackend Cpu, IWeightStager? Stager)? offload = null, Config? config = null,
-        bool asyncMerge = true)
+        CpuMerge merge = CpuMerge.Gated)
     {
         var system = ActorSystem.Create("fiddler", config ?? DefaultConfig());
         IActorRef? router = null;
+        OffloadExecutor? executor = null;
         if (offload is { } o)
         {
             router = system.ActorOf(RouterActor.Props(o.Scheduler, model.Config.NumHiddenLayers), "router");
             var pool = system.ActorOf(CpuWorkerPoolActor.Props(o.Cpu), "cpu-pool");
-            model.SetExpertExecutor(new OffloadExecutor(new ActorScheduler(router, CallTimeout),
-                new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, asyncMerge));
+            executor = new OffloadExecutor(new ActorScheduler(router, CallTimeout), new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, merge);
+            model.SetExpertExecutor(executor);
         }
         var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer)), "gpu-device");
-        return new FiddlerRuntime(system, device, router, model);
+        return new FiddlerRuntime(system, device, router, model) { _executor = executor };
     }
 
     /// <summary>Streams the generated tokens; throws the engine's exception (e.g. ArgumentException for a bad request).</summary>
@@ -101,5 +103,6 @@ public sealed class FiddlerRuntime : IAsyncDisposable
     {
         Model.SetExpertExecutor(null);
         await System.Terminate();
+        _executor?.Dispose();
     }
 }

@@ -4,6 +4,7 @@ using System.Text.Json;
 using Fiddler.Actors.Engine;
 using Fiddler.Actors.Placement;
 using Fiddler.Actors.Scheduling;
+using Fiddler.Kernels.Offload;
 using Fiddler.Kernels.Runtime;
 using static TorchSharp.torch;
 
@@ -27,7 +28,7 @@ public static class BenchCommand
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cuda" };
         var routing = new Option<string>("--routing") { Description = "auto | whole (auto without dividing experts) | cpu | transfer", DefaultValueFactory = _ => "auto" };
         var cpuThreads = new Option<int>("--cpu-threads") { Description = "CPU expert worker threads (default: logical CPUs − 1)" };
-        var syncMerge = new Option<bool>("--sync-merge") { Description = "Return CPU results with a blocking copy (A/B of the non-blocking merge)" };
+        var merge = new Option<string>("--merge") { Description = "How CPU results reach the GPU: gated (the GPU waits for them, the host goes on) | nonblocking (the host waits, then copies without blocking) | blocking", DefaultValueFactory = _ => "gated" };
         var noAdapt = new Option<bool>("--no-adapt") { Description = "Plan with calibrated CPU times only (do not learn the engine's CPU slowdown)" };
         var contention = new Option<double?>("--cpu-contention") { Description = "CPU slowdown factor while weights stream (router model; the starting value when learning; default 1.25)" };
         var layers = new Option<int?>("--layers") { Description = "Keep only the first N layers (quick runs)" };
@@ -37,7 +38,7 @@ public static class BenchCommand
         var libtorch = new Option<string?>("--libtorch");
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, syncMerge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -60,7 +61,11 @@ public static class BenchCommand
                 SplitExperts = r.GetValue(routing) != "whole",
                 AdaptCpuModel = !r.GetValue(noAdapt),
                 CpuThreads = r.GetValue(cpuThreads),
-                AsyncMerge = !r.GetValue(syncMerge),
+                Merge = r.GetValue(merge) switch
+                {
+                    "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,
+                    var x => throw new ArgumentException($"--merge: '{x}' (use gated, nonblocking or blocking)"),
+                },
             };
             if (r.GetValue(contention) is double c) options = options with { CpuContention = c };
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
@@ -70,7 +75,7 @@ public static class BenchCommand
             var result = BenchRun.Run(engine, prompts, generate);
             if (r.GetValue(actors))
             {
-                var (direct, viaActors, overhead) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.AsyncMerge).GetAwaiter().GetResult();
+                var (direct, viaActors, overhead) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge).GetAwaiter().GetResult();
                 result = result with { GeneratorTokS = direct, ActorsTokS = viaActors, ActorOverheadPct = overhead };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());

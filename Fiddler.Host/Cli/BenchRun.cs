@@ -26,7 +26,7 @@ public static class BenchRun
     /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
     /// </summary>
     public static async Task<(double Direct, double Actors, double OverheadPct)> ActorOverhead(OffloadEngine engine, int promptTokens,
-        int generate, bool asyncMerge = true, int rounds = 3)
+        int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 3)
     {
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
@@ -45,7 +45,7 @@ public static class BenchRun
         {
             engine.Model.SetExpertExecutor(engine.Executor);
             direct.Add(generator.Run(prompt, options).DecodeTokensPerSecond);
-            await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, asyncMerge: asyncMerge);
+            await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge);
             await runtime.RunAsync(prompt, warmUp);
             actors.Add((await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond);
         }
@@ -158,7 +158,8 @@ public static class BenchRun
             ["routing"] = o.Routing == Fiddler.Actors.Scheduling.RoutingMode.Auto && !o.SplitExperts ? "AutoWhole" : o.Routing.ToString(),
             ["cpu_contention"] = o.CpuContention,
             ["adapt_cpu_model"] = o.AdaptCpuModel,
-            ["async_merge"] = o.AsyncMerge,
+            ["merge"] = o.Merge.ToString(),
+            ["merge_gate"] = engine.Executor is { Merge: Fiddler.Kernels.Offload.CpuMerge.Gated } ex ? ex.GateFallbackReason ?? "device waits" : null,
             ["cpu_threads"] = o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["card"] = card,

@@ -141,6 +141,8 @@ internal sealed partial class CudaSelfTest(Device dev, ExpertShape shape, int it
             stager.Synchronize();
         }
 
+        CheckHostSignal(deviceIndex);
+
         Console.WriteLine($"bandwidth (host → device, {iterations} experts, cudaEvent timing on the copy stream):");
         using var start = CudaEvent.CreateTiming(deviceIndex);
         using var stop = CudaEvent.CreateTiming(deviceIndex);

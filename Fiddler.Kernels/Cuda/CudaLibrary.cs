@@ -15,7 +15,7 @@ public sealed unsafe class CudaLibrary
         "cudaGetDeviceCount", "cudaSetDevice", "cudaGetDevice", "cudaDriverGetVersion", "cudaRuntimeGetVersion",
         "cudaStreamCreateWithFlags", "cudaStreamDestroy", "cudaStreamSynchronize", "cudaStreamQuery", "cudaStreamWaitEvent",
         "cudaEventCreateWithFlags", "cudaEventRecord", "cudaEventSynchronize", "cudaEventQuery", "cudaEventElapsedTime",
-        "cudaEventDestroy", "cudaMemcpyAsync", "cudaMemcpy2DAsync", "cudaHostRegister", "cudaHostUnregister", "cudaHostAlloc", "cudaFreeHost",
+        "cudaEventDestroy", "cudaMemcpyAsync", "cudaMemcpy2DAsync", "cudaHostRegister", "cudaHostUnregister", "cudaHostAlloc", "cudaFreeHost", "cudaHostGetDevicePointer",
         "cudaGetErrorString", "cudaGetErrorName", "cudaGetLastError", "cudaDeviceSynchronize",
     ];
 
@@ -41,6 +41,7 @@ public sealed unsafe class CudaLibrary
     internal readonly delegate* unmanaged<nint, int> HostUnregister;
     internal readonly delegate* unmanaged<nint*, nuint, uint, int> HostAlloc;
     internal readonly delegate* unmanaged<nint, int> FreeHost;
+    internal readonly delegate* unmanaged<nint*, nint, uint, int> HostGetDevicePointer;
     internal readonly delegate* unmanaged<int, byte*> GetErrorString;
     internal readonly delegate* unmanaged<int, byte*> GetErrorName;
     internal readonly delegate* unmanaged<int> GetLastError;
@@ -72,6 +73,7 @@ public sealed unsafe class CudaLibrary
         HostUnregister = (delegate* unmanaged<nint, int>)e["cudaHostUnregister"];
         HostAlloc = (delegate* unmanaged<nint*, nuint, uint, int>)e["cudaHostAlloc"];
         FreeHost = (delegate* unmanaged<nint, int>)e["cudaFreeHost"];
+        HostGetDevicePointer = (delegate* unmanaged<nint*, nint, uint, int>)e["cudaHostGetDevicePointer"];
         GetErrorString = (delegate* unmanaged<int, byte*>)e["cudaGetErrorString"];
         GetErrorName = (delegate* unmanaged<int, byte*>)e["cudaGetErrorName"];
         GetLastError = (delegate* unmanaged<int>)e["cudaGetLastError"];

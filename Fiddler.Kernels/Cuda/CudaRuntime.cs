@@ -255,6 +255,14 @@ public static unsafe class CudaRuntime
 
     public static void FreeHost(IntPtr ptr) => Check(Library.FreeHost(ptr), "cudaFreeHost");
 
+    /// <summary>The device address of mapped page-locked host memory (<see cref="CudaHostAllocFlags.Mapped"/>).</summary>
+    public static IntPtr HostGetDevicePointer(IntPtr hostPtr)
+    {
+        nint d;
+        Check(Library.HostGetDevicePointer(&d, hostPtr, 0), "cudaHostGetDevicePointer");
+        return d;
+    }
+
     private static bool ReadyOrNot(int error, string function)
     {
         if (error == CudaErrors.Success) return true;

@@ -39,8 +39,26 @@ public sealed class MixtralModel : nn.Module
             h = _embedTokens.forward(ids);
             (cos, sin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
         }
-        foreach (var layer in _layers) h = layer.Forward(h, start, cos, sin, cache);
-        return _norm.forward(h).MoveToOuterDisposeScope();
+        try
+        {
+            foreach (var layer in _layers) h = layer.Forward(h, start, cos, sin, cache);
+        }
+        catch
+        {
+            // A lane still in flight must end before its buffers go; its own failure would only repeat this one.
+            try { CompleteExecutors(); } catch (Exception) { }
+            throw;
+        }
+        h = _norm.forward(h);
+        CompleteExecutors(); // a gated layer's CPU lane: collected (and its failure thrown) before anyone reads h
+        return h.MoveToOuterDisposeScope();
+    }
+
+    private void CompleteExecutors()
+    {
+        IExpertExecutor? last = null;
+        foreach (var layer in _layers)
+            if (layer.Moe.Executor is { } e && !ReferenceEquals(e, last)) (last = e).Complete();
     }
 }
 

@@ -67,11 +67,14 @@ public sealed record LayerObservation(int Layer, IReadOnlyList<ExpertWork> Work,
 
 /// <summary>
 /// One layer's executor timeline on the host, in ms: deciding routes; until the CPU lane started (the device→host copy
-/// of its rows, which waits for the device's queue); queuing the device lane; waiting for the CPU lane after that;
-/// bringing the CPU results back and adding every output in.
+/// of its rows, which waits for the device's queue); queuing the device lane; waiting for the CPU lane after that (with
+/// a gated merge on CUDA the host does not wait here: the device does, and the host's wait moves into the next layer's
+/// routing, which reads the device's result); bringing the CPU results back and adding every output in.
 /// </summary>
 public readonly record struct ExecutorTimings(double DecideMs, double CpuStartMs, double DeviceQueueMs, double CpuWaitMs, double MergeMs)
 {
+    public double Total => DecideMs + CpuStartMs + DeviceQueueMs + CpuWaitMs + MergeMs;
+
     public static ExecutorTimings operator +(ExecutorTimings a, ExecutorTimings b) =>
         new(a.DecideMs + b.DecideMs, a.CpuStartMs + b.CpuStartMs, a.DeviceQueueMs + b.DeviceQueueMs, a.CpuWaitMs + b.CpuWaitMs, a.MergeMs + b.MergeMs);
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using TorchSharp;
+using Fiddler.Kernels.Cuda;
 using Fiddler.Kernels.Modules;
 using static TorchSharp.torch;
 
@@ -12,18 +13,36 @@ namespace Fiddler.Kernels.Offload;
 /// one device→host copy and run on the CPU backend in the background, while resident experts and weight transfers
 /// are queued on the compute device; then the CPU results come back in one host→device copy. Every path adds
 /// weight × output with <see cref="ExpertAssignment.Accumulate"/>, so all plans compute the same function.
+/// <para>
+/// With <see cref="CpuMerge.Gated"/> the host does not wait for the CPU lane: the copy back and the adds are queued
+/// behind a device-side wait for the lane (<see cref="ICpuLaneGate"/>), and the lane is collected at the start of the
+/// next layer or by <see cref="Complete"/> (the model calls it after its last layer), which also rethrows its failure.
+/// </para>
 /// </summary>
-/// <param name="asyncMerge">On CUDA, return the CPU lane's results with a non-blocking copy from pinned memory.</param>
-public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager, bool asyncMerge = true) : IExpertExecutor
+public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager,
+    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null) : IExpertExecutor, IDisposable
 {
+    private ICpuLaneGate? _gate = gate;
+    private bool _gateChosen = gate is not null || merge != CpuMerge.Gated;
+    private PendingLane? _pending;
+
+    /// <summary>The merge asked for.</summary>
+    public CpuMerge Merge => merge;
+
+    /// <summary>Why a gated merge runs with the host waiting (no device-side wait here), or null.</summary>
+    public string? GateFallbackReason { get; private set; }
+
     public void Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments, Tensor output)
     {
+        Complete();
         using var scope = NewDisposeScope();
         var clock = Stopwatch.StartNew();
         var work = assignments.Select(a => new ExpertWork(a.Expert, a.Tokens.Length, block.IsResident(a.Expert))).ToArray();
         var routes = scheduler.Decide(block.Layer, work);
         Check(block.Layer, work, routes);
         double decided = clock.Elapsed.TotalMilliseconds, cpuStarted = decided;
+        var laneGate = merge == CpuMerge.Gated ? GateFor(flat.device) : null;
+        bool pinnedResults = merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA;
 
         // Intermediate rows [0, cpuRows) of each expert on the CPU, [cpuRows, I) on the device (a split has both).
         int intermediate = (int)block.Expert(assignments.Count > 0 ? assignments[0].Expert : 0).Gate.Weight.shape[0];
@@ -32,37 +51,53 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         // CPU lane first, so it runs while the device lane is being queued.
         var cpuIndices = Enumerable.Range(0, assignments.Count).Where(i => routes[i].UsesCpu && cpuRows[i] > 0).ToList();
         var cpuAssignments = cpuIndices.Select(i => assignments[i]).ToList();
-        Task<double>? cpuLane = null;
+        Task<(double LaneMs, double EndMs)>? cpuLane = null;
         Tensor? hostY = null;
+        // What the lane reads and writes lives outside this scope: with a gated merge the lane outlives this call.
+        var laneTensors = new List<Tensor>();
+        uint ticket = 0;
         int cpuTokens = cpuAssignments.Sum(a => a.Tokens.Length);
         if (cpuTokens > 0)
         {
             // Copy all N rows once and gather on the host: one device→host copy, and no host→device index copy
             // (a synchronous one) on the decode path, where N is 1 (or the beam width).
             var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray());
-            var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, rows);               // [Σn, D]
+            var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, rows);           // [Σn, D]
             // Page-locked on CUDA, so the results can go back with a non-blocking copy (see the merge below).
-            hostY = asyncMerge && flat.device.type == DeviceType.CUDA ? empty_like(hostX).pin_memory() : empty_like(hostX);
+            hostY = pinnedResults ? empty_like(hostX).pin_memory() : empty_like(hostX);
+            laneTensors.AddRange([hostX, hostY]);
             var jobs = new List<CpuExpertJob>();
             long offset = 0;
             foreach (int i in cpuIndices)
             {
                 var a = assignments[i];
-                jobs.Add(new CpuExpertJob(block.Expert(a.Expert), hostX.narrow(0, offset, a.Tokens.Length), hostY.narrow(0, offset, a.Tokens.Length),
-                    cpuRows[i] < intermediate ? cpuRows[i] : null));
+                var (x, y) = (hostX.narrow(0, offset, a.Tokens.Length), hostY.narrow(0, offset, a.Tokens.Length));
+                laneTensors.AddRange([x, y]);
+                jobs.Add(new CpuExpertJob(block.Expert(a.Expert), x, y, cpuRows[i] < intermediate ? cpuRows[i] : null));
                 offset += a.Tokens.Length;
             }
+            foreach (var t in laneTensors) t.DetachFromDisposeScope();
+            ticket = laneGate?.Arm() ?? 0;
             cpuStarted = clock.Elapsed.TotalMilliseconds;
             cpuLane = Task.Run(() =>
             {
                 var lane = Stopwatch.StartNew();
-                cpu.Run(jobs);
-                return lane.Elapsed.TotalMilliseconds;
+                try
+                {
+                    cpu.Run(jobs);
+                    return (lane.Elapsed.TotalMilliseconds, clock.Elapsed.TotalMilliseconds);
+                }
+                finally
+                {
+                    // Raised on failure too: the device must never wait forever; the failure is rethrown when collected.
+                    laneGate?.Raise(ticket);
+                }
             });
         }
 
         long bytesBefore = stager?.BytesCopied ?? 0;
         var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
+        double queued;
         try
         {
             // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
@@ -85,6 +120,20 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
                 stager.Release(w.Slot);
                 if (transfers.Count > 0) staged.Enqueue(Begin(block, w.Slot, transfers.Dequeue()));
             }
+            queued = clock.Elapsed.TotalMilliseconds;
+            if (cpuLane is not null && laneGate is not null)
+            {
+                // Device work from here on waits for the lane; the host goes on to the next layer.
+                laneGate.Hold(ticket);
+                double held = clock.Elapsed.TotalMilliseconds;
+                MergeCpuResults(hostY!, flat, cpuAssignments, output, routingWeights);
+                _pending = new PendingLane(cpuLane, laneTensors, new LayerObservation(block.Layer, work, routes, 0, 0, cpuTokens,
+                    (stager?.BytesCopied ?? 0) - bytesBefore)
+                {
+                    Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, held - queued, clock.Elapsed.TotalMilliseconds - held),
+                });
+                return;
+            }
         }
         catch
         {
@@ -92,23 +141,24 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             // every later transfer; the free point is after whatever the device already queued on them.
             foreach (var (_, w) in staged)
                 try { stager!.Release(w.Slot); } catch (InvalidOperationException) { }
-            // The CPU lane reads hostX and writes hostY, which this scope frees: let it finish before unwinding.
+            // The CPU lane reads and writes its tensors: let it finish before freeing them.
             try { cpuLane?.Wait(); } catch (AggregateException) { }
+            foreach (var t in laneTensors) t.Dispose();
             throw;
         }
 
-        double queued = clock.Elapsed.TotalMilliseconds, waited = queued;
-        double cpuMs = 0;
+        double waited = queued, cpuMs = 0;
         if (cpuLane is not null)
         {
-            cpuMs = cpuLane.GetAwaiter().GetResult();
-            waited = clock.Elapsed.TotalMilliseconds;
-            var y = asyncMerge ? ToDevice(hostY!, flat) : hostY!.to(flat.dtype, flat.device);                                                    // [Σn, D]
-            long offset = 0;
-            foreach (var a in cpuAssignments)
+            try
             {
-                a.Accumulate(output, routingWeights, y.narrow(0, offset, a.Tokens.Length));
-                offset += a.Tokens.Length;
+                cpuMs = cpuLane.GetAwaiter().GetResult().LaneMs;
+                waited = clock.Elapsed.TotalMilliseconds;
+                MergeCpuResults(hostY!, flat, cpuAssignments, output, routingWeights);
+            }
+            finally
+            {
+                foreach (var t in laneTensors) t.Dispose();
             }
         }
         double end = clock.Elapsed.TotalMilliseconds;
@@ -116,6 +166,61 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, waited - queued, end - waited),
         });
+    }
+
+    /// <summary>
+    /// Collects the CPU lane a gated layer left running (a no-op when none): waits for it (it has finished by the time
+    /// the device passed its wait), reports the layer to the scheduler, frees its buffers, and rethrows its failure.
+    /// </summary>
+    public void Complete()
+    {
+        if (_pending is not { } p) return;
+        _pending = null;
+        try
+        {
+            var (laneMs, endMs) = p.Lane.GetAwaiter().GetResult();
+            var o = p.Observation;
+            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(endMs, o.Timings!.Value.Total) });
+        }
+        finally
+        {
+            foreach (var t in p.Tensors) t.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        try { Complete(); } catch (Exception) { /* the failure was the layer's, reported to its caller or lost with it */ }
+        _gate?.Dispose();
+        _gate = null;
+    }
+
+    /// <summary>Adds the CPU lane's results (hostY [Σn, D], in assignment order) into the output on the device.</summary>
+    private void MergeCpuResults(Tensor hostY, Tensor flat, List<ExpertAssignment> cpuAssignments, Tensor output, Tensor routingWeights)
+    {
+        using var scope = NewDisposeScope();
+        var y = merge != CpuMerge.Blocking ? ToDevice(hostY, flat) : hostY.to(flat.dtype, flat.device);                  // [Σn, D]
+        long offset = 0;
+        foreach (var a in cpuAssignments)
+        {
+            a.Accumulate(output, routingWeights, y.narrow(0, offset, a.Tokens.Length));
+            offset += a.Tokens.Length;
+        }
+    }
+
+    /// <summary>The gate for a gated merge on <paramref name="device"/>: a device-side wait on CUDA where the driver has one, else the host waits.</summary>
+    private ICpuLaneGate GateFor(Device device)
+    {
+        if (_gateChosen) return _gate ??= new HostLaneGate();
+        _gateChosen = true;
+        if (device.type == DeviceType.CUDA)
+        {
+            var signal = HostSignal.TryCreate(device.index < 0 ? 0 : device.index, out string reason);
+            if (signal is not null) return _gate = new CudaLaneGate(signal);
+            GateFallbackReason = reason;
+        }
+        else GateFallbackReason = $"the {device.type} device runs ops synchronously";
+        return _gate = new HostLaneGate();
     }
 
     /// <summary>
@@ -153,4 +258,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
                 throw new InvalidOperationException($"layer {layer}: transfer requested but no weight stager is configured");
         }
     }
+
+    /// <summary>A gated layer's CPU lane, still running when its layer returned, and what it needs until it ends.</summary>
+    private sealed record PendingLane(Task<(double LaneMs, double EndMs)> Lane, List<Tensor> Tensors, LayerObservation Observation);
 }

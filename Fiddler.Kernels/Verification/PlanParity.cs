@@ -21,11 +21,12 @@ public static class PlanParity
     /// <summary>
     /// (residency, route): residency "none" or "half"; route cpu | cpu-simd | transfer | mixed | mixed-simd (some misses
     /// on the CPU, others transferred) | split | split-simd (every miss split between the CPU and a transfer, at a share
-    /// that varies by layer and expert).
+    /// that varies by layer and expert). Every plan merges the CPU results gated (<see cref="CpuMerge.Gated"/>, the
+    /// default) unless its route ends in "+hostwait" (<see cref="CpuMerge.NonBlocking"/>) or "+blocking".
     /// </summary>
     public static readonly (string Residency, string Route)[] Plans =
         [("none", "cpu"), ("none", "cpu-simd"), ("none", "transfer"), ("none", "mixed"), ("half", "cpu"), ("half", "mixed"), ("half", "mixed-simd"),
-         ("none", "split"), ("none", "split-simd"), ("half", "split-simd")];
+         ("none", "split"), ("none", "split-simd"), ("half", "split-simd"), ("half", "mixed-simd+hostwait"), ("none", "split+blocking")];
 
     /// <summary>Routes by a fixed rule: resident → device, others by <paramref name="pick"/>.</summary>
     public sealed class ForcedScheduler(Func<int, ExpertWork, ExpertRoute> pick) : IExpertScheduler
@@ -39,6 +40,10 @@ public static class PlanParity
     /// <summary>Runs one plan on one fixture model; returns a failure message per mismatching prompt (empty: pass).</summary>
     public static List<string> Check(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens)
     {
+        var merge = route.EndsWith("+hostwait", StringComparison.Ordinal) ? CpuMerge.NonBlocking
+            : route.EndsWith("+blocking", StringComparison.Ordinal) ? CpuMerge.Blocking : CpuMerge.Gated;
+        string plan = route;
+        route = route.Split('+')[0];
         var config = MixtralConfig.Load(Path.Combine(modelDir, "config.json"));
         bool cudaDevice = device.type == DeviceType.CUDA;
         using var loaded = ModelLoader.Load(modelDir, new LoadOptions(device, ScalarType.Float32, ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts,
@@ -49,14 +54,15 @@ public static class PlanParity
             "transfer" => ExpertRoute.Transfer,
             "split" or "split-simd" => ExpertRoute.Split(0.25 + 0.5 * ((layer + w.Expert) % 3) / 2.0),
             "mixed" or "mixed-simd" => (layer + w.Expert) % 3 == 0 ? ExpertRoute.Transfer : ExpertRoute.Cpu,
-            _ => throw new ArgumentException($"unknown plan route '{route}'"),
+            _ => throw new ArgumentException($"unknown plan route '{plan}'"),
         });
         using IWeightStager stager = cudaDevice
             ? new CudaWeightStager(new WeightStager(device, new ExpertShape(config.HiddenSize, config.IntermediateSize, ScalarType.Float32), 2))
             : new CopyStager(2, config.HiddenSize, config.IntermediateSize, ScalarType.Float32, device);
         using var pool = new CpuWorkerPool(Math.Min(4, Environment.ProcessorCount));
         ICpuExpertBackend backend = route.EndsWith("-simd", StringComparison.Ordinal) ? new SimdCpuBackend(pool) : new TorchCpuBackend();
-        loaded.Model.SetExpertExecutor(new OffloadExecutor(scheduler, backend, stager));
+        using var executor = new OffloadExecutor(scheduler, backend, stager, merge);
+        loaded.Model.SetExpertExecutor(executor);
         var failures = new List<string>();
         try
         {
@@ -68,7 +74,7 @@ public static class PlanParity
                 var result = new Generation.Generator(loaded.Model, null).Run(prompt,
                     new Generation.GenerationOptions { MaxNewTokens = expected.Length, Sampling = SamplingOptions.Greedy, StopOnEos = false });
                 if (!result.Tokens.Select(t => (long)t).SequenceEqual(expected))
-                    failures.Add($"{Path.GetFileName(modelDir)} p{k} {residency}/{route}: [{string.Join(",", result.Tokens)}] vs HF [{string.Join(",", expected)}]");
+                    failures.Add($"{Path.GetFileName(modelDir)} p{k} {residency}/{plan}: [{string.Join(",", result.Tokens)}] vs HF [{string.Join(",", expected)}]");
             }
         }
         finally

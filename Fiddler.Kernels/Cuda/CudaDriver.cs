@@ -1,0 +1,73 @@
+using System.Runtime.InteropServices;
+
+namespace Fiddler.Kernels.Cuda;
+
+/// <summary>
+/// The few CUDA driver API entry points the runtime API does not offer, from the driver library (libcuda.so.1) that
+/// libcudart has already loaded into the process. Optional: without it (no driver, or an old one) <see cref="IsAvailable"/>
+/// is false and callers use a host-side fallback. The driver uses the calling thread's current context; the runtime's
+/// <see cref="CudaRuntime.UseDevice"/> makes the device's primary context (torch's) current first.
+/// </summary>
+public static unsafe class CudaDriver
+{
+    /// <summary>CU_STREAM_LEGACY: the legacy default stream, where TorchSharp's ops run.</summary>
+    public static readonly IntPtr LegacyStream = 1;
+
+    /// <summary>CU_STREAM_WAIT_VALUE_GEQ: wait until (int32)(*addr − value) ≥ 0, i.e. wrap-around safe for counters.</summary>
+    public const uint WaitValueGeq = 0;
+
+    private sealed class Entry(delegate* unmanaged<nint, ulong, uint, uint, int> waitValue32, delegate* unmanaged<int, byte**, int> errorName)
+    {
+        public readonly delegate* unmanaged<nint, ulong, uint, uint, int> StreamWaitValue32 = waitValue32;
+        public readonly delegate* unmanaged<int, byte**, int> GetErrorName = errorName;
+    }
+
+    private static readonly Lazy<(Entry? Entry, string Reason)> Loaded = new(() =>
+    {
+        try
+        {
+            if (!NativeLibrary.TryLoad("libcuda.so.1", out IntPtr handle)) return (null, "libcuda.so.1 is not loadable");
+            // The _v2 names are the current ABI (CUDA 12+); the plain names are kept for old binaries.
+            if (!NativeLibrary.TryGetExport(handle, "cuStreamWaitValue32_v2", out IntPtr wait))
+                return (null, "libcuda.so.1 lacks cuStreamWaitValue32_v2 (driver older than CUDA 11.7)");
+            NativeLibrary.TryGetExport(handle, "cuGetErrorName", out IntPtr name);
+            return (new Entry((delegate* unmanaged<nint, ulong, uint, uint, int>)wait, (delegate* unmanaged<int, byte**, int>)name), "");
+        }
+        catch (Exception e) { return (null, $"loading libcuda.so.1 failed: {e.Message}"); }
+    }, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>Whether the driver entry points are there (loading them now if not yet tried). Never throws.</summary>
+    public static bool IsAvailable => Loaded.Value.Entry is not null;
+
+    /// <summary>Why <see cref="IsAvailable"/> is false, or null.</summary>
+    public static string? UnavailableReason => Loaded.Value.Entry is null ? Loaded.Value.Reason : null;
+
+    private static Entry Driver => Loaded.Value.Entry ?? throw new CudaUnavailableException("the CUDA driver API is not available: " + Loaded.Value.Reason);
+
+    /// <summary>
+    /// cuStreamWaitValue32: work queued on <paramref name="stream"/> after this call waits, on the device, until the
+    /// 32-bit word at device address <paramref name="address"/> satisfies <paramref name="flags"/> against
+    /// <paramref name="value"/>. The host does not block.
+    /// </summary>
+    public static void StreamWaitValue32(IntPtr stream, ulong address, uint value, uint flags = WaitValueGeq) =>
+        Check(Driver.StreamWaitValue32(stream, address, value, flags), "cuStreamWaitValue32");
+
+    private static void Check(int result, string function)
+    {
+        if (result == 0) return;
+        string name = $"CUresult {result}";
+        if (Driver.GetErrorName != null)
+        {
+            byte* p = null;
+            if (Driver.GetErrorName(result, &p) == 0 && p != null) name = Marshal.PtrToStringUTF8((IntPtr)p) ?? name;
+        }
+        throw new CudaDriverException(function, result, $"{function} failed: {name}");
+    }
+}
+
+/// <summary>A CUDA driver API call returned an error (<see cref="Code"/> is its CUresult).</summary>
+public sealed class CudaDriverException(string function, int code, string message) : Exception(message)
+{
+    public string Function { get; } = function;
+    public int Code { get; } = code;
+}

@@ -1,0 +1,124 @@
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Verification;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace Fiddler.Tests.Kernels.Offload;
+
+public sealed class CpuLaneGateTests
+{
+    [Fact]
+    public async Task HostLaneGate_HoldBlocksUntilItsTicketIsRaised()
+    {
+        var gate = new HostLaneGate();
+        uint first = gate.Arm(), second = gate.Arm();
+        var holding = Task.Run(() => gate.Hold(second));
+        gate.Raise(first);
+        Assert.NotSame(holding, await Task.WhenAny(holding, Task.Delay(100))); // an older ticket must not release a newer one
+        gate.Raise(second);
+        await holding.WaitAsync(TimeSpan.FromSeconds(5));
+        gate.Hold(first); // already passed: returns at once
+        gate.Raise(first); // late raise of an older ticket must not move the gate back
+        gate.Hold(second);
+    }
+
+    /// <summary>A gate that, like CUDA's, never blocks the host in Hold (so a test can see that the host went on).</summary>
+    private sealed class RecordingGate : ICpuLaneGate
+    {
+        public readonly List<string> Events = [];
+        private uint _next;
+        public bool DeviceWaits => true;
+        public uint Arm() { lock (Events) Events.Add($"arm {++_next}"); return _next; }
+        public void Raise(uint ticket) { lock (Events) Events.Add($"raise {ticket}"); }
+        public void Hold(uint ticket) { lock (Events) Events.Add($"hold {ticket}"); }
+        public void Dispose() { }
+    }
+
+    /// <summary>Runs jobs only once the test opens it; can fail instead.</summary>
+    private sealed class LatchedBackend(bool fail) : ICpuExpertBackend
+    {
+        public readonly ManualResetEventSlim Open = new();
+        public volatile bool Finished;
+        public string Name => "latched";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs)
+        {
+            Open.Wait(TimeSpan.FromSeconds(30));
+            Finished = true;
+            if (fail) throw new InvalidOperationException("CPU lane failed on purpose");
+            new TorchCpuBackend().Run(jobs);
+        }
+    }
+
+    private static (IDisposable Owner, Fiddler.Kernels.Modules.MixtralSparseMoeBlock Block, long Hidden) HostExpertLayer()
+    {
+        string dir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
+            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        return (loaded, loaded.Model.Model.Layers[0].Moe, config.HiddenSize);
+    }
+
+    [Fact]
+    public void GatedMerge_LayerReturnsBeforeTheCpuLane_AndCompleteCollectsIt()
+    {
+        var (owner, block, hidden) = HostExpertLayer();
+        using var _ = owner;
+        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
+        var backend = new LatchedBackend(fail: false);
+        var gate = new RecordingGate();
+        using var executor = new OffloadExecutor(scheduler, backend, null, CpuMerge.Gated, gate);
+        block.Executor = executor;
+        using var x = randn(1, 3, hidden);
+
+        using (block.forward(x)) { }
+        Assert.False(backend.Finished, "the layer waited for its CPU lane");
+        Assert.Empty(scheduler.Observed);
+        Assert.Equal(["arm 1", "hold 1"], gate.Events);
+
+        backend.Open.Set();
+        executor.Complete();
+        Assert.Equal(["arm 1", "hold 1", "raise 1"], gate.Events);
+        var o = Assert.Single(scheduler.Observed);
+        Assert.Equal(3 * 3, o.CpuTokens); // 3 tokens × top-3, every expert on the CPU
+        Assert.True(o.CpuLaneMs > 0 && o.LayerMs >= o.Timings!.Value.Total, $"lane {o.CpuLaneMs} ms, layer {o.LayerMs} ms");
+        executor.Complete(); // nothing left: a no-op
+        Assert.Single(scheduler.Observed);
+    }
+
+    [Fact]
+    public void GatedMerge_CpuLaneFails_TheGateIsRaisedAndCompleteThrows()
+    {
+        var (owner, block, hidden) = HostExpertLayer();
+        using var _ = owner;
+        var backend = new LatchedBackend(fail: true);
+        var gate = new RecordingGate();
+        using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), backend, null, CpuMerge.Gated, gate);
+        block.Executor = executor;
+        using var x = randn(1, 2, hidden);
+
+        using (block.forward(x)) { }
+        backend.Open.Set();
+        var e = Assert.Throws<InvalidOperationException>(executor.Complete);
+        Assert.Contains("on purpose", e.Message);
+        Assert.Contains("raise 1", gate.Events); // the device is never left waiting
+    }
+
+    [Fact]
+    public void GatedMerge_NextLayerCollectsThePreviousLane()
+    {
+        var (owner, block, hidden) = HostExpertLayer();
+        using var _ = owner;
+        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
+        var backend = new LatchedBackend(fail: false);
+        backend.Open.Set();
+        using var executor = new OffloadExecutor(scheduler, backend, null, CpuMerge.Gated, new RecordingGate());
+        block.Executor = executor;
+        using var x = randn(1, 1, hidden);
+        using (block.forward(x)) { }
+        using (block.forward(x)) { }
+        Assert.Single(scheduler.Observed); // the first layer's, collected when the second began
+        executor.Complete();
+        Assert.Equal(2, scheduler.Observed.Count);
+    }
+}
