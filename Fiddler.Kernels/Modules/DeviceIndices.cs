@@ -6,6 +6,8 @@ namespace Fiddler.Kernels.Modules;
 /// Index tensors for expert gathers and scatters. At decode every index list is a single small number ([0] for the
 /// token, [0] or [1] for its top-k slot); building each from a host array costs a synchronous host→device copy that
 /// waits for all queued GPU work (including a streamed expert's weights). Those are kept on the device, made once.
+/// Longer lists (prefill) go up from page-locked memory with a non-blocking copy, so the host never waits for the
+/// device lane while it queues experts.
 /// </summary>
 public static class DeviceIndices
 {
@@ -16,7 +18,7 @@ public static class DeviceIndices
     /// (never dispose or modify those: they are detached from any dispose scope).</summary>
     public static Tensor Get(long[] values, Device device)
     {
-        if (values.Length != 1 || values[0] is < 0 or >= Cached) return tensor(values, device: device);
+        if (values.Length != 1 || values[0] is < 0 or >= Cached) return Upload(values, device);
         string key = device.ToString();
         Tensor[]? table;
         lock (PerDevice)
@@ -33,5 +35,14 @@ public static class DeviceIndices
             }
         }
         return table[values[0]];
+    }
+
+    private static Tensor Upload(long[] values, Device device)
+    {
+        if (device.type != DeviceType.CUDA) return tensor(values, device: device);
+        using var scope = NewDisposeScope();
+        // The pinned block is not reused before the queued copy has read it (torch's host allocator records the copy).
+        var host = tensor(values).pin_memory();
+        return host.to(device, non_blocking: true).MoveToOuterDisposeScope();
     }
 }
