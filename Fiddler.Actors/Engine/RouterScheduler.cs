@@ -14,7 +14,8 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     private long _chosen, _resident, _cpu, _transfer, _split, _transferBytes;
     private double _cpuShares;
     private ExecutorTimings _timings;
-    private long _timed;
+    private long _timed, _deviceTimed;
+    private DeviceLaneTimings _device;
     private double _layerMsSum, _cpuLaneMsSum;
 
     public ExpertRouter Router { get; } = router;
@@ -44,6 +45,16 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     }
     public long TransferredBytes => _transferBytes;
 
+    /// <summary>Mean device-side timings of gated layers (CUDA events) since the last reset, and how many layers had them.</summary>
+    public (DeviceLaneTimings Mean, long Layers) MeanDevice
+    {
+        get
+        {
+            lock (_lastPlan)
+                return _deviceTimed == 0 ? (default, 0) : (new(_device.DeviceLaneMs / _deviceTimed, _device.WaitedForCpuMs / _deviceTimed), _deviceTimed);
+        }
+    }
+
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
     {
         var plan = Router.Decide(work.Select(w => new ExpertLoad(w.Expert, w.Tokens, w.Resident)).ToArray());
@@ -71,6 +82,7 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         {
             _cpuShares += o.Routes.Where(r => r.UsesCpu).Sum(r => r.CpuShare);
             if (o.Timings is { } t) { _timings += t; _timed++; _layerMsSum += o.LayerMs; _cpuLaneMsSum += o.CpuLaneMs; }
+            if (o.Device is { } d) { _device += d; _deviceTimed++; }
         }
         Interlocked.Add(ref _transferBytes, o.TransferredBytes);
     }
@@ -79,6 +91,6 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     public void ResetCounters()
     {
         _chosen = _resident = _cpu = _transfer = _split = _transferBytes = 0;
-        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = 0; _layerMsSum = _cpuLaneMsSum = 0; }
+        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = _deviceTimed = 0; _device = default; _layerMsSum = _cpuLaneMsSum = 0; }
     }
 }

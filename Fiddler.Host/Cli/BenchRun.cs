@@ -129,6 +129,10 @@ public static class BenchRun
             ["wait_for_cpu_lane"] = Math.Round(t.CpuWaitMs, 3),
             ["merge"] = Math.Round(t.MergeMs, 3),
             ["cpu_lane"] = Math.Round(cpuLaneMs, 3),
+            // Gated layers on CUDA: the device's expert work, and how long the device then waited for the CPU lane.
+            ["device_lane"] = Math.Round(s.MeanDevice.Mean.DeviceLaneMs, 3),
+            ["device_waited_for_cpu"] = Math.Round(s.MeanDevice.Mean.WaitedForCpuMs, 3),
+            ["device_timed_layers"] = s.MeanDevice.Layers,
         };
     }
 

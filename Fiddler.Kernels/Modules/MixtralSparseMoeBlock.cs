@@ -106,11 +106,11 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
         output.index_add_(0, idx, expertOutput.to(output.dtype, output.device) * w, 1);
     }
 
-    /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints).</summary>
+    /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints, waited for without spinning).</summary>
     public static List<ExpertAssignment> Group(Tensor ids, int experts)
     {
         long n = ids.shape[0], k = ids.shape[1];
-        long[] flat = ids.cpu().data<long>().ToArray();
+        long[] flat = Runtime.HostReadback.Longs(ids);
         var tokens = new List<long>[experts];
         var slots = new List<long>[experts];
         for (long i = 0; i < n; i++)

@@ -63,6 +63,20 @@ public sealed record LayerObservation(int Layer, IReadOnlyList<ExpertWork> Work,
 {
     /// <summary>Where the executor's wall time went (host clock, no device syncs), when measured.</summary>
     public ExecutorTimings? Timings { get; init; }
+
+    /// <summary>The device's side of a gated layer (CUDA events), when measured.</summary>
+    public DeviceLaneTimings? Device { get; init; }
+}
+
+/// <summary>
+/// A gated layer on the device, in ms: from the device starting the layer's expert work to finishing it (resident
+/// experts, streamed experts and their copies), and how long it then sat waiting for the CPU lane (0: the device lane
+/// was the critical path; large: the CPU lane was).
+/// </summary>
+public readonly record struct DeviceLaneTimings(double DeviceLaneMs, double WaitedForCpuMs)
+{
+    public static DeviceLaneTimings operator +(DeviceLaneTimings a, DeviceLaneTimings b) =>
+        new(a.DeviceLaneMs + b.DeviceLaneMs, a.WaitedForCpuMs + b.WaitedForCpuMs);
 }
 
 /// <summary>

@@ -25,6 +25,8 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
     private ICpuLaneGate? _gate = gate;
     private bool _gateChosen = gate is not null || merge != CpuMerge.Gated;
     private PendingLane? _pending;
+    private readonly LaneBuffers _buffers = new();
+    private DeviceLaneClock? _deviceClock;
 
     /// <summary>The merge asked for.</summary>
     public CpuMerge Merge => merge;
@@ -59,12 +61,10 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         int cpuTokens = cpuAssignments.Sum(a => a.Tokens.Length);
         if (cpuTokens > 0)
         {
-            // Copy all N rows once and gather on the host: one device→host copy, and no host→device index copy
-            // (a synchronous one) on the decode path, where N is 1 (or the beam width).
-            var rows = tensor(cpuAssignments.SelectMany(a => a.Tokens).ToArray());
-            var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, rows);           // [Σn, D]
-            // Page-locked on CUDA, so the results can go back with a non-blocking copy (see the merge below).
-            hostY = pinnedResults ? empty_like(hostX).pin_memory() : empty_like(hostX);
+            // The lane's rows in one device→host copy; on CUDA into reused page-locked buffers, so the results can go
+            // back with a non-blocking copy (see the merge below).
+            var (hostX, y0) = _buffers.Take(flat, cpuAssignments.SelectMany(a => a.Tokens).ToArray(), pinnedResults); // [Σn, D]
+            hostY = y0;
             laneTensors.AddRange([hostX, hostY]);
             var jobs = new List<CpuExpertJob>();
             long offset = 0;
@@ -98,8 +98,10 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         long bytesBefore = stager?.BytesCopied ?? 0;
         var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
         double queued;
+        var deviceClock = laneGate is { DeviceWaits: true } && cpuLane is not null && flat.device.type == DeviceType.CUDA ? _deviceClock ??= new DeviceLaneClock(flat.device) : null;
         try
         {
+            deviceClock?.Begin();
             // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
             // transferred expert as its weights land, refilling its slot with the next pending copy.
             // A split expert's part is copied last, as the router's timeline assumes (whole experts' copies go first).
@@ -124,7 +126,9 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             if (cpuLane is not null && laneGate is not null)
             {
                 // Device work from here on waits for the lane; the host goes on to the next layer.
+                deviceClock?.Ready();
                 laneGate.Hold(ticket);
+                deviceClock?.Released();
                 double held = clock.Elapsed.TotalMilliseconds;
                 MergeCpuResults(hostY!, flat, cpuAssignments, output, routingWeights);
                 _pending = new PendingLane(cpuLane, laneTensors, new LayerObservation(block.Layer, work, routes, 0, 0, cpuTokens,
@@ -180,7 +184,7 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         {
             var (laneMs, endMs) = p.Lane.GetAwaiter().GetResult();
             var o = p.Observation;
-            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(endMs, o.Timings!.Value.Total) });
+            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(endMs, o.Timings!.Value.Total), Device = _deviceClock?.Read() });
         }
         finally
         {
@@ -193,6 +197,9 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
         try { Complete(); } catch (Exception) { /* the failure was the layer's, reported to its caller or lost with it */ }
         _gate?.Dispose();
         _gate = null;
+        _buffers.Dispose();
+        _deviceClock?.Dispose();
+        _deviceClock = null;
     }
 
     /// <summary>Adds the CPU lane's results (hostY [Σn, D], in assignment order) into the output on the device.</summary>

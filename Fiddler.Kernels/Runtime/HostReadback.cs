@@ -1,0 +1,45 @@
+using Fiddler.Kernels.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Runtime;
+
+/// <summary>
+/// Small device→host reads on the decode path (routing ids) without spinning a core: the copy goes into page-locked
+/// memory and the host sleeps on a blocking-sync event until it lands. A plain <c>.cpu()</c> makes CUDA spin-wait, and
+/// while the GPU waits for the CPU experts (a gated merge) that spin takes a core from them for the whole lane.
+/// One buffer per thread and device (the thread that drives the GPU); results are copied out before returning.
+/// </summary>
+public static class HostReadback
+{
+    [ThreadStatic] private static Dictionary<int, (Tensor Buffer, CudaEvent Done)>? t_staging;
+
+    /// <summary>The int64 values of <paramref name="t"/> (any shape), read after all work queued before on its device.</summary>
+    public static long[] Longs(Tensor t)
+    {
+        if (t.device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable)
+        {
+            using var host = t.cpu();
+            return host.data<long>().ToArray();
+        }
+        long n = t.NumberOfElements;
+        int device = t.device.index < 0 ? 0 : t.device.index;
+        t_staging ??= new();
+        if (!t_staging.TryGetValue(device, out var s) || s.Buffer.NumberOfElements < n)
+        {
+            if (s.Buffer is not null) { s.Done.Synchronize(); s.Buffer.Dispose(); s.Done.Dispose(); }
+            using var pageable = empty(Math.Max(n, 256), ScalarType.Int64);
+            var buffer = pageable.pin_memory();
+            buffer.DetachFromDisposeScope();
+            s = (buffer, CudaEvent.CreateBlocking(device));
+            t_staging[device] = s;
+        }
+        using (var view = s.Buffer.narrow(0, 0, n))
+        using (var flat = t.reshape(-1))
+            view.copy_(flat, true);
+        s.Done.RecordOnDefaultStream();
+        s.Done.Synchronize();
+        using var result = s.Buffer.narrow(0, 0, n);
+        return result.data<long>().ToArray();
+    }
+}
