@@ -11,6 +11,10 @@ step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
 budgets=${BUDGETS:-"24"}
 mkdir -p /opt/fiddler && tar -xJf "$root/artifacts/fiddler-bundle.tar.xz" -C /opt/fiddler
 f=/opt/fiddler/fiddler
+# Latency models measured on a quiet H100 host (a calibration during other load misleads every run after it; the
+# engine recalibrates when the file's host/model key does not match). PROFILE= (empty) calibrates afresh.
+profile=${PROFILE-$root/bench/profiles/h100-mixtral-8x7b-bf16.json}
+if [ -n "$profile" ] && [ -f "$profile" ]; then cp "$profile" "$res/profile.json"; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if [ "${VERIFY:-0}" = 1 ]; then
   step "verify (HF parity + every offload plan) on CUDA"

@@ -72,7 +72,7 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     {
         LayerPlan? plan;
         lock (_lastPlan) _lastPlan.TryGetValue(o.Layer, out plan);
-        if (plan is not null) Router.Account(plan, [], o.LayerMs, o.CpuLaneMs);
+        if (plan is not null) Router.Account(plan, [], o.LayerMs, o.CpuLaneMs, o.Device?.DeviceLaneMs);
         Interlocked.Add(ref _chosen, o.Work.Count);
         Interlocked.Add(ref _resident, o.Work.Count(w => w.Resident));
         Interlocked.Add(ref _cpu, o.Routes.Count(r => r == ExpertRoute.Cpu));

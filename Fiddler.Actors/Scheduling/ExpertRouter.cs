@@ -21,6 +21,9 @@ public sealed class ExpertRouter
     private PredictionStats _cpuLane;
     // CPU lane slowdown vs calibration, learned online (see RouterOptions.AdaptCpuModel): without / with transfers.
     private double _calmFactor = 1, _contendedFactor;
+    // Weight-copy slowdown vs calibration (the copy engine reads the same DRAM the CPU lane does), learned online from
+    // the device lane's own timings where the engine measures them (gated layers on CUDA).
+    private double _transferFactor = 1;
 
     public ExpertRouter(HardwareProfile profile, RouterOptions? options = null)
     {
@@ -69,8 +72,10 @@ public sealed class ExpertRouter
     /// when given, the observed layer time against <see cref="LayerPlan.MakespanMs"/> and the observed CPU lane against
     /// <see cref="LayerPlan.CpuLaneMs"/>. Thread-safe.
     /// </summary>
+    /// <param name="observedDeviceLaneMs">The device lane's time (copies, streamed and resident experts) against
+    /// <see cref="LayerPlan.GpuLaneMs"/>; teaches the transfer factor (decode-sized layers with transfers).</param>
     public void Account(LayerPlan plan, IReadOnlyList<ExpertTiming> observed, double? observedLayerMs = null,
-        double? observedCpuLaneMs = null)
+        double? observedCpuLaneMs = null, double? observedDeviceLaneMs = null)
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(observed);
@@ -89,10 +94,18 @@ public sealed class ExpertRouter
                 _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
                 if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
                 {
-                    double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.5, 4);
+                    // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
+                    double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
                     if (plan.HasTransfers) _contendedFactor += Options.AdaptRate * (ratio - _contendedFactor);
                     else _calmFactor += Options.AdaptRate * (ratio - _calmFactor);
                 }
+            }
+            if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.GpuLaneMs > 0
+                && double.IsFinite(dev) && dev > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
+            {
+                // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
+                double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
+                _transferFactor += Options.AdaptRate * (target - _transferFactor);
             }
         }
     }
@@ -105,6 +118,9 @@ public sealed class ExpertRouter
 
     /// <summary>The CPU slowdown factors in use (calibrated → engine): layers without and with weight transfers.</summary>
     public (double Calm, double Contended) CpuFactors { get { lock (_gate) return (_calmFactor, _contendedFactor); } }
+
+    /// <summary>The weight-copy slowdown factor in use for decode-sized layers (1 until device lanes are observed).</summary>
+    public double TransferFactor { get { lock (_gate) return _transferFactor; } }
 
     /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
     public PredictionStats CpuLaneStats { get { lock (_gate) return _cpuLane; } }
@@ -119,7 +135,7 @@ public sealed class ExpertRouter
         Row("cpu lane", CpuLaneStats);
         Row("layer", LayerStats);
         var (calm, contended) = CpuFactors;
-        sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers; transfer factor {TransferFactor:0.000}");
         return sb.ToString();
     }
 
@@ -166,7 +182,7 @@ public sealed class ExpertRouter
                 if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
                 else cpu += misses[i].CpuMs;
             if (cpu > best + Eps) continue;
-            double makespan = Math.Max(CpuLane(cpu, m > 0, learned), GpuLane.Simulate(resident, staged[..m], Profile.TransferMs, Options.StagingSlots));
+            double makespan = Math.Max(CpuLane(cpu, m > 0, learned), GpuLane.Simulate(resident, staged[..m], TransferMs(learned), Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
             if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
                 (best, bestMask, bestCount) = (makespan, mask, count);
@@ -187,7 +203,7 @@ public sealed class ExpertRouter
             transfer[i] = true;
             staged.Clear();
             for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
-            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), Profile.TransferMs, Options.StagingSlots);
+            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), TransferMs(learned), Options.StagingSlots);
             transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, learned) - Eps;
             if (!transfer[i]) cpu += misses[i].CpuMs;
         }
@@ -204,6 +220,9 @@ public sealed class ExpertRouter
         : anyTransfer ? Volatile.Read(ref _contendedFactor) : Volatile.Read(ref _calmFactor);
 
     private const int LearnedMaxTokens = 4;
+
+    /// <summary>One expert's weight copy: calibrated, times the learned factor in decode-sized layers.</summary>
+    private double TransferMs(bool learned) => Profile.TransferMs * (learned ? Volatile.Read(ref _transferFactor) : 1);
 
     private bool Learned(IReadOnlyList<ExpertLoad> experts) => Options.AdaptCpuModel && experts.All(e => e.Tokens <= LearnedMaxTokens);
 
@@ -234,7 +253,7 @@ public sealed class ExpertRouter
             double Gpu(double t)
             {
                 staged[m] = t * misses[s].GpuMs;
-                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), Profile.TransferMs, Options.StagingSlots, lastTransferMs: t * Profile.TransferMs);
+                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), TransferMs(learned), Options.StagingSlots, lastTransferMs: t * TransferMs(learned));
             }
             double lo = 0, hi = 1;
             for (int k = 0; k < 40; k++)
@@ -268,9 +287,11 @@ public sealed class ExpertRouter
         // The split's transferred part is copied last.
         double[] stagedMs = staged.Select(m => m.GpuMs).Concat(split is null ? [] : [t * misses[splitMiss].GpuMs]).ToArray();
         int copies = stagedMs.Length;
+        bool learned = Learned(experts);
+        double transferFactor = learned ? Volatile.Read(ref _transferFactor) : 1, transferMs = Profile.TransferMs * transferFactor;
         var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[copies], new double[copies]);
-        double gpu = GpuLane.Simulate(residentMs, stagedMs, Profile.TransferMs, Options.StagingSlots, residentStart, copyStart, computeStart,
-            split is null ? double.NaN : t * Profile.TransferMs);
+        double gpu = GpuLane.Simulate(residentMs, stagedMs, transferMs, Options.StagingSlots, residentStart, copyStart, computeStart,
+            split is null ? double.NaN : t * transferMs);
 
         for (int r = 0; r < residents.Length; r++)
         {
@@ -280,10 +301,10 @@ public sealed class ExpertRouter
         for (int s = 0; s < staged.Length; s++)
         {
             var m = staged[s];
-            double own = Profile.TransferMs + m.GpuMs;
+            double own = transferMs + m.GpuMs;
             decisions[m.Index] = new(m.Expert, experts[m.Index].Tokens, ExpertPlacement.Transfer, own, copyStart[s], computeStart[s], computeStart[s] + m.GpuMs);
         }
-        double factor = CpuFactor(copies > 0, Learned(experts));
+        double factor = CpuFactor(copies > 0, learned);
         double cpu = 0;
         foreach (var m in misses.Where((_, i) => !transfer[i] && i != splitMiss).OrderBy(m => m.Expert))
         {
@@ -299,11 +320,11 @@ public sealed class ExpertRouter
             var (cpuPart, roundTrip) = CpuParts(m, tokens);
             double cpuMs = ((1 - t) * cpuPart + roundTrip) * factor, gpuMs = t * m.GpuMs;
             int last = copies - 1;
-            decisions[m.Index] = new(m.Expert, tokens, ExpertPlacement.Split, Math.Max(cpuMs, t * Profile.TransferMs + gpuMs),
+            decisions[m.Index] = new(m.Expert, tokens, ExpertPlacement.Split, Math.Max(cpuMs, t * transferMs + gpuMs),
                 copyStart[last], computeStart[last], Math.Max(cpu + cpuMs, computeStart[last] + gpuMs), Profile.CpuPrefersTorch(tokens), CpuShare: 1 - t);
             cpu += cpuMs;
         }
-        return new LayerPlan(decisions, cpu, gpu, exact) { CpuFactor = factor };
+        return new LayerPlan(decisions, cpu, gpu, exact) { CpuFactor = factor, TransferFactor = transferFactor };
     }
 
     private static int IndexOf(LayerPlan plan, int expert)

@@ -73,6 +73,9 @@ public sealed record LayerPlan(IReadOnlyList<ExpertDecision> Decisions, double C
     /// <summary>The CPU slowdown factor the plan was made with (calibrated CPU times × this = the CPU lane's times).</summary>
     public double CpuFactor { get; init; } = 1;
 
+    /// <summary>The weight-copy slowdown factor the plan was made with (calibrated transfer time × this).</summary>
+    public double TransferFactor { get; init; } = 1;
+
     /// <summary>Whether weights stream in this layer (its CPU lane competes with the copy engine for DRAM).</summary>
     public bool HasTransfers => Decisions.Any(d => d.Placement is ExpertPlacement.Transfer or ExpertPlacement.Split);
 

@@ -6,7 +6,8 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Kernels.Offload;
 
-/// <summary>Measured medians (ms) for one expert of a model's shape on this host, per token count.</summary>
+/// <summary>Measured times (ms) for one expert of a model's shape on this host, per token count: CPU times are the best
+/// of their repeats, device, transfer and round-trip times medians.</summary>
 public sealed record CalibrationPoints(int[] Tokens, double[] CpuMs, double[] CpuTorchMs, double[] DeviceMs,
     double TransferMs, double[] RoundTripMs, string CpuBackend);
 
@@ -28,14 +29,23 @@ public static class Calibration
         try
         {
             int turn = 0;
+            // CPU times are the best of the repeats, over two sweeps a moment apart: other load on the host (a noisy
+            // neighbour, the kernel still settling 90 GB of fresh pages) only ever makes a run slower, and one
+            // disturbed calibration would mislead every later routing decision on this host (it is cached).
             double[] Cpu(ICpuExpertBackend backend) => tokens.Select(n =>
             {
                 using var x = randn([n, c.HiddenSize], ScalarType.Float32);
                 using var y = empty_like(x);
-                return Median(repeats, () => backend.Run([new CpuExpertJob(host[turn++ % host.Length], x, y)]));
+                return Best(repeats, () => backend.Run([new CpuExpertJob(host[turn++ % host.Length], x, y)]));
             }).ToArray();
-            var cpuMs = Cpu(cpu);
-            var cpuTorchMs = Cpu(cpuTorch);
+            double[] Sweep(ICpuExpertBackend backend)
+            {
+                var first = Cpu(backend);
+                Thread.Sleep(200);
+                return first.Zip(Cpu(backend), Math.Min).ToArray();
+            }
+            var cpuMs = Sweep(cpu);
+            var cpuTorchMs = Sweep(cpuTorch);
             var deviceMs = tokens.Select(n =>
             {
                 using var x = randn([n, c.HiddenSize], dtype, device);
@@ -73,6 +83,19 @@ public static class Calibration
     private static void Sync(Device device)
     {
         if (device.type == DeviceType.CUDA) cuda.synchronize(device);
+    }
+
+    private static double Best(int repeats, Action action)
+    {
+        action(); // warm-up
+        double best = double.PositiveInfinity;
+        for (int i = 0; i < repeats; i++)
+        {
+            long t = Stopwatch.GetTimestamp();
+            action();
+            best = Math.Min(best, Stopwatch.GetElapsedTime(t).TotalMilliseconds);
+        }
+        return best;
     }
 
     private static double Median(int repeats, Action action)

@@ -317,11 +317,34 @@ public sealed class ExpertRouterTests
     }
 
     [Fact]
+    public void Account_DeviceLanesSlowerThanPlanned_LearnsTransferFactorAndGivesTheCpuMore()
+    {
+        var host = Host(cpu1: 2.9);
+        var router = SplitRouter(host, contention: 1.0);
+        var before = router.Decide([Miss(5)]);
+        Assert.Equal(ExpertPlacement.Split, before.For(5).Placement);
+        // Copies take 1.4× the calibrated time in the engine (the CPU lane reads the same DRAM).
+        for (int i = 0; i < 400; i++)
+        {
+            var plan = router.Decide([Miss(5)]);
+            double copy = (1 - plan.For(5).CpuShare) * 6.45 * 1.4;
+            router.Account(plan, [], observedDeviceLaneMs: copy + (1 - plan.For(5).CpuShare) * 0.15);
+        }
+        Assert.InRange(router.TransferFactor, 1.35, 1.45);
+        var after = router.Decide([Miss(5)]);
+        Assert.True(after.For(5).CpuShare > before.For(5).CpuShare + 0.05, $"{after.For(5).CpuShare} vs {before.For(5).CpuShare}");
+        Assert.Equal(router.TransferFactor, after.TransferFactor, 9);
+        // Prefill-sized layers keep the calibrated copy time.
+        Assert.Equal(1, router.Decide([Miss(5, tokens: 64)]).TransferFactor);
+    }
+
+    [Fact]
     public void Account_AdaptationOff_FactorsStayFixed()
     {
         var router = new ExpertRouter(Host(cpu1: 2.9), new RouterOptions(CpuContention: 1.3, AdaptCpuModel: false));
         var plan = router.Evaluate([Miss(1)], _ => false);
-        router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs * 3);
+        router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs * 3, observedDeviceLaneMs: 100);
         Assert.Equal((1.0, 1.3), router.CpuFactors);
+        Assert.Equal(1.0, router.TransferFactor);
     }
 }
