@@ -16,16 +16,19 @@ public sealed class CpuWorkerPoolActor : ReceiveActor
     {
         Receive<RunCpuExperts>(m =>
         {
+            long start = Stopwatch.GetTimestamp();
+            object reply;
             try
             {
-                long start = Stopwatch.GetTimestamp();
                 backend.Run(m.Jobs);
-                Sender.Tell(new CpuExpertsDone(Stopwatch.GetElapsedTime(start).TotalMilliseconds));
+                reply = new CpuExpertsDone(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }
             catch (Exception e)
             {
-                Sender.Tell(new CpuExpertsFailed(e));
+                reply = new CpuExpertsFailed(e);
             }
+            m.Finished?.Invoke();
+            Sender.Tell(reply);
         });
     }
 

@@ -14,7 +14,16 @@ public sealed class RouterActor : ReceiveActor
     {
         var layerActors = Enumerable.Range(0, layers)
             .Select(i => Context.ActorOf(LayerActor.Props(i), $"layer-{i:00}")).ToArray();
-        Receive<DecideLayer>(m => Sender.Tell(new LayerRoutes(m.Layer, scheduler.Decide(m.Layer, m.Work))));
+        Receive<DecideLayer>(m =>
+        {
+            if (m.Reply is null)
+            {
+                Sender.Tell(new LayerRoutes(m.Layer, scheduler.Decide(m.Layer, m.Work)));
+                return;
+            }
+            try { m.Reply.TrySetResult(new LayerRoutes(m.Layer, scheduler.Decide(m.Layer, m.Work))); }
+            catch (Exception e) { m.Reply.TrySetException(e); }
+        });
         Receive<LayerObserved>(m =>
         {
             scheduler.Observe(m.Observation);

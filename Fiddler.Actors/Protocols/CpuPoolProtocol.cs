@@ -2,8 +2,11 @@ using Fiddler.Kernels.Offload;
 
 namespace Fiddler.Actors.Protocols;
 
-/// <summary>Runs one layer's CPU experts on the worker pool (one parallel region).</summary>
-public sealed record RunCpuExperts(IReadOnlyList<CpuExpertJob> Jobs);
+/// <summary>
+/// Runs one layer's CPU experts on the worker pool (one parallel region). <paramref name="Finished"/> (in-process only)
+/// is called the moment they are done or failed, before the reply: it releases the GPU's wait for them.
+/// </summary>
+public sealed record RunCpuExperts(IReadOnlyList<CpuExpertJob> Jobs, Action? Finished = null);
 
 /// <summary>The CPU experts are done; wall time of the parallel region.</summary>
 public sealed record CpuExpertsDone(double Ms);

@@ -2,8 +2,11 @@ using Fiddler.Kernels.Offload;
 
 namespace Fiddler.Actors.Protocols;
 
-/// <summary>Asks the router actor where one layer's chosen experts run.</summary>
-public sealed record DecideLayer(int Layer, IReadOnlyList<ExpertWork> Work);
+/// <summary>
+/// Asks the router actor where one layer's chosen experts run. The answer goes to <paramref name="Reply"/> when set
+/// (in-process: the GPU device actor's thread waits on it without a temporary actor per layer), else to the sender.
+/// </summary>
+public sealed record DecideLayer(int Layer, IReadOnlyList<ExpertWork> Work, TaskCompletionSource<LayerRoutes>? Reply = null);
 
 /// <summary>The router's answer: one route per work item, same order.</summary>
 public sealed record LayerRoutes(int Layer, IReadOnlyList<ExpertRoute> Routes);

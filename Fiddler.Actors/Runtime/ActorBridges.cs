@@ -10,8 +10,16 @@ namespace Fiddler.Actors.Runtime;
 /// </summary>
 public sealed class ActorScheduler(IActorRef router, TimeSpan timeout) : IExpertScheduler
 {
-    public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work) =>
-        router.Ask<LayerRoutes>(new DecideLayer(layer, work), timeout).GetAwaiter().GetResult().Routes;
+    public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
+    {
+        // Every layer of every token waits here: a reply slot in the message instead of Ask's temporary actor, and
+        // completed inline so this thread wakes straight from the router's thread.
+        var reply = new TaskCompletionSource<LayerRoutes>();
+        router.Tell(new DecideLayer(layer, work, reply));
+        if (!reply.Task.Wait(timeout))
+            throw new TimeoutException($"the router actor did not decide layer {layer} within {timeout.TotalSeconds:0} s");
+        return reply.Task.GetAwaiter().GetResult().Routes;
+    }
 
     public void Observe(LayerObservation observation) => router.Tell(new LayerObserved(observation));
 }
@@ -21,9 +29,12 @@ public sealed class ActorCpuBackend(IActorRef pool, string name, TimeSpan timeou
 {
     public string Name => name;
 
-    public void Run(IReadOnlyList<CpuExpertJob> jobs)
+    public void Run(IReadOnlyList<CpuExpertJob> jobs) => Start(jobs, static () => { }).GetAwaiter().GetResult();
+
+    /// <summary>Sends the jobs to the pool actor, which calls <paramref name="finished"/> before it replies.</summary>
+    public async Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished)
     {
-        var reply = pool.Ask<object>(new RunCpuExperts(jobs), timeout).GetAwaiter().GetResult();
+        var reply = await pool.Ask<object>(new RunCpuExperts(jobs, finished), timeout).ConfigureAwait(false);
         if (reply is CpuExpertsFailed f) throw new InvalidOperationException("CPU experts failed", f.Error);
     }
 }

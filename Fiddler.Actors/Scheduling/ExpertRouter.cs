@@ -19,6 +19,7 @@ public sealed class ExpertRouter
     private readonly PredictionStats[] _stats = new PredictionStats[Enum.GetValues<ExpertPlacement>().Length];
     private PredictionStats _layer;
     private PredictionStats _cpuLane;
+    private PredictionStats _deviceLane;
     // CPU lane slowdown vs calibration, learned online (see RouterOptions.AdaptCpuModel): without / with transfers.
     private double _calmFactor = 1, _contendedFactor;
     // Weight-copy slowdown vs calibration (the copy engine reads the same DRAM the CPU lane does), learned online from
@@ -100,6 +101,8 @@ public sealed class ExpertRouter
                     else _calmFactor += Options.AdaptRate * (ratio - _calmFactor);
                 }
             }
+            if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
+                _deviceLane = _deviceLane.Add(plan.GpuLaneMs, seen);
             if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.GpuLaneMs > 0
                 && double.IsFinite(dev) && dev > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
             {
@@ -125,6 +128,9 @@ public sealed class ExpertRouter
     /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
     public PredictionStats CpuLaneStats { get { lock (_gate) return _cpuLane; } }
 
+    /// <summary>Predicted vs observed device lane (decode-sized layers with transfers, where the engine measured it) so far.</summary>
+    public PredictionStats DeviceLaneStats { get { lock (_gate) return _deviceLane; } }
+
     /// <summary>A table of predicted vs observed means per placement and per layer.</summary>
     public string Report()
     {
@@ -133,6 +139,7 @@ public sealed class ExpertRouter
             $"{name,-9} {s.Count,6} {s.MeanPredictedMs,14:0.000} {s.MeanObservedMs,13:0.000} {s.MeanAbsErrorMs,12:0.000} {s.ObservedOverPredicted,20:0.000}");
         foreach (var p in Enum.GetValues<ExpertPlacement>()) Row(p.ToString().ToLowerInvariant(), Stats(p));
         Row("cpu lane", CpuLaneStats);
+        Row("gpu lane", DeviceLaneStats); // decode-sized layers only
         Row("layer", LayerStats);
         var (calm, contended) = CpuFactors;
         sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers; transfer factor {TransferFactor:0.000}");

@@ -15,6 +15,17 @@ public interface ICpuExpertBackend
     string Name { get; }
 
     void Run(IReadOnlyList<CpuExpertJob> jobs);
+
+    /// <summary>
+    /// Starts the jobs and returns at once. <paramref name="finished"/> is called on the thread that ran them the moment
+    /// they are done (or failed), before the task completes: a gated merge releases the GPU from there, so nothing that
+    /// follows (a reply message, a task continuation) delays it. By default the jobs run on the thread pool.
+    /// </summary>
+    Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished) => Task.Run(() =>
+    {
+        try { Run(jobs); }
+        finally { finished(); }
+    });
 }
 
 /// <summary>

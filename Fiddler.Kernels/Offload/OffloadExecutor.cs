@@ -79,20 +79,18 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
             foreach (var t in laneTensors) t.DetachFromDisposeScope();
             ticket = laneGate?.Arm() ?? 0;
             cpuStarted = clock.Elapsed.TotalMilliseconds;
-            cpuLane = Task.Run(() =>
+            var lane = new LaneEnd(clock, laneGate, ticket);
+            Task started;
+            try { started = cpu.Start(jobs, lane.Finished); }
+            catch (Exception e) { started = Task.FromException(e); }
+            // Raised on failure too (Finished is idempotent): the device must never wait forever; the failure is rethrown
+            // when the lane is collected.
+            cpuLane = started.ContinueWith(t =>
             {
-                var lane = Stopwatch.StartNew();
-                try
-                {
-                    cpu.Run(jobs);
-                    return (lane.Elapsed.TotalMilliseconds, clock.Elapsed.TotalMilliseconds);
-                }
-                finally
-                {
-                    // Raised on failure too: the device must never wait forever; the failure is rethrown when collected.
-                    laneGate?.Raise(ticket);
-                }
-            });
+                lane.Finished();
+                t.GetAwaiter().GetResult();
+                return (lane.LaneMs, lane.EndMs);
+            }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
 
         long bytesBefore = stager?.BytesCopied ?? 0;
@@ -263,6 +261,24 @@ public sealed class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBacken
                     (work[i].Resident ? "resident" : "host-resident") + " expert");
             if (routes[i].UsesTransfer && stager is null)
                 throw new InvalidOperationException($"layer {layer}: transfer requested but no weight stager is configured");
+        }
+    }
+
+    /// <summary>When the CPU lane finished (first call of <see cref="Finished"/>, from the thread that ran it), and the gate raised then.</summary>
+    private sealed class LaneEnd(Stopwatch layerClock, ICpuLaneGate? gate, uint ticket)
+    {
+        private readonly long _start = Stopwatch.GetTimestamp();
+        private int _done;
+
+        public double LaneMs { get; private set; }
+        public double EndMs { get; private set; }
+
+        public void Finished()
+        {
+            if (Interlocked.Exchange(ref _done, 1) != 0) return;
+            LaneMs = Stopwatch.GetElapsedTime(_start).TotalMilliseconds;
+            EndMs = layerClock.Elapsed.TotalMilliseconds;
+            gate?.Raise(ticket);
         }
     }
 

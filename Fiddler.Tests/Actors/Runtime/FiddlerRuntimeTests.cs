@@ -96,4 +96,37 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         Assert.Equal(0.5, stats[1].HitRate);
         Assert.Single(scheduler.Observed);
     }
+
+    [Fact]
+    public async Task RouterActor_DecideWithReplySlot_AnswersThereAndReportsSchedulerFailures()
+    {
+        var router = Sys.ActorOf(RouterActor.Props(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Transfer), layers: 1), "router-slot");
+        var reply = new TaskCompletionSource<LayerRoutes>();
+        router.Tell(new DecideLayer(0, [new ExpertWork(2, 1, false)], reply));
+        Assert.Equal([ExpertRoute.Transfer], (await reply.Task.WaitAsync(TimeSpan.FromSeconds(5))).Routes);
+        ExpectNoMsg(TimeSpan.FromMilliseconds(50)); // nothing to the sender
+
+        var failing = Sys.ActorOf(RouterActor.Props(new PlanParity.ForcedScheduler((_, _) => throw new InvalidOperationException("no route on purpose")), layers: 1), "router-failing");
+        var failed = new TaskCompletionSource<LayerRoutes>();
+        failing.Tell(new DecideLayer(0, [new ExpertWork(2, 1, false)], failed));
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => failed.Task.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Contains("on purpose", e.Message);
+    }
+
+    [Fact]
+    public async Task CpuWorkerPoolActor_CallsFinishedBeforeItReplies()
+    {
+        var order = new List<string>();
+        var pool = Sys.ActorOf(CpuWorkerPoolActor.Props(new RecordingBackend(order)), "cpu-pool-order");
+        var reply = await pool.Ask<object>(new RunCpuExperts([], () => { lock (order) order.Add("finished"); }), TimeSpan.FromSeconds(5));
+        lock (order) order.Add("reply");
+        Assert.IsType<CpuExpertsDone>(reply);
+        Assert.Equal(["run", "finished", "reply"], order);
+    }
+
+    private sealed class RecordingBackend(List<string> order) : ICpuExpertBackend
+    {
+        public string Name => "recording";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs) { lock (order) order.Add("run"); }
+    }
 }
