@@ -92,5 +92,6 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     {
         _chosen = _resident = _cpu = _transfer = _split = _transferBytes = 0;
         lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = _deviceTimed = 0; _device = default; _layerMsSum = _cpuLaneMsSum = 0; }
+        Router.ResetStats();
     }
 }

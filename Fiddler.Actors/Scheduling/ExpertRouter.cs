@@ -97,8 +97,8 @@ public sealed class ExpertRouter
                 {
                     // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
-                    if (plan.HasTransfers) _contendedFactor += Options.AdaptRate * (ratio - _contendedFactor);
-                    else _calmFactor += Options.AdaptRate * (ratio - _calmFactor);
+                    ref double factor = ref plan.HasTransfers ? ref _contendedFactor : ref _calmFactor;
+                    factor += Options.AdaptRate * (Robust(ratio, factor) - factor);
                 }
             }
             if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
@@ -108,8 +108,24 @@ public sealed class ExpertRouter
             {
                 // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
                 double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
-                _transferFactor += Options.AdaptRate * (target - _transferFactor);
+                _transferFactor += Options.AdaptRate * (Robust(target, _transferFactor) - _transferFactor);
             }
+        }
+    }
+
+    /// <summary>
+    /// One sample's pull on a learned factor, limited to ×1.5 either way of where it is: a single stalled layer (a GC
+    /// pause, another process) must not swing the plan; a real change still gets there within a few dozen layers.
+    /// </summary>
+    private static double Robust(double target, double current) => Math.Clamp(target, current / 1.5, current * 1.5);
+
+    /// <summary>Forgets the predicted-vs-observed statistics (not the learned factors): a new measurement window.</summary>
+    public void ResetStats()
+    {
+        lock (_gate)
+        {
+            Array.Clear(_stats);
+            _layer = _cpuLane = _deviceLane = default;
         }
     }
 

@@ -83,11 +83,11 @@ public static class BenchRun
             if (engine.Scheduler is { } sp) ttftExecutor[p.ToString()] = ExecutorBreakdown(sp, 1);
         }
 
-        engine.Scheduler?.ResetCounters();
         using var decodeCache = model.NewCache(prompts[0] + generate + StagedSteps);
         var first = model.Forward(tensor(Prompt(prompts[0])).unsqueeze(0), decodeCache);
         long next = first.argmax(-1).item<long>();
         first.Dispose();
+        engine.Scheduler?.ResetCounters(); // the decode window only (its prompt's prefill layers are not decode layers)
         var decode = Stopwatch.StartNew();
         for (int i = 1; i < generate; i++)
         {
