@@ -1,6 +1,4 @@
-using System.Globalization;
 using System.Numerics;
-using System.Text;
 
 namespace Fiddler.Actors.Scheduling;
 
@@ -11,20 +9,11 @@ namespace Fiddler.Actors.Scheduling;
 /// minimizes max(CPU lane, GPU lane) is chosen. At decode this is the Fiddler paper's rule (misses on the CPU) plus
 /// streaming some misses when that finishes the layer sooner.
 /// </summary>
-public sealed class ExpertRouter
+public sealed partial class ExpertRouter
 {
     // Predictions within a nanosecond are equal; ties then go to fewer transfers (less PCIe traffic, fewer slots).
     private const double Eps = 1e-6;
     private readonly Lock _gate = new();
-    private readonly PredictionStats[] _stats = new PredictionStats[Enum.GetValues<ExpertPlacement>().Length];
-    private PredictionStats _layer;
-    private PredictionStats _cpuLane;
-    private PredictionStats _deviceLane;
-    // CPU lane slowdown vs calibration, learned online (see RouterOptions.AdaptCpuModel): without / with transfers.
-    private double _calmFactor = 1, _contendedFactor;
-    // Weight-copy slowdown vs calibration (the copy engine reads the same DRAM the CPU lane does), learned online from
-    // the device lane's own timings where the engine measures them (gated layers on CUDA).
-    private double _transferFactor = 1;
 
     public ExpertRouter(HardwareProfile profile, RouterOptions? options = null)
     {
@@ -66,100 +55,6 @@ public sealed class ExpertRouter
     {
         var misses = Misses(experts);
         return Build(experts, misses, misses.Select(m => transfer(experts[m.Index])).ToArray(), exact: false);
-    }
-
-    /// <summary>
-    /// Records observed per-expert times (same quantity as <see cref="ExpertDecision.PredictedMs"/>; may be empty) and,
-    /// when given, the observed layer time against <see cref="LayerPlan.MakespanMs"/> and the observed CPU lane against
-    /// <see cref="LayerPlan.CpuLaneMs"/>. Thread-safe.
-    /// </summary>
-    /// <param name="observedDeviceLaneMs">The device lane's time (copies, streamed and resident experts) against
-    /// <see cref="LayerPlan.GpuLaneMs"/>; teaches the transfer factor (decode-sized layers with transfers).</param>
-    public void Account(LayerPlan plan, IReadOnlyList<ExpertTiming> observed, double? observedLayerMs = null,
-        double? observedCpuLaneMs = null, double? observedDeviceLaneMs = null)
-    {
-        ArgumentNullException.ThrowIfNull(plan);
-        ArgumentNullException.ThrowIfNull(observed);
-        lock (_gate)
-        {
-            foreach (var t in observed)
-            {
-                int i = IndexOf(plan, t.Expert);
-                if (i < 0) throw new ArgumentException($"expert {t.Expert} is not in this layer's plan");
-                var d = plan.Decisions[i];
-                _stats[(int)d.Placement] = _stats[(int)d.Placement].Add(d.PredictedMs, t.ObservedMs);
-            }
-            if (observedLayerMs is { } ms) _layer = _layer.Add(plan.MakespanMs, ms);
-            if (observedCpuLaneMs is { } cpu && plan.HasCpuWork && plan.CpuLaneMs > 0)
-            {
-                _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
-                if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
-                {
-                    // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
-                    double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
-                    ref double factor = ref plan.HasTransfers ? ref _contendedFactor : ref _calmFactor;
-                    factor += Options.AdaptRate * (Robust(ratio, factor) - factor);
-                }
-            }
-            if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
-                _deviceLane = _deviceLane.Add(plan.GpuLaneMs, seen);
-            if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.GpuLaneMs > 0
-                && double.IsFinite(dev) && dev > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
-            {
-                // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
-                double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
-                _transferFactor += Options.AdaptRate * (Robust(target, _transferFactor) - _transferFactor);
-            }
-        }
-    }
-
-    /// <summary>
-    /// One sample's pull on a learned factor, limited to ×1.5 either way of where it is: a single stalled layer (a GC
-    /// pause, another process) must not swing the plan; a real change still gets there within a few dozen layers.
-    /// </summary>
-    private static double Robust(double target, double current) => Math.Clamp(target, current / 1.5, current * 1.5);
-
-    /// <summary>Forgets the predicted-vs-observed statistics (not the learned factors): a new measurement window.</summary>
-    public void ResetStats()
-    {
-        lock (_gate)
-        {
-            Array.Clear(_stats);
-            _layer = _cpuLane = _deviceLane = default;
-        }
-    }
-
-    /// <summary>Predicted vs observed so far for one kind of placement.</summary>
-    public PredictionStats Stats(ExpertPlacement placement) { lock (_gate) return _stats[(int)placement]; }
-
-    /// <summary>Predicted layer makespan vs observed layer time so far.</summary>
-    public PredictionStats LayerStats { get { lock (_gate) return _layer; } }
-
-    /// <summary>The CPU slowdown factors in use (calibrated → engine): layers without and with weight transfers.</summary>
-    public (double Calm, double Contended) CpuFactors { get { lock (_gate) return (_calmFactor, _contendedFactor); } }
-
-    /// <summary>The weight-copy slowdown factor in use for decode-sized layers (1 until device lanes are observed).</summary>
-    public double TransferFactor { get { lock (_gate) return _transferFactor; } }
-
-    /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
-    public PredictionStats CpuLaneStats { get { lock (_gate) return _cpuLane; } }
-
-    /// <summary>Predicted vs observed device lane (decode-sized layers with transfers, where the engine measured it) so far.</summary>
-    public PredictionStats DeviceLaneStats { get { lock (_gate) return _deviceLane; } }
-
-    /// <summary>A table of predicted vs observed means per placement and per layer.</summary>
-    public string Report()
-    {
-        var sb = new StringBuilder("placement      n   predicted ms   observed ms   |error| ms   observed/predicted\n");
-        void Row(string name, PredictionStats s) => sb.AppendLine(CultureInfo.InvariantCulture,
-            $"{name,-9} {s.Count,6} {s.MeanPredictedMs,14:0.000} {s.MeanObservedMs,13:0.000} {s.MeanAbsErrorMs,12:0.000} {s.ObservedOverPredicted,20:0.000}");
-        foreach (var p in Enum.GetValues<ExpertPlacement>()) Row(p.ToString().ToLowerInvariant(), Stats(p));
-        Row("cpu lane", CpuLaneStats);
-        Row("gpu lane", DeviceLaneStats); // decode-sized layers only
-        Row("layer", LayerStats);
-        var (calm, contended) = CpuFactors;
-        sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers; transfer factor {TransferFactor:0.000}");
-        return sb.ToString();
     }
 
     private readonly record struct Miss(int Index, int Expert, double CpuMs, double GpuMs);
@@ -348,11 +243,5 @@ public sealed class ExpertRouter
             cpu += cpuMs;
         }
         return new LayerPlan(decisions, cpu, gpu, exact) { CpuFactor = factor, TransferFactor = transferFactor };
-    }
-
-    private static int IndexOf(LayerPlan plan, int expert)
-    {
-        for (int i = 0; i < plan.Decisions.Count; i++) if (plan.Decisions[i].Expert == expert) return i;
-        return -1;
     }
 }
