@@ -27,7 +27,8 @@ public sealed class CpuWorkerPoolActor : ReceiveActor
             {
                 reply = new CpuExpertsFailed(e);
             }
-            m.Finished?.Invoke();
+            try { m.Finished?.Invoke(); }
+            catch (Exception e) { reply = new CpuExpertsFailed(e); }
             Sender.Tell(reply);
         });
     }

@@ -16,9 +16,14 @@ public sealed class ActorScheduler(IActorRef router, TimeSpan timeout) : IExpert
         // completed inline so this thread wakes straight from the router's thread.
         var reply = new TaskCompletionSource<LayerRoutes>();
         router.Tell(new DecideLayer(layer, work, reply));
-        if (!reply.Task.Wait(timeout))
+        try
+        {
+            return reply.Task.WaitAsync(timeout).GetAwaiter().GetResult().Routes;
+        }
+        catch (TimeoutException)
+        {
             throw new TimeoutException($"the router actor did not decide layer {layer} within {timeout.TotalSeconds:0} s");
-        return reply.Task.GetAwaiter().GetResult().Routes;
+        }
     }
 
     public void Observe(LayerObservation observation) => router.Tell(new LayerObserved(observation));

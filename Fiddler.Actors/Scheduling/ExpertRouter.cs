@@ -100,7 +100,7 @@ public sealed partial class ExpertRouter
                 if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
                 else cpu += misses[i].CpuMs;
             if (cpu > best + Eps) continue;
-            double makespan = Math.Max(CpuLane(cpu, m > 0, learned), GpuLane.Simulate(resident, staged[..m], TransferMs(learned), Options.StagingSlots));
+            double makespan = Math.Max(CpuLane(cpu, m > 0, learned), GpuLane.Simulate(resident, staged[..m], TransferMs(learned, cpuWork: m < n), Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
             if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
                 (best, bestMask, bestCount) = (makespan, mask, count);
@@ -121,7 +121,7 @@ public sealed partial class ExpertRouter
             transfer[i] = true;
             staged.Clear();
             for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
-            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), TransferMs(learned), Options.StagingSlots);
+            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), TransferMs(learned, cpuWork: cpu > 0), Options.StagingSlots);
             transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, learned) - Eps;
             if (!transfer[i]) cpu += misses[i].CpuMs;
         }
@@ -139,8 +139,13 @@ public sealed partial class ExpertRouter
 
     private const int LearnedMaxTokens = 4;
 
-    /// <summary>One expert's weight copy: calibrated, times the learned factor in decode-sized layers.</summary>
-    private double TransferMs(bool learned) => Profile.TransferMs * (learned ? Volatile.Read(ref _transferFactor) : 1);
+    /// <summary>
+    /// One expert's weight copy: calibrated, times the learned factor in decode-sized layers where the CPU lane runs
+    /// beside the copies (the regime it is learned in: both read host DRAM). Alone, copies run at calibrated speed.
+    /// </summary>
+    private double TransferMs(bool learned, bool cpuWork) => Profile.TransferMs * TransferFactorFor(learned, cpuWork);
+
+    private double TransferFactorFor(bool learned, bool cpuWork) => learned && cpuWork ? Volatile.Read(ref _transferFactor) : 1;
 
     private bool Learned(IReadOnlyList<ExpertLoad> experts) => Options.AdaptCpuModel && experts.All(e => e.Tokens <= LearnedMaxTokens);
 
@@ -171,7 +176,7 @@ public sealed partial class ExpertRouter
             double Gpu(double t)
             {
                 staged[m] = t * misses[s].GpuMs;
-                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), TransferMs(learned), Options.StagingSlots, lastTransferMs: t * TransferMs(learned));
+                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), TransferMs(learned, cpuWork: true), Options.StagingSlots, lastTransferMs: t * TransferMs(learned, cpuWork: true));
             }
             double lo = 0, hi = 1;
             for (int k = 0; k < 40; k++)
@@ -206,7 +211,8 @@ public sealed partial class ExpertRouter
         double[] stagedMs = staged.Select(m => m.GpuMs).Concat(split is null ? [] : [t * misses[splitMiss].GpuMs]).ToArray();
         int copies = stagedMs.Length;
         bool learned = Learned(experts);
-        double transferFactor = learned ? Volatile.Read(ref _transferFactor) : 1, transferMs = Profile.TransferMs * transferFactor;
+        bool cpuWork = split is not null || misses.Where((_, i) => !transfer[i]).Any();
+        double transferFactor = TransferFactorFor(learned, cpuWork), transferMs = Profile.TransferMs * transferFactor;
         var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[copies], new double[copies]);
         double gpu = GpuLane.Simulate(residentMs, stagedMs, transferMs, Options.StagingSlots, residentStart, copyStart, computeStart,
             split is null ? double.NaN : t * transferMs);

@@ -55,11 +55,21 @@ public sealed unsafe class HostSignal : IDisposable
         CudaDriver.StreamWaitValue32(stream, _device, value, CudaDriver.WaitValueGeq);
     }
 
-    /// <summary>Sets the counter to <paramref name="value"/> after every store this thread made before (a full fence first).</summary>
+    /// <summary>
+    /// Raises the counter to <paramref name="value"/> after every store this thread made before (the exchange is a full
+    /// fence). Never lowers it: a late raise of an older value leaves a newer one in place (wrap-around compare).
+    /// </summary>
     public void Raise(uint value)
     {
+        ref uint word = ref *(uint*)Host;
+        uint seen = Volatile.Read(ref word);
+        while (unchecked((int)(value - seen)) > 0)
+        {
+            uint was = Interlocked.CompareExchange(ref word, value, seen);
+            if (was == seen) return;
+            seen = was;
+        }
         Interlocked.MemoryBarrier();
-        Volatile.Write(ref *(uint*)Host, value);
     }
 
     private IntPtr Host => _host != IntPtr.Zero ? _host : throw new ObjectDisposedException(nameof(HostSignal));

@@ -42,14 +42,15 @@ public sealed class MixtralModel : nn.Module
         try
         {
             foreach (var layer in _layers) h = layer.Forward(h, start, cos, sin, cache);
+            h = _norm.forward(h);
         }
         catch
         {
-            // A lane still in flight must end before its buffers go; its own failure would only repeat this one.
+            // A lane still in flight must end here, or its failure would surface in the next request; the error in
+            // flight is the one to report.
             try { CompleteExecutors(); } catch (Exception) { }
             throw;
         }
-        h = _norm.forward(h);
         CompleteExecutors(); // a gated layer's CPU lane: collected (and its failure thrown) before anyone reads h
         return h.MoveToOuterDisposeScope();
     }

@@ -21,11 +21,15 @@ public sealed partial class OffloadExecutor
         {
             var (laneMs, endMs) = p.Lane.GetAwaiter().GetResult();
             var o = p.Observation;
-            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(endMs, o.Timings!.Value.Total), Device = _deviceClock?.Read() });
+            var device = _deviceClock?.Read();
+            var t = o.Timings!.Value;
+            // The layer ends when both lanes have: the device lane started about when the CPU lane did (host clock).
+            double deviceEnd = device is { } d ? t.DecideMs + t.CpuStartMs + d.DeviceLaneMs : 0;
+            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(Math.Max(endMs, t.Total), deviceEnd), Device = device });
         }
         finally
         {
-            foreach (var t in p.Tensors) t.Dispose();
+            p.Release();
         }
     }
 
@@ -49,9 +53,16 @@ public sealed partial class OffloadExecutor
         _gateChosen = true;
         if (device.type == DeviceType.CUDA)
         {
-            var signal = HostSignal.TryCreate(device.index < 0 ? 0 : device.index, out string reason);
-            if (signal is not null) return _gate = new CudaLaneGate(signal);
-            GateFallbackReason = reason;
+            try
+            {
+                var signal = HostSignal.TryCreate(device.index < 0 ? 0 : device.index, out string reason);
+                if (signal is not null) return _gate = new CudaLaneGate(signal);
+                GateFallbackReason = reason;
+            }
+            catch (Exception e) when (e is CudaException or CudaUnavailableException or CudaDriverException)
+            {
+                GateFallbackReason = e.Message;
+            }
         }
         else GateFallbackReason = $"the {device.type} device runs ops synchronously";
         return _gate = new HostLaneGate();
@@ -60,8 +71,9 @@ public sealed partial class OffloadExecutor
     /// <summary>
     /// The CPU lane's results onto the device, without blocking the host on CUDA: a blocking copy would wait for the
     /// whole device lane (streamed experts included) before the host could queue the next layer's attention; this way
-    /// the host's launch work overlaps the device lane's tail. The pinned source stays valid: torch's pinned allocator
-    /// does not reuse a block before the copies queued from it have run.
+    /// the host's launch work overlaps the device lane's tail. The page-locked source (<see cref="LaneBuffers"/>) is
+    /// not written again before this copy has run: the next lane starts only after the host read back the next layer's
+    /// routing, which the device computes after this copy.
     /// </summary>
     private static Tensor ToDevice(Tensor hostY, Tensor like)
     {
@@ -71,7 +83,12 @@ public sealed partial class OffloadExecutor
         return staged.to(like.dtype);
     }
 
-    /// <summary>When the CPU lane finished (first call of <see cref="Finished"/>, from the thread that ran it), and the gate raised then.</summary>
+    /// <summary>
+    /// When the CPU lane finished (first call of <see cref="Finished"/>, from the thread that ran it), and the gate
+    /// raised then. When the lane's task ended without the backend ever reporting (an actor call that timed out, a
+    /// backend that threw before starting), <see cref="Abandon"/> raises the gate and marks the lane: its jobs may still
+    /// be running, so its tensors must not be freed.
+    /// </summary>
     private sealed class LaneEnd(Stopwatch layerClock, ICpuLaneGate? gate, uint ticket)
     {
         private readonly long _start = Stopwatch.GetTimestamp();
@@ -79,16 +96,43 @@ public sealed partial class OffloadExecutor
 
         public double LaneMs { get; private set; }
         public double EndMs { get; private set; }
+        public bool Abandoned { get; private set; }
 
-        public void Finished()
+        public void Finished() => End(abandoned: false);
+
+        public void Abandon() => End(abandoned: true);
+
+        private void End(bool abandoned)
         {
             if (Interlocked.Exchange(ref _done, 1) != 0) return;
+            Abandoned = abandoned;
             LaneMs = Stopwatch.GetElapsedTime(_start).TotalMilliseconds;
             EndMs = layerClock.Elapsed.TotalMilliseconds;
             gate?.Raise(ticket);
         }
     }
 
+    /// <summary>Tensors a CPU lane reads and writes; freed once it has ended, or kept forever if it may still run.</summary>
+    private sealed class LaneTensors : List<Tensor>
+    {
+        private static readonly List<Tensor> Abandoned = [];
+
+        public LaneEnd? End { get; set; }
+
+        public void Release()
+        {
+            if (End is { Abandoned: true })
+            {
+                lock (Abandoned) Abandoned.AddRange(this); // a leak on a failure path beats a write into freed memory
+                return;
+            }
+            foreach (var t in this) t.Dispose();
+        }
+    }
+
     /// <summary>A gated layer's CPU lane, still running when its layer returned, and what it needs until it ends.</summary>
-    private sealed record PendingLane(Task<(double LaneMs, double EndMs)> Lane, List<Tensor> Tensors, LayerObservation Observation);
+    private sealed record PendingLane(Task<(double LaneMs, double EndMs)> Lane, LaneTensors Tensors, LayerObservation Observation)
+    {
+        public void Release() => Tensors.Release();
+    }
 }

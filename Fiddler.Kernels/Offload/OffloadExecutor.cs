@@ -56,7 +56,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         Task<(double LaneMs, double EndMs)>? cpuLane = null;
         Tensor? hostY = null;
         // What the lane reads and writes lives outside this scope: with a gated merge the lane outlives this call.
-        var laneTensors = new List<Tensor>();
+        var laneTensors = new LaneTensors();
         uint ticket = 0;
         int cpuTokens = cpuAssignments.Sum(a => a.Tokens.Length);
         if (cpuTokens > 0)
@@ -79,7 +79,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             foreach (var t in laneTensors) t.DetachFromDisposeScope();
             ticket = laneGate?.Arm() ?? 0;
             cpuStarted = clock.Elapsed.TotalMilliseconds;
-            var lane = new LaneEnd(clock, laneGate, ticket);
+            var lane = laneTensors.End = new LaneEnd(clock, laneGate, ticket);
             Task started;
             try { started = cpu.Start(jobs, lane.Finished); }
             catch (Exception e) { started = Task.FromException(e); }
@@ -87,7 +87,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             // when the lane is collected.
             cpuLane = started.ContinueWith(t =>
             {
-                lane.Finished();
+                lane.Abandon(); // a no-op when the backend reported the end itself
                 t.GetAwaiter().GetResult();
                 return (lane.LaneMs, lane.EndMs);
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
@@ -145,7 +145,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
                 try { stager!.Release(w.Slot); } catch (InvalidOperationException) { }
             // The CPU lane reads and writes its tensors: let it finish before freeing them.
             try { cpuLane?.Wait(); } catch (AggregateException) { }
-            foreach (var t in laneTensors) t.Dispose();
+            laneTensors.Release();
             throw;
         }
 
@@ -160,7 +160,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             }
             finally
             {
-                foreach (var t in laneTensors) t.Dispose();
+                laneTensors.Release();
             }
         }
         double end = clock.Elapsed.TotalMilliseconds;
@@ -173,6 +173,10 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
     public void Dispose()
     {
         try { Complete(); } catch (Exception) { /* the failure was the layer's, reported to its caller or lost with it */ }
+        // The device may not have run a queued wait on the signal yet (its ticket is raised): let it drain before the
+        // signal's memory goes.
+        if (_gate is CudaLaneGate)
+            try { CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream); } catch (CudaException) { }
         _gate?.Dispose();
         _gate = null;
         _buffers.Dispose();

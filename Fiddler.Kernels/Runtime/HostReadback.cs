@@ -8,7 +8,8 @@ namespace Fiddler.Kernels.Runtime;
 /// Small device→host reads on the decode path (routing ids) without spinning a core: the copy goes into page-locked
 /// memory and the host sleeps on a blocking-sync event until it lands. A plain <c>.cpu()</c> makes CUDA spin-wait, and
 /// while the GPU waits for the CPU experts (a gated merge) that spin takes a core from them for the whole lane.
-/// One buffer per thread and device (the thread that drives the GPU); results are copied out before returning.
+/// One buffer per thread and device (the thread that drives the GPU); results are copied out before returning. The
+/// buffers live as long as the process (a few KB of page-locked memory and one event per such thread).
 /// </summary>
 public static class HostReadback
 {

@@ -118,7 +118,16 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
     {
         var order = new List<string>();
         var pool = Sys.ActorOf(CpuWorkerPoolActor.Props(new RecordingBackend(order)), "cpu-pool-order");
-        var reply = await pool.Ask<object>(new RunCpuExperts([], () => { lock (order) order.Add("finished"); }), TimeSpan.FromSeconds(5));
+        using var release = new ManualResetEventSlim();
+        var asked = pool.Ask<object>(new RunCpuExperts([], () =>
+        {
+            lock (order) order.Add("finished");
+            release.Wait(TimeSpan.FromSeconds(5)); // the reply must wait for this callback to return
+        }), TimeSpan.FromSeconds(10));
+        await Task.Delay(200);
+        Assert.False(asked.IsCompleted, "the pool actor replied before Finished returned");
+        release.Set();
+        var reply = await asked;
         lock (order) order.Add("reply");
         Assert.IsType<CpuExpertsDone>(reply);
         Assert.Equal(["run", "finished", "reply"], order);

@@ -334,8 +334,11 @@ public sealed class ExpertRouterTests
         var after = router.Decide([Miss(5)]);
         Assert.True(after.For(5).CpuShare > before.For(5).CpuShare + 0.05, $"{after.For(5).CpuShare} vs {before.For(5).CpuShare}");
         Assert.Equal(router.TransferFactor, after.TransferFactor, 9);
-        // Prefill-sized layers keep the calibrated copy time.
+        // Prefill-sized layers, and copies with no CPU lane beside them, keep the calibrated copy time.
         Assert.Equal(1, router.Decide([Miss(5, tokens: 64)]).TransferFactor);
+        var alone = router.Evaluate([Miss(5)], _ => true);
+        Assert.Equal(1, alone.TransferFactor);
+        Assert.Equal(6.45 + 0.15, alone.GpuLaneMs, 6);
     }
 
     [Fact]
@@ -343,7 +346,10 @@ public sealed class ExpertRouterTests
     {
         var router = new ExpertRouter(Host(cpu1: 2.9), new RouterOptions(CpuContention: 1.3, AdaptCpuModel: false));
         var plan = router.Evaluate([Miss(1)], _ => false);
-        router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs * 3, observedDeviceLaneMs: 100);
+        router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs * 3);
+        var streamed = router.Evaluate([Miss(1), Miss(2)], e => e.Expert == 2); // a CPU lane beside a copy
+        Assert.True(streamed.HasTransfers && streamed.HasCpuWork);
+        router.Account(streamed, [], observedCpuLaneMs: streamed.CpuLaneMs * 3, observedDeviceLaneMs: streamed.GpuLaneMs * 3);
         Assert.Equal((1.0, 1.3), router.CpuFactors);
         Assert.Equal(1.0, router.TransferFactor);
     }
