@@ -3,7 +3,7 @@ using Fiddler.Tests.Support;
 
 namespace Fiddler.Tests.Host;
 
-/// <summary><c>fiddler verify</c> and <c>fiddler bench-decode</c>: user errors give exit code 2 and one line, before any heavy work.</summary>
+/// <summary><c>fiddler verify</c>, <c>fiddler bench</c> and <c>fiddler bench-decode</c>: user errors give exit code 2 and one line, before any heavy work.</summary>
 [Collection(ConsoleCollection.Name)]
 public sealed class OtherCommandErrorTests : IDisposable
 {
@@ -32,6 +32,16 @@ public sealed class OtherCommandErrorTests : IDisposable
     [Fact]
     public void BenchDecode_ZeroLayers_ExitCode2()
         => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "0"), "num_hidden_layers");
+
+    [Fact]
+    public void Bench_UnknownMerge_ExitCode2BeforeBuildingTheModel()
+        => AssertUserError(CliHarness.Run("bench", "--config", "mixtral-8x7b", "--dummy-weights", "--device", "cpu", "--merge", "eventually"),
+            "--merge: 'eventually'");
+
+    [Fact]
+    public void Bench_UnknownRouting_ExitCode2()
+        => AssertUserError(CliHarness.Run("bench", "--config", "mixtral-8x7b", "--dummy-weights", "--device", "cpu", "--routing", "gpu-only"),
+            "--routing: 'gpu-only'");
 
     [Fact]
     public void BenchDecode_TooFewNewTokens_ExitCode2()
