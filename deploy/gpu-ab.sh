@@ -25,7 +25,7 @@ if [ "${SEED:-1}" = 1 ]; then
 fi
 IFS=';' read -ra variants <<< "${VARIANTS:---routing auto}"
 for v in "${variants[@]}"; do
-  log="$res/bench-$(echo "$v" | tr -c 'A-Za-z0-9' '_').log"
+  log="$res/bench-${budget}gib-$(echo "$v" | tr -c 'A-Za-z0-9' '_').log"
   # shellcheck disable=SC2086 # a variant is a list of flags
   timeout 240 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${budget}GiB" --prompt-tokens 16,128,512 \
     --new-tokens "${NEW_TOKENS:-32}" --out "$res" --profile "$res/profile.json" "${baseline[@]}" $v > "$log" 2>&1 || echo "FAILED: $v"
