@@ -177,6 +177,26 @@ public sealed class GrpcFrontendTests
     }
 
     [Fact]
+    public async Task Generate_ServerCancelsMidGeneration_UnavailableNotASummary()
+    {
+        // What a shutdown's grace period running out looks like from here: the engine ends the job as cancelled
+        // although the client never asked.
+        var engine = new ScriptedInferenceService { AlterCompletion = c => c with { Finish = Fiddler.Kernels.Generation.FinishReason.Cancelled } };
+        await using var server = await GrpcTestServer.StartAsync(engine);
+        var received = new List<GenerateResponse>();
+
+        var e = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = server.Client.Generate(new GenerateRequest { Text = "a", MaxTokens = 3 });
+            await foreach (var r in call.ResponseStream.ReadAllAsync()) received.Add(r);
+        });
+
+        Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+        Assert.Contains("shutting down", e.Status.Detail);
+        Assert.All(received, r => Assert.Null(r.Summary)); // the tokens that came, then the status: no "cancelled" summary
+    }
+
+    [Fact]
     public async Task Generate_DeadlinePassesMidGeneration_DeadlineExceededAndEngineJobCancelled()
     {
         var engine = new ScriptedInferenceService { TokenDelay = TimeSpan.FromMilliseconds(100) };

@@ -18,6 +18,10 @@ internal static class GrpcErrors
 
     public static RpcException Stopping(ServiceStoppingException e) => new(new Status(StatusCode.Unavailable, e.Message));
 
+    /// <summary>A generation the server cancelled because it is shutting down (the client did not ask).</summary>
+    public static RpcException ShutdownCancelled() =>
+        new(new Status(StatusCode.Unavailable, "the generation was cancelled: the server is shutting down"));
+
     /// <summary>The call was cancelled by the client or ran past its deadline; the status says which.</summary>
     public static RpcException Cancelled(ServerCallContext context) => context.Deadline <= DateTime.UtcNow
         ? new(new Status(StatusCode.DeadlineExceeded, "the deadline passed before the generation finished"))

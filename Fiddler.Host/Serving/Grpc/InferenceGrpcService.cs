@@ -43,6 +43,9 @@ public sealed class InferenceGrpcService(IInferenceService engine) : Inference.I
                         break;
                     case CompletedEvent { Finish: FinishReason.Cancelled } when cancel.IsCancellationRequested:
                         throw GrpcErrors.Cancelled(context);
+                    case CompletedEvent { Finish: FinishReason.Cancelled }:
+                        // Not the client: shutdown cut the generation short (HTTP answers 503 for the same case).
+                        throw GrpcErrors.ShutdownCancelled();
                     case CompletedEvent c:
                         await responses.WriteAsync(new GenerateResponse { Summary = Summary(c, job.RequestId) }, cancel);
                         break;
