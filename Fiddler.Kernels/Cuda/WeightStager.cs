@@ -53,6 +53,26 @@ public readonly record struct HostExpert(IntPtr W1, IntPtr W3, IntPtr W2, long W
     /// expert's intermediate rows, whose w2 part is a column block (see <see cref="Slice"/>).</summary>
     public long W2Pitch { get; init; }
 
+    /// <summary>The hidden size (w1's row length) when known (from tensors), so a stager can refuse an expert of another
+    /// shape whose byte sizes happen to fit; 0 when only byte sizes are known (<see cref="Packed"/>, raw pointers).</summary>
+    public long Hidden { get; init; }
+
+    /// <summary>
+    /// How many intermediate rows this expert (or slice) holds in a slot of <paramref name="slot"/>'s shape; throws
+    /// <see cref="ArgumentException"/> when it is neither the whole expert nor a slice of its rows.
+    /// </summary>
+    public long RowsIn(ExpertShape slot)
+    {
+        long rowBytes = slot.Hidden * slot.ElementSize;
+        long rows = W1Bytes / rowBytes;
+        if ((Hidden != 0 && Hidden != slot.Hidden) || W1Bytes != W3Bytes || W1Bytes % rowBytes != 0 || rows < 1 || rows > slot.Intermediate
+            || W2Bytes != rows * rowBytes || (W2Pitch != 0 && W2Pitch < rows * slot.ElementSize))
+            throw new ArgumentException($"host expert sizes {W1Bytes}/{W3Bytes}/{W2Bytes} bytes (w2 pitch {W2Pitch}" +
+                (Hidden != 0 ? $", hidden {Hidden}" : "") + $") are neither the slot's {slot.W1Bytes}/{slot.W3Bytes}/{slot.W2Bytes} " +
+                $"({slot}) nor a slice of its intermediate rows");
+        return rows;
+    }
+
     /// <summary>
     /// Intermediate rows [<paramref name="start"/>, start + <paramref name="rows"/>) of an expert in host tensors
     /// (w1/w3 [I, H] and w2 [H, I], contiguous, pinned unless <paramref name="requirePinned"/> is false): w1/w3 rows are
@@ -66,7 +86,7 @@ public readonly record struct HostExpert(IntPtr W1, IntPtr W3, IntPtr W2, long W
             throw new ArgumentOutOfRangeException(nameof(rows), $"rows [{start}, {start + rows}) outside the expert's {intermediate}");
         long rowBytes = hidden * es;
         return new HostExpert(whole.W1 + (nint)(start * rowBytes), whole.W3 + (nint)(start * rowBytes), whole.W2 + (nint)(start * es),
-            rows * rowBytes, rows * rowBytes, hidden * rows * es) { W2Pitch = intermediate * es };
+            rows * rowBytes, rows * rowBytes, hidden * rows * es) { W2Pitch = intermediate * es, Hidden = hidden };
     }
 
     /// <summary>From three CPU tensors (contiguous, in the expert's shapes; pinned unless <paramref name="requirePinned"/> is false).</summary>
@@ -83,7 +103,7 @@ public readonly record struct HostExpert(IntPtr W1, IntPtr W3, IntPtr W2, long W
             throw new ArgumentException($"w1 {Shape(w1)} / w2 {Shape(w2)} are not [I,H] / [H,I]");
         if (w1.dtype != w3.dtype || w1.dtype != w2.dtype) throw new ArgumentException("w1, w3, w2 differ in dtype");
         return new HostExpert(TensorMemory.DataPtr(w1), TensorMemory.DataPtr(w3), TensorMemory.DataPtr(w2),
-            Bytes(w1), Bytes(w3), Bytes(w2));
+            Bytes(w1), Bytes(w3), Bytes(w2)) { Hidden = w1.shape[1] };
     }
 
     /// <summary>w1, w3, w2 back to back from <paramref name="start"/> (one packed host block per expert).</summary>
@@ -249,12 +269,7 @@ public sealed unsafe class WeightStager : IDisposable
         if (s.InUse) throw new InvalidOperationException($"slot {slot} is still in use: Release it before staging into it again");
         if (host.W1 == IntPtr.Zero || host.W3 == IntPtr.Zero || host.W2 == IntPtr.Zero) throw new ArgumentException("null host pointer in the expert");
         // A whole expert, or a slice of its intermediate rows (w1/w3 rows [a, a+r), w2 columns [a, a+r)).
-        long rowBytes = Shape.Hidden * Shape.ElementSize;
-        long rows = host.W1Bytes / rowBytes;
-        if (host.W1Bytes != host.W3Bytes || host.W1Bytes % rowBytes != 0 || rows < 1 || rows > Shape.Intermediate
-            || host.W2Bytes != rows * rowBytes || (host.W2Pitch != 0 && host.W2Pitch < rows * Shape.ElementSize))
-            throw new ArgumentException($"host expert sizes {host.W1Bytes}/{host.W3Bytes}/{host.W2Bytes} bytes (w2 pitch {host.W2Pitch}) " +
-                $"are neither the slot's {Shape.W1Bytes}/{Shape.W3Bytes}/{Shape.W2Bytes} ({Shape}) nor a slice of its intermediate rows");
+        long rows = host.RowsIn(Shape);
         var stream = CopyStream.Handle;
         using (CudaRuntime.UseDevice(DeviceIndex))
         {

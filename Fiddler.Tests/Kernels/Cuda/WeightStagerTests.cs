@@ -50,6 +50,30 @@ public sealed class WeightStagerTests
     }
 
     [Fact]
+    public void HostExpert_RowsIn_WholeSliceAndOtherShapes()
+    {
+        var slot = new ExpertShape(8, 16, ScalarType.BFloat16);
+        using var w1 = zeros(16, 8, dtype: ScalarType.BFloat16);
+        using var w3 = zeros(16, 8, dtype: ScalarType.BFloat16);
+        using var w2 = zeros(8, 16, dtype: ScalarType.BFloat16);
+        Assert.Equal(16, HostExpert.FromTensors(w1, w3, w2, requirePinned: false).RowsIn(slot));
+        Assert.Equal(5, HostExpert.Slice(w1, w3, w2, 3, 5, requirePinned: false).RowsIn(slot));
+        Assert.Equal(16, HostExpert.Packed(4096, slot).RowsIn(slot)); // raw bytes: no shape to compare
+
+        // Same byte sizes, another shape (hidden 4, intermediate 32): bytes alone would pass as a 16-row expert.
+        using var o1 = zeros(32, 4, dtype: ScalarType.BFloat16);
+        using var o3 = zeros(32, 4, dtype: ScalarType.BFloat16);
+        using var o2 = zeros(4, 32, dtype: ScalarType.BFloat16);
+        var other = HostExpert.FromTensors(o1, o3, o2, requirePinned: false);
+        Assert.Equal(HostExpert.FromTensors(w1, w3, w2, requirePinned: false).TotalBytes, other.TotalBytes);
+        Assert.Contains("hidden 4", Assert.Throws<ArgumentException>(() => other.RowsIn(slot)).Message);
+
+        var whole = HostExpert.FromTensors(w1, w3, w2, requirePinned: false);
+        Assert.Throws<ArgumentException>(() => (whole with { W2Bytes = whole.W2Bytes - 2 }).RowsIn(slot));
+        Assert.Throws<ArgumentException>(() => (whole with { W3Bytes = whole.W3Bytes / 2 }).RowsIn(slot));
+    }
+
+    [Fact]
     public void HostExpert_FromTensors_RejectsWhatCannotBeCopiedAsIs()
     {
         using var w1 = zeros(16, 8, dtype: ScalarType.BFloat16);
