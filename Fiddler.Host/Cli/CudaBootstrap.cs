@@ -32,15 +32,30 @@ public static partial class CudaBootstrap
         foreach (var a in Environment.GetCommandLineArgs().Skip(1)) psi.ArgumentList.Add(a);
         psi.Environment["LD_LIBRARY_PATH"] = current.Length == 0 ? dir : dir + ":" + current;
         psi.Environment[Marker] = "1";
-        using var child = Process.Start(psi)!;
+        // The handlers exist before the child does, so no SIGTERM falls between starting it and forwarding to it.
+        var gate = new object();
+        Process? child = null;
+        bool terminated = false;
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx =>
         {
             ctx.Cancel = true; // the parent stays until the child has drained and exited
-            if (!child.HasExited) _ = Kill(child.Id, SigTerm);
+            lock (gate)
+            {
+                terminated = true;
+                if (child is { HasExited: false }) _ = Kill(child.Id, SigTerm);
+            }
         });
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => ctx.Cancel = true);
-        child.WaitForExit();
-        return child.ExitCode;
+        lock (gate)
+        {
+            if (terminated) return 128 + SigTerm; // asked to stop before anything started
+            child = Process.Start(psi)!;
+        }
+        using (child)
+        {
+            child.WaitForExit();
+            return child.ExitCode;
+        }
     }
 
     private const int SigTerm = 15;
