@@ -105,9 +105,15 @@ public sealed class ServerHost : IAsyncDisposable
         return new ServerHost(app, UrlOf(endpoints.Http!), endpoints.Grpc is { } g ? UrlOf(g) : null);
     }
 
-    /// <summary>Stops listening; requests still running get <paramref name="timeout"/> to end (drain the service first).</summary>
+    private int _stopped;
+
+    /// <summary>
+    /// Stops listening; requests still running get <paramref name="timeout"/> to end (drain the service first). Once:
+    /// later calls (and <see cref="DisposeAsync"/>) do not wait for a stuck client again.
+    /// </summary>
     public async Task StopAsync(TimeSpan timeout)
     {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
         using var cts = new CancellationTokenSource(timeout);
         await App.StopAsync(cts.Token);
     }
