@@ -48,6 +48,20 @@ internal sealed class LaneBuffers : IDisposable
         return (x.MoveToOuterDisposeScope(), _y!.narrow(0, 0, n).MoveToOuterDisposeScope());
     }
 
+    /// <summary>
+    /// Gives up the buffers without freeing them (a lane that may still write into them was abandoned): the next layer
+    /// gets new ones; these stay referenced by <paramref name="keep"/> for the process's life.
+    /// </summary>
+    public void Orphan(List<Tensor> keep)
+    {
+        lock (keep)
+        {
+            if (_x is not null) keep.Add(_x);
+            if (_y is not null) keep.Add(_y);
+        }
+        _x = _y = null;
+    }
+
     private static Tensor Pinned(long rows, long d)
     {
         using var pageable = empty([rows, d], ScalarType.Float32);

@@ -29,7 +29,7 @@ public sealed partial class OffloadExecutor
         }
         finally
         {
-            p.Release();
+            Release(p.Tensors);
         }
     }
 
@@ -112,10 +112,17 @@ public sealed partial class OffloadExecutor
         }
     }
 
+    /// <summary>Frees a finished lane's tensors; a lane that may still run keeps them, and its buffers are not reused.</summary>
+    private void Release(LaneTensors tensors)
+    {
+        tensors.Release();
+        if (tensors.End is { Abandoned: true }) _buffers.Orphan(LaneTensors.Abandoned);
+    }
+
     /// <summary>Tensors a CPU lane reads and writes; freed once it has ended, or kept forever if it may still run.</summary>
     private sealed class LaneTensors : List<Tensor>
     {
-        private static readonly List<Tensor> Abandoned = [];
+        internal static readonly List<Tensor> Abandoned = [];
 
         public LaneEnd? End { get; set; }
 
@@ -131,8 +138,5 @@ public sealed partial class OffloadExecutor
     }
 
     /// <summary>A gated layer's CPU lane, still running when its layer returned, and what it needs until it ends.</summary>
-    private sealed record PendingLane(Task<(double LaneMs, double EndMs)> Lane, LaneTensors Tensors, LayerObservation Observation)
-    {
-        public void Release() => Tensors.Release();
-    }
+    private sealed record PendingLane(Task<(double LaneMs, double EndMs)> Lane, LaneTensors Tensors, LayerObservation Observation);
 }

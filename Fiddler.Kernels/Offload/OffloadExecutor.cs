@@ -83,8 +83,8 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             Task started;
             try { started = cpu.Start(jobs, lane.Finished); }
             catch (Exception e) { started = Task.FromException(e); }
-            // Raised on failure too (Finished is idempotent): the device must never wait forever; the failure is rethrown
-            // when the lane is collected.
+            // The gate is raised by the backend's callback, or here when the backend never reported (the device must
+            // never wait forever); the failure is rethrown when the lane is collected.
             cpuLane = started.ContinueWith(t =>
             {
                 lane.Abandon(); // a no-op when the backend reported the end itself
@@ -145,7 +145,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
                 try { stager!.Release(w.Slot); } catch (InvalidOperationException) { }
             // The CPU lane reads and writes its tensors: let it finish before freeing them.
             try { cpuLane?.Wait(); } catch (AggregateException) { }
-            laneTensors.Release();
+            Release(laneTensors);
             throw;
         }
 
@@ -160,7 +160,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             }
             finally
             {
-                laneTensors.Release();
+                Release(laneTensors);
             }
         }
         double end = clock.Elapsed.TotalMilliseconds;

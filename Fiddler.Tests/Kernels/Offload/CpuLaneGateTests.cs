@@ -106,6 +106,40 @@ public sealed class CpuLaneGateTests
         Assert.Contains("raise 1", gate.Events); // the device is never left waiting
     }
 
+    /// <summary>Gives up on its jobs at once (as an actor call that timed out) while they go on writing a while later.</summary>
+    private sealed class AbandoningBackend : ICpuExpertBackend
+    {
+        public Task? StrayWrites;
+        public string Name => "abandoning";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs) => throw new NotSupportedException();
+        public Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished)
+        {
+            StrayWrites = Task.Run(async () =>
+            {
+                await Task.Delay(200);
+                foreach (var j in jobs) j.Y.fill_(1); // throws if the executor freed the lane's tensors
+            });
+            return Task.FromException(new TimeoutException("the CPU pool did not answer on purpose"));
+        }
+    }
+
+    [Fact]
+    public async Task GatedMerge_LaneAbandonedWhileItsJobsRun_TensorsOutliveThemAndTheFailureSurfaces()
+    {
+        var (owner, block, hidden) = HostExpertLayer();
+        using var _ = owner;
+        var backend = new AbandoningBackend();
+        var gate = new RecordingGate();
+        using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), backend, null, CpuMerge.Gated, gate);
+        block.Executor = executor;
+        using var x = randn(1, 2, hidden);
+
+        using (block.forward(x)) { }
+        Assert.Contains("on purpose", Assert.Throws<TimeoutException>(executor.Complete).Message);
+        Assert.Contains("raise 1", gate.Events); // the device is released although the backend never reported
+        await backend.StrayWrites!.WaitAsync(TimeSpan.FromSeconds(10)); // the late writes found live tensors
+    }
+
     [Fact]
     public void GatedMerge_NextLayerCollectsThePreviousLane()
     {
