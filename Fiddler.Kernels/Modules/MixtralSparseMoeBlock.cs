@@ -93,17 +93,34 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
 /// <summary>The tokens (and which of their top-k slots) routed to one expert.</summary>
 public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
 {
-    /// <summary>This expert's input rows [n, D] of the flattened hidden states.</summary>
-    public Tensor Gather(Tensor flat) => flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
+    /// <summary>
+    /// This expert's input rows [n, D] of the flattened hidden states: <paramref name="flat"/> itself when that is every
+    /// row in order (one decode token: one op fewer per expert; the caller must not dispose the result).
+    /// </summary>
+    public Tensor Gather(Tensor flat) => AllRowsOf(flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
 
     /// <summary>output[token] += routing weight × expert output, for this expert's rows (as HF: multiply, then index_add).</summary>
     public void Accumulate(Tensor output, Tensor routingWeights, Tensor expertOutput)
     {
         using var scope = NewDisposeScope();
+        var y = expertOutput.dtype == output.dtype && expertOutput.device_type == output.device_type && expertOutput.device_index == output.device_index ? expertOutput : expertOutput.to(output.dtype, output.device);
+        if (Tokens.Length == 1 && output.shape[0] == 1)
+        {
+            // One decode token: its weight is a view, and one add replaces index_add (same single sum per element).
+            output.add_(y * routingWeights.narrow(1, Slots[0], 1));
+            return;
+        }
         var idx = DeviceIndices.Get(Tokens, output.device);
         var slots = DeviceIndices.Get(Slots, output.device);
         var w = routingWeights.index_select(0, idx).gather(1, slots.unsqueeze(1));   // [n, 1]
-        output.index_add_(0, idx, expertOutput.to(output.dtype, output.device) * w, 1);
+        output.index_add_(0, idx, y * w, 1);
+    }
+
+    private bool AllRowsOf(long rows)
+    {
+        if (Tokens.Length != rows) return false;
+        for (int i = 0; i < Tokens.Length; i++) if (Tokens[i] != i) return false;
+        return true;
     }
 
     /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints, waited for without spinning).</summary>
