@@ -17,6 +17,15 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>A projection whose weight [out, in] is <paramref name="weight"/> itself (e.g. a view into a fused
+    /// weight: whatever fills this parameter fills that memory).</summary>
+    public Linear(Tensor weight) : base(nameof(Linear))
+    {
+        if (weight.dim() != 2) throw new ArgumentException($"a projection weight is [out, in], got {weight.dim()} dims", nameof(weight));
+        _weight = new Parameter(weight, requires_grad: false);
+        RegisterComponents();
+    }
+
     public Tensor Weight => _weight;
 
     public override Tensor forward(Tensor x) => nn.functional.linear(x, _weight);

@@ -5,11 +5,16 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Kernels.Modules;
 
-// B=batch T=new tokens S=attended positions H=heads Hkv=kv heads Dh=head dim D=hidden
+// B=batch T=new tokens S=attended positions H=heads Hkv=kv heads G=H/Hkv Dh=head dim D=hidden
 
 /// <summary>
 /// Grouped-query attention as HF MixtralAttention, on TorchSharp's scaled_dot_product_attention, reading and writing
 /// a preallocated <see cref="KvCache"/>. Sliding window: a query at position i sees keys j with i - W &lt; j ≤ i.
+/// <para>
+/// q_proj, k_proj and v_proj are row blocks of one fused weight [(H + 2 Hkv) Dh, D] (the checkpoint fills them by
+/// name): one matmul per layer, and RoPE runs once over the q and k heads together. A decode step (T = 1) needs no
+/// mask and no repeat_kv: the G query heads that share a kv head are G queries against it.
+/// </para>
 /// </summary>
 public sealed class MixtralAttention : nn.Module
 {
@@ -17,6 +22,7 @@ public sealed class MixtralAttention : nn.Module
     [ComponentName(Name = "k_proj")] private readonly Linear _kProj;
     [ComponentName(Name = "v_proj")] private readonly Linear _vProj;
     [ComponentName(Name = "o_proj")] private readonly Linear _oProj;
+    private readonly Tensor _qkv;
     private readonly int _layer, _heads, _kvHeads, _headDim;
     private readonly int? _window;
 
@@ -27,40 +33,57 @@ public sealed class MixtralAttention : nn.Module
         _kvHeads = c.NumKeyValueHeads;
         _headDim = c.HeadDim;
         _window = c.SlidingWindow;
-        _qProj = new Linear(c.HiddenSize, _heads * _headDim, dtype, device);
-        _kProj = new Linear(c.HiddenSize, _kvHeads * _headDim, dtype, device);
-        _vProj = new Linear(c.HiddenSize, _kvHeads * _headDim, dtype, device);
+        long q = _heads * _headDim, kv = _kvHeads * _headDim;
+        _qkv = empty([q + 2 * kv, c.HiddenSize], dtype, device);
+        _qkv.DetachFromDisposeScope();
+        _qProj = new Linear(_qkv.narrow(0, 0, q));
+        _kProj = new Linear(_qkv.narrow(0, q, kv));
+        _vProj = new Linear(_qkv.narrow(0, q + kv, kv));
         _oProj = new Linear(_heads * _headDim, c.HiddenSize, dtype, device);
         RegisterComponents();
     }
 
+    /// <summary>The fused projection weight [(H + 2 Hkv) Dh, D]: q_proj, k_proj and v_proj are views of it.</summary>
+    public Tensor QkvWeight => _qkv;
+
     /// <param name="x">[B, T, D] hidden states of positions start..start+T-1.</param>
-    public Tensor Forward(Tensor x, long start, Tensor cos, Tensor sin, KvCache cache)
+    /// <param name="cos">[T, 1, Dh], from <see cref="MixtralRotaryEmbedding.Angles"/>.</param>
+    /// <param name="signedSin">[T, 1, Dh], from <see cref="MixtralRotaryEmbedding.Angles"/>.</param>
+    public Tensor Forward(Tensor x, long start, Tensor cos, Tensor signedSin, KvCache cache)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
-        var q = _qProj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);      // [B, H, T, Dh]
-        var k = _kProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);    // [B, Hkv, T, Dh]
-        var v = _vProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        q = MixtralRotaryEmbedding.Apply(q, cos, sin);
-        k = MixtralRotaryEmbedding.Apply(k, cos, sin);
+        var qkv = nn.functional.linear(x, _qkv).view(b, t, _heads + 2 * _kvHeads, _headDim);  // [B, T, H+2Hkv, Dh]
+        var qk = MixtralRotaryEmbedding.Apply(qkv.narrow(2, 0, _heads + _kvHeads), cos, signedSin); // [B, T, H+Hkv, Dh]
+        var k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);                             // [B, Hkv, T, Dh]
+        var v = qkv.narrow(2, _heads + _kvHeads, _kvHeads).transpose(1, 2);
         cache.Write(_layer, start, k, v);
 
         long end = start + t;
-        // One new token with a window: attend only to the last W positions; no mask needed.
-        long from = t == 1 && _window is int w ? Math.Max(0, end - w) : 0;
-        var (keys, values) = cache.Read(_layer, from, end);                           // [B, Hkv, S, Dh]
         int groups = _heads / _kvHeads;
-        if (groups > 1)
+        Tensor o;
+        if (t == 1)
         {
-            // HF repeat_kv: each kv head serves `groups` consecutive query heads.
-            keys = keys.repeat_interleave(groups, 1);
-            values = values.repeat_interleave(groups, 1);
+            // One new token with a window: attend only to the last W positions. Query head h uses kv head h / G (HF
+            // repeat_kv), so [B, 1, H, Dh] viewed as [B, Hkv, G, Dh] puts each group's queries beside their kv head.
+            long from = _window is int w ? Math.Max(0, end - w) : 0;
+            var (keys, values) = cache.Read(_layer, from, end);                               // [B, Hkv, S, Dh]
+            var q = qk.narrow(2, 0, _heads).reshape(b, _kvHeads, groups, _headDim);
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, null, 0.0, false); // [B, Hkv, G, Dh]
         }
-        var mask = t == 1 ? null : CausalMask(start, t, end, x.device);               // [T, S]
-        var o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, false); // [B, H, T, Dh]
-        o = o.transpose(1, 2).reshape(b, t, _heads * _headDim);
-        return _oProj.forward(o).MoveToOuterDisposeScope();
+        else
+        {
+            var q = qk.narrow(2, 0, _heads).transpose(1, 2);                                  // [B, H, T, Dh]
+            var (keys, values) = cache.Read(_layer, 0, end);                                  // [B, Hkv, S, Dh]
+            if (groups > 1)
+            {
+                keys = keys.repeat_interleave(groups, 1);
+                values = values.repeat_interleave(groups, 1);
+            }
+            var mask = CausalMask(start, t, end, x.device);                                   // [T, S]
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, false).transpose(1, 2); // [B, T, H, Dh]
+        }
+        return _oProj.forward(o.reshape(b, t, _heads * _headDim)).MoveToOuterDisposeScope();
     }
 
     /// <summary>True where query i (position start+i) may see key j: j ≤ start+i and, with a window, start+i-j &lt; W.</summary>

@@ -27,11 +27,11 @@ public sealed class MixtralDecoderLayer : nn.Module
 
     public MixtralSparseMoeBlock Moe => _moe;
 
-    public Tensor Forward(Tensor x, long start, Tensor cos, Tensor sin, KvCache cache)
+    public Tensor Forward(Tensor x, long start, Tensor cos, Tensor signedSin, KvCache cache)
     {
         using var scope = NewDisposeScope();
         Tensor h, y;
-        using (StageTimer.Stage("attention")) h = x + _attention.Forward(_inputNorm.forward(x), start, cos, sin, cache);
+        using (StageTimer.Stage("attention")) h = x + _attention.Forward(_inputNorm.forward(x), start, cos, signedSin, cache);
         using (StageTimer.Stage("moe")) y = h + _moe.forward(_postAttentionNorm.forward(h));
         return y.MoveToOuterDisposeScope();
     }

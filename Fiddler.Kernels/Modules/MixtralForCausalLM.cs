@@ -33,15 +33,15 @@ public sealed class MixtralModel : nn.Module
     public Tensor Forward(Tensor ids, long start, KvCache cache)
     {
         using var scope = NewDisposeScope();
-        Tensor h, cos, sin;
+        Tensor h, cos, signedSin;
         using (StageTimer.Stage("embed+rope"))
         {
             h = _embedTokens.forward(ids);
-            (cos, sin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
+            (cos, signedSin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
         }
         try
         {
-            foreach (var layer in _layers) h = layer.Forward(h, start, cos, sin, cache);
+            foreach (var layer in _layers) h = layer.Forward(h, start, cos, signedSin, cache);
             h = _norm.forward(h);
         }
         catch

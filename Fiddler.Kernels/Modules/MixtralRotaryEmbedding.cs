@@ -4,7 +4,8 @@ namespace Fiddler.Kernels.Modules;
 
 /// <summary>
 /// Default RoPE as HF MixtralRotaryEmbedding computes it: inverse frequencies and angles in fp32, cos/sin cast to
-/// the activation dtype. Computed per forward for the positions in flight (T×head_dim values), not tabled.
+/// the activation dtype. Computed per forward for the positions in flight (T×head_dim values), not tabled, and shared
+/// by every layer of that forward.
 /// </summary>
 public sealed class MixtralRotaryEmbedding
 {
@@ -18,15 +19,20 @@ public sealed class MixtralRotaryEmbedding
             _invFreq[i] = (float)(1.0 / Math.Pow(theta, (float)(2 * i) / headDim));
     }
 
-    /// <summary>cos and sin, each [T, head_dim], for positions start..start+T-1.</summary>
-    public (Tensor Cos, Tensor Sin) Angles(long start, long count, ScalarType dtype, Device device)
+    /// <summary>
+    /// cos and the signed sin, each [T, 1, head_dim] (broadcast over batch and heads of a [B, T, heads, Dh] tensor),
+    /// for positions start..start+T-1. The signed sin is HF's sin with its first half negated: with it, rotate_half
+    /// becomes a roll (see <see cref="Apply"/>).
+    /// </summary>
+    public (Tensor Cos, Tensor SignedSin) Angles(long start, long count, ScalarType dtype, Device device)
     {
         using var scope = NewDisposeScope();
         var positions = arange(start, start + count, ScalarType.Float32, device);            // [T]
-        var invFreq = InvFreq(device);                                                          // [Dh/2]
-        var freqs = outer(positions, invFreq);                                                  // [T, Dh/2]
-        var emb = cat([freqs, freqs], -1);                                                      // [T, Dh]
-        return (emb.cos().to(dtype).MoveToOuterDisposeScope(), emb.sin().to(dtype).MoveToOuterDisposeScope());
+        var freqs = outer(positions, InvFreq(device));                                          // [T, Dh/2]
+        var cos = cat([freqs, freqs], -1).cos();                                                // [T, Dh]
+        var sinHalf = freqs.sin();
+        var signedSin = cat([-sinHalf, sinHalf], -1);                                           // [T, Dh]
+        return (cos.to(dtype).unsqueeze(1).MoveToOuterDisposeScope(), signedSin.to(dtype).unsqueeze(1).MoveToOuterDisposeScope());
     }
 
     private Tensor InvFreq(Device device)
@@ -38,14 +44,15 @@ public sealed class MixtralRotaryEmbedding
         return _invFreqOnDevice;
     }
 
-    /// <summary>x * cos + rotate_half(x) * sin, x [B, heads, T, Dh].</summary>
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    /// <summary>
+    /// HF's x * cos + rotate_half(x) * sin for x [B, T, heads, Dh] (any strides), with rotate_half(x) * sin written as
+    /// roll(x, Dh/2) * signedSin: (x2, x1) * (-sin1, sin2) = (-x2 * sin1, x1 * sin2), the same products (a negation is
+    /// exact), so the same bits as HF's three-op form, in one kernel fewer.
+    /// </summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor signedSin)
     {
         using var scope = NewDisposeScope();
-        long half = x.shape[^1] / 2;
-        var x1 = x.narrow(-1, 0, half);
-        var x2 = x.narrow(-1, half, half);
-        var rotated = cat([-x2, x1], -1);
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        var rolled = x.roll(x.shape[^1] / 2, -1);
+        return (x * cos + rolled * signedSin).MoveToOuterDisposeScope();
     }
 }
