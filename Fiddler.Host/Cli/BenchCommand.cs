@@ -36,9 +36,10 @@ public static class BenchCommand
         var outDir = new Option<string>("--out") { DefaultValueFactory = _ => "bench/results" };
         var profile = new Option<string?>("--profile") { Description = "Latency-model cache file" };
         var libtorch = new Option<string?>("--libtorch");
+        var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 0)" };
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -46,6 +47,11 @@ public static class BenchCommand
             int[] prompts = r.GetValue(promptTokens)!.Split(',').Select(s => int.TryParse(s, out int v) && v > 0 ? v
                 : throw new ArgumentException($"--prompt-tokens: '{s}' is not a positive integer")).ToArray();
             int generate = r.GetValue(newTokens);
+            if (r.GetValue(spin) is int us)
+            {
+                if (us is < 0 or > 100_000) throw new ArgumentException($"--readback-spin-us: {us} is not in 0..100000");
+                HostReadback.SpinMicroseconds = us;
+            }
             if (generate < 2) throw new ArgumentException("--new-tokens must be ≥ 2");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var options = new EngineOptions

@@ -25,8 +25,9 @@ public static class BenchDecodeCommand
         var newTokens = new Option<int>("--new-tokens") { DefaultValueFactory = _ => 64 };
         var libtorch = new Option<string?>("--libtorch");
         var stages = new Option<bool>("--stages") { Description = "Also time each stage (synchronises the device per stage)" };
+        var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 0)" };
         var command = new Command("bench-decode", "Decode-step latency with random full-size weights on one device");
-        foreach (var o in new Option[] { config, layers, device, dtype, promptTokens, newTokens, libtorch, stages }) command.Add(o);
+        foreach (var o in new Option[] { config, layers, device, dtype, promptTokens, newTokens, libtorch, stages, spin }) command.Add(o);
         command.SetAction(r =>
         {
             if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
@@ -36,6 +37,11 @@ public static class BenchDecodeCommand
             c.Validate();
             int p = r.GetValue(promptTokens), g = r.GetValue(newTokens);
             if (p < 1 || g < 2) throw new ArgumentException("--prompt-tokens must be ≥ 1 and --new-tokens ≥ 2");
+            if (r.GetValue(spin) is int us)
+            {
+                if (us is < 0 or > 100_000) throw new ArgumentException($"--readback-spin-us: {us} is not in 0..100000");
+                HostReadback.SpinMicroseconds = us;
+            }
             var clock = Stopwatch.StartNew();
             using var model = new MixtralForCausalLM(c, TorchRuntime.ParseDType(r.GetValue(dtype)!), dev);
             DummyWeights.Fill(model);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Fiddler.Kernels.Cuda;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -14,6 +15,19 @@ namespace Fiddler.Kernels.Runtime;
 public static class HostReadback
 {
     [ThreadStatic] private static Dictionary<int, (Tensor Buffer, CudaEvent Done)>? t_staging;
+    private static int s_spinMicroseconds;
+
+    /// <summary>
+    /// How long the host polls a read-back before it sleeps on the event, in µs (0: sleep at once). A short wait (the
+    /// device finishing a few kernels behind the host) is then not stretched by the wake-up; a long one (the device
+    /// waiting for a CPU lane) costs the polling thread's own core for that long, not a CPU expert worker's.
+    /// </summary>
+    public static int SpinMicroseconds
+    {
+        get => Volatile.Read(ref s_spinMicroseconds);
+        set => Volatile.Write(ref s_spinMicroseconds, value is >= 0 and <= 100_000 ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), $"read-back spin must be 0..100000 µs, got {value}"));
+    }
 
     /// <summary>The int64 values of <paramref name="t"/> (any shape), read after all work queued before on its device.</summary>
     public static long[] Longs(Tensor t)
@@ -39,8 +53,23 @@ public static class HostReadback
         using (var flat = t.reshape(-1))
             view.copy_(flat, true);
         s.Done.RecordOnDefaultStream();
-        s.Done.Synchronize();
+        Wait(s.Done);
         using var result = s.Buffer.narrow(0, 0, n);
         return result.data<long>().ToArray();
+    }
+
+    private static void Wait(CudaEvent done)
+    {
+        int spin = SpinMicroseconds;
+        if (spin > 0)
+        {
+            long deadline = Stopwatch.GetTimestamp() + spin * Stopwatch.Frequency / 1_000_000;
+            do
+            {
+                if (done.IsComplete) return;
+                Thread.SpinWait(16);
+            } while (Stopwatch.GetTimestamp() < deadline);
+        }
+        done.Synchronize();
     }
 }

@@ -44,6 +44,11 @@ public sealed class OtherCommandErrorTests : IDisposable
             "--routing: 'gpu-only'");
 
     [Fact]
+    public void Bench_NegativeReadbackSpin_ExitCode2BeforeBuildingTheModel()
+        => AssertUserError(CliHarness.Run("bench", "--config", "mixtral-8x7b", "--dummy-weights", "--device", "cpu", "--readback-spin-us", "-5"),
+            "--readback-spin-us: -5");
+
+    [Fact]
     public void BenchDecode_TooFewNewTokens_ExitCode2()
         => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "1", "--new-tokens", "1"), "--new-tokens");
 }
