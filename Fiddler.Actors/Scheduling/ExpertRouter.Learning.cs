@@ -10,11 +10,11 @@ public sealed partial class ExpertRouter
     private PredictionStats _layer;
     private PredictionStats _cpuLane;
     private PredictionStats _deviceLane;
-    // CPU lane slowdown vs calibration, learned online (see RouterOptions.AdaptCpuModel): without / with transfers.
-    private double _calmFactor = 1, _contendedFactor;
-    // Weight-copy slowdown vs calibration (the copy engine reads the same DRAM the CPU lane does), learned online from
-    // the device lane's own timings where the engine measures them (gated layers on CUDA).
-    private double _transferFactor = 1;
+    // Per regime (decode-sized, batch; see FactorRegime): CPU lane slowdown vs calibration, learned online (see
+    // RouterOptions.AdaptCpuModel), without / with transfers; and the weight copies' slowdown vs calibration (the copy
+    // engine reads the same DRAM the CPU lane does), learned from the device lane's own timings where the engine
+    // measures them (gated layers on CUDA).
+    private readonly double[] _calmFactor = [1, 1], _contendedFactor = new double[2], _transferFactor = [1, 1];
 
     /// <summary>
     /// Records observed per-expert times (same quantity as <see cref="ExpertDecision.PredictedMs"/>; may be empty) and,
@@ -41,22 +41,24 @@ public sealed partial class ExpertRouter
             if (observedCpuLaneMs is { } cpu && plan.HasCpuWork && plan.CpuLaneMs > 0)
             {
                 _cpuLane = _cpuLane.Add(plan.CpuLaneMs, cpu);
-                if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
+                if (Options.AdaptCpuModel && double.IsFinite(cpu) && cpu > 0)
                 {
                     // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
-                    ref double factor = ref plan.HasTransfers ? ref _contendedFactor : ref _calmFactor;
+                    int r = (int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens));
+                    ref double factor = ref plan.HasTransfers ? ref _contendedFactor[r] : ref _calmFactor[r];
                     factor += Options.AdaptRate * (Robust(ratio, factor) - factor);
                 }
             }
             if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
                 _deviceLane = _deviceLane.Add(plan.GpuLaneMs, seen);
-            if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.GpuLaneMs > 0
-                && double.IsFinite(dev) && dev > 0 && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
+            if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.HasCpuWork && plan.GpuLaneMs > 0
+                && double.IsFinite(dev) && dev > 0)
             {
                 // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
                 double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
-                _transferFactor += Options.AdaptRate * (Robust(target, _transferFactor) - _transferFactor);
+                ref double factor = ref _transferFactor[(int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens))];
+                factor += Options.AdaptRate * (Robust(target, factor) - factor);
             }
         }
     }
@@ -83,11 +85,17 @@ public sealed partial class ExpertRouter
     /// <summary>Predicted layer makespan vs observed layer time so far.</summary>
     public PredictionStats LayerStats { get { lock (_gate) return _layer; } }
 
-    /// <summary>The CPU slowdown factors in use (calibrated → engine): layers without and with weight transfers.</summary>
-    public (double Calm, double Contended) CpuFactors { get { lock (_gate) return (_calmFactor, _contendedFactor); } }
+    /// <summary>The CPU slowdown factors in use for decode-sized layers (calibrated → engine): without and with weight transfers.</summary>
+    public (double Calm, double Contended) CpuFactors { get { lock (_gate) return (_calmFactor[0], _contendedFactor[0]); } }
 
     /// <summary>The weight-copy slowdown factor in use for decode-sized layers (1 until device lanes are observed).</summary>
-    public double TransferFactor { get { lock (_gate) return _transferFactor; } }
+    public double TransferFactor { get { lock (_gate) return _transferFactor[0]; } }
+
+    /// <summary>The factors in use for larger batches (prefill, beams): CPU without and with transfers, and copies.</summary>
+    public (double Calm, double Contended, double Transfer) BatchFactors
+    {
+        get { lock (_gate) return (_calmFactor[1], _contendedFactor[1], _transferFactor[1]); }
+    }
 
     /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
     public PredictionStats CpuLaneStats { get { lock (_gate) return _cpuLane; } }
@@ -107,6 +115,8 @@ public sealed partial class ExpertRouter
         Row("layer", LayerStats);
         var (calm, contended) = CpuFactors;
         sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers; transfer factor {TransferFactor:0.000}");
+        var batch = BatchFactors;
+        sb.AppendLine(CultureInfo.InvariantCulture, $"batches (> {LearnedMaxTokens} tokens per expert): CPU {batch.Calm:0.000} alone, {batch.Contended:0.000} beside transfers; transfer {batch.Transfer:0.000}");
         return sb.ToString();
     }
 

@@ -27,7 +27,7 @@ public sealed partial class ExpertRouter
             throw new ArgumentException($"CPU contention factor must be in 1..10, got {Options.CpuContention}");
         if (!(Options.MinSplitGainMs >= 0)) throw new ArgumentException($"minimum split gain must be >= 0 ms, got {Options.MinSplitGainMs}");
         if (!(Options.AdaptRate is > 0 and <= 1)) throw new ArgumentException($"adapt rate must be in (0, 1], got {Options.AdaptRate}");
-        _contendedFactor = Options.CpuContention;
+        _contendedFactor[0] = _contendedFactor[1] = Options.CpuContention;
     }
 
     public HardwareProfile Profile { get; }
@@ -90,7 +90,7 @@ public sealed partial class ExpertRouter
         double[] resident = ResidentGpuMs(experts);
         Span<double> staged = stackalloc double[n];
         double best = double.PositiveInfinity;
-        bool learned = Learned(experts);
+        var regime = RegimeOf(experts);
         int bestMask = 0, bestCount = int.MaxValue;
         for (int mask = 0; mask < 1 << n; mask++)
         {
@@ -100,7 +100,7 @@ public sealed partial class ExpertRouter
                 if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
                 else cpu += misses[i].CpuMs;
             if (cpu > best + Eps) continue;
-            double makespan = Math.Max(CpuLane(cpu, m > 0, learned), GpuLane.Simulate(resident, staged[..m], TransferMs(learned, cpuWork: m < n), Options.StagingSlots));
+            double makespan = Math.Max(CpuLane(cpu, m > 0, regime), GpuLane.Simulate(resident, staged[..m], TransferMs(regime, cpuWork: m < n), Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
             if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
                 (best, bestMask, bestCount) = (makespan, mask, count);
@@ -114,40 +114,50 @@ public sealed partial class ExpertRouter
         double[] resident = ResidentGpuMs(experts);
         bool[] transfer = new bool[misses.Length];
         var staged = new List<double>(misses.Length);
-        bool learned = Learned(experts);
+        var regime = RegimeOf(experts);
         double cpu = 0;
         foreach (int i in Enumerable.Range(0, misses.Length).OrderByDescending(i => misses[i].CpuMs).ThenBy(i => misses[i].Expert))
         {
             transfer[i] = true;
             staged.Clear();
             for (int j = 0; j < misses.Length; j++) if (transfer[j]) staged.Add(misses[j].GpuMs);
-            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), TransferMs(learned, cpuWork: cpu > 0), Options.StagingSlots);
-            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, learned) - Eps;
+            double gpuIf = GpuLane.Simulate(resident, staged.ToArray(), TransferMs(regime, cpuWork: cpu > 0), Options.StagingSlots);
+            transfer[i] = gpuIf < CpuLane(cpu + misses[i].CpuMs, true, regime) - Eps;
             if (!transfer[i]) cpu += misses[i].CpuMs;
         }
         return transfer;
     }
 
     /// <summary>The CPU lane's time: slower while weights stream in the same layer (both read host DRAM).</summary>
-    private double CpuLane(double cpuMs, bool anyTransfer, bool learned) => cpuMs * CpuFactor(anyTransfer, learned);
+    private double CpuLane(double cpuMs, bool anyTransfer, FactorRegime regime) => cpuMs * CpuFactor(anyTransfer, regime);
 
-    /// <summary>Learned factors apply to decode-sized layers (where they were learned: the SIMD kernel's regime); larger
-    /// batches run on other code (oneDNN) with their own behaviour, so they keep the configured contention only.</summary>
-    private double CpuFactor(bool anyTransfer, bool learned) =>
-        !learned ? (anyTransfer ? Options.CpuContention : 1)
-        : anyTransfer ? Volatile.Read(ref _contendedFactor) : Volatile.Read(ref _calmFactor);
+    /// <summary>
+    /// Which learned factors a layer uses. Decode-sized layers (≤ 4 tokens per expert: the SIMD kernel, memory-bound)
+    /// and larger batches (prefill, beams: oneDNN/AMX, more compute per byte) slow down differently beside the copies,
+    /// so each regime learns its own; without learning, the configured contention applies.
+    /// </summary>
+    private enum FactorRegime { Calibrated = -1, Decode = 0, Batch = 1 }
 
     private const int LearnedMaxTokens = 4;
 
+    private FactorRegime RegimeOf(IReadOnlyList<ExpertLoad> experts) =>
+        !Options.AdaptCpuModel ? FactorRegime.Calibrated : RegimeOfTokens(experts.Select(e => e.Tokens));
+
+    private static FactorRegime RegimeOfTokens(IEnumerable<int> tokens) =>
+        tokens.All(t => t <= LearnedMaxTokens) ? FactorRegime.Decode : FactorRegime.Batch;
+
+    private double CpuFactor(bool anyTransfer, FactorRegime regime) =>
+        regime == FactorRegime.Calibrated ? (anyTransfer ? Options.CpuContention : 1)
+        : anyTransfer ? Volatile.Read(ref _contendedFactor[(int)regime]) : Volatile.Read(ref _calmFactor[(int)regime]);
+
     /// <summary>
-    /// One expert's weight copy: calibrated, times the learned factor in decode-sized layers where the CPU lane runs
-    /// beside the copies (the regime it is learned in: both read host DRAM). Alone, copies run at calibrated speed.
+    /// One expert's weight copy: calibrated, times the regime's learned factor where the CPU lane runs beside the copies
+    /// (where it is learned: both read host DRAM). Alone, copies run at calibrated speed.
     /// </summary>
-    private double TransferMs(bool learned, bool cpuWork) => Profile.TransferMs * TransferFactorFor(learned, cpuWork);
+    private double TransferMs(FactorRegime regime, bool cpuWork) => Profile.TransferMs * TransferFactorFor(regime, cpuWork);
 
-    private double TransferFactorFor(bool learned, bool cpuWork) => learned && cpuWork ? Volatile.Read(ref _transferFactor) : 1;
-
-    private bool Learned(IReadOnlyList<ExpertLoad> experts) => Options.AdaptCpuModel && experts.All(e => e.Tokens <= LearnedMaxTokens);
+    private double TransferFactorFor(FactorRegime regime, bool cpuWork) =>
+        regime != FactorRegime.Calibrated && cpuWork ? Volatile.Read(ref _transferFactor[(int)regime]) : 1;
 
     private readonly record struct SplitChoice(int Miss, double GpuShare);
 
@@ -160,7 +170,7 @@ public sealed partial class ExpertRouter
     {
         double[] resident = ResidentGpuMs(experts);
         SplitChoice? best = null;
-        bool learned = Learned(experts);
+        var regime = RegimeOf(experts);
         double bestMs = target;
         var staged = new double[misses.Length];
         for (int s = 0; s < misses.Length; s++)
@@ -172,11 +182,11 @@ public sealed partial class ExpertRouter
                 else if (transfer[i]) staged[m++] = misses[i].GpuMs;
                 else cpuOthers += misses[i].CpuMs;
             var (cpuPart, roundTrip) = CpuParts(misses[s], experts[misses[s].Index].Tokens);
-            double Cpu(double t) => CpuLane(cpuOthers + (1 - t) * cpuPart + roundTrip, true, learned);
+            double Cpu(double t) => CpuLane(cpuOthers + (1 - t) * cpuPart + roundTrip, true, regime);
             double Gpu(double t)
             {
                 staged[m] = t * misses[s].GpuMs;
-                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), TransferMs(learned, cpuWork: true), Options.StagingSlots, lastTransferMs: t * TransferMs(learned, cpuWork: true));
+                return GpuLane.Simulate(resident, staged.AsSpan(0, m + 1), TransferMs(regime, cpuWork: true), Options.StagingSlots, lastTransferMs: t * TransferMs(regime, cpuWork: true));
             }
             double lo = 0, hi = 1;
             for (int k = 0; k < 40; k++)
@@ -210,9 +220,9 @@ public sealed partial class ExpertRouter
         // The split's transferred part is copied last.
         double[] stagedMs = staged.Select(m => m.GpuMs).Concat(split is null ? [] : [t * misses[splitMiss].GpuMs]).ToArray();
         int copies = stagedMs.Length;
-        bool learned = Learned(experts);
+        var regime = RegimeOf(experts);
         bool cpuWork = split is not null || misses.Where((_, i) => !transfer[i]).Any();
-        double transferFactor = TransferFactorFor(learned, cpuWork), transferMs = Profile.TransferMs * transferFactor;
+        double transferFactor = TransferFactorFor(regime, cpuWork), transferMs = Profile.TransferMs * transferFactor;
         var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[copies], new double[copies]);
         double gpu = GpuLane.Simulate(residentMs, stagedMs, transferMs, Options.StagingSlots, residentStart, copyStart, computeStart,
             split is null ? double.NaN : t * transferMs);
@@ -228,7 +238,7 @@ public sealed partial class ExpertRouter
             double own = transferMs + m.GpuMs;
             decisions[m.Index] = new(m.Expert, experts[m.Index].Tokens, ExpertPlacement.Transfer, own, copyStart[s], computeStart[s], computeStart[s] + m.GpuMs);
         }
-        double factor = CpuFactor(copies > 0, learned);
+        double factor = CpuFactor(copies > 0, regime);
         double cpu = 0;
         foreach (var m in misses.Where((_, i) => !transfer[i] && i != splitMiss).OrderBy(m => m.Expert))
         {

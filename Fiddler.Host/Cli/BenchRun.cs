@@ -168,6 +168,7 @@ public static class BenchRun
             ["cpu_threads"] = o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["transfer_factor"] = engine.Scheduler is { } sct ? Math.Round(sct.Router.TransferFactor, 3) : null,
+            ["batch_factors"] = engine.Scheduler is { } scb ? new[] { Math.Round(scb.Router.BatchFactors.Calm, 3), Math.Round(scb.Router.BatchFactors.Contended, 3), Math.Round(scb.Router.BatchFactors.Transfer, 3) } : null,
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
             ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,

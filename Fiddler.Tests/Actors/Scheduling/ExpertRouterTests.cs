@@ -342,6 +342,33 @@ public sealed class ExpertRouterTests
     }
 
     [Fact]
+    public void Account_PrefillLayersSlowerThanPlanned_LearnBatchFactorsApartFromDecode()
+    {
+        // A prefill-like layer: six misses of 64 tokens each (CPU 2.9 + 6.3 = 9.2 ms per expert, copy 6.45 + 0.15).
+        var host = Host(cpu1: 2.9);
+        var router = SplitRouter(host, contention: 1.25);
+        ExpertLoad[] layer = [.. Enumerable.Range(0, 6).Select(e => Miss(e, tokens: 64))];
+        var before = router.Decide(layer);
+        int copiedBefore = before.Count(ExpertPlacement.Transfer);
+        // In the engine the CPU lane runs 2× its calibrated time beside the copies; the copies take their calibrated time.
+        for (int i = 0; i < 400; i++)
+        {
+            var plan = router.Decide(layer);
+            router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs / plan.CpuFactor * 2.0, observedDeviceLaneMs: plan.GpuLaneMs / plan.TransferFactor);
+        }
+        var batch = router.BatchFactors;
+        Assert.Equal(2.0, batch.Contended, 3);
+        Assert.Equal(1.0, batch.Transfer, 3);
+        var after = router.Decide(layer);
+        Assert.True(after.Count(ExpertPlacement.Transfer) > copiedBefore, $"{after.Count(ExpertPlacement.Transfer)} vs {copiedBefore} copied");
+        Assert.Equal(2.0, after.CpuFactor, 3);
+        // Decode-sized layers keep their own factors (the configured start) and plans.
+        Assert.Equal((1.0, 1.25), router.CpuFactors);
+        Assert.Equal(1.0, router.TransferFactor);
+        Assert.Equal(1.25, router.Evaluate([Miss(5), Miss(6)], e => e.Expert == 6).CpuFactor, 9);
+    }
+
+    [Fact]
     public void Account_AdaptationOff_FactorsStayFixed()
     {
         var router = new ExpertRouter(Host(cpu1: 2.9), new RouterOptions(CpuContention: 1.3, AdaptCpuModel: false));
