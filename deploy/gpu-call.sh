@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call of a session: unpack the bundle, then run the steps named in STEPS, each under its own timeout,
+# logs and JSON under $OUT/results, packed into $OUT/results.tgz at the end (the device tool returns ≤ 8 files).
+#   STEPS="verify decode78 b78 b24" SPINS="0 200" deploy/gpu-call.sh
+# verify: HF parity + every offload plan on CUDA; decode: bench-decode (4 all-GPU layers) per SPINS;
+# b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
+# algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$root/gpu-out}; res="$OUT/results"; mkdir -p "$res"
+py=${PYTHON:-/opt/torch/.venv/bin/python}
+mkdir -p /opt/fiddler && tar -xJf "$root/artifacts/fiddler-bundle.tar.xz" -C /opt/fiddler
+f=/opt/fiddler/fiddler
+cp "$root/bench/profiles/h100-mixtral-8x7b-bf16.json" "$res/profile.json"
+exec > >(tee -a "$res/call.log") 2>&1
+nvidia-smi --query-gpu=name --format=csv,noheader; date -u
+for step in ${STEPS:-verify}; do
+  echo "=== $step $(date -u +%H:%M:%S)"
+  case $step in
+    verify) timeout 150 $f verify --fixtures "$root/Fiddler.Tests/Fixtures" --device cuda --plans > "$res/verify.log" 2>&1
+            echo "verify rc=$?"; grep -E "plans|PASS|FAIL|pass|fail" "$res/verify.log" | tail -5 ;;
+    decode) for s in ${SPINS:-0}; do
+              timeout 90 $f bench-decode --config mixtral-8x7b --layers 4 --device cuda --prompt-tokens 16 --new-tokens 64 \
+                --readback-spin-us "$s" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
+            done ;;
+    seed*)  b=${step#seed}; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
+    b*)     b=${step#b}; base=(); [ -f "$res/seed-$b.json" ] && base=(--baseline "$res/seed-$b.json")
+            for s in ${SPINS:-0}; do
+              log="$res/bench-${b}gib-spin$s.log"
+              # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
+              timeout 200 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
+                --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" --readback-spin-us "$s" ${BENCH_FLAGS:-} > "$log" 2>&1 || echo "FAILED: $b spin $s"
+              tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
+              ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
+              echo "budget ${b} GiB spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s"
+            done ;;
+  esac
+done
+date -u
+tar -czf "$OUT/results.tgz" -C "$OUT" results
