@@ -91,7 +91,9 @@ public sealed class OffloadEngine : IDisposable
         // Workers spin 2 ms before sleeping: one decode layer's device work is ~1 ms, so the pool stays awake between layers.
         var pool = Own(new CpuWorkerPool(o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1), TimeSpan.FromMilliseconds(2)));
         var simd = new SimdCpuBackend(pool);
-        var torchCpu = new TorchCpuBackend();
+        // libtorch's CPU linear (large batches) gets the same cores as the pool, for the same reason: its OpenMP team
+        // defaults to every core, and the thread queuing the GPU's copies and experts takes one of them.
+        var torchCpu = new TorchCpuBackend(o.Device.type == DeviceType.CUDA ? pool.Concurrency : 0);
         var expertShape = new ExpertShape(Config.HiddenSize, Config.IntermediateSize, dtype);
         Stager = o.Device.type == DeviceType.CUDA
             ? Own(new CudaWeightStager(new WeightStager(o.Device, expertShape, o.StagingSlots)))

@@ -36,7 +36,7 @@ public static class BenchCommand
         var outDir = new Option<string>("--out") { DefaultValueFactory = _ => "bench/results" };
         var profile = new Option<string?>("--profile") { Description = "Latency-model cache file" };
         var libtorch = new Option<string?>("--libtorch");
-        var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 0)" };
+        var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 200)" };
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
         foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin })

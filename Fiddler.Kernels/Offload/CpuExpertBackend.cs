@@ -32,12 +32,17 @@ public interface ICpuExpertBackend
 /// CPU experts through libtorch's CPU linear (oneDNN; AMX on CPUs that have it): the seed's way, and the better one
 /// for large token batches. Activations are cast to the weights' dtype, as HF does.
 /// </summary>
-public sealed class TorchCpuBackend : ICpuExpertBackend
+/// <param name="threads">Intra-op threads for the jobs (set on the thread that runs them: OpenMP keeps the count per
+/// calling thread); 0 leaves libtorch's setting (every core by default).</param>
+public sealed class TorchCpuBackend(int threads = 0) : ICpuExpertBackend
 {
     public string Name => "torch";
 
+    public int Threads { get; } = threads >= 0 ? threads : throw new ArgumentOutOfRangeException(nameof(threads), threads, "must be ≥ 0");
+
     public void Run(IReadOnlyList<CpuExpertJob> jobs)
     {
+        if (Threads > 0 && get_num_threads() != Threads) set_num_threads(Threads);
         // Runs on a worker thread: its own dispose scope (TorchSharp scopes are per thread).
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();

@@ -44,7 +44,7 @@ internal sealed class LaneBuffers : IDisposable
         var x = _x.narrow(0, 0, n);
         x.copy_(flat.index_select(0, DeviceIndices.Get(rows, flat.device)).to(ScalarType.Float32), true);
         _copied.RecordOnDefaultStream();
-        _copied.Synchronize();
+        Runtime.HostReadback.Wait(_copied);
         return (x.MoveToOuterDisposeScope(), _y!.narrow(0, 0, n).MoveToOuterDisposeScope());
     }
 

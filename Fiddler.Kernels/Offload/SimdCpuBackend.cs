@@ -50,7 +50,9 @@ public sealed class SplitCpuBackend(ICpuExpertBackend small, ICpuExpertBackend l
     {
         var useLarge = jobs.Where(j => preferLarge((int)j.X.shape[0])).ToList();
         var useSmall = jobs.Where(j => !preferLarge((int)j.X.shape[0])).ToList();
-        if (useSmall.Count > 0) small.Run(useSmall);
+        // Large first: the small backend's workers spin a while after their region (to catch the next layer), and
+        // spinning beside libtorch's threads would slow those.
         if (useLarge.Count > 0) large.Run(useLarge);
+        if (useSmall.Count > 0) small.Run(useSmall);
     }
 }

@@ -6,16 +6,20 @@ using static TorchSharp.torch;
 namespace Fiddler.Kernels.Runtime;
 
 /// <summary>
-/// Small device→host reads on the decode path (routing ids) without spinning a core: the copy goes into page-locked
-/// memory and the host sleeps on a blocking-sync event until it lands. A plain <c>.cpu()</c> makes CUDA spin-wait, and
-/// while the GPU waits for the CPU experts (a gated merge) that spin takes a core from them for the whole lane.
-/// One buffer per thread and device (the thread that drives the GPU); results are copied out before returning. The
-/// buffers live as long as the process (a few KB of page-locked memory and one event per such thread).
+/// Small device→host reads on the decode path (routing ids) without CUDA's spin-wait: the copy goes into page-locked
+/// memory and the host polls the event briefly (<see cref="SpinMicroseconds"/>), then sleeps on it (a blocking-sync
+/// event). A plain <c>.cpu()</c> spins for the whole wait, and while the GPU waits for the CPU experts (a gated merge)
+/// that spin takes a core from them for the whole lane. One buffer per thread and device (the thread that drives the
+/// GPU); results are copied out before returning. The buffers live as long as the process (a few KB of page-locked
+/// memory and one event per such thread).
 /// </summary>
 public static class HostReadback
 {
     [ThreadStatic] private static Dictionary<int, (Tensor Buffer, CudaEvent Done)>? t_staging;
-    private static int s_spinMicroseconds;
+    private static int s_spinMicroseconds = DefaultSpinMicroseconds;
+
+    /// <summary>The default poll before sleeping (H100 host, same call: decode 6.49 vs 5.80 tok/s at 24 GiB with 0).</summary>
+    public const int DefaultSpinMicroseconds = 200;
 
     /// <summary>
     /// How long the host polls a read-back before it sleeps on the event, in µs (0: sleep at once). A short wait (the
@@ -58,7 +62,8 @@ public static class HostReadback
         return result.data<long>().ToArray();
     }
 
-    private static void Wait(CudaEvent done)
+    /// <summary>Waits for a blocking-sync event: polls for <see cref="SpinMicroseconds"/>, then sleeps on it.</summary>
+    internal static void Wait(CudaEvent done)
     {
         int spin = SpinMicroseconds;
         if (spin > 0)

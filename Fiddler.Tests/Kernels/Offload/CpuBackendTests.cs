@@ -1,0 +1,49 @@
+using Xunit;
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Modules;
+using Fiddler.Kernels.Offload;
+using static TorchSharp.torch;
+
+namespace Fiddler.Tests.Kernels.Offload;
+
+public class CpuBackendTests
+{
+    private sealed class Recording(string name, List<string> log) : ICpuExpertBackend
+    {
+        public string Name => name;
+        public void Run(IReadOnlyList<CpuExpertJob> jobs) => log.Add($"{name}:{string.Join(",", jobs.Select(j => j.X.shape[0]))}");
+    }
+
+    [Fact]
+    public void SplitBackend_RunsLargeBatchesFirst_ThenSmall_EachJobOnce()
+    {
+        using var scope = NewDisposeScope();
+        var c = MixtralConfig.Mixtral8x7B with { HiddenSize = 8, IntermediateSize = 16, NumAttentionHeads = 2, NumKeyValueHeadsRaw = 1 };
+        using var expert = new MixtralBlockSparseTop2MLP(c, ScalarType.Float32, CPU);
+        CpuExpertJob Job(int tokens) => new(expert, zeros(tokens, 8), zeros(tokens, 8));
+        var log = new List<string>();
+        var split = new SplitCpuBackend(new Recording("small", log), new Recording("large", log), tokens => tokens >= 16);
+        split.Run([Job(1), Job(64), Job(4), Job(16)]);
+        Assert.Equal(["large:64,16", "small:1,4"], log);
+    }
+
+    [Fact]
+    public void TorchBackend_WithThreads_SetsTheRunningThreadsIntraOpCount()
+    {
+        int seen = 0, before = 0;
+        var thread = new Thread(() =>
+        {
+            before = get_num_threads();
+            try
+            {
+                new TorchCpuBackend(1).Run([]);
+                seen = get_num_threads();
+            }
+            finally { set_num_threads(before); }
+        });
+        thread.Start();
+        thread.Join();
+        Assert.Equal(1, seen);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new TorchCpuBackend(-1));
+    }
+}
