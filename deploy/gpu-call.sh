@@ -13,7 +13,10 @@ mkdir -p /opt/fiddler && tar -xJf "$root/artifacts/fiddler-bundle.tar.xz" -C /op
 f=/opt/fiddler/fiddler
 cp "$root/bench/profiles/h100-mixtral-8x7b-bf16.json" "$res/profile.json"
 exec > >(tee -a "$res/call.log") 2>&1
-nvidia-smi --query-gpu=name --format=csv,noheader; date -u
+nvidia-smi --query-gpu=name --format=csv,noheader; date -u; uptime
+# SETTLE=1: before each bench or seed run, write back dirty pages and compact memory (the previous run just freed
+# ~70 GB of page-locked memory; the first run after such a free was the slowest of its call three times out of three).
+settle() { [ "${SETTLE:-0}" = 1 ] || return 0; sync; echo 1 > /proc/sys/vm/compact_memory 2>/dev/null; sleep 2; echo "settled, load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for step in ${STEPS:-verify}; do
   echo "=== $step $(date -u +%H:%M:%S)"
   case $step in
@@ -23,10 +26,10 @@ for step in ${STEPS:-verify}; do
               timeout 90 $f bench-decode --config mixtral-8x7b --layers 4 --device cuda --prompt-tokens 16 --new-tokens 64 \
                 --readback-spin-us "$s" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
             done ;;
-    seed*)  b=${step#seed}; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
+    seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; base=(); [ -f "$res/seed-$b.json" ] && base=(--baseline "$res/seed-$b.json")
             for s in ${SPINS:-0}; do
-              log="$res/bench-${b}gib-spin$s.log"
+              log="$res/bench-${b}gib-spin$s-$(date +%H%M%S).log"; settle
               # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
               timeout 200 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
                 --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" --readback-spin-us "$s" ${BENCH_FLAGS:-} > "$log" 2>&1 || echo "FAILED: $b spin $s"
