@@ -24,6 +24,7 @@ public static class HostPinning
         if (bytes >= MinBytes && CudaRuntime.IsAvailable)
         {
             IntPtr p = TensorMemory.DataPtr(t);
+            HugePages.Advise(p, bytes); // before the pages are touched: registering faults them all in
             try
             {
                 PinnedMemory.Register(p, bytes);
