@@ -14,6 +14,7 @@ f=/opt/fiddler/fiddler
 cp "$root/bench/profiles/h100-mixtral-8x7b-bf16.json" "$res/profile.json"
 exec > >(tee -a "$res/call.log") 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader; date -u; uptime
+echo "THP enabled: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null); defrag: $(cat /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null)"
 # SETTLE=1: before each bench or seed run, write back dirty pages and compact memory (the previous run just freed
 # ~70 GB of page-locked memory; the first run after such a free was the slowest of its call three times out of three).
 settle() { [ "${SETTLE:-0}" = 1 ] || return 0; sync; echo 1 > /proc/sys/vm/compact_memory 2>/dev/null; sleep 2; echo "settled, load $(cut -d' ' -f1-3 /proc/loadavg)"; }
@@ -35,7 +36,8 @@ for step in ${STEPS:-verify}; do
                 --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" --readback-spin-us "$s" ${BENCH_FLAGS:-} > "$log" 2>&1 || echo "FAILED: $b spin $s"
               tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
-              echo "budget ${b} GiB spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s"
+              huge=$(grep -m1 '"host_huge_pages_gib"' "$log" | tr -dc '0-9.')
+              echo "budget ${b} GiB spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB"
             done ;;
   esac
 done
