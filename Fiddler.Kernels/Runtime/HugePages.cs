@@ -17,10 +17,13 @@ public static partial class HugePages
     [LibraryImport("libc", SetLastError = true)]
     private static partial int madvise(nint addr, nuint length, int advice);
 
+    /// <summary>False when the environment sets FIDDLER_HOST_HUGE_PAGES=0 (for A/B runs).</summary>
+    public static bool Enabled { get; } = Environment.GetEnvironmentVariable("FIDDLER_HOST_HUGE_PAGES") != "0";
+
     /// <summary>Advises huge pages for the pages spanning [p, p + bytes). False where unsupported or refused.</summary>
     public static bool Advise(nint p, long bytes)
     {
-        if (!OperatingSystem.IsLinux() || p == 0 || bytes <= 0) return false;
+        if (!Enabled || !OperatingSystem.IsLinux() || p == 0 || bytes <= 0) return false;
         long page = Environment.SystemPageSize;
         long start = p & ~(page - 1), end = (p + bytes + page - 1) & ~(page - 1);
         try { return madvise((nint)start, (nuint)(end - start), MadvHugepage) == 0; }
