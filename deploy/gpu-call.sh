@@ -15,8 +15,9 @@ cp "$root/bench/profiles/h100-mixtral-8x7b-bf16.json" "$res/profile.json"
 exec > >(tee -a "$res/call.log") 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader; date -u; uptime
 echo "THP enabled: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null); defrag: $(cat /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null)"
-# SETTLE=1: before each bench or seed run, write back dirty pages and compact memory (the previous run just freed
-# ~70 GB of page-locked memory; the first run after such a free was the slowest of its call three times out of three).
+# SETTLE=1: before each bench or seed run, write back dirty pages and compact memory (each run frees ~70 GB of
+# page-locked memory). Runs still drift within a call: on a freshly started machine the first 24 GiB run was the
+# fastest (calls 4 and 7 of 2026-11-27 session 4), in calls 1-3 the slowest; compare variants in alternating order.
 settle() { [ "${SETTLE:-0}" = 1 ] || return 0; sync; echo 1 > /proc/sys/vm/compact_memory 2>/dev/null; sleep 2; echo "settled, load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for step in ${STEPS:-verify}; do
   echo "=== $step $(date -u +%H:%M:%S)"

@@ -24,7 +24,6 @@ public static class HostPinning
         if (bytes >= MinBytes && CudaRuntime.IsAvailable)
         {
             IntPtr p = TensorMemory.DataPtr(t);
-            HugePages.Advise(p, bytes); // before the pages are touched: registering faults them all in
             try
             {
                 PinnedMemory.Register(p, bytes);
