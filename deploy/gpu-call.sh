@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One device call of a session: unpack the bundle, then run the steps named in STEPS, each under its own timeout,
 # logs and JSON under $OUT/results, packed into $OUT/results.tgz at the end (the device tool returns ≤ 8 files).
-#   STEPS="verify decode78 b78 b24" SPINS="0 200" deploy/gpu-call.sh
+#   STEPS="verify decode b78 b24" SPINS="0 200" deploy/gpu-call.sh
 # verify: HF parity + every offload plan on CUDA; decode: bench-decode (4 all-GPU layers) per SPINS;
 # b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
 set -uo pipefail
+for step in ${STEPS:-verify}; do # every step checked before anything runs
+  [[ $step =~ ^(verify|decode|seed[0-9]+|b[0-9]+)$ ]] || { echo "unknown step '$step' (verify, decode, seedN, bN with N whole GiB)" >&2; exit 2; }
+done
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/gpu-out}; res="$OUT/results"; mkdir -p "$res"
 py=${PYTHON:-/opt/torch/.venv/bin/python}

@@ -22,7 +22,8 @@ public sealed partial class ExpertRouter
     /// <see cref="LayerPlan.CpuLaneMs"/>. Thread-safe.
     /// </summary>
     /// <param name="observedDeviceLaneMs">The device lane's time (copies, streamed and resident experts) against
-    /// <see cref="LayerPlan.GpuLaneMs"/>; teaches the transfer factor (decode-sized layers with transfers).</param>
+    /// <see cref="LayerPlan.GpuLaneMs"/>; teaches the layer's regime its transfer factor, from layers with transfers and
+    /// CPU work (the factor is the copies' slowdown beside the CPU lane; copies alone are planned at calibrated speed).</param>
     public void Account(LayerPlan plan, IReadOnlyList<ExpertTiming> observed, double? observedLayerMs = null,
         double? observedCpuLaneMs = null, double? observedDeviceLaneMs = null)
     {

@@ -18,7 +18,8 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>A projection whose weight [out, in] is <paramref name="weight"/> itself (e.g. a view into a fused
-    /// weight: whatever fills this parameter fills that memory).</summary>
+    /// weight: whatever fills this parameter fills that memory). Moving the module with <c>.to()</c> would copy the view
+    /// and end the sharing: build such modules on their device.</summary>
     public Linear(Tensor weight) : base(nameof(Linear))
     {
         if (weight.dim() != 2) throw new ArgumentException($"a projection weight is [out, in], got {weight.dim()} dims", nameof(weight));

@@ -123,7 +123,7 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
         return true;
     }
 
-    /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints, waited for without spinning).</summary>
+    /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints; see <see cref="Runtime.HostReadback"/> for the wait).</summary>
     public static List<ExpertAssignment> Group(Tensor ids, int experts)
     {
         long n = ids.shape[0], k = ids.shape[1];

@@ -32,8 +32,9 @@ public interface ICpuExpertBackend
 /// CPU experts through libtorch's CPU linear (oneDNN; AMX on CPUs that have it): the seed's way, and the better one
 /// for large token batches. Activations are cast to the weights' dtype, as HF does.
 /// </summary>
-/// <param name="threads">Intra-op threads for the jobs (set on the thread that runs them: OpenMP keeps the count per
-/// calling thread); 0 leaves libtorch's setting (every core by default).</param>
+/// <param name="threads">Intra-op threads for the jobs, set on the thread that runs them (OpenMP keeps the count per
+/// calling thread) — libtorch also records it process-wide, for threads that start parallel work later; 0 leaves
+/// libtorch's setting (every core by default).</param>
 public sealed class TorchCpuBackend(int threads = 0) : ICpuExpertBackend
 {
     public string Name => "torch";

