@@ -37,9 +37,10 @@ public static class BenchCommand
         var profile = new Option<string?>("--profile") { Description = "Latency-model cache file" };
         var libtorch = new Option<string?>("--libtorch");
         var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 200)" };
+        var repeats = new Option<int>("--decode-repeats") { Description = "Decode windows of --new-tokens − 1 steps, back to back; decode_tok_s is their median (default 1)", DefaultValueFactory = _ => 1 };
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -53,12 +54,14 @@ public static class BenchCommand
                 HostReadback.SpinMicroseconds = us;
             }
             if (generate < 2) throw new ArgumentException("--new-tokens must be ≥ 2");
+            int decodeRepeats = r.GetValue(repeats);
+            if (decodeRepeats is < 1 or > 100) throw new ArgumentException($"--decode-repeats: {decodeRepeats} is not in 1..100");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var options = new EngineOptions
             {
                 ModelDir = r.GetValue(model), NamedConfig = r.GetValue(config), DummyWeights = r.GetValue(dummy), Device = dev,
                 GpuBudgetBytes = r.GetValue(budget) is { } b ? MemoryBudget.Parse(b) : null, PopularityPath = r.GetValue(popularity),
-                ContextTokens = prompts.Max() + generate, Layers = r.GetValue(layers),
+                ContextTokens = Math.Max(prompts.Max() + generate, BenchRun.ContextTokens(prompts, generate, decodeRepeats)), Layers = r.GetValue(layers),
                 Routing = r.GetValue(routing) switch
                 {
                     "auto" or "whole" => RoutingMode.Auto, "cpu" => RoutingMode.CpuOnly, "transfer" => RoutingMode.TransferOnly,
@@ -78,7 +81,7 @@ public static class BenchCommand
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
-            var result = BenchRun.Run(engine, prompts, generate);
+            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats);
             if (r.GetValue(actors))
             {
                 var (direct, viaActors, overhead) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge).GetAwaiter().GetResult();

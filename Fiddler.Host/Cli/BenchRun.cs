@@ -19,6 +19,8 @@ public static class BenchRun
         public double? GeneratorTokS { get; init; }
         public double? ActorsTokS { get; init; }
         public double? ActorOverheadPct { get; init; }
+        /// <summary>Each decode window's tok/s, in order (<see cref="DecodeTokS"/> is their median).</summary>
+        public double[] DecodeRuns { get; init; } = [];
     }
 
     /// <summary>
@@ -50,15 +52,28 @@ public static class BenchRun
             actors.Add((await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond);
         }
         engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
-        static double Median(IEnumerable<double> v) { var a = v.Order().ToArray(); return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2; }
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
         return (Median(direct), Median(actors), overhead);
     }
 
     private const int StagedSteps = 4;
 
-    public static Result Run(OffloadEngine engine, int[] prompts, int generate)
+    /// <summary>The positions the run needs: the longest prompt's prefill, and the decode windows after the first prompt
+    /// (plus the staged steps). The engine sizes its KV-cache reserve from this.</summary>
+    public static int ContextTokens(int[] prompts, int generate, int decodeRepeats) =>
+        Math.Max(prompts.Max() + 1, prompts[0] + (generate - 1) * decodeRepeats + 1 + StagedSteps);
+
+    private static double Median(IEnumerable<double> v)
     {
+        var a = v.Order().ToArray();
+        return a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
+    }
+
+    /// <param name="decodeRepeats">Decode windows of <paramref name="generate"/> − 1 steps each, one after the other on
+    /// one sequence (no prefill between them, so the router's counters see decode layers only); tok/s is their median.</param>
+    public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         var model = engine.Model;
         using var noGrad = no_grad();
         var rng = new Random(0);
@@ -83,20 +98,25 @@ public static class BenchRun
             if (engine.Scheduler is { } sp) ttftExecutor[p.ToString()] = ExecutorBreakdown(sp, 1);
         }
 
-        using var decodeCache = model.NewCache(prompts[0] + generate + StagedSteps);
+        int steps = generate - 1;
+        using var decodeCache = model.NewCache(ContextTokens([prompts[0]], generate, decodeRepeats));
         var first = model.Forward(tensor(Prompt(prompts[0])).unsqueeze(0), decodeCache);
         long next = first.argmax(-1).item<long>();
         first.Dispose();
-        engine.Scheduler?.ResetCounters(); // the decode window only (its prompt's prefill layers are not decode layers)
-        var decode = Stopwatch.StartNew();
-        for (int i = 1; i < generate; i++)
+        engine.Scheduler?.ResetCounters(); // the decode windows only (its prompt's prefill layers are not decode layers)
+        var runs = new double[decodeRepeats];
+        for (int w = 0; w < decodeRepeats; w++)
         {
-            using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
-            next = l.argmax(-1).item<long>();
+            var decode = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
+            {
+                using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
+                next = l.argmax(-1).item<long>();
+            }
+            runs[w] = steps / decode.Elapsed.TotalSeconds;
         }
-        double decodeS = decode.Elapsed.TotalSeconds;
         var s = engine.Scheduler;
-        var executor = s is null ? null : ExecutorBreakdown(s, generate);
+        var executor = s is null ? null : ExecutorBreakdown(s, steps * decodeRepeats);
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
         long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
         double cpuGbS = cpuLaneMs > 0 ? s!.CpuExpertEquivalents * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
@@ -110,8 +130,9 @@ public static class BenchRun
         }
         StageTimer.Disable();
         var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
-        return new Result(ttft, (generate - 1) / decodeS, s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
-            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages) { SplitExperts = s?.SplitExperts ?? 0, Executor = executor, TtftExecutor = ttftExecutor };
+        return new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
+            s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
+        { SplitExperts = s?.SplitExperts ?? 0, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs };
     }
 
     /// <summary>The decode window's executor timeline per layer (host clock, no syncs) and layers per token.</summary>
@@ -148,6 +169,7 @@ public static class BenchRun
             ["gpu_budget_gib"] = o.GpuBudgetBytes is long b ? Math.Round(MemoryBudget.ToGiB(b), 2) : null,
             ["experts_on_gpu"] = engine.Plan?.ExpertsOnGpu,
             ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
+            ["decode_tok_s_runs"] = r.DecodeRuns.Select(x => Math.Round(x, 3)).ToArray(),
             ["ttft_s"] = r.TtftS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
             ["gpu_hit_rate"] = Math.Round(r.HitRate, 3),
             ["cpu_expert_runs"] = r.CpuExperts,

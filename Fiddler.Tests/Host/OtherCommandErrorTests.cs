@@ -49,6 +49,11 @@ public sealed class OtherCommandErrorTests : IDisposable
             "--readback-spin-us: -5");
 
     [Fact]
+    public void Bench_ZeroDecodeRepeats_ExitCode2BeforeBuildingTheModel()
+        => AssertUserError(CliHarness.Run("bench", "--config", "mixtral-8x7b", "--dummy-weights", "--device", "cpu", "--decode-repeats", "0"),
+            "--decode-repeats: 0");
+
+    [Fact]
     public void BenchDecode_TooFewNewTokens_ExitCode2()
         => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "1", "--new-tokens", "1"), "--new-tokens");
 }

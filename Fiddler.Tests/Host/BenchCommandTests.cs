@@ -1,0 +1,36 @@
+using System.Text.Json;
+using Xunit;
+using Fiddler.Tests.Support;
+
+namespace Fiddler.Tests.Host;
+
+/// <summary><c>fiddler bench</c> end to end on a fixture model, on the CPU device, under a budget that offloads every expert.</summary>
+[Collection(ConsoleCollection.Name)]
+public sealed class BenchCommandTests : IDisposable
+{
+    private readonly string _dir = TinyCheckpoint.TempDir();
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void Bench_DecodeRepeats_ReportsEachWindowAndTheirMedian()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string outDir = Path.Combine(_dir, "results");
+        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8,16",
+            "--new-tokens", "5", "--decode-repeats", "3", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
+        string file = Assert.Single(Directory.GetFiles(outDir, "*.json"));
+        using var json = JsonDocument.Parse(File.ReadAllText(file));
+        var root = json.RootElement;
+        double[] runs = root.GetProperty("decode_tok_s_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        Assert.Equal(3, runs.Length);
+        Assert.All(runs, x => Assert.True(x > 0));
+        Assert.Equal(runs.Order().ElementAt(1), root.GetProperty("decode_tok_s").GetDouble(), 3);
+        Assert.Equal(2, root.GetProperty("ttft_s").EnumerateObject().Count());
+        // 4 steps × 3 windows of decode layers only: every layer of every step is one observed layer.
+        Assert.Equal(root.GetProperty("layers").GetInt32(), root.GetProperty("executor_ms_per_layer").GetProperty("layers_per_token").GetDouble(), 2);
+        Assert.Equal(3, root.GetProperty("batch_factors").GetArrayLength());
+        Assert.True(root.GetProperty("readback_spin_us").GetInt32() >= 0);
+    }
+}
