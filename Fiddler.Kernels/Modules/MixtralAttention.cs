@@ -45,7 +45,8 @@ public sealed class MixtralAttention : nn.Module
         RegisterComponents();
     }
 
-    /// <summary>The fused projection weight [(H + 2 Hkv) Dh, D]: q_proj, k_proj and v_proj are views of it.</summary>
+    /// <summary>The fused projection weight [(H + 2 Hkv) Dh, D]: q_proj, k_proj and v_proj are views of it. A registered
+    /// buffer of the module (disposed with it), not a parameter: the checkpoint fills it through the three views.</summary>
     public Tensor QkvWeight => _qkv;
 
     /// <param name="x">[B, T, D] hidden states of positions start..start+T-1.</param>
@@ -86,13 +87,6 @@ public sealed class MixtralAttention : nn.Module
             o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, false).transpose(1, 2); // [B, T, H, Dh]
         }
         return _oProj.forward(o.reshape(b, t, _heads * _headDim)).MoveToOuterDisposeScope();
-    }
-
-    protected override void Dispose(bool disposing)
-    {
-        // The views die with the module; the fused storage is not a registered parameter, so it is freed here.
-        if (disposing) _qkv.Dispose();
-        base.Dispose(disposing);
     }
 
     /// <summary>True where query i (position start+i) may see key j: j ≤ start+i and, with a window, start+i-j &lt; W.</summary>

@@ -51,6 +51,9 @@ public class MixtralAttentionTests
         Assert.Equal(1f, fused.narrow(0, 0, 64).mean().item<float>());
         Assert.Equal(2f, fused.narrow(0, 64, 16).mean().item<float>());
         Assert.Equal(3f, fused.narrow(0, 80, 16).mean().item<float>());
+        // The fused storage is the module's one buffer (disposed with it), not a parameter the loader would look for.
+        Assert.Equal("_qkv", Assert.Single(attention.named_buffers()).name);
+        Assert.Equal(4, p.Count);
     }
 
     [Theory]
