@@ -29,6 +29,8 @@ public sealed partial class ExpertRouter
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(observed);
+        // The layer's regime (decode-sized or batch), worked out once: it picks the factors that learn from this layer.
+        int regime = (int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens));
         lock (_gate)
         {
             foreach (var t in observed)
@@ -46,19 +48,18 @@ public sealed partial class ExpertRouter
                 {
                     // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
-                    int r = (int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens));
-                    ref double factor = ref plan.HasTransfers ? ref _contendedFactor[r] : ref _calmFactor[r];
+                    ref double factor = ref plan.HasTransfers ? ref _contendedFactor[regime] : ref _calmFactor[regime];
                     factor += Options.AdaptRate * (Robust(ratio, factor) - factor);
                 }
             }
-            if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && plan.Decisions.All(d => d.Tokens <= LearnedMaxTokens))
+            if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && regime == (int)FactorRegime.Decode)
                 _deviceLane = _deviceLane.Add(plan.GpuLaneMs, seen);
             if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.HasCpuWork && plan.GpuLaneMs > 0
                 && double.IsFinite(dev) && dev > 0)
             {
                 // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
                 double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
-                ref double factor = ref _transferFactor[(int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens))];
+                ref double factor = ref _transferFactor[regime];
                 factor += Options.AdaptRate * (Robust(target, factor) - factor);
             }
         }
