@@ -54,8 +54,9 @@ public sealed class OffloadEngine : IDisposable
         {
             var popularity = o.PopularityPath is null ? ExpertPopularity.Uniform(shape.Layers, shape.Experts)
                 : ExpertPopularity.Load(o.PopularityPath, shape);
-            plan = PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(Math.Min(o.ContextTokens, config.MaxPositionEmbeddings)),
-                reserveBytes: o.StagingSlots * shape.ExpertBytes + Math.Min(1L << 30, shape.NonExpertBytes / 2)); // staging + activations
+            long context = Math.Min(o.ContextTokens, config.MaxPositionEmbeddings);
+            plan = PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context),
+                reserveBytes: o.StagingSlots * shape.ExpertBytes + shape.ActivationReserveBytes(context)); // staging + activations
             residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
             log(plan.Summary());
         }

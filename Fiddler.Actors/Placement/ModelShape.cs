@@ -38,6 +38,22 @@ public sealed record ModelShape(
         2L * Layers * KvHeads * HeadDim * tokens * batch * BytesPerElement;
 
     /// <summary>
+    /// GPU memory kept free for one forward's transient tensors when up to <paramref name="tokens"/> tokens run at once
+    /// (a whole prompt) against as many cached positions. Per token: the hidden-state temporaries (residual, norm input
+    /// and output, the MoE's gathered rows and outputs; fp32 inside the norms: 32·H bytes), one expert's SwiGLU
+    /// intermediates (fused gate/up output, activation, product: 4·I elements) and the K/V a prefill repeats over the
+    /// query heads (2·heads·head dim elements); plus the boolean causal mask (tokens²) and 64 MiB for cuBLAS workspaces
+    /// and the caching allocator's rounding (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.31 GB for 900 tokens, 1.15 GB for 4096 (a fixed 1 GiB
+    /// before: too much for a short context, too little for a long one).
+    /// </summary>
+    public long ActivationReserveBytes(long tokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(tokens);
+        long perToken = 32L * Hidden + 4L * Intermediate * BytesPerElement + 2L * Heads * HeadDim * BytesPerElement;
+        return tokens * perToken + tokens * tokens + Math.Min(64L << 20, NonExpertBytes / 2);
+    }
+
+    /// <summary>
     /// A short stable hash of every field, for keying calibration caches: two shapes share it only when all sizes and
     /// the element width agree.
     /// </summary>

@@ -157,6 +157,13 @@ public static class BenchRun
         };
     }
 
+    private static double? DeviceMemoryUsedGiB(Device device)
+    {
+        if (device.type != TorchSharp.DeviceType.CUDA || !Fiddler.Kernels.Cuda.CudaRuntime.IsAvailable) return null;
+        var (free, total) = Fiddler.Kernels.Cuda.CudaRuntime.MemGetInfo();
+        return Math.Round(MemoryBudget.ToGiB(total - free), 2);
+    }
+
     public static Dictionary<string, object?> Report(OffloadEngine engine, EngineOptions o, Result r, string? baselinePath, string card)
     {
         double? baseline = null;
@@ -168,6 +175,10 @@ public static class BenchRun
             ["layers"] = engine.Config.NumHiddenLayers,
             ["gpu_budget_gib"] = o.GpuBudgetBytes is long b ? Math.Round(MemoryBudget.ToGiB(b), 2) : null,
             ["experts_on_gpu"] = engine.Plan?.ExpertsOnGpu,
+            ["reserve_gib"] = engine.Plan is { } plan ? Math.Round(MemoryBudget.ToGiB(plan.ReserveBytes), 3) : null,
+            // What the device has given out by the end (this process's CUDA context and torch's cached blocks, which
+            // keep the peak): the budget's honesty check. Null off CUDA.
+            ["gpu_memory_used_gib"] = DeviceMemoryUsedGiB(o.Device),
             ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
             ["decode_tok_s_runs"] = r.DecodeRuns.Select(x => Math.Round(x, 3)).ToArray(),
             ["ttft_s"] = r.TtftS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),

@@ -16,7 +16,7 @@ public sealed unsafe class CudaLibrary
         "cudaStreamCreateWithFlags", "cudaStreamDestroy", "cudaStreamSynchronize", "cudaStreamQuery", "cudaStreamWaitEvent",
         "cudaEventCreateWithFlags", "cudaEventRecord", "cudaEventSynchronize", "cudaEventQuery", "cudaEventElapsedTime",
         "cudaEventDestroy", "cudaMemcpyAsync", "cudaMemcpy2DAsync", "cudaHostRegister", "cudaHostUnregister", "cudaHostAlloc", "cudaFreeHost", "cudaHostGetDevicePointer",
-        "cudaGetErrorString", "cudaGetErrorName", "cudaGetLastError", "cudaDeviceSynchronize",
+        "cudaGetErrorString", "cudaGetErrorName", "cudaGetLastError", "cudaDeviceSynchronize", "cudaMemGetInfo",
     ];
 
     internal readonly delegate* unmanaged<int*, int> GetDeviceCount;
@@ -46,6 +46,7 @@ public sealed unsafe class CudaLibrary
     internal readonly delegate* unmanaged<int, byte*> GetErrorName;
     internal readonly delegate* unmanaged<int> GetLastError;
     internal readonly delegate* unmanaged<int> DeviceSynchronize;
+    internal readonly delegate* unmanaged<nuint*, nuint*, int> MemGetInfo;
 
     private CudaLibrary(IntPtr handle, string candidate, bool wasAlreadyMapped, Dictionary<string, IntPtr> e)
     {
@@ -78,6 +79,7 @@ public sealed unsafe class CudaLibrary
         GetErrorName = (delegate* unmanaged<int, byte*>)e["cudaGetErrorName"];
         GetLastError = (delegate* unmanaged<int>)e["cudaGetLastError"];
         DeviceSynchronize = (delegate* unmanaged<int>)e["cudaDeviceSynchronize"];
+        MemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)e["cudaMemGetInfo"];
         Path = ProcessMaps.FileAt(e["cudaGetDeviceCount"]) ?? candidate;
         WasAlreadyMapped = wasAlreadyMapped;
     }

@@ -175,6 +175,15 @@ public static unsafe class CudaRuntime
 
     public static void DeviceSynchronize() => Check(Library.DeviceSynchronize(), "cudaDeviceSynchronize");
 
+    /// <summary>The current device's free and total memory in bytes (free counts what every process, this one's CUDA
+    /// context and torch's cached blocks included, has not taken).</summary>
+    public static (long Free, long Total) MemGetInfo()
+    {
+        nuint free, total;
+        Check(Library.MemGetInfo(&free, &total), "cudaMemGetInfo");
+        return ((long)free, (long)total);
+    }
+
     public static IntPtr StreamCreateWithFlags(uint flags)
     {
         nint s;

@@ -31,7 +31,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
         {
             _resident[e] = residency?.IsResident(layer, e) ?? true;
             _experts.Add(_resident[e] ? new MixtralBlockSparseTop2MLP(c, dtype, device)
-                : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory));
+                : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory, fused: false));
         }
         _topK = c.NumExpertsPerTok;
         RegisterComponents();
@@ -55,9 +55,11 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var logits = _router.forward(flat);                                           // [N, E]
-        var probs = logits.softmax(-1, ScalarType.Float32);
-        var (weights, ids) = probs.topk(_topK, dim: -1);                              // [N, K]
-        weights = weights / weights.sum(-1, keepdim: true);
+        // HF: softmax over all E in fp32, top-k, divide by their sum. The same weights come from a softmax over the
+        // top-k logits alone (softmax is monotonic, and exp(l_i - m) / sum over the top k is that ratio with the common
+        // denominator cancelled), in two kernels fewer; they differ from HF's in the last fp32 bits before the cast.
+        var (top, ids) = logits.topk(_topK, dim: -1);                                // [N, K]
+        var weights = top.softmax(-1, ScalarType.Float32);
         return (ids.MoveToOuterDisposeScope(), weights.to(flat.dtype).MoveToOuterDisposeScope());
     }
 
@@ -106,8 +108,10 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
         var y = expertOutput.dtype == output.dtype && expertOutput.device_type == output.device_type && expertOutput.device_index == output.device_index ? expertOutput : expertOutput.to(output.dtype, output.device);
         if (Tokens.Length == 1 && output.shape[0] == 1)
         {
-            // One decode token: its weight is a view, and one add replaces index_add (same single sum per element).
-            output.add_(y * routingWeights.narrow(1, Slots[0], 1));
+            // One decode token: its weight is a view, and one fused multiply-add replaces multiply + index_add (one
+            // kernel fewer; the product is not rounded to the activation dtype before the sum, so in bf16 a sum may
+            // land one step away from HF's, like any other kernel difference; into zeros it is exactly HF's product).
+            output.addcmul_(y, routingWeights.narrow(1, Slots[0], 1), 1);
             return;
         }
         var idx = DeviceIndices.Get(Tokens, output.device);

@@ -62,4 +62,22 @@ public sealed class ModelShapeTests
     [Fact]
     public void From_BadElementWidth_Throws() =>
         Assert.Throws<ArgumentException>(() => ModelShape.From(MixtralConfig.Mixtral8x7B, 3));
+
+    [Fact]
+    public void ActivationReserve_GrowsWithTheContext_FromTheWorkspaceFloor()
+    {
+        // Mixtral bf16: 32·4096 + 4·14336·2 + 2·32·128·2 = 262,144 bytes per token, plus tokens² for the mask, plus 64 MiB.
+        Assert.Equal(64L << 20, Mixtral.ActivationReserveBytes(0));
+        Assert.Equal(900L * 262_144 + 900 * 900 + (64L << 20), Mixtral.ActivationReserveBytes(900));
+        Assert.InRange(Mixtral.ActivationReserveBytes(900) / 1e9, 0.30, 0.31);
+        Assert.InRange(Mixtral.ActivationReserveBytes(4096) / 1e9, 1.15, 1.16);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Mixtral.ActivationReserveBytes(-1));
+    }
+
+    [Fact]
+    public void ActivationReserve_ToyModel_FloorIsHalfItsNonExpertWeights()
+    {
+        var toy = Mixtral with { Layers = 1, Hidden = 16, Intermediate = 32, Vocab = 64, Heads = 2, KvHeads = 1, HeadDim = 8 };
+        Assert.Equal(toy.NonExpertBytes / 2, toy.ActivationReserveBytes(0));
+    }
 }

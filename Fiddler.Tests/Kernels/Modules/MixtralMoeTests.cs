@@ -1,0 +1,77 @@
+using Xunit;
+using Fiddler.Kernels.Config;
+using Fiddler.Kernels.Modules;
+using static TorchSharp.torch;
+
+namespace Fiddler.Tests.Kernels.Modules;
+
+public class MixtralMoeTests
+{
+    private static MixtralConfig Tiny => MixtralConfig.Mixtral8x7B with
+    {
+        HiddenSize = 64, IntermediateSize = 48, NumHiddenLayers = 1, NumAttentionHeads = 8, NumKeyValueHeadsRaw = 2,
+        NumLocalExperts = 8, NumExpertsPerTok = 2, RopeThetaRaw = 1e4,
+    };
+
+    [Fact]
+    public void ResidentExpert_GateAndUpAreViewsOfOneFusedWeight_AndComputeHfSwiGlu()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        using var expert = new MixtralBlockSparseTop2MLP(Tiny, ScalarType.Float32, CPU);
+        var p = expert.named_parameters().ToDictionary(x => x.name, x => x.parameter);
+        Assert.Equal(["w1.weight", "w2.weight", "w3.weight"], p.Keys.Order());
+        using (no_grad())
+            foreach (var w in p.Values) w.normal_(0, 0.2);
+        var fused = Assert.IsType<TorchSharp.torch.Tensor>(expert.GateUpWeight, exactMatch: false);
+        Assert.Equal([96L, 64], fused.shape);
+        Assert.True(fused.narrow(0, 0, 48).eq(p["w1.weight"]).all().item<bool>());
+        Assert.True(fused.narrow(0, 48, 48).eq(p["w3.weight"]).all().item<bool>());
+        Assert.Equal("_gateUp", Assert.Single(expert.named_buffers()).name);
+
+        var x = randn([5, 64]);
+        // HF: w2(silu(w1 x) * w3 x), computed from the three named weights.
+        var hf = nn.functional.linear(nn.functional.silu(nn.functional.linear(x, p["w1.weight"])) * nn.functional.linear(x, p["w3.weight"]), p["w2.weight"]);
+        var ours = expert.forward(x);
+        Assert.True(ours.allclose(hf, rtol: 1e-5, atol: 1e-6), $"max diff {(ours - hf).abs().max().item<float>()}");
+    }
+
+    [Fact]
+    public void HostExpert_KeepsSeparateWeights()
+    {
+        using var expert = new MixtralBlockSparseTop2MLP(Tiny, ScalarType.Float32, CPU, fused: false);
+        Assert.Null(expert.GateUpWeight);
+        Assert.Empty(expert.named_buffers());
+        Assert.NotEqual(Fiddler.Kernels.Runtime.TensorMemory.DataPtr(expert.Up.Weight),
+            Fiddler.Kernels.Runtime.TensorMemory.DataPtr(expert.Gate.Weight) + 48 * 64 * 4);
+    }
+
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void Route_SoftmaxOverTopKLogits_MatchesHfSoftmaxTopKRenormalise(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(11);
+        using var moe = new MixtralSparseMoeBlock(Tiny, 0, dtype, CPU);
+        var gate = moe.named_parameters().First(x => x.name == "gate.weight").parameter;
+        using (no_grad()) gate.normal_(0, 0.5);
+        var x = randn([64, 64]).to(dtype);
+        var (ids, weights) = moe.Route(x);
+
+        // HF: softmax over all experts in fp32, top-k, divide by their sum, cast to the activation dtype.
+        var probs = nn.functional.linear(x, gate).softmax(-1, ScalarType.Float32);
+        var (hfTop, hfIds) = probs.topk(2, dim: -1);
+        var hfWeights = (hfTop / hfTop.sum(-1, keepdim: true)).to(dtype);
+        Assert.True(ids.eq(hfIds).all().item<bool>());
+        double tol = dtype == ScalarType.Float32 ? 1e-6 : 1e-2;
+        var diff = (weights.to(ScalarType.Float32) - hfWeights.to(ScalarType.Float32)).abs().max().item<float>();
+        Assert.True(diff <= tol, $"max weight diff {diff}");
+        if (dtype == ScalarType.BFloat16)
+        {
+            // Mostly bitwise after the cast: at most a few of 128 weights one bf16 step apart.
+            long differing = weights.ne(hfWeights).sum().item<long>();
+            Assert.True(differing <= 4, $"{differing} of 128 bf16 weights differ");
+        }
+    }
+}
