@@ -38,9 +38,10 @@ public static class BenchCommand
         var libtorch = new Option<string?>("--libtorch");
         var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 200)" };
         var repeats = new Option<int>("--decode-repeats") { Description = "Decode windows of --new-tokens − 1 steps, back to back; decode_tok_s is their median (default 1)", DefaultValueFactory = _ => 1 };
+        var slots = new Option<int>("--staging-slots") { Description = "GPU staging buffers for streamed experts, 1..8, each one expert's size out of the budget (default 2: one fills while the GPU computes from the other)", DefaultValueFactory = _ => 2 };
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -56,6 +57,8 @@ public static class BenchCommand
             if (generate < 2) throw new ArgumentException("--new-tokens must be ≥ 2");
             int decodeRepeats = r.GetValue(repeats);
             if (decodeRepeats is < 1 or > 100) throw new ArgumentException($"--decode-repeats: {decodeRepeats} is not in 1..100");
+            int stagingSlots = r.GetValue(slots);
+            if (stagingSlots is < 1 or > 8) throw new ArgumentException($"--staging-slots: {stagingSlots} is not in 1..8");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var options = new EngineOptions
             {
@@ -70,6 +73,7 @@ public static class BenchCommand
                 SplitExperts = r.GetValue(routing) != "whole",
                 AdaptCpuModel = !r.GetValue(noAdapt),
                 CpuThreads = r.GetValue(cpuThreads),
+                StagingSlots = stagingSlots,
                 Merge = r.GetValue(merge) switch
                 {
                     "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,

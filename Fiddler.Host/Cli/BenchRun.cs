@@ -175,6 +175,7 @@ public static class BenchRun
             ["layers"] = engine.Config.NumHiddenLayers,
             ["gpu_budget_gib"] = o.GpuBudgetBytes is long b ? Math.Round(MemoryBudget.ToGiB(b), 2) : null,
             ["experts_on_gpu"] = engine.Plan?.ExpertsOnGpu,
+            ["staging_slots"] = o.StagingSlots,
             ["reserve_gib"] = engine.Plan is { } plan ? Math.Round(MemoryBudget.ToGiB(plan.ReserveBytes), 3) : null,
             // What the device has given out by the end (this process's CUDA context and torch's cached blocks, which
             // keep the peak): the budget's honesty check. Null off CUDA.

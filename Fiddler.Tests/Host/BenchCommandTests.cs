@@ -18,7 +18,7 @@ public sealed class BenchCommandTests : IDisposable
         string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
         string outDir = Path.Combine(_dir, "results");
         var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8,16",
-            "--new-tokens", "5", "--decode-repeats", "3", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
+            "--new-tokens", "5", "--decode-repeats", "3", "--staging-slots", "1", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
         Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
         string file = Assert.Single(Directory.GetFiles(outDir, "*.json"));
         using var json = JsonDocument.Parse(File.ReadAllText(file));
@@ -32,5 +32,21 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(root.GetProperty("layers").GetInt32(), root.GetProperty("executor_ms_per_layer").GetProperty("layers_per_token").GetDouble(), 2);
         Assert.Equal(3, root.GetProperty("batch_factors").GetArrayLength());
         Assert.True(root.GetProperty("readback_spin_us").GetInt32() >= 0);
+        Assert.Equal(1, root.GetProperty("staging_slots").GetInt32());
+        Assert.Equal(JsonValueKind.Number, root.GetProperty("reserve_gib").ValueKind); // a toy model's reserve rounds to 0 GiB
+        Assert.Equal(JsonValueKind.Null, root.GetProperty("gpu_memory_used_gib").ValueKind); // CPU device
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("9")]
+    public void Bench_StagingSlotsOutOfRange_OneErrorLineBeforeBuilding(string slots)
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--staging-slots", slots,
+            "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains($"--staging-slots: {slots} is not in 1..8", r.Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
     }
 }
