@@ -5,9 +5,12 @@
 # verify: HF parity + every offload plan on CUDA; decode: bench-decode (4 all-GPU layers) per SPINS;
 # b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
+# A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1"),
+# so alternating variants (b78 b78+one b78 b78+one) run in one call.
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|decode|seed[0-9]+|b[0-9]+)$ ]] || { echo "unknown step '$step' (verify, decode, seedN, bN with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(verify|decode|seed[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, decode, seedN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/gpu-out}; res="$OUT/results"; mkdir -p "$res"
@@ -32,16 +35,19 @@ for step in ${STEPS:-verify}; do
                 --readback-spin-us "$s" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
             done ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
-    b*)     b=${step#b}; base=(); [ -f "$res/seed-$b.json" ] && base=(--baseline "$res/seed-$b.json")
+    b*)     b=${step#b}; variant=""; extra=""
+            if [[ $b == *+* ]]; then variant=${b#*+}; b=${b%%+*}; v="FLAGS_$variant"; extra=${!v}; fi
+            base=(); [ -f "$res/seed-$b.json" ] && base=(--baseline "$res/seed-$b.json")
             for s in ${SPINS:-0}; do
-              log="$res/bench-${b}gib-spin$s-$(date +%H%M%S).log"; settle
+              log="$res/bench-${b}gib${variant:+-$variant}-spin$s-$(date +%H%M%S).log"; settle
               # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
               timeout 200 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
-                --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" --readback-spin-us "$s" ${BENCH_FLAGS:-} > "$log" 2>&1 || echo "FAILED: $b spin $s"
+                --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" --readback-spin-us "$s" ${BENCH_FLAGS:-} $extra > "$log" 2>&1 || echo "FAILED: $b${variant:++$variant} spin $s"
               tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
               huge=$(grep -m1 '"host_huge_pages_gib"' "$log" | tr -dc '0-9.')
-              echo "budget ${b} GiB spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB"
+              runs=$(grep -A12 '"decode_tok_s_runs"' "$log" | sed -n '2,/]/p' | tr -dc '0-9.,\n' | paste -sd' ' -)
+              echo "budget ${b} GiB${variant:+ +$variant ($extra)} spin $s: decode ${tok} tok/s (windows ${runs}), TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB"
             done ;;
   esac
 done
