@@ -74,4 +74,42 @@ public class MixtralMoeTests
             Assert.True(differing <= 4, $"{differing} of 128 bf16 weights differ");
         }
     }
+
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void RmsNorm_LayerNormOfSignPair_MatchesHfFormula(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(17);
+        using var norm = new MixtralRMSNorm(4096, 1e-5, dtype, CPU);
+        var w = norm.named_parameters().Single().parameter;
+        using (no_grad()) w.copy_(rand([4096]) + 0.5);
+        Assert.Empty(norm.named_buffers());
+        var x = (randn([3, 5, 4096]) * 3).to(dtype);
+
+        // HF: h = x.float(); h * rsqrt(h.pow(2).mean(-1, keepdim) + eps); weight * h.to(dtype).
+        var h = x.to(ScalarType.Float32);
+        var hf = w * (h * rsqrt(h.pow(2).mean([-1], keepdim: true) + 1e-5)).to(dtype);
+        var ours = norm.forward(x);
+        Assert.Equal(dtype, ours.dtype);
+        Assert.Equal(x.shape, ours.shape);
+        var rel = ((ours - hf).abs() / (hf.abs() + 1e-3)).to(ScalarType.Float32).max().item<float>();
+        if (dtype == ScalarType.Float32) Assert.True(rel < 1e-5, $"fp32 max relative difference {rel}");
+        else
+        {
+            Assert.True(rel < 1.6e-2, $"bf16 max relative difference {rel} (more than two bf16 steps)");
+            double differing = ours.ne(hf).sum().item<long>() / (double)ours.NumberOfElements;
+            Assert.True(differing < 0.02, $"{differing:P2} of bf16 outputs differ from HF's");
+        }
+    }
+
+    [Fact]
+    public void RmsNorm_ZeroRow_GivesZeros()
+    {
+        using var norm = new MixtralRMSNorm(64, 1e-6, ScalarType.Float32, CPU);
+        using (no_grad()) norm.named_parameters().Single().parameter.fill_(2);
+        var y = norm.forward(zeros([2, 64]));
+        Assert.True(y.eq(0).all().item<bool>());
+    }
 }
