@@ -6,10 +6,12 @@
 # b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
 # A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1"),
-# so alternating variants (b78 b78+one b78 b78+one) run in one call.
+# so alternating variants (b78 b78+one b78 b78+one) run in one call. accelN: Hugging Face accelerate's offload at N GiB
+# (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
+# beside this host's DRAM read bandwidth (bench-cpu-expert).
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|decode|seed[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, decode, seedN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(verify|decode|cpuk|seed[0-9]+|accel[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, decode, cpuk, seedN, accelN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
   if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +36,8 @@ for step in ${STEPS:-verify}; do
               timeout 90 $f bench-decode --config mixtral-8x7b --layers 4 --device cuda --prompt-tokens 16 --new-tokens 64 \
                 --readback-spin-us "$s" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
             done ;;
+    cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
+    accel*) b=${step#accel}; settle; timeout 240 "$py" "$root/bench/seed_baseline.py" --mode accelerate --gpu-budget-gib "$b" --out "$res/accel-$b.json" 2>&1 | tail -2 ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; variant=""; extra=""
             if [[ $b == *+* ]]; then variant=${b#*+}; b=${b%%+*}; v="FLAGS_$variant"; extra=${!v}; fi
