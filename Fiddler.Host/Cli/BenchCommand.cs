@@ -88,8 +88,11 @@ public static class BenchCommand
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats);
             if (r.GetValue(actors))
             {
-                var (direct, viaActors, overhead) = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge).GetAwaiter().GetResult();
-                result = result with { GeneratorTokS = direct, ActorsTokS = viaActors, ActorOverheadPct = overhead };
+                var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge).GetAwaiter().GetResult();
+                result = result with
+                {
+                    GeneratorTokS = cmp.Direct, ActorsTokS = cmp.Actors, ActorOverheadPct = cmp.OverheadPct, GeneratorRuns = cmp.DirectRuns, ActorRuns = cmp.ActorRuns,
+                };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());
             Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { WriteIndented = true }));

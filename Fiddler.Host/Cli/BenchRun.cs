@@ -19,6 +19,8 @@ public static class BenchRun
         public double? GeneratorTokS { get; init; }
         public double? ActorsTokS { get; init; }
         public double? ActorOverheadPct { get; init; }
+        public double[]? GeneratorRuns { get; init; }
+        public double[]? ActorRuns { get; init; }
         /// <summary>Each decode window's tok/s, in order (<see cref="DecodeTokS"/> is their median).</summary>
         public double[] DecodeRuns { get; init; } = [];
     }
@@ -27,8 +29,8 @@ public static class BenchRun
     /// Decode through Kernels' generator directly, then through the actor runtime (router, layer and CPU pool actors,
     /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
     /// </summary>
-    public static async Task<(double Direct, double Actors, double OverheadPct)> ActorOverhead(OffloadEngine engine, int promptTokens,
-        int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 3)
+    public static async Task<ActorComparison> ActorOverhead(OffloadEngine engine, int promptTokens,
+        int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 5)
     {
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
@@ -39,22 +41,35 @@ public static class BenchRun
         generator.Run(prompt, warmUp); // JIT and allocator warm-up of the generator path
         var offload = engine.Scheduler is null ? ((Fiddler.Kernels.Offload.IExpertScheduler, Fiddler.Kernels.Offload.ICpuExpertBackend, Fiddler.Kernels.Offload.IWeightStager?)?)null
             : (engine.Scheduler, engine.Cpu!, engine.Stager);
-        // Alternate direct and actor runs: the host drifts by several percent within a call, so a single pair of runs
-        // cannot show a 2 % difference; the median of the per-round ratios is robust to one disturbed run.
-        var direct = new List<double>();
-        var actors = new List<double>();
+        // Alternate direct and actor runs, each round in the other order (direct first, then actors first): the host
+        // drifts by several percent within a call, in one direction over a few runs, so a fixed order would charge the
+        // drift to whichever runs second. The median of the per-round ratios is robust to one disturbed run.
+        var direct = new double[rounds];
+        var actors = new double[rounds];
         for (int round = 0; round < rounds; round++)
         {
-            engine.Model.SetExpertExecutor(engine.Executor);
-            direct.Add(generator.Run(prompt, options).DecodeTokensPerSecond);
-            await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge);
-            await runtime.RunAsync(prompt, warmUp);
-            actors.Add((await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond);
+            async Task Actors()
+            {
+                await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge);
+                await runtime.RunAsync(prompt, warmUp);
+                actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
+                engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
+            }
+            void Direct()
+            {
+                engine.Model.SetExpertExecutor(engine.Executor);
+                direct[round] = generator.Run(prompt, options).DecodeTokensPerSecond;
+            }
+            if (round % 2 == 0) { Direct(); await Actors(); }
+            else { await Actors(); Direct(); }
         }
-        engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
+        engine.Model.SetExpertExecutor(engine.Executor);
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
-        return (Median(direct), Median(actors), overhead);
+        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors);
     }
+
+    /// <summary>Decode tok/s directly and through the actors (medians and every round) and the median per-round overhead.</summary>
+    public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns);
 
     private const int StagedSteps = 4;
 
@@ -209,6 +224,9 @@ public static class BenchRun
             ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,
+            // Rounds alternate the order (direct first in even rounds, actors first in odd ones).
+            ["decode_tok_s_generator_runs"] = r.GeneratorRuns?.Select(x => Math.Round(x, 3)).ToArray(),
+            ["decode_tok_s_actors_runs"] = r.ActorRuns?.Select(x => Math.Round(x, 3)).ToArray(),
             ["baseline_seed_decode_tok_s"] = baseline,
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
         };

@@ -49,4 +49,25 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Contains($"--staging-slots: {slots} is not in 1..8", r.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
     }
+
+    [Fact]
+    public void Bench_Actors_ReportsEveryRoundOfBothPaths()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string outDir = Path.Combine(_dir, "results");
+        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8",
+            "--new-tokens", "4", "--actors", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
+        using var json = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        var root = json.RootElement;
+        double[] direct = root.GetProperty("decode_tok_s_generator_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        double[] actors = root.GetProperty("decode_tok_s_actors_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        Assert.Equal(5, direct.Length);
+        Assert.Equal(5, actors.Length);
+        Assert.All(direct.Concat(actors), x => Assert.True(x > 0));
+        Assert.Equal(direct.Order().ElementAt(2), root.GetProperty("decode_tok_s_generator").GetDouble(), 3);
+        Assert.Equal(actors.Order().ElementAt(2), root.GetProperty("decode_tok_s_actors").GetDouble(), 3);
+        double[] ratios = direct.Zip(actors, (d, a) => (d / a - 1) * 100).Order().ToArray();
+        Assert.Equal(ratios[2], root.GetProperty("actor_overhead_pct").GetDouble(), 1);
+    }
 }
