@@ -61,6 +61,10 @@ public readonly record struct ExpertWork(int Expert, int Tokens, bool Resident);
 public sealed record LayerObservation(int Layer, IReadOnlyList<ExpertWork> Work, IReadOnlyList<ExpertRoute> Routes,
     double CpuLaneMs, double LayerMs, int CpuTokens, long TransferredBytes)
 {
+    /// <summary>Whether the scheduler decided this layer's routes (false: every chosen expert was resident, so the executor
+    /// ran them on the device without asking; there is no plan of the scheduler's to account it against).</summary>
+    public bool Decided { get; init; } = true;
+
     /// <summary>Where the executor's wall time went (host clock, no device syncs), when measured.</summary>
     public ExecutorTimings? Timings { get; init; }
 
@@ -99,7 +103,8 @@ public readonly record struct ExecutorTimings(double DecideMs, double CpuStartMs
 /// </summary>
 public interface IExpertScheduler
 {
-    /// <summary>One route per work item, same order. Resident experts must get <see cref="ExpertRoute.Gpu"/>.</summary>
+    /// <summary>One route per work item, same order. Resident experts must get <see cref="ExpertRoute.Gpu"/>. Not called for a
+    /// layer whose chosen experts are all resident (see <see cref="LayerObservation.Decided"/>).</summary>
     IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work);
 
     void Observe(LayerObservation observation);

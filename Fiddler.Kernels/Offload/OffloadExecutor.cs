@@ -40,7 +40,11 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         using var scope = NewDisposeScope();
         var clock = Stopwatch.StartNew();
         var work = assignments.Select(a => new ExpertWork(a.Expert, a.Tokens.Length, block.IsResident(a.Expert))).ToArray();
-        var routes = scheduler.Decide(block.Layer, work);
+        // Every chosen expert resident: there is nothing to decide (resident experts always run on the device), so the
+        // scheduler is not asked — through the actor runtime that saves a message round trip per such layer (most layers
+        // at a large budget). The observation still reaches it, marked as not decided.
+        bool needsDecision = !work.All(w => w.Resident);
+        var routes = needsDecision ? scheduler.Decide(block.Layer, work) : AllOnDevice(work.Length);
         Check(block.Layer, work, routes);
         double decided = clock.Elapsed.TotalMilliseconds, cpuStarted = decided;
         var laneGate = merge == CpuMerge.Gated ? GateFor(flat.device) : null;
@@ -132,6 +136,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
                 _pending = new PendingLane(cpuLane, laneTensors, new LayerObservation(block.Layer, work, routes, 0, 0, cpuTokens,
                     (stager?.BytesCopied ?? 0) - bytesBefore)
                 {
+                    Decided = needsDecision,
                     Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, held - queued, clock.Elapsed.TotalMilliseconds - held),
                 });
                 return;
@@ -166,6 +171,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         double end = clock.Elapsed.TotalMilliseconds;
         scheduler.Observe(new LayerObservation(block.Layer, work, routes, cpuMs, end, cpuTokens, (stager?.BytesCopied ?? 0) - bytesBefore)
         {
+            Decided = needsDecision,
             Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, waited - queued, end - waited),
         });
     }
@@ -190,6 +196,13 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         long intermediate = e.Gate.Weight.shape[0];
         return (t.A, t.Start == 0 ? stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight)
             : stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight, t.Start, (int)(intermediate - t.Start)));
+    }
+
+    private static ExpertRoute[] AllOnDevice(int count)
+    {
+        var routes = new ExpertRoute[count];
+        Array.Fill(routes, ExpertRoute.Gpu);
+        return routes;
     }
 
     private void Check(int layer, ExpertWork[] work, IReadOnlyList<ExpertRoute> routes)
