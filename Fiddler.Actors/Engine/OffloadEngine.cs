@@ -90,7 +90,8 @@ public sealed class OffloadEngine : IDisposable
     {
         // One core stays free for the thread that drives the GPU: a straggling worker stalls the whole parallel region.
         // Workers spin 2 ms before sleeping: one decode layer's device work is ~1 ms, so the pool stays awake between layers.
-        var pool = Own(new CpuWorkerPool(o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1), TimeSpan.FromMilliseconds(2)));
+        // Through the actor runtime one more core stays free, for its pinned router and CPU-pool threads.
+        var pool = Own(new CpuWorkerPool(DefaultCpuThreads(o), TimeSpan.FromMilliseconds(2)));
         var simd = new SimdCpuBackend(pool);
         // libtorch's CPU linear (large batches) gets the same cores as the pool, for the same reason: its OpenMP team
         // defaults to every core, and the thread queuing the GPU's copies and experts takes one of them.
@@ -117,6 +118,10 @@ public sealed class OffloadEngine : IDisposable
         Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge));
         Model.SetExpertExecutor(Executor);
     }
+
+    /// <summary>The CPU expert workers <paramref name="o"/> asks for (see <see cref="EngineOptions.CpuThreads"/>).</summary>
+    public static int DefaultCpuThreads(EngineOptions o) =>
+        o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - (o.ForActorRuntime ? 2 : 1));
 
     /// <summary>The direct (actor-free) executor the model runs with; set it again after an actor runtime replaced it.</summary>
     public OffloadExecutor? Executor { get; private set; }

@@ -215,7 +215,7 @@ public static class BenchRun
             ["merge_gate"] = engine.Executor is { Merge: Fiddler.Kernels.Offload.CpuMerge.Gated } ex ? ex.GateFallbackReason ?? "device waits" : null,
             ["readback_spin_us"] = Fiddler.Kernels.Runtime.HostReadback.SpinMicroseconds,
             ["host_huge_pages_gib"] = Fiddler.Kernels.Runtime.HugePages.ProcessHugeBytes() is long hp ? Math.Round(hp / (double)(1L << 30), 2) : null,
-            ["cpu_threads"] = o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1),
+            ["cpu_threads"] = OffloadEngine.DefaultCpuThreads(o),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["transfer_factor"] = engine.Scheduler is { } sct ? Math.Round(sct.Router.TransferFactor, 3) : null,
             ["batch_factors"] = engine.Scheduler is { } scb ? new[] { Math.Round(scb.Router.BatchFactors.Calm, 3), Math.Round(scb.Router.BatchFactors.Contended, 3), Math.Round(scb.Router.BatchFactors.Transfer, 3) } : null,

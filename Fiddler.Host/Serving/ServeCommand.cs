@@ -94,7 +94,7 @@ public static class ServeCommand
             ? OffloadEngine.Create(new EngineOptions
             {
                 ModelDir = run.ModelDir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = run.Popularity,
-                ContextTokens = context!.Value,
+                ContextTokens = context!.Value, ForActorRuntime = true,
             }, m => Console.Error.WriteLine(m))
             : null;
         using var loaded = engine is null ? ModelLoader.Load(run.ModelDir, new LoadOptions(dev, dt)) : null;
