@@ -6,7 +6,8 @@
 # b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
 # A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1"),
-# so alternating variants (b78 b78+one b78 b78+one) run in one call. accelN: Hugging Face accelerate's offload at N GiB
+# so alternating variants (b78 b78+one b78 b78+one) run in one call. A variant cannot repeat an option already given
+# (BENCH_FLAGS, or --readback-spin-us, which SPINS sets): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
 # beside this host's DRAM read bandwidth (bench-cpu-expert).
 set -uo pipefail
@@ -50,7 +51,8 @@ for step in ${STEPS:-verify}; do
               tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
               huge=$(grep -m1 '"host_huge_pages_gib"' "$log" | tr -dc '0-9.')
-              runs=$(grep -A12 '"decode_tok_s_runs"' "$log" | sed -n '2,/]/p' | tr -dc '0-9.,\n' | paste -sd' ' -)
+              json=$(sed -n 's/^wrote \(.*\.json\)$/\1/p' "$log" | tail -1)
+              runs=$([ -n "$json" ] && "$py" -c 'import json,sys; print(", ".join(str(x) for x in json.load(open(sys.argv[1]))["decode_tok_s_runs"]))' "$json")
               echo "budget ${b} GiB${variant:+ +$variant ($extra)} spin $s: decode ${tok} tok/s (windows ${runs}), TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB"
             done ;;
   esac

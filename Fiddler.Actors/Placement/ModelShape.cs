@@ -43,7 +43,7 @@ public sealed record ModelShape(
     /// and output, the MoE's gathered rows and outputs; fp32 inside the norms: 32·H bytes), one expert's SwiGLU
     /// intermediates (fused gate/up output, activation, product: 4·I elements) and the K/V a prefill repeats over the
     /// query heads (2·heads·head dim elements); plus the boolean causal mask (tokens²) and 64 MiB for cuBLAS workspaces
-    /// and the caching allocator's rounding (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.31 GB for 900 tokens, 1.15 GB for 4096 (a fixed 1 GiB
+    /// and the caching allocator's rounding (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.21 GB for 544 tokens (the bench's context), 0.30 GB for 900, 1.15 GB for 4096 (a fixed 1 GiB
     /// before: too much for a short context, too little for a long one).
     /// </summary>
     public long ActivationReserveBytes(long tokens)

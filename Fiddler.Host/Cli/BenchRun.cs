@@ -50,9 +50,11 @@ public static class BenchRun
         {
             async Task Actors()
             {
-                await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge);
-                await runtime.RunAsync(prompt, warmUp);
-                actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
+                await using (var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge))
+                {
+                    await runtime.RunAsync(prompt, warmUp);
+                    actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
+                }
                 engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
             }
             void Direct()
@@ -175,6 +177,7 @@ public static class BenchRun
     private static double? DeviceMemoryUsedGiB(Device device)
     {
         if (device.type != TorchSharp.DeviceType.CUDA || !Fiddler.Kernels.Cuda.CudaRuntime.IsAvailable) return null;
+        using var on = Fiddler.Kernels.Cuda.CudaRuntime.UseDevice(device.index < 0 ? 0 : device.index);
         var (free, total) = Fiddler.Kernels.Cuda.CudaRuntime.MemGetInfo();
         return Math.Round(MemoryBudget.ToGiB(total - free), 2);
     }

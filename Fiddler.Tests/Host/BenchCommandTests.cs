@@ -68,6 +68,7 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(direct.Order().ElementAt(2), root.GetProperty("decode_tok_s_generator").GetDouble(), 3);
         Assert.Equal(actors.Order().ElementAt(2), root.GetProperty("decode_tok_s_actors").GetDouble(), 3);
         double[] ratios = direct.Zip(actors, (d, a) => (d / a - 1) * 100).Order().ToArray();
-        Assert.Equal(ratios[2], root.GetProperty("actor_overhead_pct").GetDouble(), 1);
+        // Recomputed from runs rounded to 3 decimals: equal within 0.1 percentage points, not to the last digit.
+        Assert.InRange(root.GetProperty("actor_overhead_pct").GetDouble(), ratios[2] - 0.1, ratios[2] + 0.1);
     }
 }

@@ -42,8 +42,6 @@ public class MixtralMoeTests
         using var expert = new MixtralBlockSparseTop2MLP(Tiny, ScalarType.Float32, CPU, fused: false);
         Assert.Null(expert.GateUpWeight);
         Assert.Empty(expert.named_buffers());
-        Assert.NotEqual(Fiddler.Kernels.Runtime.TensorMemory.DataPtr(expert.Up.Weight),
-            Fiddler.Kernels.Runtime.TensorMemory.DataPtr(expert.Gate.Weight) + 48 * 64 * 4);
     }
 
     [Theory]
