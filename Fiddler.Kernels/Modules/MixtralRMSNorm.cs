@@ -18,7 +18,7 @@ public sealed class MixtralRMSNorm : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     private readonly double _eps;
     private readonly long _hidden;
-    private Tensor? _signs;
+    private readonly Tensor _signs;
 
     public MixtralRMSNorm(long hidden, double eps, ScalarType dtype, Device device) : base(nameof(MixtralRMSNorm))
     {
@@ -26,29 +26,23 @@ public sealed class MixtralRMSNorm : nn.Module<Tensor, Tensor>
         _eps = eps;
         _hidden = hidden;
         RegisterComponents();
+        // [[1], [−1]] in the module's dtype on its device (multiplying by ±1 is exact in every dtype). Made after
+        // RegisterComponents: a constant, not a buffer of the checkpoint's. Like the weight, built where it runs.
+        _signs = tensor(new float[] { 1, -1 }, [2, 1]).to(dtype, device);
+        _signs.DetachFromDisposeScope();
     }
 
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var pair = x.unsqueeze(-2) * Signs(x);                                             // [..., 2, D]: x and −x
+        var pair = x.unsqueeze(-2) * _signs;                                             // [..., 2, D]: x and −x
         var normed = nn.functional.layer_norm(pair, [2, _hidden], eps: _eps).select(-2, 0); // [..., D]
         return (_weight * normed).MoveToOuterDisposeScope();
     }
 
-    /// <summary>[[1], [−1]] in x's dtype and device, kept between calls (multiplying by ±1 is exact in every dtype).</summary>
-    private Tensor Signs(Tensor x)
-    {
-        if (_signs is { } s && s.dtype == x.dtype && s.device_type == x.device_type && s.device_index == x.device_index) return s;
-        _signs?.Dispose();
-        _signs = tensor(new float[] { 1, -1 }, [2, 1]).to(x.dtype, x.device);
-        _signs.DetachFromDisposeScope();
-        return _signs;
-    }
-
     protected override void Dispose(bool disposing)
     {
-        if (disposing) { _signs?.Dispose(); _signs = null; }
+        if (disposing) _signs.Dispose();
         base.Dispose(disposing);
     }
 }

@@ -99,7 +99,7 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
     /// This expert's input rows [n, D] of the flattened hidden states: <paramref name="flat"/> itself when that is every
     /// row in order (one decode token: one op fewer per expert; the caller must not dispose the result).
     /// </summary>
-    public Tensor Gather(Tensor flat) => AllRowsOf(flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
+    public Tensor Gather(Tensor flat) => IsEveryRowInOrder(Tokens, flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
 
     /// <summary>output[token] += routing weight × expert output, for this expert's rows (as HF: multiply, then index_add).</summary>
     public void Accumulate(Tensor output, Tensor routingWeights, Tensor expertOutput)
@@ -120,10 +120,12 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
         output.index_add_(0, idx, y * w, 1);
     }
 
-    private bool AllRowsOf(long rows)
+    /// <summary>Whether <paramref name="rows"/> is 0, 1, …, <paramref name="count"/> − 1: every row, in order (a gather
+    /// of them is the tensor itself).</summary>
+    internal static bool IsEveryRowInOrder(long[] rows, long count)
     {
-        if (Tokens.Length != rows) return false;
-        for (int i = 0; i < Tokens.Length; i++) if (Tokens[i] != i) return false;
+        if (rows.Length != count) return false;
+        for (int i = 0; i < rows.Length; i++) if (rows[i] != i) return false;
         return true;
     }
 

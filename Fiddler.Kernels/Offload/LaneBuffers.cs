@@ -44,18 +44,11 @@ internal sealed class LaneBuffers : IDisposable
         using var scope = NewDisposeScope();
         var x = _x.narrow(0, 0, n);
         // One decode token (every row, in order): no gather, one kernel fewer on the layer's serial path.
-        var taken = AllRows(rows, flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(rows, flat.device));
+        var taken = ExpertAssignment.IsEveryRowInOrder(rows, flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(rows, flat.device));
         x.copy_(taken.to(ScalarType.Float32), true);
         _copied.RecordOnDefaultStream();
         Runtime.HostReadback.Wait(_copied);
         return (x.MoveToOuterDisposeScope(), _y!.narrow(0, 0, n).MoveToOuterDisposeScope());
-    }
-
-    private static bool AllRows(long[] rows, long count)
-    {
-        if (rows.Length != count) return false;
-        for (int i = 0; i < rows.Length; i++) if (rows[i] != i) return false;
-        return true;
     }
 
     /// <summary>
