@@ -41,5 +41,11 @@ public sealed record EngineOptions
     /// with 15 workers on 16 cores, 1.2 % faster with 14.
     /// </summary>
     public bool ForActorRuntime { get; init; }
+    /// <summary>Bring a decode layer's rows to the host with its routing (one read-back; see
+    /// <see cref="Fiddler.Kernels.Offload.OffloadExecutor"/>). False: after it, as before (for comparison).</summary>
+    public bool PrefetchRows { get; init; } = true;
+    /// <summary>Start CPU lanes on a dedicated spinning thread (<see cref="Fiddler.Kernels.Experts.CpuLaneThread"/>).
+    /// False: on the .NET thread pool, as before (for comparison).</summary>
+    public bool DedicatedLaneThread { get; init; } = true;
     public int? Layers { get; init; }
 }

@@ -92,7 +92,10 @@ public sealed class OffloadEngine : IDisposable
         // Workers spin 2 ms before sleeping: one decode layer's device work is ~1 ms, so the pool stays awake between layers.
         // Through the actor runtime one more core stays free, for its pinned router and CPU-pool threads.
         var pool = Own(new CpuWorkerPool(DefaultCpuThreads(o), TimeSpan.FromMilliseconds(2)));
-        var simd = new SimdCpuBackend(pool);
+        // CPU lanes start on a thread of their own that spins between layers like the workers (the thread pool's idle
+        // threads sleep: each layer's lane began with a wake-up); it joins the pool's region as its caller.
+        var lane = o.DedicatedLaneThread ? Own(new CpuLaneThread(TimeSpan.FromMilliseconds(2))) : null;
+        var simd = new SimdCpuBackend(pool, lane);
         // libtorch's CPU linear (large batches) gets the same cores as the pool, for the same reason: its OpenMP team
         // defaults to every core, and the thread queuing the GPU's copies and experts takes one of them.
         var torchCpu = new TorchCpuBackend(o.Device.type == DeviceType.CUDA ? pool.Concurrency : 0);
@@ -111,11 +114,11 @@ public sealed class OffloadEngine : IDisposable
             Profile.Save(o.ProfilePath);
         }
         var profile = Profile;
-        var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch);
+        var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch, lane);
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
             SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel)));
-        Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge));
+        Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge, prefetchRows: o.PrefetchRows));
         Model.SetExpertExecutor(Executor);
     }
 

@@ -14,8 +14,9 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     private long _chosen, _resident, _cpu, _transfer, _split, _transferBytes;
     private double _cpuShares;
     private ExecutorTimings _timings;
-    private long _timed, _deviceTimed;
+    private long _timed, _deviceTimed, _handoffs;
     private DeviceLaneTimings _device;
+    private HandoffTimings _handoff;
     private double _layerMsSum, _cpuLaneMsSum;
 
     public ExpertRouter Router { get; } = router;
@@ -55,6 +56,17 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         }
     }
 
+    /// <summary>Mean hand-off from a gated layer's CPU lane to the next layer's executor since the last reset, and how many.</summary>
+    public (HandoffTimings Mean, long Layers) MeanHandoff
+    {
+        get
+        {
+            lock (_lastPlan)
+                return _handoffs == 0 ? (default, 0)
+                    : (new(_handoff.DeviceMs / _handoffs, _handoff.HostMs / _handoffs, _handoff.ToExecutorMs / _handoffs), _handoffs);
+        }
+    }
+
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
     {
         var plan = Router.Decide(work.Select(w => new ExpertLoad(w.Expert, w.Tokens, w.Resident)).ToArray());
@@ -85,6 +97,7 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
             _cpuShares += o.Routes.Where(r => r.UsesCpu).Sum(r => r.CpuShare);
             if (o.Timings is { } t) { _timings += t; _timed++; _layerMsSum += o.LayerMs; _cpuLaneMsSum += o.CpuLaneMs; }
             if (o.Device is { } d) { _device += d; _deviceTimed++; }
+            if (o.Handoff is { } h) { _handoff += h; _handoffs++; }
         }
         Interlocked.Add(ref _transferBytes, o.TransferredBytes);
     }
@@ -93,7 +106,7 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     public void ResetCounters()
     {
         _chosen = _resident = _cpu = _transfer = _split = _transferBytes = 0;
-        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = _deviceTimed = 0; _device = default; _layerMsSum = _cpuLaneMsSum = 0; }
+        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = _deviceTimed = _handoffs = 0; _device = default; _handoff = default; _layerMsSum = _cpuLaneMsSum = 0; }
         Router.ResetStats();
     }
 }

@@ -40,8 +40,10 @@ public static class BenchCommand
         var repeats = new Option<int>("--decode-repeats") { Description = "Decode windows of --new-tokens − 1 steps, back to back; decode_tok_s is their median (default 1)", DefaultValueFactory = _ => 1 };
         var slots = new Option<int>("--staging-slots") { Description = "GPU staging buffers for streamed experts, 1..8, each one expert's size out of the budget (default 2: one fills while the GPU computes from the other)", DefaultValueFactory = _ => 2 };
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
+        var noPrefetch = new Option<bool>("--no-row-prefetch") { Description = "Copy a decode layer's rows to the host after its routing, not with it (for comparison)" };
+        var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -74,6 +76,8 @@ public static class BenchCommand
                 AdaptCpuModel = !r.GetValue(noAdapt),
                 CpuThreads = r.GetValue(cpuThreads),
                 StagingSlots = stagingSlots,
+                PrefetchRows = !r.GetValue(noPrefetch),
+                DedicatedLaneThread = !r.GetValue(poolLane),
                 Merge = r.GetValue(merge) switch
                 {
                     "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,

@@ -171,6 +171,12 @@ public static class BenchRun
             ["device_lane"] = Math.Round(s.MeanDevice.Mean.DeviceLaneMs, 3),
             ["device_waited_for_cpu"] = Math.Round(s.MeanDevice.Mean.WaitedForCpuMs, 3),
             ["device_timed_layers"] = s.MeanDevice.Layers,
+            // From a gated layer's CPU lane ending to the next layer's executor: the device's part (merge, attention,
+            // norm, router), the host's view of it (plus the gate's and the read-back's latencies), then to the executor.
+            ["handoff_device"] = Math.Round(s.MeanHandoff.Mean.DeviceMs, 3),
+            ["handoff_host"] = Math.Round(s.MeanHandoff.Mean.HostMs, 3),
+            ["handoff_to_executor"] = Math.Round(s.MeanHandoff.Mean.ToExecutorMs, 3),
+            ["handoff_layers"] = s.MeanHandoff.Layers,
         };
     }
 
@@ -194,6 +200,8 @@ public static class BenchRun
             ["gpu_budget_gib"] = o.GpuBudgetBytes is long b ? Math.Round(MemoryBudget.ToGiB(b), 2) : null,
             ["experts_on_gpu"] = engine.Plan?.ExpertsOnGpu,
             ["staging_slots"] = o.StagingSlots,
+            ["prefetch_rows"] = o.PrefetchRows,
+            ["dedicated_lane_thread"] = o.DedicatedLaneThread,
             ["reserve_gib"] = engine.Plan is { } plan ? Math.Round(MemoryBudget.ToGiB(plan.ReserveBytes), 3) : null,
             // What the device has given out by the end (this process's CUDA context and torch's cached blocks, which
             // keep the peak): the budget's honesty check. Null off CUDA.

@@ -34,12 +34,16 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
                 : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory, fused: false));
         }
         _topK = c.NumExpertsPerTok;
+        ExpectedHostExperts = (double)_topK * _resident.Count(r => !r) / _resident.Length;
         RegisterComponents();
     }
 
     public int Layer { get; }
     public IReadOnlyList<MixtralBlockSparseTop2MLP> Experts => [.. _experts];
     public MixtralBlockSparseTop2MLP Expert(int e) => _experts[e];
+
+    /// <summary>Host-resident experts a token chooses on average if every expert were equally popular (K × host share).</summary>
+    public double ExpectedHostExperts { get; }
 
     /// <summary>True when expert <paramref name="e"/>'s weights live on the compute device.</summary>
     public bool IsResident(int e) => _resident[e];
@@ -73,7 +77,8 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
         using (StageTimer.Stage("moe.route"))
         {
             (ids, weights) = Route(flat);
-            assignments = ExpertAssignment.Group(ids, _experts.Count);
+            long[] chosen = Executor?.ReadRouting(this, flat, ids) ?? Runtime.HostReadback.Longs(ids);
+            assignments = ExpertAssignment.Group(chosen, ids.shape[0], ids.shape[1], _experts.Count);
         }
         RoutingObserver?.Invoke(Layer, assignments);
         var output = zeros_like(flat);
@@ -130,16 +135,21 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
     }
 
     /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints; see <see cref="Runtime.HostReadback"/> for the wait).</summary>
-    public static List<ExpertAssignment> Group(Tensor ids, int experts)
+    public static List<ExpertAssignment> Group(Tensor ids, int experts) =>
+        Group(Runtime.HostReadback.Longs(ids), ids.shape[0], ids.shape[1], experts);
+
+    /// <summary>Groups expert ids read back as <paramref name="flat"/> (row-major [n, k]) by expert, in expert order.</summary>
+    public static List<ExpertAssignment> Group(long[] flat, long n, long k, int experts)
     {
-        long n = ids.shape[0], k = ids.shape[1];
-        long[] flat = Runtime.HostReadback.Longs(ids);
+        if (flat.Length != n * k) throw new ArgumentException($"{flat.Length} expert ids for [{n}, {k}]");
         var tokens = new List<long>[experts];
         var slots = new List<long>[experts];
         for (long i = 0; i < n; i++)
             for (long s = 0; s < k; s++)
             {
-                int e = (int)flat[i * k + s];
+                long id = flat[i * k + s];
+                if (id < 0 || id >= experts) throw new InvalidOperationException($"router chose expert {id} of {experts}");
+                int e = (int)id;
                 (tokens[e] ??= []).Add(i);
                 (slots[e] ??= []).Add(s);
             }

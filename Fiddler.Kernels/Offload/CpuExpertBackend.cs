@@ -1,3 +1,4 @@
+using Fiddler.Kernels.Experts;
 using Fiddler.Kernels.Modules;
 using static TorchSharp.torch;
 
@@ -21,11 +22,21 @@ public interface ICpuExpertBackend
     /// they are done (or failed), before the task completes: a gated merge releases the GPU from there, so nothing that
     /// follows (a reply message, a task continuation) delays it. By default the jobs run on the thread pool.
     /// </summary>
-    Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished) => Task.Run(() =>
+    Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished) => CpuLanes.Start(null, this, jobs, finished);
+}
+
+/// <summary>Starting a backend's jobs in the background, on a <see cref="CpuLaneThread"/> or the thread pool.</summary>
+internal static class CpuLanes
+{
+    public static Task Start(CpuLaneThread? lane, ICpuExpertBackend backend, IReadOnlyList<CpuExpertJob> jobs, Action finished)
     {
-        try { Run(jobs); }
-        finally { finished(); }
-    });
+        void Body()
+        {
+            try { backend.Run(jobs); }
+            finally { finished(); }
+        }
+        return lane is not null ? lane.Start(Body) : Task.Run(Body);
+    }
 }
 
 /// <summary>

@@ -4,21 +4,24 @@ using static TorchSharp.torch;
 namespace Fiddler.Kernels.Offload;
 
 /// <summary>
-/// Three timing events on the default stream around a gated layer's device work: before it, after it (before the
-/// wait for the CPU lane) and after the wait. Read once the next layer's routing has been read back (all complete).
+/// Timing events on the default stream around a gated layer's device work: before it, after it (before the wait for
+/// the CPU lane), after the wait, and when the next layer's routing is ready to be read back (the merge, the next
+/// attention and router in between: the device's part of the serial hand-off between two layers' lanes). Read once
+/// the next layer's routing has been read back (all complete).
 /// </summary>
 internal sealed class DeviceLaneClock(Device device) : IDisposable
 {
     private readonly int _device = device.index < 0 ? 0 : device.index;
-    private CudaEvent? _begin, _ready, _released;
-    private bool _recorded;
+    private CudaEvent? _begin, _ready, _released, _routed;
+    private bool _recorded, _routedRecorded;
 
     public void Begin()
     {
         _begin ??= CudaEvent.CreateTiming(_device);
         _ready ??= CudaEvent.CreateTiming(_device);
         _released ??= CudaEvent.CreateTiming(_device);
-        _recorded = false;
+        _routed ??= CudaEvent.CreateTiming(_device);
+        _recorded = _routedRecorded = false;
         _begin.RecordOnDefaultStream();
     }
 
@@ -30,12 +33,23 @@ internal sealed class DeviceLaneClock(Device device) : IDisposable
         _recorded = true;
     }
 
-    /// <summary>The layer's device timings, or null when not all three were recorded or they are not done yet.</summary>
-    public DeviceLaneTimings? Read()
+    /// <summary>The next layer's routing is computed (queued before its read-back); once per recorded layer.</summary>
+    public void Routed()
     {
-        if (!_recorded || !_released!.IsComplete) return null;
+        if (!_recorded || _routedRecorded) return;
+        _routed!.RecordOnDefaultStream();
+        _routedRecorded = true;
+    }
+
+    /// <summary>The layer's device timings (null when not all three were recorded or they are not done yet), and the ms
+    /// from the lane's release to the next layer's routing (null when not recorded or not done).</summary>
+    public (DeviceLaneTimings? Lane, double? UntilRoutedMs) Read()
+    {
+        if (!_recorded || !_released!.IsComplete) return (null, null);
         _recorded = false;
-        return new(CudaEvent.ElapsedMilliseconds(_begin!, _ready!), CudaEvent.ElapsedMilliseconds(_ready!, _released));
+        double? routed = _routedRecorded && _routed!.IsComplete ? CudaEvent.ElapsedMilliseconds(_released, _routed) : null;
+        _routedRecorded = false;
+        return (new(CudaEvent.ElapsedMilliseconds(_begin!, _ready!), CudaEvent.ElapsedMilliseconds(_ready!, _released)), routed);
     }
 
     public void Dispose()
@@ -43,5 +57,6 @@ internal sealed class DeviceLaneClock(Device device) : IDisposable
         _begin?.Dispose();
         _ready?.Dispose();
         _released?.Dispose();
+        _routed?.Dispose();
     }
 }

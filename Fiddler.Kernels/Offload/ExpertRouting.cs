@@ -70,6 +70,21 @@ public sealed record LayerObservation(int Layer, IReadOnlyList<ExpertWork> Work,
 
     /// <summary>The device's side of a gated layer (CUDA events), when measured.</summary>
     public DeviceLaneTimings? Device { get; init; }
+
+    /// <summary>From this layer's CPU lane ending to the next layer's executor, when measured (gated layers on CUDA).</summary>
+    public HandoffTimings? Handoff { get; init; }
+}
+
+/// <summary>
+/// The serial hand-off from a gated layer's CPU lane to the next layer's executor, in ms: on the device, from the lane's
+/// release to the next layer's routing being computed (the merge, the next attention, norm and router); on the host,
+/// from the lane raising its gate to the host holding the next routing (the device part plus the gate's and the
+/// read-back's latencies), and from there to the next layer's executor starting (grouping, the output buffer).
+/// </summary>
+public readonly record struct HandoffTimings(double DeviceMs, double HostMs, double ToExecutorMs)
+{
+    public static HandoffTimings operator +(HandoffTimings a, HandoffTimings b) =>
+        new(a.DeviceMs + b.DeviceMs, a.HostMs + b.HostMs, a.ToExecutorMs + b.ToExecutorMs);
 }
 
 /// <summary>

@@ -14,11 +14,34 @@ namespace Fiddler.Kernels.Offload;
 /// spin a core the CPU experts could use), and the results go back with a
 /// non-blocking copy. Reuse is safe without double-buffering: a layer's lane starts only after the host read that
 /// layer's routing, which the device produced after every copy queued for the previous layer.
+/// <para>
+/// A decode layer's rows can come down before that (<see cref="Prefetch"/>): queued ahead of the routing read-back, they
+/// arrive with it, and the lane starts without a second device round trip.
+/// </para>
 /// </summary>
 internal sealed class LaneBuffers : IDisposable
 {
-    private Tensor? _x, _y;
+    private Tensor? _x, _y, _prefetch;
+    private Tensor? _prefetchedFrom;
     private CudaEvent? _copied;
+
+    /// <summary>
+    /// Queues every row of <paramref name="flat"/> [N, D] (on CUDA) for a non-blocking copy into page-locked memory, in
+    /// its own dtype: <see cref="Take"/> for the same tensor then reads them there, once the caller has waited for work
+    /// queued after this (the routing read-back), instead of copying and waiting again.
+    /// </summary>
+    public void Prefetch(Tensor flat)
+    {
+        long n = flat.shape[0], d = flat.shape[1];
+        if (_prefetch is null || _prefetch.shape[0] < n || _prefetch.shape[1] != d || _prefetch.dtype != flat.dtype)
+        {
+            _prefetch?.Dispose();
+            _prefetch = null;
+            _prefetch = Pinned(Math.Max(n, 16), d, flat.dtype);
+        }
+        using (var rows = _prefetch.narrow(0, 0, n)) rows.copy_(flat, true);
+        _prefetchedFrom = flat;
+    }
 
     /// <summary>
     /// Rows <paramref name="rows"/> of <paramref name="flat"/> [N, D] as fp32 [n, D] in host memory, and an output [n, D]
@@ -30,19 +53,29 @@ internal sealed class LaneBuffers : IDisposable
         if (!pinned)
         {
             // CPU device (or a blocking merge): plain tensors, freed by the caller's scope.
+            _prefetchedFrom = null;
             var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, tensor(rows));
             return (hostX, empty_like(hostX));
         }
         if (_x is null || _x.shape[0] < n || _x.shape[1] != d)
         {
-            Release();
+            ReleaseLane();
             long capacity = Math.Max(n, 16);
-            _x = Pinned(capacity, d);
-            _y = Pinned(capacity, d);
+            _x = Pinned(capacity, d, ScalarType.Float32);
+            _y = Pinned(capacity, d, ScalarType.Float32);
         }
-        _copied ??= CudaEvent.CreateBlocking(flat.device.index < 0 ? 0 : flat.device.index);
         using var scope = NewDisposeScope();
         var x = _x.narrow(0, 0, n);
+        bool prefetched = ReferenceEquals(flat, _prefetchedFrom);
+        _prefetchedFrom = null;
+        if (prefetched)
+        {
+            // The rows are in host memory already (the caller waited for the routing, queued after them): cast on the host.
+            var all = _prefetch!.narrow(0, 0, flat.shape[0]);
+            x.copy_(ExpertAssignment.IsEveryRowInOrder(rows, flat.shape[0]) ? all : all.index_select(0, tensor(rows)));
+            return (x.MoveToOuterDisposeScope(), _y!.narrow(0, 0, n).MoveToOuterDisposeScope());
+        }
+        _copied ??= CudaEvent.CreateBlocking(flat.device.index < 0 ? 0 : flat.device.index);
         // One decode token (every row, in order): no gather, one kernel fewer on the layer's serial path.
         var taken = ExpertAssignment.IsEveryRowInOrder(rows, flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(rows, flat.device));
         x.copy_(taken.to(ScalarType.Float32), true);
@@ -65,15 +98,15 @@ internal sealed class LaneBuffers : IDisposable
         _x = _y = null;
     }
 
-    private static Tensor Pinned(long rows, long d)
+    private static Tensor Pinned(long rows, long d, ScalarType dtype)
     {
-        using var pageable = empty([rows, d], ScalarType.Float32);
+        using var pageable = empty([rows, d], dtype);
         var t = pageable.pin_memory();
         t.DetachFromDisposeScope();
         return t;
     }
 
-    private void Release()
+    private void ReleaseLane()
     {
         // torch's pinned allocator keeps a block until the copies queued from it have run.
         _x?.Dispose();
@@ -83,7 +116,10 @@ internal sealed class LaneBuffers : IDisposable
 
     public void Dispose()
     {
-        Release();
+        ReleaseLane();
+        _prefetch?.Dispose();
+        _prefetch = null;
+        _prefetchedFrom = null;
         _copied?.Dispose();
         _copied = null;
     }

@@ -21,11 +21,17 @@ public sealed partial class OffloadExecutor
         {
             var (laneMs, endMs) = p.Lane.GetAwaiter().GetResult();
             var o = p.Observation;
-            var device = _deviceClock?.Read();
+            var (device, untilRouted) = _deviceClock?.Read() ?? (null, null);
             var t = o.Timings!.Value;
             // The layer ends when both lanes have: the device lane started about when the CPU lane did (host clock).
             double deviceEnd = device is { } d ? t.DecideMs + t.CpuStartMs + d.DeviceLaneMs : 0;
-            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(Math.Max(endMs, t.Total), deviceEnd), Device = device });
+            // The hand-off to the next layer, when this is called from its Run (its routing was read after the lane ended).
+            long now = Stopwatch.GetTimestamp(), laneEnd = p.Tensors.End?.EndTimestamp ?? 0;
+            HandoffTimings? handoff = untilRouted is { } u && laneEnd > 0 && _routingReadAt > laneEnd
+                ? new HandoffTimings(u, Stopwatch.GetElapsedTime(laneEnd, _routingReadAt).TotalMilliseconds,
+                    Stopwatch.GetElapsedTime(_routingReadAt, now).TotalMilliseconds)
+                : null;
+            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(Math.Max(endMs, t.Total), deviceEnd), Device = device, Handoff = handoff });
         }
         finally
         {
@@ -96,6 +102,8 @@ public sealed partial class OffloadExecutor
 
         public double LaneMs { get; private set; }
         public double EndMs { get; private set; }
+        /// <summary>When the lane ended (<see cref="Stopwatch.GetTimestamp"/>), 0 before.</summary>
+        public long EndTimestamp { get; private set; }
         public bool Abandoned { get; private set; }
 
         public void Finished() => End(abandoned: false);
@@ -108,6 +116,7 @@ public sealed partial class OffloadExecutor
             Abandoned = abandoned;
             LaneMs = Stopwatch.GetElapsedTime(_start).TotalMilliseconds;
             EndMs = layerClock.Elapsed.TotalMilliseconds;
+            EndTimestamp = Stopwatch.GetTimestamp();
             gate?.Raise(ticket);
         }
     }

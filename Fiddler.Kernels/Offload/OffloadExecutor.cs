@@ -18,11 +18,21 @@ namespace Fiddler.Kernels.Offload;
 /// behind a device-side wait for the lane (<see cref="ICpuLaneGate"/>), and the lane is collected at the start of the
 /// next layer or by <see cref="Complete"/> (the model calls it after its last layer), which also rethrows its failure.
 /// </para>
+/// <para>
+/// A decode layer's token rows come down to the host together with its routing (<see cref="ReadRouting"/>), so the
+/// CPU lane starts right after the one read-back every layer has; <paramref name="prefetchRows"/> false copies them
+/// after the routing instead (a second device round trip on the layer's serial path; kept for comparison).
+/// </para>
 /// </summary>
 public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager,
-    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null) : IExpertExecutor, IDisposable
+    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null, bool prefetchRows = true) : IExpertExecutor, IDisposable
 {
+    /// <summary>Most rows a layer may have for <see cref="ReadRouting"/> to copy them all down ahead of the routing
+    /// (decode, a few beams); above it only the CPU experts' rows come down, after the routing.</summary>
+    public const int PrefetchRowLimit = 8;
+
     private ICpuLaneGate? _gate = gate;
+    private long _routingReadAt;
     private bool _gateChosen = gate is not null || merge != CpuMerge.Gated;
     private PendingLane? _pending;
     private readonly LaneBuffers _buffers = new();
@@ -33,6 +43,21 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
 
     /// <summary>Why a gated merge runs with the host waiting (no device-side wait here), or null.</summary>
     public string? GateFallbackReason { get; private set; }
+
+    /// <summary>
+    /// The routing read-back (see <see cref="IExpertExecutor.ReadRouting"/>). On CUDA, for a decode-sized layer whose block
+    /// holds enough host experts that one is likely chosen (≥ 0.5 expected), the rows are queued for the host first.
+    /// </summary>
+    public long[] ReadRouting(MixtralSparseMoeBlock block, Tensor flat, Tensor ids)
+    {
+        if (prefetchRows && merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA && flat.shape[0] <= PrefetchRowLimit
+            && block.ExpectedHostExperts >= 0.5)
+            _buffers.Prefetch(flat);
+        _deviceClock?.Routed();
+        var chosen = Runtime.HostReadback.Longs(ids);
+        _routingReadAt = Stopwatch.GetTimestamp();
+        return chosen;
+    }
 
     public void Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments, Tensor output)
     {

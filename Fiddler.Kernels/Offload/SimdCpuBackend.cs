@@ -8,9 +8,12 @@ namespace Fiddler.Kernels.Offload;
 /// CPU experts on the C# SIMD kernel (<see cref="CpuExpertKernel"/>), all of a layer's experts in one parallel region
 /// of the dedicated worker pool. Reads the weights in place (pinned host memory), fp32 accumulation.
 /// </summary>
-public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool) : ICpuExpertBackend
+/// <param name="lane">Where <see cref="Start"/> runs the jobs: a dedicated spinning thread (null: the thread pool).</param>
+public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, CpuLaneThread? lane = null) : ICpuExpertBackend
 {
     public string Name => $"simd-{CpuExpertKernel.BestIsa.ToString().ToLowerInvariant()}";
+
+    public Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished) => CpuLanes.Start(lane, this, jobs, finished);
 
     public void Run(IReadOnlyList<CpuExpertJob> jobs)
     {
@@ -42,9 +45,13 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool) : ICpuExpertBacken
 /// Per job, the SIMD kernel or libtorch's CPU linear, whichever the latency models predict faster at that token count
 /// (the kernel is memory-bound and wins small batches; oneDNN/AMX wins large ones).
 /// </summary>
-public sealed class SplitCpuBackend(ICpuExpertBackend small, ICpuExpertBackend large, Func<int, bool> preferLarge) : ICpuExpertBackend
+/// <param name="lane">Where <see cref="Start"/> runs the jobs: a dedicated spinning thread (null: the thread pool).</param>
+public sealed class SplitCpuBackend(ICpuExpertBackend small, ICpuExpertBackend large, Func<int, bool> preferLarge,
+    CpuLaneThread? lane = null) : ICpuExpertBackend
 {
     public string Name => $"{small.Name}+{large.Name}";
+
+    public Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished) => CpuLanes.Start(lane, this, jobs, finished);
 
     public void Run(IReadOnlyList<CpuExpertJob> jobs)
     {

@@ -110,4 +110,29 @@ public class MixtralMoeTests
         var y = norm.forward(zeros([2, 64]));
         Assert.True(y.eq(0).all().item<bool>());
     }
+
+    [Fact]
+    public void Group_HostIds_ByExpertInOrder_AndRejectsIdsTheBlockCannotHave()
+    {
+        // 3 tokens, top-2: token 0 → 5, 1; token 1 → 1, 0; token 2 → 5, 7.
+        var groups = ExpertAssignment.Group([5, 1, 1, 0, 5, 7], 3, 2, 8);
+        Assert.Equal([0, 1, 5, 7], groups.Select(g => g.Expert));
+        Assert.Equal([0L, 1L], groups[1].Tokens);
+        Assert.Equal([1L, 0L], groups[1].Slots);
+        Assert.Equal([0L, 2L], groups[2].Tokens);
+        Assert.Throws<InvalidOperationException>(() => ExpertAssignment.Group([5, 8], 1, 2, 8));
+        Assert.Throws<InvalidOperationException>(() => ExpertAssignment.Group([-1, 0], 1, 2, 8));
+        Assert.Throws<ArgumentException>(() => ExpertAssignment.Group([1, 2, 3], 1, 2, 8));
+    }
+
+    [Fact]
+    public void ExpectedHostExperts_IsTopKTimesTheHostShare()
+    {
+        using var scope = NewDisposeScope();
+        var residency = Fiddler.Kernels.Offload.ExpertResidency.Where(1, 8, (l, e) => e < 6);
+        using var block = new MixtralSparseMoeBlock(Tiny, 0, ScalarType.Float32, CPU, residency);
+        Assert.Equal(0.5, block.ExpectedHostExperts, 9);   // 2 of 8 in host memory, top-2
+        using var allResident = new MixtralSparseMoeBlock(Tiny, 0, ScalarType.Float32, CPU);
+        Assert.Equal(0, allResident.ExpectedHostExperts);
+    }
 }

@@ -1,0 +1,56 @@
+using Xunit;
+using Fiddler.Kernels.Experts;
+
+namespace Fiddler.Tests.Kernels.Experts;
+
+public class CpuLaneThreadTests
+{
+    [Theory]
+    [InlineData(2000)] // the thread spins between lanes
+    [InlineData(0)]    // it blocks after every lane: exercises the sleep/wake handshake
+    public async Task Start_ManyLanes_RunInOrderOnOneOtherThread(int spinMicroseconds)
+    {
+        using var lane = new CpuLaneThread(TimeSpan.FromMicroseconds(spinMicroseconds));
+        var order = new List<int>();
+        var threads = new HashSet<int>();
+        var tasks = new List<Task>();
+        for (int i = 0; i < 2000; i++)
+        {
+            int n = i;
+            tasks.Add(lane.Start(() => { order.Add(n); threads.Add(Environment.CurrentManagedThreadId); }));
+            if (i % 3 == 0) await tasks[^1]; // some lanes back to back, some after the thread went idle
+        }
+        await Task.WhenAll(tasks);
+        Assert.Equal(Enumerable.Range(0, 2000), order);
+        Assert.Single(threads);
+        Assert.DoesNotContain(Environment.CurrentManagedThreadId, threads);
+    }
+
+    [Fact]
+    public async Task Start_BodyThrows_FaultsItsTaskOnly()
+    {
+        using var lane = new CpuLaneThread();
+        var failed = lane.Start(() => throw new InvalidOperationException("lane 1"));
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => failed);
+        Assert.Equal("lane 1", e.Message);
+        int ran = 0;
+        await lane.Start(() => ran = 1); // still usable
+        Assert.Equal(1, ran);
+    }
+
+    [Fact]
+    public async Task Dispose_RunsLanesAlreadyStarted_ThenRefusesNewOnes()
+    {
+        var lane = new CpuLaneThread(TimeSpan.Zero);
+        int ran = 0;
+        var gate = new ManualResetEventSlim();
+        var first = lane.Start(() => gate.Wait());
+        var second = lane.Start(() => Interlocked.Increment(ref ran));
+        var disposing = Task.Run(lane.Dispose);
+        gate.Set();
+        await disposing;
+        await Task.WhenAll(first, second);
+        Assert.Equal(1, ran);
+        Assert.IsType<ObjectDisposedException>(Record.Exception(() => { _ = lane.Start(() => { }); })); // thrown by Start itself
+    }
+}
