@@ -9,12 +9,11 @@
 # so alternating variants (b78 b78+one b78 b78+one) run in one call. A variant cannot repeat an option already given
 # (BENCH_FLAGS, or --readback-spin-us, which SPINS sets): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
-# beside this host's DRAM read bandwidth (bench-cpu-expert); chain: the GPU time of the serial chain between two
-# offloaded decode layers, eager and as a CUDA graph (bench/decode_chain.py); selftest: fiddler cuda-selftest (streams,
+# beside this host's DRAM read bandwidth (bench-cpu-expert); selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|selftest|decode|cpuk|chain|seed[0-9]+|accel[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, decode, cpuk, chain, seedN, accelN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(verify|selftest|decode|cpuk|seed[0-9]+|accel[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, decode, cpuk, seedN, accelN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
   if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +40,6 @@ for step in ${STEPS:-verify}; do
             done ;;
     cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;
-    chain)  timeout 120 "$py" "$root/bench/decode_chain.py" 2>&1 | tail -3 | tee "$res/decode-chain.json" ;;
     accel*) b=${step#accel}; settle; timeout 240 "$py" "$root/bench/seed_baseline.py" --mode accelerate --gpu-budget-gib "$b" --out "$res/accel-$b.json" 2>&1 | tail -2 ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; variant=""; extra=""

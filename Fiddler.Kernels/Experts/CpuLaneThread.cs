@@ -7,8 +7,7 @@ namespace Fiddler.Kernels.Experts;
 /// Instead of the .NET thread pool (whose idle threads sleep, so every layer's lane began with a thread wake-up), it
 /// spins for <c>spin</c> after each lane — long enough to bridge the GPU work between two MoE layers — and only then
 /// blocks. The lane's body runs on this thread, which joins the worker pool's parallel region as its caller. Lanes run
-/// one after another in submission order; a continuation of a lane's task that asks to run synchronously runs on this
-/// thread before the next lane.
+/// one after another in submission order.
 /// </summary>
 public sealed class CpuLaneThread : IDisposable
 {
@@ -32,9 +31,9 @@ public sealed class CpuLaneThread : IDisposable
     public Task Start(Action body)
     {
         ArgumentNullException.ThrowIfNull(body);
-        // Continuations that ask to run synchronously run on the lane thread as the lane ends: handing them to the thread
-        // pool would make whoever waits for the task wait for a pool thread's wake-up too (all cores are busy then).
-        var done = new TaskCompletionSource();
+        // Continuations never run on the lane thread (an await would take it over); a thread blocked on the task is
+        // still released directly as the lane ends.
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_queue)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);

@@ -19,7 +19,7 @@ public sealed partial class OffloadExecutor
         _pending = null;
         try
         {
-            var (laneMs, endMs) = p.Lane.GetAwaiter().GetResult();
+            var (laneMs, endMs) = Collect(p.Lane, p.Tensors.End!);
             var o = p.Observation;
             var (device, untilRouted) = _deviceClock?.Read() ?? (null, null);
             var t = o.Timings!.Value;
@@ -146,6 +146,18 @@ public sealed partial class OffloadExecutor
         }
     }
 
+    /// <summary>
+    /// Waits for a lane's task (the backend's own, not a continuation: that would wait for a thread-pool thread to run
+    /// it, and every core is busy as a lane ends), rethrows its failure, and marks it abandoned when the backend never
+    /// reported its end; then its times.
+    /// </summary>
+    private static (double LaneMs, double EndMs) Collect(Task lane, LaneEnd end)
+    {
+        try { lane.GetAwaiter().GetResult(); }
+        finally { end.Abandon(); } // a no-op when the backend reported the end itself
+        return (end.LaneMs, end.EndMs);
+    }
+
     /// <summary>A gated layer's CPU lane, still running when its layer returned, and what it needs until it ends.</summary>
-    private sealed record PendingLane(Task<(double LaneMs, double EndMs)> Lane, LaneTensors Tensors, LayerObservation Observation);
+    private sealed record PendingLane(Task Lane, LaneTensors Tensors, LayerObservation Observation);
 }

@@ -82,7 +82,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         // CPU lane first, so it runs while the device lane is being queued.
         var cpuIndices = Enumerable.Range(0, assignments.Count).Where(i => routes[i].UsesCpu && cpuRows[i] > 0).ToList();
         var cpuAssignments = cpuIndices.Select(i => assignments[i]).ToList();
-        Task<(double LaneMs, double EndMs)>? cpuLane = null;
+        Task? cpuLane = null; // the backend's task: ends with the lane (its failure included)
         Tensor? hostY = null;
         // What the lane reads and writes lives outside this scope: with a gated merge the lane outlives this call.
         var laneTensors = new LaneTensors();
@@ -109,17 +109,11 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             ticket = laneGate?.Arm() ?? 0;
             cpuStarted = clock.Elapsed.TotalMilliseconds;
             var lane = laneTensors.End = new LaneEnd(clock, laneGate, ticket);
-            Task started;
-            try { started = cpu.Start(jobs, lane.Finished); }
-            catch (Exception e) { started = Task.FromException(e); }
+            try { cpuLane = cpu.Start(jobs, lane.Finished); }
+            catch (Exception e) { cpuLane = Task.FromException(e); }
             // The gate is raised by the backend's callback, or here when the backend never reported (the device must
-            // never wait forever); the failure is rethrown when the lane is collected.
-            cpuLane = started.ContinueWith(t =>
-            {
-                lane.Abandon(); // a no-op when the backend reported the end itself
-                t.GetAwaiter().GetResult();
-                return (lane.LaneMs, lane.EndMs);
-            }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // never wait forever, even before the host collects the lane); the failure is rethrown when it is collected.
+            cpuLane.ContinueWith(_ => lane.Abandon(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
 
         long bytesBefore = stager?.BytesCopied ?? 0;
@@ -175,6 +169,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
                 try { stager!.Release(w.Slot); } catch (InvalidOperationException) { }
             // The CPU lane reads and writes its tensors: let it finish before freeing them.
             try { cpuLane?.Wait(); } catch (AggregateException) { }
+            laneTensors.End?.Abandon(); // a backend that ended without reporting may still run its jobs: keep their tensors
             Release(laneTensors);
             throw;
         }
@@ -184,7 +179,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         {
             try
             {
-                cpuMs = cpuLane.GetAwaiter().GetResult().LaneMs;
+                cpuMs = Collect(cpuLane, laneTensors.End!).LaneMs;
                 waited = clock.Elapsed.TotalMilliseconds;
                 MergeCpuResults(hostY!, flat, cpuAssignments, output, routingWeights);
             }
