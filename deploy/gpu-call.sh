@@ -6,8 +6,9 @@
 # b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
 # A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1"),
-# so alternating variants (b78 b78+one b78 b78+one) run in one call. A variant cannot repeat an option already given
-# (BENCH_FLAGS, or --readback-spin-us, which SPINS sets): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
+# so alternating variants (b78 b78+one b78 b78+one) run in one call. SPINS lists --readback-spin-us values to run each
+# bench step with ("default": the flag left out). A variant cannot repeat an option already given
+# (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
 # beside this host's DRAM read bandwidth (bench-cpu-expert); selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
@@ -34,9 +35,10 @@ for step in ${STEPS:-verify}; do
   case $step in
     verify) timeout 150 $f verify --fixtures "$root/Fiddler.Tests/Fixtures" --device cuda --plans > "$res/verify.log" 2>&1
             echo "verify rc=$?"; grep -E "plans|PASS|FAIL|pass|fail" "$res/verify.log" | tail -5 ;;
-    decode) for s in ${SPINS:-0}; do
+    decode) for s in ${SPINS:-default}; do
+              spinflag=(--readback-spin-us "$s"); [ "$s" = default ] && spinflag=()
               timeout 90 $f bench-decode --config mixtral-8x7b --layers 4 --device cuda --prompt-tokens 16 --new-tokens 64 \
-                --readback-spin-us "$s" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
+                "${spinflag[@]}" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
             done ;;
     cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;
@@ -45,11 +47,12 @@ for step in ${STEPS:-verify}; do
     b*)     b=${step#b}; variant=""; extra=""
             if [[ $b == *+* ]]; then variant=${b#*+}; b=${b%%+*}; v="FLAGS_$variant"; extra=${!v}; fi
             base=(); [ -f "$res/seed-$b.json" ] && base=(--baseline "$res/seed-$b.json")
-            for s in ${SPINS:-0}; do
+            for s in ${SPINS:-default}; do
               log="$res/bench-${b}gib${variant:+-$variant}-spin$s-$(date +%H%M%S).log"; settle
               # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
+              spinflag=(--readback-spin-us "$s"); [ "$s" = default ] && spinflag=()
               timeout 200 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
-                --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" --readback-spin-us "$s" ${BENCH_FLAGS:-} $extra > "$log" 2>&1 || echo "FAILED: $b${variant:++$variant} spin $s"
+                --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" "${spinflag[@]}" ${BENCH_FLAGS:-} $extra > "$log" 2>&1 || echo "FAILED: $b${variant:++$variant} spin $s"
               tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
               huge=$(grep -m1 '"host_huge_pages_gib"' "$log" | tr -dc '0-9.')

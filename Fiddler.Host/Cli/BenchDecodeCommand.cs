@@ -25,7 +25,7 @@ public static class BenchDecodeCommand
         var newTokens = new Option<int>("--new-tokens") { DefaultValueFactory = _ => 64 };
         var libtorch = new Option<string?>("--libtorch");
         var stages = new Option<bool>("--stages") { Description = "Also time each stage (synchronises the device per stage)" };
-        var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 200)" };
+        var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 20000)" };
         var command = new Command("bench-decode", "Decode-step latency with random full-size weights on one device");
         foreach (var o in new Option[] { config, layers, device, dtype, promptTokens, newTokens, libtorch, stages, spin }) command.Add(o);
         command.SetAction(r =>

@@ -81,17 +81,21 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
             assignments = ExpertAssignment.Group(chosen, ids.shape[0], ids.shape[1], _experts.Count);
         }
         RoutingObserver?.Invoke(Layer, assignments);
-        var output = zeros_like(flat);
+        Tensor output;
         using (StageTimer.Stage("moe.experts"))
         {
-            if (Executor is not null) Executor.Run(this, flat, weights, assignments, output);
+            // An executor allocates the output itself, after it started the CPU experts.
+            if (Executor is not null) output = Executor.Run(this, flat, weights, assignments);
             else
+            {
+                output = zeros_like(flat);
                 foreach (var a in assignments)
                 {
                     if (!_resident[a.Expert])
                         throw new InvalidOperationException($"layer {Layer} expert {a.Expert} lives in host memory but no executor is set");
                     a.Accumulate(output, weights, _experts[a.Expert].forward(a.Gather(flat)));
                 }
+            }
         }
         return output.view(shape).MoveToOuterDisposeScope();
     }

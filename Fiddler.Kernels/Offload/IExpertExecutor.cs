@@ -3,10 +3,11 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Kernels.Offload;
 
-/// <summary>Runs one layer's chosen experts and adds their weighted outputs into <c>output</c> [N, D].</summary>
+/// <summary>Runs one layer's chosen experts: the sum of their weighted outputs.</summary>
 public interface IExpertExecutor
 {
-    void Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments, Tensor output);
+    /// <summary>The layer's expert output [N, D] for <paramref name="flat"/> [N, D] (the caller owns it).</summary>
+    Tensor Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments);
 
     /// <summary>
     /// The layer's expert ids [N, K] on the host, read after all device work queued before (the wait every layer has).

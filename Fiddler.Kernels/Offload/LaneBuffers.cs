@@ -44,10 +44,11 @@ internal sealed class LaneBuffers : IDisposable
     }
 
     /// <summary>
-    /// Rows <paramref name="rows"/> of <paramref name="flat"/> [N, D] as fp32 [n, D] in host memory, and an output [n, D]
-    /// beside it. Views of the shared buffers: valid until the next call; never dispose the buffers through them.
+    /// Rows <paramref name="rows"/> of <paramref name="flat"/> [N, D] as fp32 [n, D] in host memory, and an fp32 output
+    /// [<paramref name="outputRows"/>, D] beside it. Views of the shared buffers: valid until the next call; never dispose
+    /// the buffers through them.
     /// </summary>
-    public (Tensor X, Tensor Y) Take(Tensor flat, long[] rows, bool pinned)
+    public (Tensor X, Tensor Y) Take(Tensor flat, long[] rows, bool pinned, long outputRows)
     {
         long n = rows.Length, d = flat.shape[1];
         if (!pinned)
@@ -55,12 +56,12 @@ internal sealed class LaneBuffers : IDisposable
             // CPU device (or a blocking merge): plain tensors, freed by the caller's scope.
             _prefetchedFrom = null;
             var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, tensor(rows));
-            return (hostX, empty_like(hostX));
+            return (hostX, empty([outputRows, d], ScalarType.Float32));
         }
-        if (_x is null || _x.shape[0] < n || _x.shape[1] != d)
+        if (_x is null || _y is null || _x.shape[0] < n || _y.shape[0] < outputRows || _x.shape[1] != d)
         {
             ReleaseLane();
-            long capacity = Math.Max(n, 16);
+            long capacity = Math.Max(Math.Max(n, outputRows), 16);
             _x = Pinned(capacity, d, ScalarType.Float32);
             _y = Pinned(capacity, d, ScalarType.Float32);
         }
@@ -73,7 +74,7 @@ internal sealed class LaneBuffers : IDisposable
             // The rows are in host memory already (the caller waited for the routing, queued after them): cast on the host.
             var all = _prefetch!.narrow(0, 0, flat.shape[0]);
             x.copy_(ExpertAssignment.IsEveryRowInOrder(rows, flat.shape[0]) ? all : all.index_select(0, tensor(rows)));
-            return (x.MoveToOuterDisposeScope(), _y!.narrow(0, 0, n).MoveToOuterDisposeScope());
+            return (x.MoveToOuterDisposeScope(), _y.narrow(0, 0, outputRows).MoveToOuterDisposeScope());
         }
         _copied ??= CudaEvent.CreateBlocking(flat.device.index < 0 ? 0 : flat.device.index);
         // One decode token (every row, in order): no gather, one kernel fewer on the layer's serial path.
@@ -81,7 +82,7 @@ internal sealed class LaneBuffers : IDisposable
         x.copy_(taken.to(ScalarType.Float32), true);
         _copied.RecordOnDefaultStream();
         Runtime.HostReadback.Wait(_copied);
-        return (x.MoveToOuterDisposeScope(), _y!.narrow(0, 0, n).MoveToOuterDisposeScope());
+        return (x.MoveToOuterDisposeScope(), _y.narrow(0, 0, outputRows).MoveToOuterDisposeScope());
     }
 
     /// <summary>

@@ -15,7 +15,13 @@ public sealed partial class OffloadExecutor
     /// </summary>
     public void Complete()
     {
-        if (_pending is not { } p) return;
+        if (CollectPending() is { } observation) scheduler.Observe(observation);
+    }
+
+    /// <summary>Waits for the pending lane (if any), frees its tensors and returns its observation (not yet reported).</summary>
+    private LayerObservation? CollectPending()
+    {
+        if (_pending is not { } p) return null;
         _pending = null;
         try
         {
@@ -31,7 +37,7 @@ public sealed partial class OffloadExecutor
                 ? new HandoffTimings(u, Stopwatch.GetElapsedTime(laneEnd, _routingReadAt).TotalMilliseconds,
                     Stopwatch.GetElapsedTime(_routingReadAt, now).TotalMilliseconds)
                 : null;
-            scheduler.Observe(o with { CpuLaneMs = laneMs, LayerMs = Math.Max(Math.Max(endMs, t.Total), deviceEnd), Device = device, Handoff = handoff });
+            return o with { CpuLaneMs = laneMs, LayerMs = Math.Max(Math.Max(endMs, t.Total), deviceEnd), Device = device, Handoff = handoff };
         }
         finally
         {

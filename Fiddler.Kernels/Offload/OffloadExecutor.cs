@@ -59,9 +59,11 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         return chosen;
     }
 
-    public void Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments, Tensor output)
+    public Tensor Run(MixtralSparseMoeBlock block, Tensor flat, Tensor routingWeights, IReadOnlyList<ExpertAssignment> assignments)
     {
-        Complete();
+        // The previous layer's lane has ended (the device computed this layer's routing after it): free its buffers now,
+        // report it once this layer's CPU lane runs (nothing on the way to that start that can wait).
+        var previous = CollectPending();
         using var scope = NewDisposeScope();
         var clock = Stopwatch.StartNew();
         var work = assignments.Select(a => new ExpertWork(a.Expert, a.Tokens.Length, block.IsResident(a.Expert))).ToArray();
@@ -91,8 +93,12 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         if (cpuTokens > 0)
         {
             // The lane's rows in one device→host copy; on CUDA into reused page-locked buffers, so the results can go
-            // back with a non-blocking copy (see the merge below).
-            var (hostX, y0) = _buffers.Take(flat, cpuAssignments.SelectMany(a => a.Tokens).ToArray(), pinnedResults); // [Σn, D]
+            // back with a non-blocking copy (see the merge below). When every CPU expert takes every row in order (a
+            // decode token), its experts share one copy of the input; each writes its own output rows.
+            long n = flat.shape[0];
+            bool shared = cpuAssignments.All(a => ExpertAssignment.IsEveryRowInOrder(a.Tokens, n));
+            long[] rows = shared ? [.. Enumerable.Range(0, (int)n).Select(i => (long)i)] : cpuAssignments.SelectMany(a => a.Tokens).ToArray();
+            var (hostX, y0) = _buffers.Take(flat, rows, pinnedResults, cpuTokens); // [n or Σn, D], [Σn, D]
             hostY = y0;
             laneTensors.AddRange([hostX, hostY]);
             var jobs = new List<CpuExpertJob>();
@@ -100,8 +106,10 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             foreach (int i in cpuIndices)
             {
                 var a = assignments[i];
-                var (x, y) = (hostX.narrow(0, offset, a.Tokens.Length), hostY.narrow(0, offset, a.Tokens.Length));
-                laneTensors.AddRange([x, y]);
+                var x = shared ? hostX : hostX.narrow(0, offset, a.Tokens.Length);
+                var y = cpuIndices.Count == 1 ? hostY : hostY.narrow(0, offset, a.Tokens.Length);
+                if (!shared) laneTensors.Add(x);
+                if (cpuIndices.Count > 1) laneTensors.Add(y);
                 jobs.Add(new CpuExpertJob(block.Expert(a.Expert), x, y, cpuRows[i] < intermediate ? cpuRows[i] : null));
                 offset += a.Tokens.Length;
             }
@@ -115,6 +123,8 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             // never wait forever, even before the host collects the lane); the failure is rethrown when it is collected.
             cpuLane.ContinueWith(_ => lane.Abandon(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
+        if (previous is not null) scheduler.Observe(previous);
+        var output = zeros_like(flat); // [N, D]: every path adds into it
 
         long bytesBefore = stager?.BytesCopied ?? 0;
         var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
@@ -158,7 +168,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
                     Decided = needsDecision,
                     Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, held - queued, clock.Elapsed.TotalMilliseconds - held),
                 });
-                return;
+                return output.MoveToOuterDisposeScope();
             }
         }
         catch
@@ -194,6 +204,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             Decided = needsDecision,
             Timings = new ExecutorTimings(decided, cpuStarted - decided, queued - cpuStarted, waited - queued, end - waited),
         });
+        return output.MoveToOuterDisposeScope();
     }
 
     public void Dispose()

@@ -6,10 +6,10 @@ using static TorchSharp.torch;
 namespace Fiddler.Kernels.Runtime;
 
 /// <summary>
-/// Small device→host reads on the decode path (routing ids) without CUDA's spin-wait: the copy goes into page-locked
-/// memory and the host polls the event briefly (<see cref="SpinMicroseconds"/>), then sleeps on it (a blocking-sync
-/// event). A plain <c>.cpu()</c> spins for the whole wait, and while the GPU waits for the CPU experts (a gated merge)
-/// that spin takes a core from them for the whole lane. One buffer per thread and device (the thread that drives the
+/// Small device→host reads on the decode path (routing ids): the copy goes into page-locked memory and the host polls
+/// the event (<see cref="SpinMicroseconds"/>, long enough to cover a decode layer's CPU lane), then sleeps on it (a
+/// blocking-sync event), so a long wait (a prefill layer's lane) does not hold the core forever. Polling costs the core
+/// of the thread that drives the GPU, which the CPU expert pool leaves free. One buffer per thread and device (the thread that drives the
 /// GPU); results are copied out before returning. The buffers live as long as the process (a few KB of page-locked
 /// memory and one event per such thread).
 /// </summary>
@@ -19,11 +19,12 @@ public static class HostReadback
     private static int s_spinMicroseconds = DefaultSpinMicroseconds;
 
     /// <summary>
-    /// The default poll before sleeping. On the H100 host, 200 beat 0 in three of four same-call pairs at 24 GiB
-    /// (+12 %, +2 %, +5 %; −2 % in the fourth), within that host's run-to-run noise: it costs the GPU thread's own core
-    /// for 0.2 ms per wait and cannot slow the CPU lane.
+    /// The default poll before sleeping: 20 ms, longer than a decode layer's CPU lane (~5 ms at 24 GiB), which the
+    /// routing read-back of the next layer waits for. On the H100 host a host asleep on a blocking-sync event wakes
+    /// ~130 µs after the device (cuda-selftest), and a decode layer's hand-off (CPU lane end → routing on the host) took
+    /// 0.32-0.40 ms polling for 20 ms against 0.42-0.62 ms polling for 0.2 ms (same call, 24 GiB, three pairs).
     /// </summary>
-    public const int DefaultSpinMicroseconds = 200;
+    public const int DefaultSpinMicroseconds = 20_000;
 
     /// <summary>
     /// How long the host polls a read-back before it sleeps on the event, in µs (0: sleep at once). A short wait (the
