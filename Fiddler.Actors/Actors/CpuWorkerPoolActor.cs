@@ -7,8 +7,8 @@ namespace Fiddler.Actors.Actors;
 
 /// <summary>
 /// Owns the CPU expert backend (the SIMD kernel's dedicated worker pool, and libtorch's CPU path for large batches):
-/// runs one layer's CPU experts per message. Runs on its own pinned thread so a layer's CPU work never waits for a
-/// dispatcher thread.
+/// runs one layer's CPU experts per message. Runs on its own spinning thread (akka.hocon's cpu-dispatcher) so a layer's
+/// CPU work never waits for a dispatcher thread.
 /// </summary>
 public sealed class CpuWorkerPoolActor : ReceiveActor
 {
@@ -29,7 +29,8 @@ public sealed class CpuWorkerPoolActor : ReceiveActor
             }
             try { m.Finished?.Invoke(); }
             catch (Exception e) { reply = new CpuExpertsFailed(e); }
-            Sender.Tell(reply);
+            if (m.Reply is { } slot) slot.TrySetResult(reply);
+            else Sender.Tell(reply);
         });
     }
 

@@ -44,7 +44,7 @@ public sealed record EngineOptions
     /// <summary>Bring a decode layer's rows to the host with its routing (one read-back; see
     /// <see cref="Fiddler.Kernels.Offload.OffloadExecutor"/>). False: after it, as before (for comparison).</summary>
     public bool PrefetchRows { get; init; } = true;
-    /// <summary>Start CPU lanes on a dedicated spinning thread (<see cref="Fiddler.Kernels.Experts.CpuLaneThread"/>).
+    /// <summary>Start CPU lanes on a dedicated spinning thread (<see cref="Fiddler.Kernels.Experts.SpinningThread"/>).
     /// False: on the .NET thread pool, as before (for comparison).</summary>
     public bool DedicatedLaneThread { get; init; } = true;
     public int? Layers { get; init; }

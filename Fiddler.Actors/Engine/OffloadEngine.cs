@@ -6,6 +6,7 @@ using Fiddler.Kernels.Experts;
 using Fiddler.Kernels.Loading;
 using Fiddler.Kernels.Modules;
 using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Runtime;
 using Fiddler.Kernels.Text;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -94,7 +95,7 @@ public sealed class OffloadEngine : IDisposable
         var pool = Own(new CpuWorkerPool(DefaultCpuThreads(o), TimeSpan.FromMilliseconds(2)));
         // CPU lanes start on a thread of their own that spins between layers like the workers (the thread pool's idle
         // threads sleep: each layer's lane began with a wake-up); it joins the pool's region as its caller.
-        var lane = o.DedicatedLaneThread ? Own(new CpuLaneThread(TimeSpan.FromMilliseconds(2))) : null;
+        var lane = o.DedicatedLaneThread ? Own(new SpinningThread(TimeSpan.FromMilliseconds(2))) : null;
         var simd = new SimdCpuBackend(pool, lane);
         // libtorch's CPU linear (large batches) gets the same cores as the pool, for the same reason: its OpenMP team
         // defaults to every core, and the thread queuing the GPU's copies and experts takes one of them.

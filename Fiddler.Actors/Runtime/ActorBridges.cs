@@ -36,10 +36,24 @@ public sealed class ActorCpuBackend(IActorRef pool, string name, TimeSpan timeou
 
     public void Run(IReadOnlyList<CpuExpertJob> jobs) => Start(jobs, static () => { }).GetAwaiter().GetResult();
 
-    /// <summary>Sends the jobs to the pool actor, which calls <paramref name="finished"/> before it replies.</summary>
+    /// <summary>
+    /// Sends the jobs to the pool actor, which calls <paramref name="finished"/> before it replies. The reply comes in a
+    /// slot of the message, completed on the pool's thread, so this task ends there too (the executor waits for it
+    /// while every core is busy: a thread-pool hop could take long).
+    /// </summary>
     public async Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished)
     {
-        var reply = await pool.Ask<object>(new RunCpuExperts(jobs, finished), timeout).ConfigureAwait(false);
+        var slot = new TaskCompletionSource<object>();
+        pool.Tell(new RunCpuExperts(jobs, finished, slot));
+        object reply;
+        try
+        {
+            reply = await slot.Task.WaitAsync(timeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"the CPU worker pool actor did not run its experts within {timeout.TotalSeconds:0} s");
+        }
         if (reply is CpuExpertsFailed f) throw new InvalidOperationException("CPU experts failed", f.Error);
     }
 }

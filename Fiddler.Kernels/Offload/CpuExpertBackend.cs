@@ -1,3 +1,4 @@
+using Fiddler.Kernels.Runtime;
 using Fiddler.Kernels.Experts;
 using Fiddler.Kernels.Modules;
 using static TorchSharp.torch;
@@ -25,10 +26,10 @@ public interface ICpuExpertBackend
     Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished) => CpuLanes.Start(null, this, jobs, finished);
 }
 
-/// <summary>Starting a backend's jobs in the background, on a <see cref="CpuLaneThread"/> or the thread pool.</summary>
+/// <summary>Starting a backend's jobs in the background, on a <see cref="SpinningThread"/> or the thread pool.</summary>
 internal static class CpuLanes
 {
-    public static Task Start(CpuLaneThread? lane, ICpuExpertBackend backend, IReadOnlyList<CpuExpertJob> jobs, Action finished)
+    public static Task Start(SpinningThread? lane, ICpuExpertBackend backend, IReadOnlyList<CpuExpertJob> jobs, Action finished)
     {
         void Body()
         {

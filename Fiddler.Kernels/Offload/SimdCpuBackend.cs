@@ -9,7 +9,7 @@ namespace Fiddler.Kernels.Offload;
 /// of the dedicated worker pool. Reads the weights in place (pinned host memory), fp32 accumulation.
 /// </summary>
 /// <param name="lane">Where <see cref="Start"/> runs the jobs: a dedicated spinning thread (null: the thread pool).</param>
-public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, CpuLaneThread? lane = null) : ICpuExpertBackend
+public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? lane = null) : ICpuExpertBackend
 {
     public string Name => $"simd-{CpuExpertKernel.BestIsa.ToString().ToLowerInvariant()}";
 
@@ -47,7 +47,7 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, CpuLaneThread? lan
 /// </summary>
 /// <param name="lane">Where <see cref="Start"/> runs the jobs: a dedicated spinning thread (null: the thread pool).</param>
 public sealed class SplitCpuBackend(ICpuExpertBackend small, ICpuExpertBackend large, Func<int, bool> preferLarge,
-    CpuLaneThread? lane = null) : ICpuExpertBackend
+    SpinningThread? lane = null) : ICpuExpertBackend
 {
     public string Name => $"{small.Name}+{large.Name}";
 

@@ -133,6 +133,45 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         Assert.Equal(["run", "finished", "reply"], order);
     }
 
+    [Fact]
+    public async Task CpuWorkerPoolActor_RunsOnItsSpinningThread_AndCompletesTheReplySlotThere()
+    {
+        var order = new List<string>();
+        // FiddlerRuntime's dispatcher for the pool: the spinning-thread executor from akka.hocon.
+        var pool = Sys.ActorOf(CpuWorkerPoolActor.Props(new RecordingBackend(order)), "cpu-pool-slot");
+        string? runThread = null, replyThread = null;
+        var slot = new TaskCompletionSource<object>();
+        _ = slot.Task.ContinueWith(_ => replyThread = Thread.CurrentThread.Name, TaskContinuationOptions.ExecuteSynchronously);
+        pool.Tell(new RunCpuExperts([], () => runThread = Thread.CurrentThread.Name, slot));
+        Assert.IsType<CpuExpertsDone>(await slot.Task.WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal("fiddler-cpu-dispatcher", runThread);
+        Assert.Equal("fiddler-cpu-dispatcher", replyThread); // completed inline on the pool's thread
+        ExpectNoMsg(TimeSpan.FromMilliseconds(100));             // nothing sent to the sender as well
+    }
+
+    [Fact]
+    public async Task SpinningThreadExecutor_RunsOnItsNamedThread_AndRefusesASpinOutOfRange()
+    {
+        static Akka.Configuration.Config Executor(string spin) => Akka.Configuration.ConfigurationFactory.ParseString(
+            $"executor = \"Fiddler.Actors.Runtime.SpinningThreadExecutorConfigurator, Fiddler.Actors\"\nspinning-thread-executor.spin-time = {spin}");
+        var good = new SpinningThreadExecutorConfigurator(Executor("1ms"), Sys.Dispatchers.Prerequisites).Produce("fiddler.test-dispatcher");
+        var ran = new TaskCompletionSource<string?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        good.Execute(new Runnable(() => ran.SetResult(Thread.CurrentThread.Name)));
+        Assert.Equal("fiddler-test-dispatcher", await ran.Task.WaitAsync(TimeSpan.FromSeconds(10)));
+        good.Shutdown();
+        var bad = new SpinningThreadExecutorConfigurator(Executor("5s"), Sys.Dispatchers.Prerequisites);
+        var e = Assert.Throws<Akka.Configuration.ConfigurationException>(() => bad.Produce("fiddler.bad"));
+        Assert.Contains("spin-time", e.Message);
+    }
+
+    private sealed class Runnable(Action action) : Akka.Dispatch.IRunnable
+    {
+        public void Run() => action();
+#if NET6_0_OR_GREATER
+        public void Execute() => action();
+#endif
+    }
+
     private sealed class RecordingBackend(List<string> order) : ICpuExpertBackend
     {
         public string Name => "recording";

@@ -1,16 +1,16 @@
 using Xunit;
-using Fiddler.Kernels.Experts;
+using Fiddler.Kernels.Runtime;
 
-namespace Fiddler.Tests.Kernels.Experts;
+namespace Fiddler.Tests.Kernels.Runtime;
 
-public class CpuLaneThreadTests
+public class SpinningThreadTests
 {
     [Theory]
     [InlineData(2000)] // the thread spins between lanes
     [InlineData(0)]    // it blocks after every lane: exercises the sleep/wake handshake
     public async Task Start_ManyLanes_RunInOrderOnOneOtherThread(int spinMicroseconds)
     {
-        using var lane = new CpuLaneThread(TimeSpan.FromMicroseconds(spinMicroseconds));
+        using var lane = new SpinningThread(TimeSpan.FromMicroseconds(spinMicroseconds));
         var order = new List<int>();
         var threads = new HashSet<int>();
         var tasks = new List<Task>();
@@ -29,7 +29,7 @@ public class CpuLaneThreadTests
     [Fact]
     public async Task Start_BodyThrows_FaultsItsTaskOnly()
     {
-        using var lane = new CpuLaneThread();
+        using var lane = new SpinningThread();
         var failed = lane.Start(() => throw new InvalidOperationException("lane 1"));
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => failed);
         Assert.Equal("lane 1", e.Message);
@@ -41,7 +41,7 @@ public class CpuLaneThreadTests
     [Fact]
     public async Task Dispose_RunsLanesAlreadyStarted_ThenRefusesNewOnes()
     {
-        var lane = new CpuLaneThread(TimeSpan.Zero);
+        var lane = new SpinningThread(TimeSpan.Zero);
         int ran = 0;
         var gate = new ManualResetEventSlim();
         var first = lane.Start(() => gate.Wait());

@@ -1,15 +1,15 @@
 using System.Diagnostics;
 
-namespace Fiddler.Kernels.Experts;
+namespace Fiddler.Kernels.Runtime;
 
 /// <summary>
-/// One long-lived thread that starts CPU lanes: the thread that queues GPU work hands it a lane and goes on at once.
-/// Instead of the .NET thread pool (whose idle threads sleep, so every layer's lane began with a thread wake-up), it
-/// spins for <c>spin</c> after each lane — long enough to bridge the GPU work between two MoE layers — and only then
-/// blocks. The lane's body runs on this thread, which joins the worker pool's parallel region as its caller. Lanes run
-/// one after another in submission order.
+/// One long-lived thread that runs what it is handed, in submission order, and spins for <c>spin</c> after each item
+/// before it blocks. For work on a decode step's critical path that arrives once per layer: the .NET thread pool's (or
+/// a blocked thread's) wake-up cost ~50-130 µs per layer on the H100 host, where every core is busy while CPU experts
+/// run. It starts the executor's CPU lanes (the lane's body joins the worker pool's parallel region as its caller) and
+/// runs the critical actors' mailboxes (Fiddler.Actors' spinning executor). It costs the core it spins on.
 /// </summary>
-public sealed class CpuLaneThread : IDisposable
+public sealed class SpinningThread : IDisposable
 {
     private readonly Queue<(Action Body, TaskCompletionSource Done)> _queue = new();
     private readonly SemaphoreSlim _signal = new(0);
@@ -19,20 +19,21 @@ public sealed class CpuLaneThread : IDisposable
     private volatile bool _disposed;
     private int _sleeping;
 
-    /// <param name="spin">How long the idle thread polls for the next lane before it blocks (default 2 ms).</param>
-    public CpuLaneThread(TimeSpan? spin = null)
+    /// <param name="spin">How long the idle thread polls for the next item before it blocks (default 2 ms).</param>
+    /// <param name="name">The thread's name.</param>
+    public SpinningThread(TimeSpan? spin = null, string name = "fiddler-cpu-lane")
     {
         _spinTicks = (long)((spin ?? TimeSpan.FromMilliseconds(2)).TotalSeconds * Stopwatch.Frequency);
-        _thread = new Thread(Loop) { IsBackground = true, Name = "fiddler-cpu-lane" };
+        _thread = new Thread(Loop) { IsBackground = true, Name = name };
         _thread.Start();
     }
 
-    /// <summary>Runs <paramref name="body"/> on the lane thread; the task ends with it (its exception included).</summary>
+    /// <summary>Runs <paramref name="body"/> on the thread; the task ends with it (its exception included).</summary>
     public Task Start(Action body)
     {
         ArgumentNullException.ThrowIfNull(body);
-        // Continuations never run on the lane thread (an await would take it over); a thread blocked on the task is
-        // still released directly as the lane ends.
+        // Continuations never run on this thread (an await would take it over); a thread blocked on the task is still
+        // released directly as the item ends.
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         lock (_queue)
         {
@@ -88,7 +89,7 @@ public sealed class CpuLaneThread : IDisposable
         }
     }
 
-    /// <summary>Runs the lanes already submitted, then stops the thread.</summary>
+    /// <summary>Runs the items already submitted, then stops the thread (from any thread but its own).</summary>
     public void Dispose()
     {
         lock (_queue)
@@ -97,6 +98,7 @@ public sealed class CpuLaneThread : IDisposable
             _disposed = true;
         }
         if (Interlocked.Exchange(ref _sleeping, 0) == 1) _signal.Release();
+        if (Thread.CurrentThread == _thread) return; // an item stopping its own thread: the loop ends after it
         _thread.Join();
         _signal.Dispose();
     }
