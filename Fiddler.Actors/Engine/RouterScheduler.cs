@@ -63,7 +63,8 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         {
             lock (_lastPlan)
                 return _handoffs == 0 ? (default, 0)
-                    : (new(_handoff.DeviceMs / _handoffs, _handoff.HostMs / _handoffs, _handoff.ToExecutorMs / _handoffs), _handoffs);
+                    : (new(_handoff.DeviceMs / _handoffs, _handoff.HostMs / _handoffs, _handoff.ToExecutorMs / _handoffs,
+                        _handoff.ReadbackMs / _handoffs), _handoffs);
         }
     }
 

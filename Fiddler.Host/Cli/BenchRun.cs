@@ -172,8 +172,10 @@ public static class BenchRun
             ["device_waited_for_cpu"] = Math.Round(s.MeanDevice.Mean.WaitedForCpuMs, 3),
             ["device_timed_layers"] = s.MeanDevice.Layers,
             // From a gated layer's CPU lane ending to the next layer's executor: the device's part (merge, attention,
-            // norm, router), the host's view of it (plus the gate's and the read-back's latencies), then to the executor.
+            // norm, router; then the read-back's copies), the host's view of it (plus the gate's latency and the host
+            // noticing the read-back), then to the executor.
             ["handoff_device"] = Math.Round(s.MeanHandoff.Mean.DeviceMs, 3),
+            ["handoff_readback_copy"] = Math.Round(s.MeanHandoff.Mean.ReadbackMs, 3),
             ["handoff_host"] = Math.Round(s.MeanHandoff.Mean.HostMs, 3),
             ["handoff_to_executor"] = Math.Round(s.MeanHandoff.Mean.ToExecutorMs, 3),
             ["handoff_layers"] = s.MeanHandoff.Layers,

@@ -12,8 +12,8 @@ namespace Fiddler.Kernels.Offload;
 internal sealed class DeviceLaneClock(Device device) : IDisposable
 {
     private readonly int _device = device.index < 0 ? 0 : device.index;
-    private CudaEvent? _begin, _ready, _released, _routed;
-    private bool _recorded, _routedRecorded;
+    private CudaEvent? _begin, _ready, _released, _routed, _readable;
+    private bool _recorded, _routedRecorded, _readableRecorded;
 
     public void Begin()
     {
@@ -21,7 +21,8 @@ internal sealed class DeviceLaneClock(Device device) : IDisposable
         _ready ??= CudaEvent.CreateTiming(_device);
         _released ??= CudaEvent.CreateTiming(_device);
         _routed ??= CudaEvent.CreateTiming(_device);
-        _recorded = _routedRecorded = false;
+        _readable ??= CudaEvent.CreateTiming(_device);
+        _recorded = _routedRecorded = _readableRecorded = false;
         _begin.RecordOnDefaultStream();
     }
 
@@ -41,15 +42,25 @@ internal sealed class DeviceLaneClock(Device device) : IDisposable
         _routedRecorded = true;
     }
 
-    /// <summary>The layer's device timings (null when not all three were recorded or they are not done yet), and the ms
-    /// from the lane's release to the next layer's routing (null when not recorded or not done).</summary>
-    public (DeviceLaneTimings? Lane, double? UntilRoutedMs) Read()
+    /// <summary>The next layer's routing read-back is queued (its copies to the host); once, after <see cref="Routed"/>.</summary>
+    public void Readable()
     {
-        if (!_recorded || !_released!.IsComplete) return (null, null);
+        if (!_routedRecorded || _readableRecorded) return;
+        _readable!.RecordOnDefaultStream();
+        _readableRecorded = true;
+    }
+
+    /// <summary>The layer's device timings (null when not all three were recorded or they are not done yet), the ms from
+    /// the lane's release to the next layer's routing, and from there to its read-back copies done (null when not
+    /// recorded or not done).</summary>
+    public (DeviceLaneTimings? Lane, double? UntilRoutedMs, double? ReadbackMs) Read()
+    {
+        if (!_recorded || !_released!.IsComplete) return (null, null, null);
         _recorded = false;
         double? routed = _routedRecorded && _routed!.IsComplete ? CudaEvent.ElapsedMilliseconds(_released, _routed) : null;
-        _routedRecorded = false;
-        return (new(CudaEvent.ElapsedMilliseconds(_begin!, _ready!), CudaEvent.ElapsedMilliseconds(_ready!, _released)), routed);
+        double? readback = routed is not null && _readableRecorded && _readable!.IsComplete ? CudaEvent.ElapsedMilliseconds(_routed!, _readable) : null;
+        _routedRecorded = _readableRecorded = false;
+        return (new(CudaEvent.ElapsedMilliseconds(_begin!, _ready!), CudaEvent.ElapsedMilliseconds(_ready!, _released)), routed, readback);
     }
 
     public void Dispose()
@@ -58,5 +69,6 @@ internal sealed class DeviceLaneClock(Device device) : IDisposable
         _ready?.Dispose();
         _released?.Dispose();
         _routed?.Dispose();
+        _readable?.Dispose();
     }
 }

@@ -77,14 +77,15 @@ public sealed record LayerObservation(int Layer, IReadOnlyList<ExpertWork> Work,
 
 /// <summary>
 /// The serial hand-off from a gated layer's CPU lane to the next layer's executor, in ms: on the device, from the lane's
-/// release to the next layer's routing being computed (the merge, the next attention, norm and router); on the host,
-/// from the lane raising its gate to the host holding the next routing (the device part plus the gate's and the
-/// read-back's latencies), and from there to the next layer's executor starting (grouping, the output buffer).
+/// release to the next layer's routing being computed (the merge, the next attention, norm and router), and from there
+/// to its read-back copies done (<paramref name="ReadbackMs"/>); on the host, from the lane raising its gate to the host
+/// holding the next routing (the device parts plus the gate's latency and the host noticing), and from there to the
+/// next layer's executor starting (grouping the routing, collecting the lane).
 /// </summary>
-public readonly record struct HandoffTimings(double DeviceMs, double HostMs, double ToExecutorMs)
+public readonly record struct HandoffTimings(double DeviceMs, double HostMs, double ToExecutorMs, double ReadbackMs = 0)
 {
     public static HandoffTimings operator +(HandoffTimings a, HandoffTimings b) =>
-        new(a.DeviceMs + b.DeviceMs, a.HostMs + b.HostMs, a.ToExecutorMs + b.ToExecutorMs);
+        new(a.DeviceMs + b.DeviceMs, a.HostMs + b.HostMs, a.ToExecutorMs + b.ToExecutorMs, a.ReadbackMs + b.ReadbackMs);
 }
 
 /// <summary>

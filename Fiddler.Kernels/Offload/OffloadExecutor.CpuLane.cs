@@ -27,7 +27,7 @@ public sealed partial class OffloadExecutor
         {
             var (laneMs, endMs) = Collect(p.Lane, p.Tensors.End!);
             var o = p.Observation;
-            var (device, untilRouted) = _deviceClock?.Read() ?? (null, null);
+            var (device, untilRouted, readback) = _deviceClock?.Read() ?? (null, null, null);
             var t = o.Timings!.Value;
             // The layer ends when both lanes have: the device lane started about when the CPU lane did (host clock).
             double deviceEnd = device is { } d ? t.DecideMs + t.CpuStartMs + d.DeviceLaneMs : 0;
@@ -35,7 +35,7 @@ public sealed partial class OffloadExecutor
             long now = Stopwatch.GetTimestamp(), laneEnd = p.Tensors.End?.EndTimestamp ?? 0;
             HandoffTimings? handoff = untilRouted is { } u && laneEnd > 0 && _routingReadAt > laneEnd
                 ? new HandoffTimings(u, Stopwatch.GetElapsedTime(laneEnd, _routingReadAt).TotalMilliseconds,
-                    Stopwatch.GetElapsedTime(_routingReadAt, now).TotalMilliseconds)
+                    Stopwatch.GetElapsedTime(_routingReadAt, now).TotalMilliseconds, readback ?? 0)
                 : null;
             return o with { CpuLaneMs = laneMs, LayerMs = Math.Max(Math.Max(endMs, t.Total), deviceEnd), Device = device, Handoff = handoff };
         }

@@ -54,7 +54,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             && block.ExpectedHostExperts >= 0.5)
             _buffers.Prefetch(flat);
         _deviceClock?.Routed();
-        var chosen = Runtime.HostReadback.Longs(ids);
+        var chosen = Runtime.HostReadback.Longs(ids, _deviceClock is { } clock ? clock.Readable : null);
         _routingReadAt = Stopwatch.GetTimestamp();
         return chosen;
     }

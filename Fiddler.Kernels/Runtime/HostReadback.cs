@@ -39,7 +39,8 @@ public static class HostReadback
     }
 
     /// <summary>The int64 values of <paramref name="t"/> (any shape), read after all work queued before on its device.</summary>
-    public static long[] Longs(Tensor t)
+    /// <param name="afterCopy">Called (CUDA only) once the copy is queued, before the wait: e.g. to record a timing event.</param>
+    public static long[] Longs(Tensor t, Action? afterCopy = null)
     {
         if (t.device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable)
         {
@@ -61,6 +62,7 @@ public static class HostReadback
         using (var view = s.Buffer.narrow(0, 0, n))
         using (var flat = t.reshape(-1))
             view.copy_(flat, true);
+        afterCopy?.Invoke();
         s.Done.RecordOnDefaultStream();
         Wait(s.Done);
         using var result = s.Buffer.narrow(0, 0, n);

@@ -83,14 +83,15 @@ public sealed class ResidentLayerShortcutTests
         var scheduler = new RouterScheduler(new ExpertRouter(HardwareProfileTests.H100()));
         ExpertWork[] work = [new(0, 1, false)];
         Assert.Equal((default(HandoffTimings), 0L), scheduler.MeanHandoff);
-        scheduler.Observe(new LayerObservation(1, work, [ExpertRoute.Cpu], 4, 4, 1, 0) { Handoff = new(0.2, 0.5, 0.05) });
+        scheduler.Observe(new LayerObservation(1, work, [ExpertRoute.Cpu], 4, 4, 1, 0) { Handoff = new(0.2, 0.5, 0.05, 0.02) });
         scheduler.Observe(new LayerObservation(2, work, [ExpertRoute.Cpu], 4, 4, 1, 0));   // the token's last layer: none
-        scheduler.Observe(new LayerObservation(3, work, [ExpertRoute.Cpu], 4, 4, 1, 0) { Handoff = new(0.4, 0.7, 0.15) });
+        scheduler.Observe(new LayerObservation(3, work, [ExpertRoute.Cpu], 4, 4, 1, 0) { Handoff = new(0.4, 0.7, 0.15, 0.04) });
         var (mean, layers) = scheduler.MeanHandoff;
         Assert.Equal(2, layers);
         Assert.Equal(0.3, mean.DeviceMs, 9);
         Assert.Equal(0.6, mean.HostMs, 9);
         Assert.Equal(0.1, mean.ToExecutorMs, 9);
+        Assert.Equal(0.03, mean.ReadbackMs, 9);
         scheduler.ResetCounters();
         Assert.Equal(0, scheduler.MeanHandoff.Layers);
     }
