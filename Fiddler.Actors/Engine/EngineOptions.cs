@@ -47,5 +47,8 @@ public sealed record EngineOptions
     /// <summary>Start CPU lanes on a dedicated spinning thread (<see cref="Fiddler.Kernels.Experts.SpinningThread"/>).
     /// False: on the .NET thread pool, as before (for comparison).</summary>
     public bool DedicatedLaneThread { get; init; } = true;
+    /// <summary>On CUDA, the device waits for a CPU lane in a spin kernel (see <see cref="Fiddler.Kernels.Cuda.HostSignal"/>).
+    /// False: the driver's stream wait, as before (for comparison).</summary>
+    public bool SpinKernelGate { get; init; } = true;
     public int? Layers { get; init; }
 }

@@ -119,7 +119,7 @@ public sealed class OffloadEngine : IDisposable
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
             SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel)));
-        Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge, prefetchRows: o.PrefetchRows));
+        Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge, prefetchRows: o.PrefetchRows, spinKernelGate: o.SpinKernelGate));
         Model.SetExpertExecutor(Executor);
     }
 

@@ -225,7 +225,7 @@ public static class BenchRun
             ["cpu_contention"] = o.CpuContention,
             ["adapt_cpu_model"] = o.AdaptCpuModel,
             ["merge"] = o.Merge.ToString(),
-            ["merge_gate"] = engine.Executor is { Merge: Fiddler.Kernels.Offload.CpuMerge.Gated } ex ? ex.GateFallbackReason ?? "device waits" : null,
+            ["merge_gate"] = engine.Executor is { Merge: Fiddler.Kernels.Offload.CpuMerge.Gated } ex ? ex.GateDescription : null,
             ["readback_spin_us"] = Fiddler.Kernels.Runtime.HostReadback.SpinMicroseconds,
             ["host_huge_pages_gib"] = Fiddler.Kernels.Runtime.HugePages.ProcessHugeBytes() is long hp ? Math.Round(hp / (double)(1L << 30), 2) : null,
             ["cpu_threads"] = OffloadEngine.DefaultCpuThreads(o),

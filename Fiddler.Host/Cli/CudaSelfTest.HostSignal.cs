@@ -48,7 +48,45 @@ internal sealed partial class CudaSelfTest
             while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
             latencies.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
         }
-        Console.WriteLine($"  raise → next device op done: {Summary(latencies)}");
+        Console.WriteLine($"  raise → next device op done (stream wait): {Summary(latencies)}");
+        Check("the spin-wait kernel loads", signal.HasSpinKernel, signal.SpinKernelUnavailableReason ?? "");
+        if (signal.HasSpinKernel)
+        {
+            // The same through the spin kernel, after a short and after a decode-lane-long wait.
+            foreach (int sleepMs in new[] { 1, 5 })
+            {
+                var spun = new List<double>();
+                for (int i = 0; i < 50; i++)
+                {
+                    ticket = signal.Value + 1;
+                    signal.QueueWait(CudaDriver.LegacyStream, ticket, spinKernel: true);
+                    one.add_(1);
+                    done.RecordOnDefaultStream();
+                    Thread.Sleep(sleepMs);
+                    bool waiting = !CudaRuntime.EventQuery(done.Handle);
+                    long t0 = Stopwatch.GetTimestamp();
+                    signal.Raise(ticket);
+                    while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
+                    spun.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
+                    if (!waiting) { Check("the spin kernel holds the stream until the raise", false); break; }
+                }
+                Console.WriteLine($"  raise → next device op done (spin kernel, {sleepMs} ms wait): {Summary(spun)}");
+            }
+            var streamLong = new List<double>();
+            for (int i = 0; i < 50; i++)
+            {
+                ticket = signal.Value + 1;
+                signal.QueueWait(CudaDriver.LegacyStream, ticket);
+                one.add_(1);
+                done.RecordOnDefaultStream();
+                Thread.Sleep(5);
+                long t0 = Stopwatch.GetTimestamp();
+                signal.Raise(ticket);
+                while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
+                streamLong.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
+            }
+            Console.WriteLine($"  raise → next device op done (stream wait, 5 ms wait): {Summary(streamLong)}");
+        }
 
         // The parts of a decode layer's hand-off, one at a time: an event on an idle device seen by a polling host; an
         // 8-byte device→host copy (the routing read-back); a host asleep on a blocking-sync event woken by the device.

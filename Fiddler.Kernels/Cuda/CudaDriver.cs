@@ -20,6 +20,10 @@ public static unsafe class CudaDriver
     {
         public readonly delegate* unmanaged<nint, ulong, uint, uint, int> StreamWaitValue32 = waitValue32;
         public readonly delegate* unmanaged<int, byte**, int> GetErrorName = errorName;
+        // Optional: loading PTX and launching a kernel (HostSignal's spin-wait kernel).
+        public delegate* unmanaged<nint*, byte*, int> ModuleLoadData;
+        public delegate* unmanaged<nint*, nint, byte*, int> ModuleGetFunction;
+        public delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> LaunchKernel;
     }
 
     private static readonly Lazy<(Entry? Entry, string Reason)> Loaded = new(() =>
@@ -31,7 +35,16 @@ public static unsafe class CudaDriver
             if (!NativeLibrary.TryGetExport(handle, "cuStreamWaitValue32_v2", out IntPtr wait))
                 return (null, "libcuda.so.1 lacks cuStreamWaitValue32_v2 (driver older than CUDA 11.7)");
             NativeLibrary.TryGetExport(handle, "cuGetErrorName", out IntPtr name);
-            return (new Entry((delegate* unmanaged<nint, ulong, uint, uint, int>)wait, (delegate* unmanaged<int, byte**, int>)name), "");
+            var entry = new Entry((delegate* unmanaged<nint, ulong, uint, uint, int>)wait, (delegate* unmanaged<int, byte**, int>)name);
+            if (NativeLibrary.TryGetExport(handle, "cuModuleLoadData", out IntPtr load)
+                && NativeLibrary.TryGetExport(handle, "cuModuleGetFunction", out IntPtr get)
+                && NativeLibrary.TryGetExport(handle, "cuLaunchKernel", out IntPtr launch))
+            {
+                entry.ModuleLoadData = (delegate* unmanaged<nint*, byte*, int>)load;
+                entry.ModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)get;
+                entry.LaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)launch;
+            }
+            return (entry, "");
         }
         catch (Exception e) { return (null, $"loading libcuda.so.1 failed: {e.Message}"); }
     }, LazyThreadSafetyMode.ExecutionAndPublication);
@@ -51,6 +64,26 @@ public static unsafe class CudaDriver
     /// </summary>
     public static void StreamWaitValue32(IntPtr stream, ulong address, uint value, uint flags = WaitValueGeq) =>
         Check(Driver.StreamWaitValue32(stream, address, value, flags), "cuStreamWaitValue32");
+
+    /// <summary>Whether kernels can be loaded from PTX and launched (<see cref="LoadFunction"/>, <see cref="Launch"/>).</summary>
+    public static bool CanLaunchKernels => Loaded.Value.Entry is { } e && e.LaunchKernel != null;
+
+    /// <summary>Loads <paramref name="ptx"/> into the current context (the driver compiles it for this GPU) and returns
+    /// its kernel <paramref name="name"/> (a CUfunction; the module lives as long as the context).</summary>
+    public static IntPtr LoadFunction(string ptx, string name)
+    {
+        if (!CanLaunchKernels) throw new CudaUnavailableException("the CUDA driver API cannot load kernels here");
+        byte[] image = System.Text.Encoding.ASCII.GetBytes(ptx + "\0");
+        byte[] entry = System.Text.Encoding.ASCII.GetBytes(name + "\0");
+        nint module = 0, function = 0;
+        fixed (byte* p = image) Check(Driver.ModuleLoadData(&module, p), "cuModuleLoadData");
+        fixed (byte* n = entry) Check(Driver.ModuleGetFunction(&function, module, n), "cuModuleGetFunction");
+        return function;
+    }
+
+    /// <summary>cuLaunchKernel on one block of <paramref name="threads"/> threads; <paramref name="args"/> point at each parameter's value.</summary>
+    public static void Launch(IntPtr function, IntPtr stream, uint threads, void** args) =>
+        Check(Driver.LaunchKernel(function, 1, 1, 1, threads, 1, 1, 0, stream, args, null), "cuLaunchKernel");
 
     private static void Check(int result, string function)
     {

@@ -5,11 +5,42 @@ namespace Fiddler.Kernels.Cuda;
 /// stream's later work wait (on the device) until the host has <see cref="Raise"/>d the counter to a value. This lets
 /// the host queue work that needs a CPU result before the result exists, and go on. Values only grow (compared
 /// wrap-around safe), so the word is never reset. No finalizer (CUDA may be torn down first): dispose it.
+/// <para>
+/// Two ways to wait: the driver's stream wait (cuStreamWaitValue32), or a one-thread kernel that polls the word over
+/// PCIe (<see cref="SpinKernelPtx"/>, loaded where the driver can). On the H100 host a stream wait that had waited a
+/// whole CPU lane released the device ~0.2 ms after the host's raise (the decode hand-off probe), against ~12 µs for
+/// a short one: the kernel keeps polling instead of being rescheduled.
+/// </para>
 /// </summary>
 public sealed unsafe class HostSignal : IDisposable
 {
+    /// <summary>The spin-wait kernel: returns once (int)(*word − value) ≥ 0, polling every ~0.2 µs.</summary>
+    public const string SpinKernelPtx = """
+        .version 7.0
+        .target sm_70
+        .address_size 64
+        .visible .entry fiddler_wait_geq(.param .u64 word, .param .u32 value)
+        {
+            .reg .pred %p;
+            .reg .b32 %r<4>;
+            .reg .b64 %rd<2>;
+            ld.param.u64 %rd1, [word];
+            ld.param.u32 %r1, [value];
+        WAIT:
+            ld.volatile.global.u32 %r2, [%rd1];
+            sub.s32 %r3, %r2, %r1;
+            setp.ge.s32 %p, %r3, 0;
+            @%p bra DONE;
+            nanosleep.u32 200;
+            bra WAIT;
+        DONE:
+            ret;
+        }
+        """;
+
     private IntPtr _host;
     private readonly ulong _device;
+    private IntPtr _spinKernel;
 
     private HostSignal(IntPtr host, ulong device, int deviceIndex)
     {
@@ -19,6 +50,12 @@ public sealed unsafe class HostSignal : IDisposable
     }
 
     public int Device { get; }
+
+    /// <summary>Whether <see cref="QueueWait"/> can use the spin-wait kernel (loaded by <see cref="TryCreate"/>).</summary>
+    public bool HasSpinKernel => _spinKernel != IntPtr.Zero;
+
+    /// <summary>Why the spin-wait kernel is not there, or null.</summary>
+    public string? SpinKernelUnavailableReason { get; private set; }
 
     /// <summary>A signal on <paramref name="device"/>, or null with <paramref name="reason"/> when the driver cannot wait on host memory.</summary>
     public static HostSignal? TryCreate(int device, out string reason)
@@ -35,6 +72,17 @@ public sealed unsafe class HostSignal : IDisposable
             // Probe once: a wait that is already satisfied must queue and pass (some drivers refuse stream memory ops).
             signal.QueueWait(CudaDriver.LegacyStream, 0);
             CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream);
+            try
+            {
+                signal._spinKernel = CudaDriver.LoadFunction(SpinKernelPtx, "fiddler_wait_geq");
+                signal.QueueWait(CudaDriver.LegacyStream, 0, spinKernel: true); // satisfied at once: must pass
+                CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream);
+            }
+            catch (Exception e) when (e is CudaException or CudaDriverException or CudaUnavailableException)
+            {
+                signal._spinKernel = IntPtr.Zero;
+                signal.SpinKernelUnavailableReason = e.Message;
+            }
             return signal;
         }
         catch (Exception e) when (e is CudaException or CudaDriverException)
@@ -48,10 +96,22 @@ public sealed unsafe class HostSignal : IDisposable
     /// <summary>The counter's value now (host read).</summary>
     public uint Value => Volatile.Read(ref *(uint*)Host);
 
-    /// <summary>Work queued on <paramref name="stream"/> (a driver handle: <see cref="CudaDriver.LegacyStream"/> is torch's) after this call waits until the counter reaches <paramref name="value"/>.</summary>
-    public void QueueWait(IntPtr stream, uint value)
+    /// <summary>Work queued on <paramref name="stream"/> (a driver handle: <see cref="CudaDriver.LegacyStream"/> is torch's) after
+    /// this call waits until the counter reaches <paramref name="value"/>: by the spin-wait kernel when asked and loaded,
+    /// else by the driver's stream wait.</summary>
+    public void QueueWait(IntPtr stream, uint value, bool spinKernel = false)
     {
         using var scope = CudaRuntime.UseDevice(Device);
+        if (spinKernel && _spinKernel != IntPtr.Zero)
+        {
+            ulong word = _device;
+            uint target = value;
+            void** args = stackalloc void*[2];
+            args[0] = &word;
+            args[1] = &target;
+            CudaDriver.Launch(_spinKernel, stream, 1, args);
+            return;
+        }
         CudaDriver.StreamWaitValue32(stream, _device, value, CudaDriver.WaitValueGeq);
     }
 

@@ -39,18 +39,25 @@ public interface ICpuLaneGate : IDisposable
     bool DeviceWaits { get; }
 }
 
-/// <summary>The device waits on a <see cref="HostSignal"/> with cuStreamWaitValue32: the host never blocks in <see cref="Hold"/>.</summary>
-public sealed class CudaLaneGate(HostSignal signal) : ICpuLaneGate
+/// <summary>
+/// The device waits on a <see cref="HostSignal"/>: the host never blocks in <see cref="Hold"/>. With
+/// <paramref name="spinKernel"/> (where the signal loaded it) a one-thread kernel polls the word; otherwise the driver's
+/// stream wait (cuStreamWaitValue32).
+/// </summary>
+public sealed class CudaLaneGate(HostSignal signal, bool spinKernel = true) : ICpuLaneGate
 {
     private uint _next = signal.Value;
 
     public bool DeviceWaits => true;
 
+    /// <summary>Whether the device waits in the spin kernel (false: the driver's stream wait).</summary>
+    public bool SpinKernel { get; } = spinKernel && signal.HasSpinKernel;
+
     public uint Arm() => ++_next;
 
     public void Raise(uint ticket) => signal.Raise(ticket);
 
-    public void Hold(uint ticket) => signal.QueueWait(CudaDriver.LegacyStream, ticket);
+    public void Hold(uint ticket) => signal.QueueWait(CudaDriver.LegacyStream, ticket, SpinKernel);
 
     public void Dispose() => signal.Dispose();
 }

@@ -68,7 +68,12 @@ public sealed partial class OffloadExecutor
             try
             {
                 var signal = HostSignal.TryCreate(device.index < 0 ? 0 : device.index, out string reason);
-                if (signal is not null) return _gate = new CudaLaneGate(signal);
+                if (signal is not null)
+                {
+                    var cuda = new CudaLaneGate(signal, spinKernelGate);
+                    if (spinKernelGate && !cuda.SpinKernel) GateFallbackReason = $"device waits by stream wait: {signal.SpinKernelUnavailableReason}";
+                    return _gate = cuda;
+                }
                 GateFallbackReason = reason;
             }
             catch (Exception e) when (e is CudaException or CudaUnavailableException or CudaDriverException)

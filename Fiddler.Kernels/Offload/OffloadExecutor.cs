@@ -23,9 +23,13 @@ namespace Fiddler.Kernels.Offload;
 /// CPU lane starts right after the one read-back every layer has; <paramref name="prefetchRows"/> false copies them
 /// after the routing instead (a second device round trip on the layer's serial path; kept for comparison).
 /// </para>
+/// <para>
+/// On CUDA the gated merge's device-side wait is a spin kernel where one loads (<paramref name="spinKernelGate"/> false:
+/// the driver's stream wait; see <see cref="HostSignal"/>).
+/// </para>
 /// </summary>
 public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager,
-    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null, bool prefetchRows = true) : IExpertExecutor, IDisposable
+    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null, bool prefetchRows = true, bool spinKernelGate = true) : IExpertExecutor, IDisposable
 {
     /// <summary>Most rows a layer may have for <see cref="ReadRouting"/> to copy them all down ahead of the routing
     /// (decode, a few beams); above it only the CPU experts' rows come down, after the routing.</summary>
@@ -43,6 +47,16 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
 
     /// <summary>Why a gated merge runs with the host waiting (no device-side wait here), or null.</summary>
     public string? GateFallbackReason { get; private set; }
+
+    /// <summary>Who waits for CPU lanes and how, once the first gated layer chose it; null before.</summary>
+    public string? GateDescription => _gate switch
+    {
+        CudaLaneGate { SpinKernel: true } => "device waits (spin kernel)",
+        CudaLaneGate => "device waits (stream wait)" + (GateFallbackReason is { } r ? $"; {r}" : ""),
+        HostLaneGate => "host waits" + (GateFallbackReason is { } r ? $": {r}" : ""),
+        null => null,
+        _ => _gate.DeviceWaits ? "device waits" : "host waits",
+    };
 
     /// <summary>
     /// The routing read-back (see <see cref="IExpertExecutor.ReadRouting"/>). On CUDA, for a decode-sized layer whose block
