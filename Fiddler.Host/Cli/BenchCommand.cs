@@ -42,9 +42,9 @@ public static class BenchCommand
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
         var noPrefetch = new Option<bool>("--no-row-prefetch") { Description = "Copy a decode layer's rows to the host after its routing, not with it (for comparison)" };
         var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
-        var streamWait = new Option<bool>("--gate-stream-wait") { Description = "The GPU waits for CPU lanes with the driver's stream wait, not the spin kernel (for comparison)" };
+        var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, streamWait })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -79,7 +79,7 @@ public static class BenchCommand
                 StagingSlots = stagingSlots,
                 PrefetchRows = !r.GetValue(noPrefetch),
                 DedicatedLaneThread = !r.GetValue(poolLane),
-                SpinKernelGate = !r.GetValue(streamWait),
+                SpinKernelGate = r.GetValue(spinGate),
                 Merge = r.GetValue(merge) switch
                 {
                     "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,

@@ -44,7 +44,7 @@ public interface ICpuLaneGate : IDisposable
 /// <paramref name="spinKernel"/> (where the signal loaded it) a one-thread kernel polls the word; otherwise the driver's
 /// stream wait (cuStreamWaitValue32).
 /// </summary>
-public sealed class CudaLaneGate(HostSignal signal, bool spinKernel = true) : ICpuLaneGate
+public sealed class CudaLaneGate(HostSignal signal, bool spinKernel = false) : ICpuLaneGate
 {
     private uint _next = signal.Value;
 

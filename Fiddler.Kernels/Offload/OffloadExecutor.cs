@@ -24,12 +24,12 @@ namespace Fiddler.Kernels.Offload;
 /// after the routing instead (a second device round trip on the layer's serial path; kept for comparison).
 /// </para>
 /// <para>
-/// On CUDA the gated merge's device-side wait is a spin kernel where one loads (<paramref name="spinKernelGate"/> false:
-/// the driver's stream wait; see <see cref="HostSignal"/>).
+/// On CUDA the gated merge's device-side wait is the driver's stream wait, or with <paramref name="spinKernelGate"/> a
+/// spin kernel where one loads (see <see cref="HostSignal"/>).
 /// </para>
 /// </summary>
 public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpertBackend cpu, IWeightStager? stager,
-    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null, bool prefetchRows = true, bool spinKernelGate = true) : IExpertExecutor, IDisposable
+    CpuMerge merge = CpuMerge.Gated, ICpuLaneGate? gate = null, bool prefetchRows = true, bool spinKernelGate = false) : IExpertExecutor, IDisposable
 {
     /// <summary>Most rows a layer may have for <see cref="ReadRouting"/> to copy them all down ahead of the routing
     /// (decode, a few beams); above it only the CPU experts' rows come down, after the routing.</summary>
