@@ -35,16 +35,16 @@ public sealed record EngineOptions
     /// <see cref="ForActorRuntime"/>.</summary>
     public int CpuThreads { get; init; }
     /// <summary>
-    /// The engine will be driven through the actor runtime (<c>FiddlerRuntime</c>): its router and CPU-pool actors wait on
-    /// pinned threads of their own that must run between layers while the workers compute, so the default pool leaves
-    /// them a core. Measured on the H100 host at 24 GiB (same call): decode through the actors 5.6 % slower than direct
-    /// with 15 workers on 16 cores, 1.2 % faster with 14.
+    /// The engine will be driven through the actor runtime (<c>FiddlerRuntime</c>): its router actor spins on a thread of
+    /// its own between layers (and the CPU-pool actor's thread joins the pool as its caller), so the default pool leaves
+    /// a core. Measured on the H100 host at 24 GiB (same call, 5 alternating rounds): decode through the actors 0.44 %
+    /// faster than direct with 14 workers (session 6); with 15 workers and blocking actor threads it was 5.6-9.9 % slower.
     /// </summary>
     public bool ForActorRuntime { get; init; }
     /// <summary>Bring a decode layer's rows to the host with its routing (one read-back; see
     /// <see cref="Fiddler.Kernels.Offload.OffloadExecutor"/>). False: after it, as before (for comparison).</summary>
     public bool PrefetchRows { get; init; } = true;
-    /// <summary>Start CPU lanes on a dedicated spinning thread (<see cref="Fiddler.Kernels.Experts.SpinningThread"/>).
+    /// <summary>Start CPU lanes on a dedicated spinning thread (<see cref="Fiddler.Kernels.Runtime.SpinningThread"/>).
     /// False: on the .NET thread pool, as before (for comparison).</summary>
     public bool DedicatedLaneThread { get; init; } = true;
     /// <summary>On CUDA, the device waits for a CPU lane in a spin kernel (see <see cref="Fiddler.Kernels.Cuda.HostSignal"/>)

@@ -35,9 +35,11 @@ public sealed class FiddlerRuntime : IAsyncDisposable
     public MixtralForCausalLM Model { get; }
 
     /// <param name="offload">Null: every expert is resident. Else the scheduler, CPU backend and stager to route through actors.</param>
+    /// <param name="prefetchRows">See <see cref="OffloadExecutor"/>.</param>
+    /// <param name="spinKernelGate">See <see cref="OffloadExecutor"/>.</param>
     public static FiddlerRuntime Start(MixtralForCausalLM model, HfTokenizer? tokenizer,
         (IExpertScheduler Scheduler, ICpuExpertBackend Cpu, IWeightStager? Stager)? offload = null, Config? config = null,
-        CpuMerge merge = CpuMerge.Gated)
+        CpuMerge merge = CpuMerge.Gated, bool prefetchRows = true, bool spinKernelGate = false)
     {
         var system = ActorSystem.Create("fiddler", config ?? DefaultConfig());
         IActorRef? router = null;
@@ -46,7 +48,8 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         {
             router = system.ActorOf(RouterActor.Props(o.Scheduler, model.Config.NumHiddenLayers), "router");
             var pool = system.ActorOf(CpuWorkerPoolActor.Props(o.Cpu), "cpu-pool");
-            executor = new OffloadExecutor(new ActorScheduler(router, CallTimeout), new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, merge);
+            executor = new OffloadExecutor(new ActorScheduler(router, CallTimeout), new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, merge,
+                prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
             model.SetExpertExecutor(executor);
         }
         var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer)), "gpu-device");

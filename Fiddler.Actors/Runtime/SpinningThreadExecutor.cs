@@ -30,7 +30,12 @@ internal sealed class SpinningThreadExecutor(string id, TimeSpan spin) : Executo
     private readonly SpinningThread _thread = new(spin, $"fiddler-{id.Split('.')[^1]}");
 
     // A mailbox run handles its actors' failures itself (supervision); the task only carries what escapes it.
-    public override void Execute(IRunnable run) => _thread.Start(run.Run);
+    // After Shutdown, Akka expects a RejectedExecutionException (its dispatcher retries on the replacement executor).
+    public override void Execute(IRunnable run)
+    {
+        try { _thread.Start(run.Run); }
+        catch (ObjectDisposedException e) { throw new RejectedExecutionException($"{Id} is shut down", e); }
+    }
 
     public override void Shutdown() => _thread.Dispose();
 }

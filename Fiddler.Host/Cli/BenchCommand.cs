@@ -94,7 +94,8 @@ public static class BenchCommand
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats);
             if (r.GetValue(actors))
             {
-                var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge).GetAwaiter().GetResult();
+                var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge,
+                    prefetchRows: options.PrefetchRows, spinKernelGate: options.SpinKernelGate).GetAwaiter().GetResult();
                 result = result with
                 {
                     GeneratorTokS = cmp.Direct, ActorsTokS = cmp.Actors, ActorOverheadPct = cmp.OverheadPct, GeneratorRuns = cmp.DirectRuns, ActorRuns = cmp.ActorRuns,

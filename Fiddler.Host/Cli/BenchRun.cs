@@ -30,7 +30,8 @@ public static class BenchRun
     /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
     /// </summary>
     public static async Task<ActorComparison> ActorOverhead(OffloadEngine engine, int promptTokens,
-        int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 5)
+        int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 5,
+        bool prefetchRows = true, bool spinKernelGate = false)
     {
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
@@ -50,7 +51,8 @@ public static class BenchRun
         {
             async Task Actors()
             {
-                await using (var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge))
+                await using (var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
+                    prefetchRows: prefetchRows, spinKernelGate: spinKernelGate))
                 {
                     await runtime.RunAsync(prompt, warmUp);
                     actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;

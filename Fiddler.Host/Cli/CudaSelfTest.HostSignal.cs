@@ -13,7 +13,7 @@ internal sealed partial class CudaSelfTest
     private void CheckHostSignal(int deviceIndex)
     {
         Console.WriteLine("host signal (device waits for the host; the gated CPU merge):");
-        using var signal = HostSignal.TryCreate(deviceIndex, out string reason);
+        using var signal = HostSignal.TryCreate(deviceIndex, out string reason, spinKernel: true);
         Check("cuStreamWaitValue32 on mapped host memory is available", signal is not null, signal is null ? reason : "");
         if (signal is null) return;
         const int n = 1 << 20;
@@ -52,6 +52,21 @@ internal sealed partial class CudaSelfTest
         Check("the spin-wait kernel loads", signal.HasSpinKernel, signal.SpinKernelUnavailableReason ?? "");
         if (signal.HasSpinKernel)
         {
+            // The same ordering check through the spin kernel.
+            src.fill_(0.0f);
+            ticket = signal.Value + 1;
+            signal.QueueWait(CudaDriver.LegacyStream, ticket, spinKernel: true);
+            dst.copy_(src, true);
+            done.RecordOnDefaultStream();
+            Thread.Sleep(50);
+            bool spinHeld = !CudaRuntime.EventQuery(done.Handle);
+            src.fill_(5.0f);
+            signal.Raise(ticket);
+            CudaRuntime.EventSynchronize(done.Handle);
+            float spinSum = dst.sum().item<float>();
+            Check("the spin kernel holds the default stream until the host raises the signal", spinHeld);
+            Check("through the spin kernel, a copy queued before the host wrote its source reads what was written before the raise",
+                spinSum == 5.0f * n, $"sum {spinSum}");
             // The same through the spin kernel, after a short and after a decode-lane-long wait.
             foreach (int sleepMs in new[] { 1, 5 })
             {

@@ -23,11 +23,12 @@ public sealed unsafe class HostSignal : IDisposable
         {
             .reg .pred %p;
             .reg .b32 %r<4>;
-            .reg .b64 %rd<2>;
+            .reg .b64 %rd<3>;
             ld.param.u64 %rd1, [word];
+            cvta.to.global.u64 %rd2, %rd1;
             ld.param.u32 %r1, [value];
         WAIT:
-            ld.volatile.global.u32 %r2, [%rd1];
+            ld.volatile.global.u32 %r2, [%rd2];
             sub.s32 %r3, %r2, %r1;
             setp.ge.s32 %p, %r3, 0;
             @%p bra DONE;
@@ -51,14 +52,15 @@ public sealed unsafe class HostSignal : IDisposable
 
     public int Device { get; }
 
-    /// <summary>Whether <see cref="QueueWait"/> can use the spin-wait kernel (loaded by <see cref="TryCreate"/>).</summary>
+    /// <summary>Whether <see cref="QueueWait"/> can use the spin-wait kernel (loaded by <see cref="TryCreate"/> when asked).</summary>
     public bool HasSpinKernel => _spinKernel != IntPtr.Zero;
 
     /// <summary>Why the spin-wait kernel is not there, or null.</summary>
     public string? SpinKernelUnavailableReason { get; private set; }
 
-    /// <summary>A signal on <paramref name="device"/>, or null with <paramref name="reason"/> when the driver cannot wait on host memory.</summary>
-    public static HostSignal? TryCreate(int device, out string reason)
+    /// <summary>A signal on <paramref name="device"/>, or null with <paramref name="reason"/> when the driver cannot wait on host
+    /// memory. With <paramref name="spinKernel"/> it also loads the spin-wait kernel (<see cref="HasSpinKernel"/>).</summary>
+    public static HostSignal? TryCreate(int device, out string reason, bool spinKernel = false)
     {
         reason = "";
         if (!CudaRuntime.IsAvailable) { reason = CudaRuntime.UnavailableReason ?? "no CUDA runtime"; return null; }
@@ -72,6 +74,7 @@ public sealed unsafe class HostSignal : IDisposable
             // Probe once: a wait that is already satisfied must queue and pass (some drivers refuse stream memory ops).
             signal.QueueWait(CudaDriver.LegacyStream, 0);
             CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream);
+            if (!spinKernel) return signal;
             try
             {
                 signal._spinKernel = CudaDriver.LoadFunction(SpinKernelPtx, "fiddler_wait_geq");

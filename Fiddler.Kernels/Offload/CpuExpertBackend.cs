@@ -1,5 +1,4 @@
 using Fiddler.Kernels.Runtime;
-using Fiddler.Kernels.Experts;
 using Fiddler.Kernels.Modules;
 using static TorchSharp.torch;
 

@@ -10,8 +10,7 @@ namespace Fiddler.Kernels.Offload;
 /// <summary>
 /// The CPU lane's input and output rows in host memory, reused by every layer. On CUDA they are page-locked (allocated
 /// once, grown when a layer needs more rows): the rows come down with one non-blocking copy that the host waits for on
-/// a blocking-sync event (after a short poll, <see cref="Runtime.HostReadback.SpinMicroseconds"/>, it sleeps rather than
-/// spin a core the CPU experts could use), and the results go back with a
+/// a blocking-sync event (polling first, <see cref="Runtime.HostReadback.SpinMicroseconds"/>), and the results go back with a
 /// non-blocking copy. Reuse is safe without double-buffering: a layer's lane starts only after the host read that
 /// layer's routing, which the device produced after every copy queued for the previous layer.
 /// <para>

@@ -67,11 +67,11 @@ public sealed partial class OffloadExecutor
         {
             try
             {
-                var signal = HostSignal.TryCreate(device.index < 0 ? 0 : device.index, out string reason);
+                var signal = HostSignal.TryCreate(device.index < 0 ? 0 : device.index, out string reason, spinKernelGate);
                 if (signal is not null)
                 {
                     var cuda = new CudaLaneGate(signal, spinKernelGate);
-                    if (spinKernelGate && !cuda.SpinKernel) GateFallbackReason = $"device waits by stream wait: {signal.SpinKernelUnavailableReason}";
+                    if (spinKernelGate && !cuda.SpinKernel) GateFallbackReason = $"no spin kernel: {signal.SpinKernelUnavailableReason}";
                     return _gate = cuda;
                 }
                 GateFallbackReason = reason;
@@ -108,14 +108,19 @@ public sealed partial class OffloadExecutor
     /// </summary>
     private sealed class LaneEnd(Stopwatch layerClock, ICpuLaneGate? gate, uint ticket)
     {
+        private const int Running = 0, Ended = 1, AbandonedState = 2;
         private readonly long _start = Stopwatch.GetTimestamp();
-        private int _done;
+        private int _state;             // Running until the first End call sets Ended or AbandonedState
+        private volatile bool _published; // the times below are written
 
         public double LaneMs { get; private set; }
         public double EndMs { get; private set; }
         /// <summary>When the lane ended (<see cref="Stopwatch.GetTimestamp"/>), 0 before.</summary>
         public long EndTimestamp { get; private set; }
-        public bool Abandoned { get; private set; }
+
+        /// <summary>Whether the lane was abandoned (its jobs may still run). Once ended, every thread sees the same answer:
+        /// a losing <see cref="Abandon"/> returns only after the winner's outcome is published.</summary>
+        public bool Abandoned => Volatile.Read(ref _state) == AbandonedState;
 
         public void Finished() => End(abandoned: false);
 
@@ -123,11 +128,16 @@ public sealed partial class OffloadExecutor
 
         private void End(bool abandoned)
         {
-            if (Interlocked.Exchange(ref _done, 1) != 0) return;
-            Abandoned = abandoned;
+            if (Interlocked.CompareExchange(ref _state, abandoned ? AbandonedState : Ended, Running) != Running)
+            {
+                var wait = new SpinWait();
+                while (!_published) wait.SpinOnce(); // the winner is a few instructions from publishing
+                return;
+            }
             LaneMs = Stopwatch.GetElapsedTime(_start).TotalMilliseconds;
             EndMs = layerClock.Elapsed.TotalMilliseconds;
             EndTimestamp = Stopwatch.GetTimestamp();
+            _published = true;
             gate?.Raise(ticket);
         }
     }

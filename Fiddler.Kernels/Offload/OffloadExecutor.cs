@@ -64,10 +64,10 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
     /// </summary>
     public long[] ReadRouting(MixtralSparseMoeBlock block, Tensor flat, Tensor ids)
     {
+        _deviceClock?.Routed(); // before any copy: the copies are the read-back's part of the hand-off
         if (prefetchRows && merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA && flat.shape[0] <= PrefetchRowLimit
             && block.ExpectedHostExperts >= 0.5)
             _buffers.Prefetch(flat);
-        _deviceClock?.Routed();
         var chosen = Runtime.HostReadback.Longs(ids, _deviceClock is { } clock ? clock.Readable : null);
         _routingReadAt = Stopwatch.GetTimestamp();
         return chosen;
@@ -137,15 +137,16 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             // never wait forever, even before the host collects the lane); the failure is rethrown when it is collected.
             cpuLane.ContinueWith(_ => lane.Abandon(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
-        if (previous is not null) scheduler.Observe(previous);
-        var output = zeros_like(flat); // [N, D]: every path adds into it
-
         long bytesBefore = stager?.BytesCopied ?? 0;
         var staged = new Queue<(ExpertAssignment A, StagedWeights W)>();
         double queued;
-        var deviceClock = laneGate is { DeviceWaits: true } && cpuLane is not null && flat.device.type == DeviceType.CUDA ? _deviceClock ??= new DeviceLaneClock(flat.device) : null;
+        Tensor output;
         try
         {
+            // From here on a CPU lane may be running: any failure must wait for it before its tensors go (catch below).
+            if (previous is not null) scheduler.Observe(previous);
+            output = zeros_like(flat); // [N, D]: every path adds into it
+            var deviceClock = laneGate is { DeviceWaits: true } && cpuLane is not null && flat.device.type == DeviceType.CUDA ? _deviceClock ??= new DeviceLaneClock(flat.device) : null;
             deviceClock?.Begin();
             // Device lane: start the first weight copies, queue resident experts (they overlap the copies), then each
             // transferred expert as its weights land, refilling its slot with the next pending copy.

@@ -18,9 +18,9 @@ public class SpinningThreadTests
         {
             int n = i;
             tasks.Add(lane.Start(() => { order.Add(n); threads.Add(Environment.CurrentManagedThreadId); }));
-            if (i % 3 == 0) await tasks[^1]; // some lanes back to back, some after the thread went idle
+            if (i % 3 == 0) await tasks[^1].WaitAsync(TimeSpan.FromSeconds(10)); // some back to back, some after the thread went idle
         }
-        await Task.WhenAll(tasks);
+        await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromSeconds(30)); // a lost wake-up fails here instead of hanging
         Assert.Equal(Enumerable.Range(0, 2000), order);
         Assert.Single(threads);
         Assert.DoesNotContain(Environment.CurrentManagedThreadId, threads);
@@ -34,7 +34,7 @@ public class SpinningThreadTests
         var e = await Assert.ThrowsAsync<InvalidOperationException>(() => failed);
         Assert.Equal("lane 1", e.Message);
         int ran = 0;
-        await lane.Start(() => ran = 1); // still usable
+        await lane.Start(() => ran = 1).WaitAsync(TimeSpan.FromSeconds(10)); // still usable
         Assert.Equal(1, ran);
     }
 
@@ -48,9 +48,19 @@ public class SpinningThreadTests
         var second = lane.Start(() => Interlocked.Increment(ref ran));
         var disposing = Task.Run(lane.Dispose);
         gate.Set();
-        await disposing;
-        await Task.WhenAll(first, second);
+        await disposing.WaitAsync(TimeSpan.FromSeconds(10));
+        await Task.WhenAll(first, second).WaitAsync(TimeSpan.FromSeconds(10));
         Assert.Equal(1, ran);
         Assert.IsType<ObjectDisposedException>(Record.Exception(() => { _ = lane.Start(() => { }); })); // thrown by Start itself
+    }
+
+    [Fact]
+    public async Task Dispose_WakesAThreadAsleepOnItsSemaphore()
+    {
+        var lane = new SpinningThread(TimeSpan.Zero); // blocks at once when idle
+        await lane.Start(() => { }).WaitAsync(TimeSpan.FromSeconds(10));
+        await Task.Delay(100);                       // long enough to be asleep
+        var disposing = Task.Run(lane.Dispose);
+        await disposing.WaitAsync(TimeSpan.FromSeconds(10)); // hangs (and fails) if the sleeping thread is never woken
     }
 }
