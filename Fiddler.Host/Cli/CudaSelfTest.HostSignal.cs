@@ -20,87 +20,18 @@ internal sealed partial class CudaSelfTest
         using var src = zeros(n).pin_memory();
         using var dst = empty(n, device: dev);
         using var done = CudaEvent.Create(deviceIndex);
-        uint ticket = signal.Value + 1;
-        signal.QueueWait(CudaDriver.LegacyStream, ticket);
-        dst.copy_(src, true);
-        done.RecordOnDefaultStream();
-        Thread.Sleep(50);
-        bool held = !CudaRuntime.EventQuery(done.Handle);
-        src.fill_(3.0f); // written after the copy was queued, before the signal
-        signal.Raise(ticket);
-        CudaRuntime.EventSynchronize(done.Handle);
-        float sum = dst.sum().item<float>();
-        Check("the default stream waits until the host raises the signal", held);
-        Check("a copy queued before the host wrote its source reads what was written before the raise", sum == 3.0f * n, $"sum {sum}");
+        CheckOrdering(signal, src, dst, done, spinKernel: false, value: 3.0f);
 
-        // Raise → the device's next op done, as the host sees it (one small op after the wait).
-        var latencies = new List<double>();
+        // Raise → the device's next op done, as the host sees it (one small op after the wait), after 1 and 5 ms waits.
         using var one = ones(16, device: dev);
-        for (int i = 0; i < 50; i++)
-        {
-            ticket = signal.Value + 1;
-            signal.QueueWait(CudaDriver.LegacyStream, ticket);
-            one.add_(1); // in place: returns one itself
-            done.RecordOnDefaultStream();
-            Thread.Sleep(1);
-            long t0 = Stopwatch.GetTimestamp();
-            signal.Raise(ticket);
-            while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
-            latencies.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
-        }
-        Console.WriteLine($"  raise → next device op done (stream wait): {Summary(latencies)}");
+        foreach (int sleepMs in new[] { 1, 5 })
+            Console.WriteLine($"  raise → next device op done (stream wait, {sleepMs} ms wait): {Summary(RaiseLatencies(signal, one, done, false, sleepMs))}");
         Check("the spin-wait kernel loads", signal.HasSpinKernel, signal.SpinKernelUnavailableReason ?? "");
         if (signal.HasSpinKernel)
         {
-            // The same ordering check through the spin kernel.
-            src.fill_(0.0f);
-            ticket = signal.Value + 1;
-            signal.QueueWait(CudaDriver.LegacyStream, ticket, spinKernel: true);
-            dst.copy_(src, true);
-            done.RecordOnDefaultStream();
-            Thread.Sleep(50);
-            bool spinHeld = !CudaRuntime.EventQuery(done.Handle);
-            src.fill_(5.0f);
-            signal.Raise(ticket);
-            CudaRuntime.EventSynchronize(done.Handle);
-            float spinSum = dst.sum().item<float>();
-            Check("the spin kernel holds the default stream until the host raises the signal", spinHeld);
-            Check("through the spin kernel, a copy queued before the host wrote its source reads what was written before the raise",
-                spinSum == 5.0f * n, $"sum {spinSum}");
-            // The same through the spin kernel, after a short and after a decode-lane-long wait.
+            CheckOrdering(signal, src, dst, done, spinKernel: true, value: 5.0f);
             foreach (int sleepMs in new[] { 1, 5 })
-            {
-                var spun = new List<double>();
-                for (int i = 0; i < 50; i++)
-                {
-                    ticket = signal.Value + 1;
-                    signal.QueueWait(CudaDriver.LegacyStream, ticket, spinKernel: true);
-                    one.add_(1);
-                    done.RecordOnDefaultStream();
-                    Thread.Sleep(sleepMs);
-                    bool waiting = !CudaRuntime.EventQuery(done.Handle);
-                    long t0 = Stopwatch.GetTimestamp();
-                    signal.Raise(ticket);
-                    while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
-                    spun.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
-                    if (!waiting) { Check("the spin kernel holds the stream until the raise", false); break; }
-                }
-                Console.WriteLine($"  raise → next device op done (spin kernel, {sleepMs} ms wait): {Summary(spun)}");
-            }
-            var streamLong = new List<double>();
-            for (int i = 0; i < 50; i++)
-            {
-                ticket = signal.Value + 1;
-                signal.QueueWait(CudaDriver.LegacyStream, ticket);
-                one.add_(1);
-                done.RecordOnDefaultStream();
-                Thread.Sleep(5);
-                long t0 = Stopwatch.GetTimestamp();
-                signal.Raise(ticket);
-                while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
-                streamLong.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
-            }
-            Console.WriteLine($"  raise → next device op done (stream wait, 5 ms wait): {Summary(streamLong)}");
+                Console.WriteLine($"  raise → next device op done (spin kernel, {sleepMs} ms wait): {Summary(RaiseLatencies(signal, one, done, true, sleepMs))}");
         }
 
         // The parts of a decode layer's hand-off, one at a time: an event on an idle device seen by a polling host; an
@@ -126,7 +57,7 @@ internal sealed partial class CudaSelfTest
             while (!CudaRuntime.EventQuery(idle.Handle)) Thread.SpinWait(20);
             copy.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
 
-            ticket = signal.Value + 1;
+            uint ticket = signal.Value + 1;
             signal.QueueWait(CudaDriver.LegacyStream, ticket);
             blocking.RecordOnDefaultStream();
             long raised = 0;
@@ -140,6 +71,46 @@ internal sealed partial class CudaSelfTest
         Console.WriteLine($"  event on an idle device, host polling: {Summary(poll)}");
         Console.WriteLine($"  8-byte device→host copy + event, host polling: {Summary(copy)}");
         Console.WriteLine($"  raise → a host asleep on a blocking-sync event wakes: {Summary(wake)}");
+    }
+
+    /// <summary>A copy queued behind the wait, before the host writes its source, must read what the host wrote before
+    /// raising; and the stream must be held until then.</summary>
+    private void CheckOrdering(HostSignal signal, Tensor src, Tensor dst, CudaEvent done, bool spinKernel, float value)
+    {
+        string how = spinKernel ? " (spin kernel)" : "";
+        src.fill_(0.0f);
+        uint ticket = signal.Value + 1;
+        signal.QueueWait(CudaDriver.LegacyStream, ticket, spinKernel);
+        dst.copy_(src, true);
+        done.RecordOnDefaultStream();
+        Thread.Sleep(50);
+        bool held = !CudaRuntime.EventQuery(done.Handle);
+        src.fill_(value); // written after the copy was queued, before the signal
+        signal.Raise(ticket);
+        CudaRuntime.EventSynchronize(done.Handle);
+        float sum = dst.sum().item<float>();
+        Check($"the default stream waits until the host raises the signal{how}", held);
+        Check($"a copy queued before the host wrote its source reads what was written before the raise{how}",
+            sum == value * src.NumberOfElements, $"sum {sum}");
+    }
+
+    /// <summary>µs from the host's raise to a small op queued after the wait being done, 50 times.</summary>
+    private static List<double> RaiseLatencies(HostSignal signal, Tensor one, CudaEvent done, bool spinKernel, int sleepMs)
+    {
+        var us = new List<double>();
+        for (int i = 0; i < 50; i++)
+        {
+            uint ticket = signal.Value + 1;
+            signal.QueueWait(CudaDriver.LegacyStream, ticket, spinKernel);
+            one.add_(1); // in place: returns one itself
+            done.RecordOnDefaultStream();
+            Thread.Sleep(sleepMs);
+            long t0 = Stopwatch.GetTimestamp();
+            signal.Raise(ticket);
+            while (!CudaRuntime.EventQuery(done.Handle)) Thread.SpinWait(20);
+            us.Add(Stopwatch.GetElapsedTime(t0).TotalMicroseconds);
+        }
+        return us;
     }
 
     private static string Summary(List<double> us)
