@@ -138,11 +138,8 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
         return true;
     }
 
-    /// <summary>Groups [N, K] expert ids by expert, in expert order (one device→host copy of N*K ints; see <see cref="Runtime.HostReadback"/> for the wait).</summary>
-    public static List<ExpertAssignment> Group(Tensor ids, int experts) =>
-        Group(Runtime.HostReadback.Longs(ids), ids.shape[0], ids.shape[1], experts);
-
-    /// <summary>Groups expert ids read back as <paramref name="flat"/> (row-major [n, k]) by expert, in expert order.</summary>
+    /// <summary>Groups expert ids read back as <paramref name="flat"/> (row-major [n, k]; see <see cref="Runtime.HostReadback"/>)
+    /// by expert, in expert order.</summary>
     public static List<ExpertAssignment> Group(long[] flat, long n, long k, int experts)
     {
         if (flat.Length != n * k) throw new ArgumentException($"{flat.Length} expert ids for [{n}, {k}]");

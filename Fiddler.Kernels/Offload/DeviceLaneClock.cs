@@ -9,9 +9,18 @@ namespace Fiddler.Kernels.Offload;
 /// attention and router in between: the device's part of the serial hand-off between two layers' lanes). Read once
 /// the next layer's routing has been read back (all complete).
 /// </summary>
-internal sealed class DeviceLaneClock(Device device) : IDisposable
+internal sealed class DeviceLaneClock : IDisposable
 {
-    private readonly int _device = device.index < 0 ? 0 : device.index;
+    public DeviceLaneClock(Device device)
+    {
+        _device = device.index < 0 ? 0 : device.index;
+        OnReadbackQueued = Readable;
+    }
+
+    /// <summary><see cref="Readable"/> as a delegate made once (it is handed to every routing read-back).</summary>
+    public Action OnReadbackQueued { get; }
+
+    private readonly int _device;
     private CudaEvent? _begin, _ready, _released, _routed, _readable;
     private bool _recorded, _routedRecorded, _readableRecorded;
 

@@ -22,6 +22,7 @@ internal sealed class LaneBuffers : IDisposable
 {
     private Tensor? _x, _y, _prefetch;
     private Tensor? _prefetchedFrom;
+    private long _prefetchRows, _prefetchWidth; // _prefetch's shape, kept so the decode path asks libtorch less
     private CudaEvent? _copied;
 
     /// <summary>
@@ -31,12 +32,15 @@ internal sealed class LaneBuffers : IDisposable
     /// </summary>
     public void Prefetch(Tensor flat)
     {
-        long n = flat.shape[0], d = flat.shape[1];
-        if (_prefetch is null || _prefetch.shape[0] < n || _prefetch.shape[1] != d || _prefetch.dtype != flat.dtype)
+        long[] shape = flat.shape;
+        long n = shape[0], d = shape[1];
+        if (_prefetch is null || n > _prefetchRows || d != _prefetchWidth || flat.dtype != _prefetch.dtype)
         {
             _prefetch?.Dispose();
             _prefetch = null;
-            _prefetch = Pinned(Math.Max(n, 16), d, flat.dtype);
+            _prefetchRows = Math.Max(n, 16);
+            _prefetchWidth = d;
+            _prefetch = Pinned(_prefetchRows, d, flat.dtype);
         }
         using (var rows = _prefetch.narrow(0, 0, n)) rows.copy_(flat, true);
         _prefetchedFrom = flat;

@@ -68,7 +68,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         if (prefetchRows && merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA && flat.shape[0] <= PrefetchRowLimit
             && block.ExpectedHostExperts >= 0.5)
             _buffers.Prefetch(flat);
-        var chosen = Runtime.HostReadback.Longs(ids, _deviceClock is { } clock ? clock.Readable : null);
+        var chosen = Runtime.HostReadback.Longs(ids, _deviceClock?.OnReadbackQueued);
         _routingReadAt = Stopwatch.GetTimestamp();
         return chosen;
     }
