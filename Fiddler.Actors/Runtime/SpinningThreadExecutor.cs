@@ -10,7 +10,9 @@ namespace Fiddler.Actors.Runtime;
 /// next message comes once per layer. A pinned dispatcher's thread blocks when idle, and waking it cost ~50-130 µs per
 /// layer on the H100 host while every core is busy. Configured in akka.hocon:
 /// <c>executor = "Fiddler.Actors.Runtime.SpinningThreadExecutorConfigurator, Fiddler.Actors"</c> with
-/// <c>spinning-thread-executor.spin-time</c>. One thread per dispatcher: give each such actor its own dispatcher.
+/// <c>spinning-thread-executor.spin-time</c> and <c>spinning-thread-executor.min-processors</c> (a host with fewer
+/// logical processors gets no spin: there the spinning core is taken from the work itself). One thread per dispatcher:
+/// give each such actor its own dispatcher.
 /// </summary>
 public sealed class SpinningThreadExecutorConfigurator(Config config, IDispatcherPrerequisites prerequisites)
     : ExecutorServiceConfigurator(config, prerequisites)
@@ -20,8 +22,19 @@ public sealed class SpinningThreadExecutorConfigurator(Config config, IDispatche
         var spin = Config.GetTimeSpan("spinning-thread-executor.spin-time", TimeSpan.FromMilliseconds(20));
         if (spin < TimeSpan.Zero || spin > TimeSpan.FromSeconds(1))
             throw new ConfigurationException($"{id}: spinning-thread-executor.spin-time must be 0..1 s, got {spin}");
-        return new SpinningThreadExecutor(id, spin);
+        int minProcessors = Config.GetInt("spinning-thread-executor.min-processors", 8);
+        if (minProcessors < 1)
+            throw new ConfigurationException($"{id}: spinning-thread-executor.min-processors must be at least 1, got {minProcessors}");
+        return new SpinningThreadExecutor(id, EffectiveSpin(spin, minProcessors, Environment.ProcessorCount));
     }
+
+    /// <summary>
+    /// The spin a host gets: none below <paramref name="minProcessors"/> logical processors. On a small host the decode
+    /// step's own threads (the CPU workers, the thread driving the device) already take every core, and two actor
+    /// threads spinning beside them slow the step and starve everything else in the process (timers, the network).
+    /// </summary>
+    public static TimeSpan EffectiveSpin(TimeSpan spin, int minProcessors, int processors) =>
+        processors >= minProcessors ? spin : TimeSpan.Zero;
 }
 
 /// <summary>Runs the dispatcher's mailboxes one after another on one spinning thread.</summary>

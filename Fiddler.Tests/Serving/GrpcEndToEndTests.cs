@@ -159,14 +159,20 @@ public sealed class GrpcEndToEndTests
 
         int before = Volatile.Read(ref produced);
         int received = 0;
-        using var call = client.Generate(Long(500, "deadline"), deadline: DateTime.UtcNow + Max(TimeSpan.FromMilliseconds(300), 40 * step));
+        var deadline = DateTime.UtcNow + Max(TimeSpan.FromMilliseconds(300), 40 * step);
+        using var call = client.Generate(Long(500, "deadline"), deadline: deadline);
         var e = await Assert.ThrowsAsync<RpcException>(async () =>
         {
             await foreach (var r in call.ResponseStream.ReadAllAsync())
                 if (r.Token is not null) received++;
         });
 
-        Assert.Equal(StatusCode.DeadlineExceeded, e.StatusCode);
+        // gRPC's deadline status is best effort over HTTP/2: the server's own deadline timer ends the stream with a
+        // reset, and where that reset reaches a busy client before the client's timer fires, the client reports the
+        // broken read (UNAVAILABLE, "Error reading next message") instead. Any other status is the server's answer.
+        bool serverResetFirst = e.StatusCode == StatusCode.Unavailable && DateTime.UtcNow >= deadline
+            && e.Status.Detail.StartsWith("Error reading next message", StringComparison.Ordinal);
+        Assert.True(e.StatusCode == StatusCode.DeadlineExceeded || serverResetFirst, $"{e.StatusCode}: {e.Status.Detail}");
         await WaitUntilAsync(() => h.Service.QueueDepth == 0, "the place is given back");
         int atStop = Volatile.Read(ref produced) - before;
         await Task.Delay(Max(TimeSpan.FromMilliseconds(300), 6 * step)); // 6+ more tokens if the engine had gone on

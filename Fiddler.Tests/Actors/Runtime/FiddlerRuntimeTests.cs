@@ -162,7 +162,21 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         var bad = new SpinningThreadExecutorConfigurator(Executor("5s"), Sys.Dispatchers.Prerequisites);
         var e = Assert.Throws<Akka.Configuration.ConfigurationException>(() => bad.Produce("fiddler.bad"));
         Assert.Contains("spin-time", e.Message);
+        var noCores = Akka.Configuration.ConfigurationFactory.ParseString("spinning-thread-executor.min-processors = 0")
+            .WithFallback(Executor("1ms"));
+        e = Assert.Throws<Akka.Configuration.ConfigurationException>(
+            () => new SpinningThreadExecutorConfigurator(noCores, Sys.Dispatchers.Prerequisites).Produce("fiddler.bad"));
+        Assert.Contains("min-processors", e.Message);
     }
+
+    [Theory]
+    [InlineData(16, 8, 20)] // the H100 host: spins
+    [InlineData(8, 8, 20)]
+    [InlineData(2, 8, 0)]   // CI's two cores: blocks at once
+    [InlineData(2, 1, 20)]  // asked to spin anyway
+    public void SpinningThreadExecutor_SpinsOnlyOnAHostWithEnoughProcessors(int processors, int minProcessors, int expectedMs) =>
+        Assert.Equal(TimeSpan.FromMilliseconds(expectedMs),
+            SpinningThreadExecutorConfigurator.EffectiveSpin(TimeSpan.FromMilliseconds(20), minProcessors, processors));
 
     private sealed class Runnable(Action action) : Akka.Dispatch.IRunnable
     {
