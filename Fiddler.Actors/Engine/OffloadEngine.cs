@@ -101,8 +101,10 @@ public sealed class OffloadEngine : IDisposable
         // defaults to every core, and the thread queuing the GPU's copies and experts takes one of them.
         var torchCpu = new TorchCpuBackend(o.Device.type == DeviceType.CUDA ? pool.Concurrency : 0);
         var expertShape = new ExpertShape(Config.HiddenSize, Config.IntermediateSize, dtype);
-        Stager = o.Device.type == DeviceType.CUDA
-            ? Own(new CudaWeightStager(new WeightStager(o.Device, expertShape, o.StagingSlots)))
+        _pool = pool;
+        _cudaStager = o.Device.type == DeviceType.CUDA ? new WeightStager(o.Device, expertShape, o.StagingSlots) : null;
+        Stager = _cudaStager is not null
+            ? Own(new CudaWeightStager(_cudaStager))
             : Own(new CopyStager(o.StagingSlots, Config.HiddenSize, Config.IntermediateSize, dtype, o.Device));
         var key = HardwareKey.ForThisHost(o.Device.ToString(), shape, dtype.ToString());
         Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key);
@@ -126,6 +128,23 @@ public sealed class OffloadEngine : IDisposable
     /// <summary>The CPU expert workers <paramref name="o"/> asks for (see <see cref="EngineOptions.CpuThreads"/>).</summary>
     public static int DefaultCpuThreads(EngineOptions o) =>
         o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - (o.ForActorRuntime ? 2 : 1));
+
+    private CpuWorkerPool? _pool;
+    private WeightStager? _cudaStager;
+
+    /// <summary>
+    /// This host's ceiling for the decode lanes (<see cref="LaneCeiling"/>), measured on the engine's worker pool and
+    /// stager over its own CPU-resident experts: six to copy, six others to read (~2 GB each at full size). Null off CUDA
+    /// or with fewer than twelve CPU-resident experts. Run it between requests: it uses the staging slots.
+    /// </summary>
+    public LaneCeiling.Result? MeasureLaneCeiling()
+    {
+        if (_pool is null || _cudaStager is null) return null;
+        var host = Model.Model.Layers.SelectMany(l => Enumerable.Range(0, Config.NumLocalExperts)
+                .Where(e => !l.Moe.IsResident(e)).Select(e => l.Moe.Expert(e)))
+            .Select(x => HostExpert.FromTensors(x.Gate.Weight, x.Up.Weight, x.Down.Weight)).Take(12).ToArray();
+        return host.Length < 12 ? null : LaneCeiling.Measure(_pool, _cudaStager, host[..6], host[6..]);
+    }
 
     /// <summary>The direct (actor-free) executor the model runs with; set it again after an actor runtime replaced it.</summary>
     public OffloadExecutor? Executor { get; private set; }

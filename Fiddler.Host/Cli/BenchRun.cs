@@ -23,6 +23,10 @@ public static class BenchRun
         public double[]? ActorRuns { get; init; }
         /// <summary>Each decode window's tok/s, in order (<see cref="DecodeTokS"/> is their median).</summary>
         public double[] DecodeRuns { get; init; } = [];
+        /// <summary>This host's lane ceiling, measured after the decode windows (null off CUDA).</summary>
+        public Fiddler.Kernels.Offload.LaneCeiling.Result? Ceiling { get; init; }
+        /// <summary>Expert bytes per decode token that were not resident on the GPU (the lanes' load).</summary>
+        public double OffloadedBytesPerToken { get; init; }
     }
 
     /// <summary>
@@ -149,9 +153,16 @@ public static class BenchRun
         }
         StageTimer.Disable();
         var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
+        // The host's own ceiling, after the windows (its copies and reads would disturb them): a token's non-resident
+        // expert bytes over the CPU-read + copy rate the host sustains with both running.
+        var ceiling = engine.MeasureLaneCeiling();
+        double offloaded = (1 - (s?.HitRate ?? 1)) * engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes;
         return new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
-        { SplitExperts = s?.SplitExperts ?? 0, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs };
+        {
+            SplitExperts = s?.SplitExperts ?? 0, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
+            Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
+        };
     }
 
     /// <summary>The decode window's executor timeline per layer (host clock, no syncs) and layers per token.</summary>
@@ -181,6 +192,27 @@ public static class BenchRun
             ["handoff_host"] = Math.Round(s.MeanHandoff.Mean.HostMs, 3),
             ["handoff_to_executor"] = Math.Round(s.MeanHandoff.Mean.ToExecutorMs, 3),
             ["handoff_layers"] = s.MeanHandoff.Layers,
+        };
+    }
+
+    /// <summary>The lane ceiling's numbers and what they mean for this run's decode.</summary>
+    private static Dictionary<string, object?> LaneCeilingReport(Fiddler.Kernels.Offload.LaneCeiling.Result c, Result r)
+    {
+        double? ceiling = r.OffloadedBytesPerToken > 0 ? c.DecodeTokS(r.OffloadedBytesPerToken) : null;
+        return new()
+        {
+            ["cpu_read_gb_s"] = Math.Round(c.CpuReadGBps, 1),
+            ["h2d_gb_s"] = Math.Round(c.CopyGBps, 1),
+            ["cpu_read_with_h2d_gb_s"] = Math.Round(c.CpuReadWithCopyGBps, 1),
+            ["h2d_with_cpu_read_gb_s"] = Math.Round(c.CopyWithCpuReadGBps, 1),
+            ["concurrent_gb_s"] = Math.Round(c.ConcurrentGBps, 1),
+            ["window_ms"] = Math.Round(c.WindowMs, 1),
+            ["offloaded_gb_per_token"] = Math.Round(r.OffloadedBytesPerToken / 1e9, 3),
+            // Decode if a token's offloaded bytes moved at the concurrent rate and nothing else took time.
+            ["decode_tok_s"] = ceiling is double t ? Math.Round(t, 2) : null,
+            ["decode_fraction"] = ceiling is double u ? Math.Round(r.DecodeTokS / u, 3) : null,
+            // The rate this run's lanes moved those bytes at, over the whole token (attention, hand-offs included).
+            ["achieved_gb_s"] = Math.Round(r.OffloadedBytesPerToken * r.DecodeTokS / 1e9, 1),
         };
     }
 
@@ -242,6 +274,7 @@ public static class BenchRun
             // Rounds alternate the order (direct first in even rounds, actors first in odd ones).
             ["decode_tok_s_generator_runs"] = r.GeneratorRuns?.Select(x => Math.Round(x, 3)).ToArray(),
             ["decode_tok_s_actors_runs"] = r.ActorRuns?.Select(x => Math.Round(x, 3)).ToArray(),
+            ["lane_ceiling"] = r.Ceiling is { } c ? LaneCeilingReport(c, r) : null,
             ["baseline_seed_decode_tok_s"] = baseline,
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
         };

@@ -42,6 +42,22 @@ public static unsafe class CpuBandwidth
         return chunks * ChunkBytes / best / 1e9;
     }
 
+    /// <summary>
+    /// Reads every 1 MiB chunk of <paramref name="regions"/> (addresses and byte counts; a region's tail under 1 MiB is
+    /// skipped) once in parallel; returns the bytes read. One pass of <see cref="MeasureReadGBps"/> over memory that is
+    /// not one buffer (e.g. expert weights).
+    /// </summary>
+    public static long ReadOnce(CpuWorkerPool pool, IReadOnlyList<(IntPtr Start, long Bytes)> regions)
+    {
+        var chunks = new List<IntPtr>();
+        foreach (var (start, bytes) in regions)
+            for (long c = 0; c + ChunkBytes <= bytes; c += ChunkBytes) chunks.Add(start + (nint)c);
+        var sums = new ulong[chunks.Count];
+        pool.ParallelFor(chunks.Count, c => sums[c] = Sum((byte*)chunks[c], ChunkBytes), grain: 1);
+        GC.KeepAlive(sums);
+        return chunks.Count * ChunkBytes;
+    }
+
     // Four streams a quarter of the chunk apart, each with a software prefetch 1 KB ahead: the access pattern of the
     // expert kernel (four weight rows at a time), so the two numbers compare like for like.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
