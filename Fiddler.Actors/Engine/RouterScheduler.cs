@@ -17,6 +17,8 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     private long _timed, _deviceTimed, _handoffs;
     private DeviceLaneTimings _device;
     private HandoffTimings _handoff;
+    private double _deviceLastHostMs, _cpuLastHostMs;
+    private long _deviceLastLayers, _cpuLastLayers;
     private double _layerMsSum, _cpuLaneMsSum;
 
     public ExpertRouter Router { get; } = router;
@@ -68,6 +70,24 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         }
     }
 
+    /// <summary>A gated layer whose device waited less than this for the CPU lane had its device lane end last (the wait
+    /// on a gate already raised costs a few µs).</summary>
+    public const double DeviceLastBelowMs = 0.02;
+
+    /// <summary>
+    /// The hand-off's host part split by which lane of the layer ended last (see <see cref="DeviceLastBelowMs"/>): where
+    /// the device lane did, the host's hand-off (timed from the CPU lane's end) also holds the device lane's tail.
+    /// </summary>
+    public ((double HostMs, long Layers) DeviceLast, (double HostMs, long Layers) CpuLast) HandoffByLastLane
+    {
+        get
+        {
+            lock (_lastPlan)
+                return ((_deviceLastLayers == 0 ? 0 : _deviceLastHostMs / _deviceLastLayers, _deviceLastLayers),
+                    (_cpuLastLayers == 0 ? 0 : _cpuLastHostMs / _cpuLastLayers, _cpuLastLayers));
+        }
+    }
+
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
     {
         var plan = Router.Decide(work.Select(w => new ExpertLoad(w.Expert, w.Tokens, w.Resident)).ToArray());
@@ -99,6 +119,11 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
             if (o.Timings is { } t) { _timings += t; _timed++; _layerMsSum += o.LayerMs; _cpuLaneMsSum += o.CpuLaneMs; }
             if (o.Device is { } d) { _device += d; _deviceTimed++; }
             if (o.Handoff is { } h) { _handoff += h; _handoffs++; }
+            if (o.Handoff is { } hl && o.Device is { } dl)
+            {
+                if (dl.WaitedForCpuMs < DeviceLastBelowMs) { _deviceLastHostMs += hl.HostMs; _deviceLastLayers++; }
+                else { _cpuLastHostMs += hl.HostMs; _cpuLastLayers++; }
+            }
         }
         Interlocked.Add(ref _transferBytes, o.TransferredBytes);
     }
@@ -107,7 +132,8 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     public void ResetCounters()
     {
         _chosen = _resident = _cpu = _transfer = _split = _transferBytes = 0;
-        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = _deviceTimed = _handoffs = 0; _device = default; _handoff = default; _layerMsSum = _cpuLaneMsSum = 0; }
+        lock (_lastPlan) { _cpuShares = 0; _timings = default; _timed = _deviceTimed = _handoffs = 0; _device = default; _handoff = default; _layerMsSum = _cpuLaneMsSum = 0;
+            _deviceLastHostMs = _cpuLastHostMs = 0; _deviceLastLayers = _cpuLastLayers = 0; }
         Router.ResetStats();
     }
 }

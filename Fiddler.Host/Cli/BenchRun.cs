@@ -192,6 +192,11 @@ public static class BenchRun
             ["handoff_host"] = Math.Round(s.MeanHandoff.Mean.HostMs, 3),
             ["handoff_to_executor"] = Math.Round(s.MeanHandoff.Mean.ToExecutorMs, 3),
             ["handoff_layers"] = s.MeanHandoff.Layers,
+            // handoff_host split by the lane that ended last (the device: it waited < 0.02 ms for the CPU lane); where
+            // the device did, the host's hand-off also holds the device lane's tail past the CPU lane's end.
+            ["handoff_host_device_last"] = Math.Round(s.HandoffByLastLane.DeviceLast.HostMs, 3),
+            ["handoff_host_cpu_last"] = Math.Round(s.HandoffByLastLane.CpuLast.HostMs, 3),
+            ["device_last_layers"] = s.HandoffByLastLane.DeviceLast.Layers,
         };
     }
 

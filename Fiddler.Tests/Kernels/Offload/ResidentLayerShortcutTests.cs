@@ -95,4 +95,24 @@ public sealed class ResidentLayerShortcutTests
         scheduler.ResetCounters();
         Assert.Equal(0, scheduler.MeanHandoff.Layers);
     }
+
+    [Fact]
+    public void RouterScheduler_HandoffByLastLane_SplitsOnTheDevicesWaitForTheCpu()
+    {
+        var scheduler = new RouterScheduler(new ExpertRouter(HardwareProfileTests.H100()));
+        ExpertWork[] work = [new(0, 1, false)];
+        LayerObservation Layer(double waitedMs, double hostMs) => new(1, work, [ExpertRoute.Cpu], 4, 4, 1, 0)
+            { Device = new(4.5, waitedMs), Handoff = new(0.15, hostMs, 0.02) };
+        scheduler.Observe(Layer(0.005, 0.5));  // the device hardly waited: its lane ended last
+        scheduler.Observe(Layer(0.015, 0.3));
+        scheduler.Observe(Layer(0.3, 0.18));   // the device waited 0.3 ms: the CPU lane ended last
+        scheduler.Observe(new LayerObservation(2, work, [ExpertRoute.Cpu], 4, 4, 1, 0) { Handoff = new(0.15, 9, 0.02) }); // no device timing: neither
+        var (deviceLast, cpuLast) = scheduler.HandoffByLastLane;
+        Assert.Equal(2, deviceLast.Layers);
+        Assert.Equal(0.4, deviceLast.HostMs, 9);
+        Assert.Equal(1, cpuLast.Layers);
+        Assert.Equal(0.18, cpuLast.HostMs, 9);
+        scheduler.ResetCounters();
+        Assert.Equal(((0.0, 0L), (0.0, 0L)), scheduler.HandoffByLastLane);
+    }
 }
