@@ -17,8 +17,11 @@ public sealed record EngineOptions
     public ScalarType? DType { get; init; }
     public long? GpuBudgetBytes { get; init; }
     public string? PopularityPath { get; init; }
-    /// <summary>Tokens of KV cache the budget must leave room for.</summary>
+    /// <summary>Tokens of KV cache the budget must leave room for (per sequence).</summary>
     public int ContextTokens { get; init; } = 4096;
+    /// <summary>Sequences decoded together (the beam width): the KV cache and the prompt's activations the budget leaves
+    /// room for are this many times one sequence's. 1..32.</summary>
+    public int Sequences { get; init; } = 1;
     public int StagingSlots { get; init; } = 2;
     public RoutingMode Routing { get; init; } = RoutingMode.Auto;
     /// <summary>Let the router divide one expert per layer between the CPU and a transfer (see <see cref="RouterOptions"/>).</summary>

@@ -53,11 +53,7 @@ public sealed class OffloadEngine : IDisposable
         PlacementPlan? plan = null;
         if (o.GpuBudgetBytes is long budget)
         {
-            var popularity = o.PopularityPath is null ? ExpertPopularity.Uniform(shape.Layers, shape.Experts)
-                : ExpertPopularity.Load(o.PopularityPath, shape);
-            long context = Math.Min(o.ContextTokens, config.MaxPositionEmbeddings);
-            plan = PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context),
-                reserveBytes: o.StagingSlots * shape.ExpertBytes + shape.ActivationReserveBytes(context)); // staging + activations
+            plan = PlanPlacement(o, shape, config.MaxPositionEmbeddings, budget);
             residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
             log(plan.Summary());
         }
@@ -85,6 +81,21 @@ public sealed class OffloadEngine : IDisposable
             engine.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The placement under <paramref name="budget"/>: room for the KV cache of <see cref="EngineOptions.Sequences"/>
+    /// sequences of <see cref="EngineOptions.ContextTokens"/> positions (at most <paramref name="maxPositions"/>), the
+    /// staging slots and one forward's activations; experts by popularity in the rest.
+    /// </summary>
+    public static PlacementPlan PlanPlacement(EngineOptions o, ModelShape shape, int maxPositions, long budget)
+    {
+        if (o.Sequences is < 1 or > 32) throw new ArgumentException($"sequences (beam width) must be in 1..32, got {o.Sequences}");
+        var popularity = o.PopularityPath is null ? ExpertPopularity.Uniform(shape.Layers, shape.Experts)
+            : ExpertPopularity.Load(o.PopularityPath, shape);
+        long context = Math.Min(o.ContextTokens, maxPositions);
+        return PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context, o.Sequences),
+            reserveBytes: o.StagingSlots * shape.ExpertBytes + shape.ActivationReserveBytes(context, o.Sequences)); // staging + activations
     }
 
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)

@@ -58,7 +58,7 @@ public static class GenerateCommand
                 ? OffloadEngine.Create(new EngineOptions
                 {
                     ModelDir = dir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = r.GetValue(popularity),
-                    ContextTokens = r.GetValue(maxTokens) + 4096,
+                    ContextTokens = r.GetValue(maxTokens) + 4096, Sequences = r.GetValue(beamWidth),
                 }, m => Console.Error.WriteLine(m))
                 : null;
             using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;

@@ -36,6 +36,20 @@ public sealed class PlacementPlannerTests
     }
 
     [Fact]
+    public void EnginePlacement_BeamWidth_ReservesEachBeamsKvCache()
+    {
+        var one = new Fiddler.Actors.Engine.EngineOptions { Device = TorchSharp.torch.CPU, ContextTokens = 8192 };
+        var four = one with { Sequences = 4 };
+        var plan1 = Fiddler.Actors.Engine.OffloadEngine.PlanPlacement(one, Mixtral, 32768, 24 * Gib);
+        var plan4 = Fiddler.Actors.Engine.OffloadEngine.PlanPlacement(four, Mixtral, 32768, 24 * Gib);
+        Assert.Equal(Mixtral.KvCacheBytes(8192), plan1.KvCacheBytes);                 // 1 GiB
+        Assert.Equal(4 * Mixtral.KvCacheBytes(8192), plan4.KvCacheBytes);             // 4 GiB: the beams' cache is [4, ...]
+        Assert.True(plan4.ExpertsOnGpu <= plan1.ExpertsOnGpu - 9, $"{plan4.ExpertsOnGpu} vs {plan1.ExpertsOnGpu}"); // 3 GiB KV + 3 prompts' activations
+        Assert.Throws<ArgumentException>(() => Fiddler.Actors.Engine.OffloadEngine.PlanPlacement(one with { Sequences = 0 }, Mixtral, 32768, 24 * Gib));
+        Assert.Throws<ArgumentException>(() => Fiddler.Actors.Engine.OffloadEngine.PlanPlacement(one with { Sequences = 33 }, Mixtral, 32768, 24 * Gib));
+    }
+
+    [Fact]
     public void Plan_BudgetBelowNonExpertPart_ThrowsNeededVsGiven()
     {
         var e = Assert.Throws<PlacementException>(() =>
