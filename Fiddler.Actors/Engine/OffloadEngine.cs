@@ -117,7 +117,7 @@ public sealed class OffloadEngine : IDisposable
         Stager = _cudaStager is not null
             ? Own(new CudaWeightStager(_cudaStager))
             : Own(new CopyStager(o.StagingSlots, Config.HiddenSize, Config.IntermediateSize, dtype, o.Device));
-        var key = HardwareKey.ForThisHost(o.Device.ToString(), shape, dtype.ToString());
+        var key = HardwareKey.ForThisHost(HardwareKey.DeviceName(o.Device), shape, dtype.ToString(), pool.Concurrency);
         Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key);
         if (Profile is null)
         {

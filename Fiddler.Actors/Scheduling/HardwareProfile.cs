@@ -6,19 +6,41 @@ using Fiddler.Actors.Placement;
 namespace Fiddler.Actors.Scheduling;
 
 /// <summary>
-/// What a calibration is valid for: the same CPU, core count, GPU, model shape and dtype. Any difference means the
-/// measured times may not hold, so the cache is ignored and the host is calibrated again.
+/// What a calibration is valid for: the same CPU, core count, CPU expert workers, GPU, model shape and dtype. Any
+/// difference means the measured times may not hold, so the cache is ignored and the host is calibrated again (a file
+/// from before a field existed reads it as 0 or null, so it is recalibrated too).
 /// </summary>
 public sealed record HardwareKey(
     [property: JsonPropertyName("cpu_model")] string CpuModel,
     [property: JsonPropertyName("cpu_cores")] int CpuCores,
     [property: JsonPropertyName("gpu_name")] string GpuName,
     [property: JsonPropertyName("model_shape")] string ModelShapeHash,
-    [property: JsonPropertyName("dtype")] string Dtype)
+    [property: JsonPropertyName("dtype")] string Dtype,
+    [property: JsonPropertyName("cpu_threads")] int CpuThreads = 0)
 {
-    /// <summary>The key for this process's CPU (/proc/cpuinfo "model name", logical cores) and the given GPU and model.</summary>
-    public static HardwareKey ForThisHost(string gpuName, ModelShape shape, string dtype) =>
-        new(LocalCpuModel(), Environment.ProcessorCount, gpuName, shape.Fingerprint, dtype);
+    /// <summary>
+    /// The key for this process's CPU (/proc/cpuinfo "model name", logical cores), the CPU expert pool's participants
+    /// (<paramref name="cpuThreads"/>: the CPU expert's time depends on them) and the given GPU (its name where the CUDA
+    /// runtime gives one, else <paramref name="gpuName"/>) and model.
+    /// </summary>
+    public static HardwareKey ForThisHost(string gpuName, ModelShape shape, string dtype, int cpuThreads) =>
+        new(LocalCpuModel(), Environment.ProcessorCount, gpuName, shape.Fingerprint, dtype, cpuThreads);
+
+    /// <summary>The CUDA device's name (e.g. "NVIDIA H100 80GB HBM3") for <paramref name="device"/> on CUDA, else its
+    /// string ("cpu"); "cuda" when the runtime cannot name it.</summary>
+    public static string DeviceName(TorchSharp.torch.Device device)
+    {
+        if (device.type != TorchSharp.DeviceType.CUDA) return device.ToString();
+        try
+        {
+            return Fiddler.Kernels.Cuda.CudaRuntime.IsAvailable
+                && Fiddler.Kernels.Cuda.CudaRuntime.DeviceName(device.index < 0 ? 0 : device.index) is { Length: > 0 } name ? name : device.ToString();
+        }
+        catch (Exception e) when (e is Fiddler.Kernels.Cuda.CudaException or Fiddler.Kernels.Cuda.CudaUnavailableException)
+        {
+            return device.ToString();
+        }
+    }
 
     /// <summary>The CPU's marketing name where Linux exposes it, else the architecture (e.g. "Arm64").</summary>
     public static string LocalCpuModel()

@@ -27,8 +27,13 @@ public static class CalibrateCommand
         var dtype = new Option<string>("--dtype") { DefaultValueFactory = _ => "bfloat16" };
         var outFile = new Option<string>("--out") { DefaultValueFactory = _ => new EngineOptions { Device = CPU }.ProfilePath };
         var libtorch = new Option<string?>("--libtorch");
+        var cpuThreads = new Option<int>("--cpu-threads")
+        {
+            Description = "CPU expert workers to calibrate for, as the engine will run them (default: logical CPUs − 1, as bench " +
+                "and generate; serve runs logical CPUs − 2). A profile is used only by an engine with the same count.",
+        };
         var command = new Command("calibrate", "Measure and cache the router's latency models for this host");
-        foreach (var o in new Option[] { model, config, device, dtype, outFile, libtorch }) command.Add(o);
+        foreach (var o in new Option[] { model, config, device, dtype, outFile, libtorch, cpuThreads }) command.Add(o);
         command.SetAction(r =>
         {
             if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
@@ -36,13 +41,16 @@ public static class CalibrateCommand
             var c = r.GetValue(model) is { } dir ? MixtralConfig.Load(Path.Combine(dir, "config.json")) : MixtralConfig.Named(r.GetValue(config)!);
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var dt = TorchRuntime.ParseDType(r.GetValue(dtype)!);
-            using var pool = new CpuWorkerPool(Math.Max(1, Environment.ProcessorCount - 1));
+            int threads = r.GetValue(cpuThreads);
+            if (threads < 0 || threads > Environment.ProcessorCount)
+                throw new ArgumentException($"--cpu-threads: {threads} is not in 1..{Environment.ProcessorCount} (0: the default)");
+            using var pool = new CpuWorkerPool(threads > 0 ? threads : Math.Max(1, Environment.ProcessorCount - 1));
             using IWeightStager stager = dev.type == DeviceType.CUDA
                 ? new CudaWeightStager(new WeightStager(dev, new ExpertShape(c.HiddenSize, c.IntermediateSize, dt), 1))
                 : new CopyStager(1, c.HiddenSize, c.IntermediateSize, dt, dev);
-            var points = Calibration.Measure(c, dt, dev, new SimdCpuBackend(pool), new TorchCpuBackend(), stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
+            var points = Calibration.Measure(c, dt, dev, new SimdCpuBackend(pool), new TorchCpuBackend(dev.type == DeviceType.CUDA ? pool.Concurrency : 0), stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
             var shape = ModelShape.From(c, dt == ScalarType.Float32 ? 4 : 2);
-            var profile = HardwareProfiles.FromCalibration(HardwareKey.ForThisHost(dev.ToString(), shape, dt.ToString()), points);
+            var profile = HardwareProfiles.FromCalibration(HardwareKey.ForThisHost(HardwareKey.DeviceName(dev), shape, dt.ToString(), pool.Concurrency), points);
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(r.GetValue(outFile)!))!);
             profile.Save(r.GetValue(outFile)!);
             Console.WriteLine("tokens   cpu simd ms   cpu torch ms   device ms   round trip ms");

@@ -184,6 +184,21 @@ public static unsafe class CudaRuntime
         return ((long)free, (long)total);
     }
 
+    /// <summary>
+    /// The device's marketing name (e.g. "NVIDIA H100 80GB HBM3"), or null where libcudart lacks
+    /// cudaGetDeviceProperties_v2. The properties struct (~1 KB in CUDA 12/13) starts with the name; it is read into a
+    /// buffer with room to spare.
+    /// </summary>
+    public static string? DeviceName(int device)
+    {
+        if (Library.GetDeviceProperties == null) return null;
+        byte* props = stackalloc byte[8192];
+        Check(Library.GetDeviceProperties(props, device), "cudaGetDeviceProperties_v2");
+        var name = new ReadOnlySpan<byte>(props, 256);
+        int end = name.IndexOf((byte)0);
+        return System.Text.Encoding.UTF8.GetString(end >= 0 ? name[..end] : name).Trim();
+    }
+
     public static IntPtr StreamCreateWithFlags(uint flags)
     {
         nint s;

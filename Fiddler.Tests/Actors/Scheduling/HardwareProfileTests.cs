@@ -99,9 +99,26 @@ public sealed class HardwareProfileTests : IDisposable
     public void ForThisHost_UsesShapeFingerprintAndCores()
     {
         var shape = new Fiddler.Actors.Placement.ModelShape(2, 4, 32, 48, 96, 4, 2, 8, 4, false);
-        var key = HardwareKey.ForThisHost("cpu", shape, "float32");
+        var key = HardwareKey.ForThisHost("cpu", shape, "float32", cpuThreads: 7);
         Assert.Equal(shape.Fingerprint, key.ModelShapeHash);
         Assert.Equal(Environment.ProcessorCount, key.CpuCores);
+        Assert.Equal(7, key.CpuThreads);
         Assert.False(string.IsNullOrWhiteSpace(key.CpuModel));
+        Assert.Equal("cpu", HardwareKey.DeviceName(TorchSharp.torch.CPU));
+    }
+
+    [Fact]
+    public void LoadIfMatches_OtherWorkerCount_OrAFileFromBeforeTheField_Recalibrates()
+    {
+        var keyed = Key with { CpuThreads = 15 };
+        H100(keyed).Save(PathOf("t.json"));
+        Assert.NotNull(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed));
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed with { CpuThreads = 14 })); // serve's count
+        // A cache written before cpu_threads existed has no such field: it reads as 0 and matches no engine.
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(PathOf("t.json")))!;
+        json["key"]!.AsObject().Remove("cpu_threads");
+        File.WriteAllText(PathOf("old.json"), json.ToJsonString());
+        Assert.Equal(0, HardwareProfile.Load(PathOf("old.json")).Key.CpuThreads);
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("old.json"), keyed));
     }
 }
