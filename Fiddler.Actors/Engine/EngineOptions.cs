@@ -54,5 +54,8 @@ public sealed record EngineOptions
     /// instead of the driver's stream wait. Off by default: 3-7 µs faster per wait in cuda-selftest, no difference shown
     /// in decode on the H100 host (2026-11-27).</summary>
     public bool SpinKernelGate { get; init; }
+    /// <summary>Balance decode layers' lanes by which one ended last, not only by their mean times (see
+    /// <see cref="RouterOptions.BalanceLastLane"/>). Off until measured on the GPU machine.</summary>
+    public bool BalanceLastLane { get; init; }
     public int? Layers { get; init; }
 }

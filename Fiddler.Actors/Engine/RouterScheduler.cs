@@ -107,7 +107,9 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         // A layer the executor routed itself (all resident) has no plan of this token: the last one stored is an older
         // token's, and accounting against it would teach the router from the wrong layer.
         if (o.Decided) lock (_lastPlan) _lastPlan.TryGetValue(o.Layer, out plan);
-        if (plan is not null) Router.Account(plan, [], o.LayerMs, o.CpuLaneMs, o.Device?.DeviceLaneMs);
+        if (plan is not null)
+            Router.Account(plan, [], o.LayerMs, o.CpuLaneMs, o.Device?.DeviceLaneMs,
+                cpuEndedLast: o.Device is { } lanes ? lanes.WaitedForCpuMs >= DeviceLastBelowMs : null);
         Interlocked.Add(ref _chosen, o.Work.Count);
         Interlocked.Add(ref _resident, o.Work.Count(w => w.Resident));
         Interlocked.Add(ref _cpu, o.Routes.Count(r => r == ExpertRoute.Cpu));

@@ -15,6 +15,19 @@ public sealed partial class ExpertRouter
     // engine reads the same DRAM the CPU lane does), learned from the device lane's own timings where the engine
     // measures them (gated layers on CUDA).
     private readonly double[] _calmFactor = [1, 1], _contendedFactor = new double[2], _transferFactor = [1, 1];
+    // RouterOptions.BalanceLastLane: a multiplier on the planned CPU lane of decode-sized layers with both lanes (1: off
+    // or not yet learned), and how often the CPU lane ended last since the last reset.
+    private double _balance = 1;
+    private long _laneOrders, _cpuEndedLast;
+
+    /// <summary>
+    /// The share of a layer's ends the CPU lane should have last, for the least expected finish: moving a few bytes from
+    /// the device lane to the CPU lane shortens the layers the device ends (by their copy time) and lengthens those the
+    /// CPU ends (by their CPU time), so the best share is where P(CPU last) × CPU ms per byte = P(device last) × copy ms
+    /// per byte: <c>copy / (cpu + copy)</c>, per expert. Bounded to 0.2..0.8.
+    /// </summary>
+    public static double LastLaneTarget(double cpuMsPerExpert, double transferMsPerExpert) =>
+        cpuMsPerExpert > 0 && transferMsPerExpert > 0 ? Math.Clamp(transferMsPerExpert / (cpuMsPerExpert + transferMsPerExpert), 0.2, 0.8) : 0.5;
 
     /// <summary>
     /// Records observed per-expert times (same quantity as <see cref="ExpertDecision.PredictedMs"/>; may be empty) and,
@@ -24,8 +37,10 @@ public sealed partial class ExpertRouter
     /// <param name="observedDeviceLaneMs">The device lane's time (copies, streamed and resident experts) against
     /// <see cref="LayerPlan.GpuLaneMs"/>; teaches the layer's regime its transfer factor, from layers with transfers and
     /// CPU work (the factor is the copies' slowdown beside the CPU lane; copies alone are planned at calibrated speed).</param>
+    /// <param name="cpuEndedLast">Which lane of the layer ended last (true: the CPU's; the device waited for it), where the
+    /// engine measured it (gated layers on CUDA); with <see cref="RouterOptions.BalanceLastLane"/> it moves the balance.</param>
     public void Account(LayerPlan plan, IReadOnlyList<ExpertTiming> observed, double? observedLayerMs = null,
-        double? observedCpuLaneMs = null, double? observedDeviceLaneMs = null)
+        double? observedCpuLaneMs = null, double? observedDeviceLaneMs = null, bool? cpuEndedLast = null)
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(observed);
@@ -62,7 +77,30 @@ public sealed partial class ExpertRouter
                 ref double factor = ref _transferFactor[regime];
                 factor += Options.AdaptRate * (Robust(target, factor) - factor);
             }
+            if (cpuEndedLast is bool cpuLast && plan.HasTransfers && plan.HasCpuWork && regime == (int)FactorRegime.Decode)
+            {
+                _laneOrders++;
+                if (cpuLast) _cpuEndedLast++;
+                if (Options.BalanceLastLane && Options.AdaptCpuModel)
+                {
+                    // A stochastic quantile step: up by (1 − q)·rate when the CPU ended last, down by q·rate otherwise, so
+                    // it settles where the CPU ends last in a share q of the layers.
+                    // q from the learned (unbalanced) speeds of one expert on each lane.
+                    double q = LastLaneTarget(Profile.CpuMs(1) * _contendedFactor[regime], Profile.TransferMs * _transferFactor[regime]);
+                    _balance = Math.Clamp(_balance * (cpuLast ? 1 + Options.BalanceRate * (1 - q) : 1 - Options.BalanceRate * q), 0.5, 2);
+                }
+            }
         }
+    }
+
+    /// <summary>The planned CPU lane's balance multiplier for decode-sized layers (1 unless <see cref="RouterOptions.BalanceLastLane"/>).</summary>
+    public double LaneBalance { get { lock (_gate) return _balance; } }
+
+    /// <summary>Decode-sized layers with both lanes whose ending order was observed since the last reset, and the share the
+    /// CPU lane ended last.</summary>
+    public (long Layers, double CpuLastShare) LaneOrder
+    {
+        get { lock (_gate) return (_laneOrders, _laneOrders == 0 ? 0 : (double)_cpuEndedLast / _laneOrders); }
     }
 
     /// <summary>
@@ -78,6 +116,7 @@ public sealed partial class ExpertRouter
         {
             Array.Clear(_stats);
             _layer = _cpuLane = _deviceLane = default;
+            _laneOrders = _cpuEndedLast = 0;
         }
     }
 
@@ -117,6 +156,9 @@ public sealed partial class ExpertRouter
         Row("layer", LayerStats);
         var (calm, contended) = CpuFactors;
         sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers; transfer factor {TransferFactor:0.000}");
+        var (orders, cpuLast) = LaneOrder;
+        if (orders > 0)
+            sb.AppendLine(CultureInfo.InvariantCulture, $"lane ends: the CPU lane ended last in {100 * cpuLast:0.0} % of {orders} decode layers with both lanes; balance {LaneBalance:0.000}{(Options.BalanceLastLane ? "" : " (off)")}");
         var batch = BatchFactors;
         sb.AppendLine(CultureInfo.InvariantCulture, $"batches (> {LearnedMaxTokens} tokens per expert): CPU {batch.Calm:0.000} alone, {batch.Contended:0.000} beside transfers; transfer {batch.Transfer:0.000}");
         return sb.ToString();

@@ -44,8 +44,15 @@ public enum RoutingMode
 /// separately for layers with and without weight transfers (an exponential moving average of observed / calibrated with
 /// rate <paramref name="AdaptRate"/>). Calibration measures one kernel alone; in the engine the GPU thread, the copy
 /// engine's DRAM reads and the pool's wake-ups slow it (seen on the H100 host: ×1.19 alone, ×1.48 beside transfers).</param>
+/// <param name="BalanceLastLane">For decode-sized layers with both lanes: learn, from which lane ended last, a balance
+/// on the planned CPU lane so that the CPU lane ends last in the share of layers that minimizes the layer's expected
+/// finish (see <see cref="ExpertRouter.LastLaneTarget"/>). The moving averages above balance the lanes' means; where the
+/// CPU lane's time is skewed (seen on the H100 host: the device lane ended last in 77-81 % of gated decode layers), the
+/// device then waits at the end of most layers. Opt-in until measured.</param>
+/// <param name="BalanceRate">The balance's step per observed layer (multiplicative).</param>
 public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16,
-    bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.25, bool AdaptCpuModel = true, double AdaptRate = 0.05)
+    bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.25, bool AdaptCpuModel = true, double AdaptRate = 0.05,
+    bool BalanceLastLane = false, double BalanceRate = 0.02)
 {
     public static RouterOptions Default { get; } = new();
 }

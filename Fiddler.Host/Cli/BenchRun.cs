@@ -200,6 +200,9 @@ public static class BenchRun
         };
     }
 
+    private static double ExpertRouterTarget(Fiddler.Actors.Scheduling.ExpertRouter r) =>
+        Fiddler.Actors.Scheduling.ExpertRouter.LastLaneTarget(r.Profile.CpuMs(1) * r.CpuFactors.Contended, r.Profile.TransferMs * r.TransferFactor);
+
     /// <summary>The lane ceiling's numbers and what they mean for this run's decode.</summary>
     private static Dictionary<string, object?> LaneCeilingReport(Fiddler.Kernels.Offload.LaneCeiling.Result c, Result r)
     {
@@ -270,6 +273,12 @@ public static class BenchRun
             ["cpu_threads"] = OffloadEngine.DefaultCpuThreads(o),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["transfer_factor"] = engine.Scheduler is { } sct ? Math.Round(sct.Router.TransferFactor, 3) : null,
+            ["balance_last_lane"] = o.BalanceLastLane,
+            ["lane_balance"] = engine.Scheduler is { } scl ? Math.Round(scl.Router.LaneBalance, 3) : null,
+            // Decode layers with both lanes (measured ones): the share whose CPU lane ended last, and the share that
+            // minimizes the layer's expected finish with the learned speeds (ExpertRouter.LastLaneTarget).
+            ["cpu_ended_last_share"] = engine.Scheduler is { } sco && sco.Router.LaneOrder.Layers > 0 ? Math.Round(sco.Router.LaneOrder.CpuLastShare, 3) : null,
+            ["cpu_ended_last_target"] = engine.Scheduler is { } sctg ? Math.Round(ExpertRouterTarget(sctg.Router), 3) : null,
             ["batch_factors"] = engine.Scheduler is { } scb ? new[] { Math.Round(scb.Router.BatchFactors.Calm, 3), Math.Round(scb.Router.BatchFactors.Contended, 3), Math.Round(scb.Router.BatchFactors.Transfer, 3) } : null,
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
