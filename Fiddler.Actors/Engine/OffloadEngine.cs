@@ -117,11 +117,12 @@ public sealed class OffloadEngine : IDisposable
         Stager = _cudaStager is not null
             ? Own(new CudaWeightStager(_cudaStager))
             : Own(new CopyStager(o.StagingSlots, Config.HiddenSize, Config.IntermediateSize, dtype, o.Device));
-        var key = HardwareKey.ForThisHost(HardwareKey.DeviceName(o.Device), shape, dtype.ToString(), pool.Concurrency);
-        Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key);
+        var key = HardwareKey.ForThisHost(CudaRuntime.DeviceLabel(o.Device), shape, dtype.ToString(), pool.Concurrency);
+        Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key, out string? mismatch);
         if (Profile is null)
         {
-            log($"calibrating latency models for {key.CpuModel} / {key.GpuName} (cached in {o.ProfilePath})");
+            log($"calibrating latency models for {key.CpuModel} / {key.GpuName} / {key.CpuThreads} CPU workers (cached in {o.ProfilePath}" +
+                (mismatch is null ? ")" : $"; the cached one is for another {mismatch})"));
             var points = Calibration.Measure(Config, dtype, o.Device, simd, torchCpu, Stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
             Profile = HardwareProfiles.FromCalibration(key, points);
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(o.ProfilePath))!);

@@ -46,14 +46,14 @@ public sealed record ModelShape(
     /// and the caching allocator's rounding (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.21 GB for 544 tokens (the bench's context), 0.30 GB for 900, 1.15 GB for 4096 (a fixed 1 GiB
     /// before: too much for a short context, too little for a long one).
     /// </summary>
-    /// <param name="sequences">Sequences run together (beams: a beam search's prompt runs once per beam), each with
-    /// its own mask.</param>
+    /// <param name="sequences">Sequences run together (beams: a beam search's prompt runs once per beam); they share
+    /// one mask.</param>
     public long ActivationReserveBytes(long tokens, int sequences = 1)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(tokens);
         ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
         long perToken = 32L * Hidden + 4L * Intermediate * BytesPerElement + 2L * Heads * HeadDim * BytesPerElement;
-        return sequences * (tokens * perToken + tokens * tokens) + Math.Min(64L << 20, NonExpertBytes / 2);
+        return sequences * tokens * perToken + tokens * tokens + Math.Min(64L << 20, NonExpertBytes / 2);
     }
 
     /// <summary>

@@ -20,27 +20,11 @@ public sealed record HardwareKey(
 {
     /// <summary>
     /// The key for this process's CPU (/proc/cpuinfo "model name", logical cores), the CPU expert pool's participants
-    /// (<paramref name="cpuThreads"/>: the CPU expert's time depends on them) and the given GPU (its name where the CUDA
-    /// runtime gives one, else <paramref name="gpuName"/>) and model.
+    /// (<paramref name="cpuThreads"/>: the CPU expert's time depends on them) and the given GPU (its name: see
+    /// <c>CudaRuntime.DeviceLabel</c>) and model.
     /// </summary>
     public static HardwareKey ForThisHost(string gpuName, ModelShape shape, string dtype, int cpuThreads) =>
         new(LocalCpuModel(), Environment.ProcessorCount, gpuName, shape.Fingerprint, dtype, cpuThreads);
-
-    /// <summary>The CUDA device's name (e.g. "NVIDIA H100 80GB HBM3") for <paramref name="device"/> on CUDA, else its
-    /// string ("cpu"); "cuda" when the runtime cannot name it.</summary>
-    public static string DeviceName(TorchSharp.torch.Device device)
-    {
-        if (device.type != TorchSharp.DeviceType.CUDA) return device.ToString();
-        try
-        {
-            return Fiddler.Kernels.Cuda.CudaRuntime.IsAvailable
-                && Fiddler.Kernels.Cuda.CudaRuntime.DeviceName(device.index < 0 ? 0 : device.index) is { Length: > 0 } name ? name : device.ToString();
-        }
-        catch (Exception e) when (e is Fiddler.Kernels.Cuda.CudaException or Fiddler.Kernels.Cuda.CudaUnavailableException)
-        {
-            return device.ToString();
-        }
-    }
 
     /// <summary>The CPU's marketing name where Linux exposes it, else the architecture (e.g. "Arm64").</summary>
     public static string LocalCpuModel()
@@ -114,12 +98,35 @@ public sealed record HardwareProfile(
     /// <paramref name="expected"/>; null means calibrate. A corrupt file still throws: silently recalibrating would
     /// hide a disk or tooling problem.
     /// </summary>
-    public static HardwareProfile? LoadIfMatches(string path, HardwareKey expected)
+    public static HardwareProfile? LoadIfMatches(string path, HardwareKey expected) => LoadIfMatches(path, expected, out _);
+
+    /// <param name="mismatch">Why an existing file was not used ("format version", or the key fields that differ, e.g.
+    /// "cpu_threads (15, not 14)"); null when the file is missing or used.</param>
+    public static HardwareProfile? LoadIfMatches(string path, HardwareKey expected, out string? mismatch)
     {
+        mismatch = null;
         if (!File.Exists(path)) return null;
-        if (ReadVersion(path) != FormatVersion) return null;
+        if (ReadVersion(path) != FormatVersion)
+        {
+            mismatch = "format version";
+            return null;
+        }
         var p = Load(path);
-        return p.Key == expected ? p : null;
+        if (p.Key == expected) return p;
+        var k = p.Key;
+        var fields = new List<string>();
+        void Field<T>(string name, T cached, T wanted)
+        {
+            if (!EqualityComparer<T>.Default.Equals(cached, wanted)) fields.Add($"{name} ({cached}, not {wanted})");
+        }
+        Field("cpu_model", k.CpuModel, expected.CpuModel);
+        Field("cpu_cores", k.CpuCores, expected.CpuCores);
+        Field("cpu_threads", k.CpuThreads, expected.CpuThreads);
+        Field("gpu_name", k.GpuName, expected.GpuName);
+        Field("model_shape", k.ModelShapeHash, expected.ModelShapeHash);
+        Field("dtype", k.Dtype, expected.Dtype);
+        mismatch = string.Join(", ", fields);
+        return null;
     }
 
     private static int? ReadVersion(string path)

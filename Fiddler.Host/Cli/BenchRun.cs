@@ -155,7 +155,12 @@ public static class BenchRun
         var stages = StageTimer.Snapshot().ToDictionary(t => t.Stage, t => Math.Round(t.Ms / StagedSteps, 3));
         // The host's own ceiling, after the windows (its copies and reads would disturb them): a token's non-resident
         // expert bytes over the CPU-read + copy rate the host sustains with both running.
-        var ceiling = engine.MeasureLaneCeiling();
+        Fiddler.Kernels.Offload.LaneCeiling.Result? ceiling = null;
+        try { ceiling = engine.MeasureLaneCeiling(); }
+        catch (Exception e) when (e is Fiddler.Kernels.Cuda.CudaException or InvalidOperationException or ArgumentException)
+        {
+            Console.Error.WriteLine($"lane ceiling not measured: {e.Message}"); // the run's own numbers are still reported
+        }
         double offloaded = (1 - (s?.HitRate ?? 1)) * engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes;
         return new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
@@ -197,6 +202,12 @@ public static class BenchRun
             ["handoff_host_device_last"] = Math.Round(s.HandoffByLastLane.DeviceLast.HostMs, 3),
             ["handoff_host_cpu_last"] = Math.Round(s.HandoffByLastLane.CpuLast.HostMs, 3),
             ["device_last_layers"] = s.HandoffByLastLane.DeviceLast.Layers,
+            ["cpu_last_layers"] = s.HandoffByLastLane.CpuLast.Layers,
+            // The router's view of the same (decode layers with both lanes, whose order was measured): the share the CPU
+            // lane ended, and the balance on the planned CPU lane (1 unless --balance-last-lane), when the window ended.
+            ["lane_order_layers"] = s.Router.LaneOrder.Layers,
+            ["cpu_ended_last_share"] = Math.Round(s.Router.LaneOrder.CpuLastShare, 3),
+            ["lane_balance"] = Math.Round(s.Router.LaneBalance, 3),
         };
     }
 
@@ -273,11 +284,10 @@ public static class BenchRun
             ["cpu_threads"] = OffloadEngine.DefaultCpuThreads(o),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["transfer_factor"] = engine.Scheduler is { } sct ? Math.Round(sct.Router.TransferFactor, 3) : null,
-            ["balance_last_lane"] = o.BalanceLastLane,
-            ["lane_balance"] = engine.Scheduler is { } scl ? Math.Round(scl.Router.LaneBalance, 3) : null,
-            // Decode layers with both lanes (measured ones): the share whose CPU lane ended last, and the share that
-            // minimizes the layer's expected finish with the learned speeds (ExpertRouter.LastLaneTarget).
-            ["cpu_ended_last_share"] = engine.Scheduler is { } sco && sco.Router.LaneOrder.Layers > 0 ? Math.Round(sco.Router.LaneOrder.CpuLastShare, 3) : null,
+            ["balance_last_lane"] = engine.Scheduler?.Router.Options.BalanceLastLane ?? o.BalanceLastLane, // as the router runs it
+            // The share of decode layers with both lanes whose CPU lane should end last for the least expected finish,
+            // with the learned speeds (ExpertRouter.LastLaneTarget); the decode windows' share and the balance are under
+            // executor_ms_per_layer (cpu_ended_last_share, lane_balance).
             ["cpu_ended_last_target"] = engine.Scheduler is { } sctg ? Math.Round(ExpertRouterTarget(sctg.Router), 3) : null,
             ["batch_factors"] = engine.Scheduler is { } scb ? new[] { Math.Round(scb.Router.BatchFactors.Calm, 3), Math.Round(scb.Router.BatchFactors.Contended, 3), Math.Round(scb.Router.BatchFactors.Transfer, 3) } : null,
             ["card"] = card,

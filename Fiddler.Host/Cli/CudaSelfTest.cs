@@ -30,8 +30,8 @@ internal sealed partial class CudaSelfTest(Device dev, ExpertShape shape, int it
             $"expert {shape.Intermediate}x{shape.Hidden} x3 {shape.DType} = {shape.TotalBytes / 1e6:F1} MB");
         int count = CudaRuntime.GetDeviceCount();
         Console.WriteLine($"cudaGetDeviceCount: {count}; torch.cuda.device_count: {cuda.device_count()}");
-        // The name keys the latency-model cache (HardwareKey.DeviceName): it should read as nvidia-smi prints it.
-        Console.WriteLine($"device name (cudaGetDeviceProperties_v2): {CudaRuntime.DeviceName(dev.index >= 0 ? dev.index : CudaRuntime.GetDevice()) ?? "(not exported by this libcudart)"}");
+        // The name keys the latency-model cache (CudaRuntime.DeviceLabel): it should read as nvidia-smi prints it.
+        Console.WriteLine($"device name (cudaGetDeviceProperties[_v2]): {CudaRuntime.DeviceName(dev.index >= 0 ? dev.index : CudaRuntime.GetDevice()) ?? "(not exported by this libcudart)"}");
 
         Console.WriteLine("runtime:");
         Check("device count agrees with torch", count == cuda.device_count(), $"{count} vs {cuda.device_count()}");

@@ -54,11 +54,14 @@ public static class GenerateCommand
             var dt = r.GetValue(dtype) is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
             string dir = DefaultModel.Resolve(r.GetValue(model));
             var clock = System.Diagnostics.Stopwatch.StartNew();
+            // Under a budget the prompt is tokenized first, so the placement reserves the KV cache this request needs: its
+            // prompt and new tokens, once per beam (what the generator and the beam search allocate).
+            int? promptLength = r.GetValue(budget) is null ? null : ids is not null ? ParseIds(ids).Length : TokenCount(dir, text!);
             using var engine = r.GetValue(budget) is { } b
                 ? OffloadEngine.Create(new EngineOptions
                 {
                     ModelDir = dir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = r.GetValue(popularity),
-                    ContextTokens = r.GetValue(maxTokens) + 4096, Sequences = r.GetValue(beamWidth),
+                    ContextTokens = promptLength!.Value + r.GetValue(maxTokens), Sequences = r.GetValue(beamWidth),
                 }, m => Console.Error.WriteLine(m))
                 : null;
             using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;
@@ -155,6 +158,14 @@ public static class GenerateCommand
                 $"score {beams[0].Score:F3}, {clock.Elapsed.TotalSeconds:F2} s]");
         }
         return 0;
+    }
+
+    /// <summary>The prompt's length in tokens with the model directory's tokenizer (the one the engine will load).</summary>
+    private static int TokenCount(string dir, string text)
+    {
+        if (!File.Exists(Path.Combine(dir, "tokenizer.json"))) throw new ArgumentException("this model has no tokenizer.json: use --prompt-ids");
+        using var tokenizer = new Fiddler.Kernels.Text.HfTokenizer(dir);
+        return tokenizer.Encode(text).Length;
     }
 
     public static int[] ParseIds(string text)

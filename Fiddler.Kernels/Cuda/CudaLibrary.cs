@@ -47,7 +47,8 @@ public sealed unsafe class CudaLibrary
     internal readonly delegate* unmanaged<int> GetLastError;
     internal readonly delegate* unmanaged<int> DeviceSynchronize;
     internal readonly delegate* unmanaged<nuint*, nuint*, int> MemGetInfo;
-    /// <summary>Optional (null when absent): cudaGetDeviceProperties_v2, whose struct starts with the name (char[256]).</summary>
+    /// <summary>Optional (null when absent): cudaGetDeviceProperties_v2 (CUDA 12), else cudaGetDeviceProperties (CUDA 13
+    /// has only this name; older libraries have it with an older struct). Every layout starts with the name (char[256]).</summary>
     internal readonly delegate* unmanaged<byte*, int, int> GetDeviceProperties;
 
     private CudaLibrary(IntPtr handle, string candidate, bool wasAlreadyMapped, Dictionary<string, IntPtr> e)
@@ -82,7 +83,8 @@ public sealed unsafe class CudaLibrary
         GetLastError = (delegate* unmanaged<int>)e["cudaGetLastError"];
         DeviceSynchronize = (delegate* unmanaged<int>)e["cudaDeviceSynchronize"];
         MemGetInfo = (delegate* unmanaged<nuint*, nuint*, int>)e["cudaMemGetInfo"];
-        if (NativeLibrary.TryGetExport(handle, "cudaGetDeviceProperties_v2", out IntPtr props))
+        if (NativeLibrary.TryGetExport(handle, "cudaGetDeviceProperties_v2", out IntPtr props)
+            || NativeLibrary.TryGetExport(handle, "cudaGetDeviceProperties", out props))
             GetDeviceProperties = (delegate* unmanaged<byte*, int, int>)props;
         Path = ProcessMaps.FileAt(e["cudaGetDeviceCount"]) ?? candidate;
         WasAlreadyMapped = wasAlreadyMapped;

@@ -185,18 +185,35 @@ public static unsafe class CudaRuntime
     }
 
     /// <summary>
-    /// The device's marketing name (e.g. "NVIDIA H100 80GB HBM3"), or null where libcudart lacks
-    /// cudaGetDeviceProperties_v2. The properties struct (~1 KB in CUDA 12/13) starts with the name; it is read into a
-    /// buffer with room to spare.
+    /// The device's marketing name (e.g. "NVIDIA H100 80GB HBM3"), or null where libcudart exports neither
+    /// cudaGetDeviceProperties_v2 nor cudaGetDeviceProperties. The properties struct (~1 KB in CUDA 12/13) starts with
+    /// the name; it is read into a buffer with room to spare.
     /// </summary>
     public static string? DeviceName(int device)
     {
         if (Library.GetDeviceProperties == null) return null;
         byte* props = stackalloc byte[8192];
-        Check(Library.GetDeviceProperties(props, device), "cudaGetDeviceProperties_v2");
+        Check(Library.GetDeviceProperties(props, device), "cudaGetDeviceProperties");
         var name = new ReadOnlySpan<byte>(props, 256);
         int end = name.IndexOf((byte)0);
         return System.Text.Encoding.UTF8.GetString(end >= 0 ? name[..end] : name).Trim();
+    }
+
+    /// <summary>
+    /// What a calibration cache names the device by: the CUDA device's name (<see cref="DeviceName"/>; device index −1
+    /// is the current device) where the runtime gives one, else the device's string ("cpu", "cuda"). Never throws.
+    /// </summary>
+    public static string DeviceLabel(TorchSharp.torch.Device device)
+    {
+        if (device.type != TorchSharp.DeviceType.CUDA) return device.ToString();
+        try
+        {
+            return IsAvailable && DeviceName(device.index >= 0 ? device.index : GetDevice()) is { Length: > 0 } name ? name : device.ToString();
+        }
+        catch (Exception e) when (e is CudaException or CudaUnavailableException)
+        {
+            return device.ToString();
+        }
     }
 
     public static IntPtr StreamCreateWithFlags(uint flags)

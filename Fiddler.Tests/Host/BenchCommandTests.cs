@@ -35,6 +35,12 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(1, root.GetProperty("staging_slots").GetInt32());
         Assert.Equal(JsonValueKind.Number, root.GetProperty("reserve_gib").ValueKind); // a toy model's reserve rounds to 0 GiB
         Assert.Equal(JsonValueKind.Null, root.GetProperty("gpu_memory_used_gib").ValueKind); // CPU device
+        Assert.Equal(JsonValueKind.Null, root.GetProperty("lane_ceiling").ValueKind);        // no copy engine to measure
+        Assert.False(root.GetProperty("balance_last_lane").GetBoolean());
+        var executor = root.GetProperty("executor_ms_per_layer");
+        Assert.Equal(1.0, executor.GetProperty("lane_balance").GetDouble());
+        Assert.Equal(0, executor.GetProperty("lane_order_layers").GetInt64());              // no device timings off CUDA
+        Assert.InRange(root.GetProperty("cpu_ended_last_target").GetDouble(), 0.2, 0.8);
     }
 
     [Theory]
@@ -48,6 +54,20 @@ public sealed class BenchCommandTests : IDisposable
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains($"--staging-slots: {slots} is not in 1..8", r.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
+    }
+
+    [Fact]
+    public void Bench_BalanceLastLane_IsPassedToTheRouterAndReported()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string outDir = Path.Combine(_dir, "results");
+        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8",
+            "--new-tokens", "3", "--balance-last-lane", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
+        using var json = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        Assert.True(json.RootElement.GetProperty("balance_last_lane").GetBoolean());
+        // Off CUDA no layer has device timings, so the balance has nothing to learn from and stays at 1.
+        Assert.Equal(1.0, json.RootElement.GetProperty("executor_ms_per_layer").GetProperty("lane_balance").GetDouble());
     }
 
     [Fact]

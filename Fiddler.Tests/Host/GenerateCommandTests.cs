@@ -64,6 +64,28 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_UnderABudget_ReservesThisRequestsKvCacheOncePerBeam()
+    {
+        // The embedded model fits a 64 MiB budget whole; the placement summary (stderr) names the KV cache it reserved:
+        // the prompt's 3 + 5 new tokens, once per beam.
+        string Kv(CliResult r)
+        {
+            Assert.True(r.ExitCode == 0, $"exit code {r.ExitCode}, stderr: {r.Err}");
+            var m = System.Text.RegularExpressions.Regex.Match(r.Err, @"KV cache ([0-9.]+) MiB");
+            Assert.True(m.Success, r.Err);
+            return m.Groups[1].Value;
+        }
+        string one = Kv(CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--temperature", "0", "--json",
+            "--device", "cpu", "--gpu-budget", "64MiB"));
+        string four = Kv(CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--json", "--device", "cpu",
+            "--gpu-budget", "64MiB", "--beam-width", "4"));
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(DefaultModel.Directory, "config.json"));
+        var shape = Fiddler.Actors.Placement.ModelShape.From(config, 2);
+        Assert.Equal((shape.KvCacheBytes(8) / 1048576.0).ToString("0.###", System.Globalization.CultureInfo.InvariantCulture), one);
+        Assert.Equal((shape.KvCacheBytes(8, batch: 4) / 1048576.0).ToString("0.###", System.Globalization.CultureInfo.InvariantCulture), four);
+    }
+
+    [Fact]
     public void Generate_IgnoreEos_GivesExactlyMaxTokens()
     {
         var json = Json(CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--temperature", "0",

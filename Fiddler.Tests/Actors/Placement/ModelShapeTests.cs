@@ -72,8 +72,8 @@ public sealed class ModelShapeTests
         Assert.InRange(Mixtral.ActivationReserveBytes(900) / 1e9, 0.30, 0.31);
         Assert.InRange(Mixtral.ActivationReserveBytes(4096) / 1e9, 1.15, 1.16);
         Assert.Throws<ArgumentOutOfRangeException>(() => Mixtral.ActivationReserveBytes(-1));
-        // Four beams: four prompts' activations and masks, one workspace.
-        Assert.Equal(4 * (900L * 262_144 + 900 * 900) + (64L << 20), Mixtral.ActivationReserveBytes(900, sequences: 4));
+        // Four beams: four prompts' activations, one (broadcast) mask, one workspace.
+        Assert.Equal(4 * 900L * 262_144 + 900 * 900 + (64L << 20), Mixtral.ActivationReserveBytes(900, sequences: 4));
         Assert.Throws<ArgumentOutOfRangeException>(() => Mixtral.ActivationReserveBytes(900, sequences: 0));
     }
 

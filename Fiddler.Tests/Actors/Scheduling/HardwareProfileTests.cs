@@ -104,7 +104,7 @@ public sealed class HardwareProfileTests : IDisposable
         Assert.Equal(Environment.ProcessorCount, key.CpuCores);
         Assert.Equal(7, key.CpuThreads);
         Assert.False(string.IsNullOrWhiteSpace(key.CpuModel));
-        Assert.Equal("cpu", HardwareKey.DeviceName(TorchSharp.torch.CPU));
+        Assert.Equal("cpu", Fiddler.Kernels.Cuda.CudaRuntime.DeviceLabel(TorchSharp.torch.CPU));
     }
 
     [Fact]
@@ -113,7 +113,14 @@ public sealed class HardwareProfileTests : IDisposable
         var keyed = Key with { CpuThreads = 15 };
         H100(keyed).Save(PathOf("t.json"));
         Assert.NotNull(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed));
-        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed with { CpuThreads = 14 })); // serve's count
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed with { CpuThreads = 14 }, out string? why)); // serve's count
+        Assert.Equal("cpu_threads (15, not 14)", why);
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed with { CpuThreads = 14, GpuName = "cuda" }, out why));
+        Assert.Equal("cpu_threads (15, not 14), gpu_name (NVIDIA H100 80GB HBM3, not cuda)", why);
+        Assert.NotNull(HardwareProfile.LoadIfMatches(PathOf("t.json"), keyed, out why));
+        Assert.Null(why);
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("missing.json"), keyed, out why));
+        Assert.Null(why);
         // A cache written before cpu_threads existed has no such field: it reads as 0 and matches no engine.
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(PathOf("t.json")))!;
         json["key"]!.AsObject().Remove("cpu_threads");
