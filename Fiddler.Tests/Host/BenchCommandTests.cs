@@ -56,15 +56,21 @@ public sealed class BenchCommandTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
     }
 
-    [Fact]
-    public void Bench_BalanceLastLane_IsPassedToTheRouterAndReported()
+    /// <summary>Runs the bench on the fixture model with a prompt of 8 tokens and <paramref name="flags"/>; its JSON.</summary>
+    private JsonDocument BenchJson(params string[] flags)
     {
         string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
         string outDir = Path.Combine(_dir, "results");
-        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8",
-            "--new-tokens", "3", "--balance-last-lane", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
+        var r = CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8",
+            .. flags, "--out", outDir, "--profile", Path.Combine(_dir, "profile.json")]);
         Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
-        using var json = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        return JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+    }
+
+    [Fact]
+    public void Bench_BalanceLastLane_IsPassedToTheRouterAndReported()
+    {
+        using var json = BenchJson("--new-tokens", "3", "--balance-last-lane");
         Assert.True(json.RootElement.GetProperty("balance_last_lane").GetBoolean());
         // Off CUDA no layer has device timings, so the balance has nothing to learn from and stays at 1.
         Assert.Equal(1.0, json.RootElement.GetProperty("executor_ms_per_layer").GetProperty("lane_balance").GetDouble());
@@ -73,12 +79,7 @@ public sealed class BenchCommandTests : IDisposable
     [Fact]
     public void Bench_Actors_ReportsEveryRoundOfBothPaths()
     {
-        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
-        string outDir = Path.Combine(_dir, "results");
-        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8",
-            "--new-tokens", "4", "--actors", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
-        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
-        using var json = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        using var json = BenchJson("--new-tokens", "4", "--actors");
         var root = json.RootElement;
         double[] direct = root.GetProperty("decode_tok_s_generator_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
         double[] actors = root.GetProperty("decode_tok_s_actors_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
