@@ -10,11 +10,12 @@
 # bench step with ("default": the flag left out). A variant cannot repeat an option already given
 # (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
-# beside this host's DRAM read bandwidth (bench-cpu-expert); selftest: fiddler cuda-selftest (streams,
+# beside this host's DRAM read bandwidth (bench-cpu-expert); longN: one ${LONG_TOKENS:-4096}-token prompt and 8 new
+# tokens at N GiB (the placement reserves that context; reports TTFT and the GPU memory held); selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|selftest|decode|cpuk|seed[0-9]+|accel[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, decode, cpuk, seedN, accelN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(verify|selftest|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
   if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +43,10 @@ for step in ${STEPS:-verify}; do
             done ;;
     cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;
+    long*)  b=${step#long}; n=${LONG_TOKENS:-4096}; log="$res/bench-${b}gib-long$n-$(date +%H%M%S).log"; settle
+            timeout 300 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens "$n" --new-tokens 8 \
+              --out "$res" --profile "$res/profile.json" > "$log" 2>&1 || echo "FAILED: long $n at $b GiB"
+            echo "budget ${b} GiB, $n-token prompt: TTFT $(grep -A1 '"ttft_s"' "$log" | tail -1 | tr -d ' ,') s, GPU memory $(grep -m1 '"gpu_memory_used_gib"' "$log" | tr -dc '0-9.') GiB (at start $(grep -m1 '"gpu_memory_at_start_gib"' "$log" | tr -dc '0-9.'))" ;;
     accel*) b=${step#accel}; settle; timeout 240 "$py" "$root/bench/seed_baseline.py" --mode accelerate --gpu-budget-gib "$b" --out "$res/accel-$b.json" 2>&1 | tail -2 ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; variant=""; extra=""
@@ -57,8 +62,8 @@ for step in ${STEPS:-verify}; do
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
               huge=$(grep -m1 '"host_huge_pages_gib"' "$log" | tr -dc '0-9.')
               json=$(sed -n 's/^wrote \(.*\.json\)$/\1/p' "$log" | tail -1)
-              runs=$([ -n "$json" ] && "$py" -c 'import json,sys; print(", ".join(str(x) for x in json.load(open(sys.argv[1]))["decode_tok_s_runs"]))' "$json")
-              echo "budget ${b} GiB${variant:+ +$variant ($extra)} spin $s: decode ${tok} tok/s (windows ${runs}), TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB"
+              more=$([ -n "$json" ] && "$py" "$root/deploy/bench_summary.py" "$json" 2>&1)
+              echo "budget ${b} GiB${variant:+ +$variant ($extra)} spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB; $more"
             done ;;
   esac
 done

@@ -39,6 +39,10 @@ public sealed class OffloadEngine : IDisposable
     public string? CpuBackend => Cpu?.Name;
     public ICpuExpertBackend? Cpu { get; private set; }
 
+    /// <summary>Bytes in use on the GPU before the model was built (this process's CUDA context, other processes);
+    /// null off CUDA.</summary>
+    public long? DeviceBytesAtStart { get; private init; }
+
     public static OffloadEngine Create(EngineOptions o, Action<string> log)
     {
         if ((o.ModelDir is null) == (o.NamedConfig is null)) throw new ArgumentException("give a model directory or a named config, not both");
@@ -49,6 +53,7 @@ public sealed class OffloadEngine : IDisposable
         var dtype = o.DType ?? (config.CheckpointDtype is { } d ? Kernels.Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
         var shape = ModelShape.From(config, dtype == ScalarType.Float32 ? 4 : 2);
 
+        long? atStart = CudaRuntime.DeviceBytesInUse(o.Device);
         ExpertResidency? residency = null;
         PlacementPlan? plan = null;
         if (o.GpuBudgetBytes is long budget)
@@ -70,7 +75,7 @@ public sealed class OffloadEngine : IDisposable
             model = new MixtralForCausalLM(config, dtype, o.Device, residency);
             DummyWeights.Fill(model);
         }
-        var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan };
+        var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan, DeviceBytesAtStart = atStart };
         try
         {
             if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts) engine.AttachExecutor(o, shape, dtype, log);

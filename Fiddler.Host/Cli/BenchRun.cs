@@ -235,13 +235,8 @@ public static class BenchRun
         };
     }
 
-    private static double? DeviceMemoryUsedGiB(Device device)
-    {
-        if (device.type != TorchSharp.DeviceType.CUDA || !Fiddler.Kernels.Cuda.CudaRuntime.IsAvailable) return null;
-        using var on = Fiddler.Kernels.Cuda.CudaRuntime.UseDevice(device.index < 0 ? 0 : device.index);
-        var (free, total) = Fiddler.Kernels.Cuda.CudaRuntime.MemGetInfo();
-        return Math.Round(MemoryBudget.ToGiB(total - free), 2);
-    }
+    private static double? DeviceMemoryUsedGiB(Device device) =>
+        Fiddler.Kernels.Cuda.CudaRuntime.DeviceBytesInUse(device) is long used ? Math.Round(MemoryBudget.ToGiB(used), 2) : null;
 
     public static Dictionary<string, object?> Report(OffloadEngine engine, EngineOptions o, Result r, string? baselinePath, string card)
     {
@@ -261,6 +256,7 @@ public static class BenchRun
             // What the device has given out by the end (this process's CUDA context and torch's cached blocks, which
             // keep the peak): the budget's honesty check. Null off CUDA.
             ["gpu_memory_used_gib"] = DeviceMemoryUsedGiB(o.Device),
+            ["gpu_memory_at_start_gib"] = engine.DeviceBytesAtStart is long start ? Math.Round(MemoryBudget.ToGiB(start), 2) : null,
             ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
             ["decode_tok_s_runs"] = r.DecodeRuns.Select(x => Math.Round(x, 3)).ToArray(),
             ["ttft_s"] = r.TtftS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),

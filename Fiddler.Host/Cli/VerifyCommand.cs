@@ -17,7 +17,7 @@ public static class VerifyCommand
         var fixtures = new Option<string>("--fixtures") { Description = "Folder of fixture models (Fiddler.Tests/Fixtures)", Required = true };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var libtorch = new Option<string?>("--libtorch") { Description = "Folder of a CUDA libtorch" };
-        var plans = new Option<bool>("--plans") { Description = "Also run every offload plan (CPU, SIMD, transfers, splits) against HF greedy tokens" };
+        var plans = new Option<bool>("--plans") { Description = "Also run every offload plan (CPU, SIMD, transfers, splits) against HF greedy tokens, and some against HF beam search" };
         var command = new Command("verify", "Check logits and greedy tokens against Hugging Face transformers fixtures");
         command.Add(fixtures); command.Add(device); command.Add(libtorch); command.Add(plans);
         command.SetAction(r =>
@@ -46,6 +46,16 @@ public static class VerifyCommand
                         ok &= failures.Count == 0;
                         Console.WriteLine($"plan {Path.GetFileName(dir),-22} experts {residency,-4} route {route,-10} " +
                             $"{(failures.Count == 0 ? "same tokens" : "DIFF")}  (staged {copied / 1024.0:F0} KiB, {cpuTokens} CPU expert tokens)");
+                        foreach (var f in failures) Console.WriteLine("  " + f);
+                    }
+            if (r.GetValue(plans))
+                foreach (var dir in dirs.Where(d => File.Exists(Path.Combine(d, BeamFixture.FileName))))
+                    foreach (var (residency, route) in PlanParity.BeamPlans)
+                    {
+                        var failures = PlanParity.CheckBeams(dir, residency, route, dev, out long copied, out int cpuTokens);
+                        ok &= failures.Count == 0;
+                        Console.WriteLine($"beams {Path.GetFileName(dir),-22} experts {residency,-4} route {route,-10} " +
+                            $"{(failures.Count == 0 ? "same beams" : "DIFF")}  (staged {copied / 1024.0:F0} KiB, {cpuTokens} CPU expert tokens)");
                         foreach (var f in failures) Console.WriteLine("  " + f);
                     }
             Console.WriteLine(ok ? "verify: all checks passed" : "verify: FAILED");

@@ -185,6 +185,18 @@ public static unsafe class CudaRuntime
     }
 
     /// <summary>
+    /// Bytes in use on <paramref name="device"/> (total − free: every process's, this one's CUDA context and torch's
+    /// cached blocks included), or null off CUDA or without libcudart. Creates the device's primary context if needed.
+    /// </summary>
+    public static long? DeviceBytesInUse(TorchSharp.torch.Device device)
+    {
+        if (device.type != TorchSharp.DeviceType.CUDA || !IsAvailable) return null;
+        using var on = UseDevice(device.index < 0 ? 0 : device.index);
+        var (free, total) = MemGetInfo();
+        return total - free;
+    }
+
+    /// <summary>
     /// The device's marketing name (e.g. "NVIDIA H100 80GB HBM3"), or null where libcudart exports neither
     /// cudaGetDeviceProperties_v2 nor cudaGetDeviceProperties. The properties struct (~1 KB in CUDA 12/13) starts with
     /// the name; it is read into a buffer with room to spare.

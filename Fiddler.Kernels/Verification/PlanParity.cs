@@ -37,8 +37,62 @@ public static class PlanParity
         public void Observe(LayerObservation o) => Observed.Add(o);
     }
 
+    /// <summary>
+    /// The plans that also run beam search (<see cref="CheckBeams"/>): W beams decode as W rows per step, so the CPU lane,
+    /// the row prefetch (≤ <see cref="OffloadExecutor.PrefetchRowLimit"/> rows) and the splits see batches above one.
+    /// </summary>
+    public static readonly (string Residency, string Route)[] BeamPlans =
+        [("half", "mixed"), ("none", "split-simd"), ("half", "mixed-simd+hostwait"), ("none", "cpu-simd")];
+
     /// <summary>Runs one plan on one fixture model; returns a failure message per mismatching prompt (empty: pass).</summary>
-    public static List<string> Check(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens)
+    public static List<string> Check(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens) =>
+        WithPlan(modelDir, residency, route, device, out bytesCopied, out cpuTokens, (model, failures) =>
+        {
+            using var refs = new SafetensorsFile(Path.Combine(modelDir, FixtureParity.ReferenceFile));
+            for (int k = 0; refs.Contains($"p{k}.prompt_ids"); k++)
+            {
+                int[] prompt = FixtureParity.Longs(refs, $"p{k}.prompt_ids").Select(i => (int)i).ToArray();
+                long[] expected = FixtureParity.Longs(refs, $"p{k}.greedy_tokens");
+                var result = new Generation.Generator(model, null).Run(prompt,
+                    new Generation.GenerationOptions { MaxNewTokens = expected.Length, Sampling = SamplingOptions.Greedy, StopOnEos = false });
+                if (!result.Tokens.Select(t => (long)t).SequenceEqual(expected))
+                    failures.Add($"{Path.GetFileName(modelDir)} p{k} {residency}/{route}: [{string.Join(",", result.Tokens)}] vs HF [{string.Join(",", expected)}]");
+            }
+        });
+
+    /// <summary>
+    /// Runs one plan's beam search on one fixture model against transformers' beams (<see cref="BeamFixture"/>): every
+    /// hypothesis's tokens, and its log-probability within 1e-3. Returns a failure message per mismatch (empty: pass);
+    /// a model without <see cref="BeamFixture.FileName"/> has nothing to check.
+    /// </summary>
+    public static List<string> CheckBeams(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens)
+    {
+        var beams = BeamFixture.LoadIfPresent(modelDir);
+        if (beams is null) { bytesCopied = 0; cpuTokens = 0; return []; }
+        return WithPlan(modelDir, residency, route, device, out bytesCopied, out cpuTokens, (model, failures) =>
+        {
+            for (int k = 0; k < beams.prompts.Length; k++)
+            {
+                var p = beams.prompts[k];
+                var result = new Generation.BeamSearch(model).Run(p.prompt_ids, beams.num_beams, beams.new_tokens);
+                string Got() => string.Join(" | ", result.Select(h => $"[{string.Join(",", h.Tokens)}] {h.LogProb:F4}"));
+                if (result.Count != p.hf_sequences.Length)
+                {
+                    failures.Add($"{Path.GetFileName(modelDir)} beams p{k} {residency}/{route}: {result.Count} hypotheses vs HF {p.hf_sequences.Length}: {Got()}");
+                    continue;
+                }
+                for (int i = 0; i < result.Count; i++)
+                    if (!result[i].Tokens.SequenceEqual(p.hf_sequences[i]) || Math.Abs(result[i].LogProb - p.manual_scores[i]) > 1e-3)
+                    {
+                        failures.Add($"{Path.GetFileName(modelDir)} beams p{k} #{i} {residency}/{route}: {Got()}; HF [{string.Join(",", p.hf_sequences[i])}] {p.manual_scores[i]:F4}");
+                        break;
+                    }
+            }
+        });
+    }
+
+    private static List<string> WithPlan(string modelDir, string residency, string route, Device device, out long bytesCopied, out int cpuTokens,
+        Action<Modules.MixtralForCausalLM, List<string>> body)
     {
         var merge = route.EndsWith("+hostwait", StringComparison.Ordinal) ? CpuMerge.NonBlocking
             : route.EndsWith("+blocking", StringComparison.Ordinal) ? CpuMerge.Blocking : CpuMerge.Gated;
@@ -66,16 +120,7 @@ public static class PlanParity
         var failures = new List<string>();
         try
         {
-            using var refs = new SafetensorsFile(Path.Combine(modelDir, FixtureParity.ReferenceFile));
-            for (int k = 0; refs.Contains($"p{k}.prompt_ids"); k++)
-            {
-                int[] prompt = FixtureParity.Longs(refs, $"p{k}.prompt_ids").Select(i => (int)i).ToArray();
-                long[] expected = FixtureParity.Longs(refs, $"p{k}.greedy_tokens");
-                var result = new Generation.Generator(loaded.Model, null).Run(prompt,
-                    new Generation.GenerationOptions { MaxNewTokens = expected.Length, Sampling = SamplingOptions.Greedy, StopOnEos = false });
-                if (!result.Tokens.Select(t => (long)t).SequenceEqual(expected))
-                    failures.Add($"{Path.GetFileName(modelDir)} p{k} {residency}/{plan}: [{string.Join(",", result.Tokens)}] vs HF [{string.Join(",", expected)}]");
-            }
+            body(loaded.Model, failures);
         }
         finally
         {

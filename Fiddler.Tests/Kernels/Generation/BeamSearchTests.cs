@@ -14,9 +14,6 @@ public class BeamSearchTests
 {
     private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
 
-    public sealed record BeamPrompt(int[] prompt_ids, int[][] hf_sequences, double[] manual_scores);
-    public sealed record BeamFile(int num_beams, int new_tokens, BeamPrompt[] prompts);
-
     [Theory]
     [InlineData("tiny-mha-top1", false)]
     [InlineData("tiny-gqa2-top2-swa8", false)]
@@ -24,7 +21,7 @@ public class BeamSearchTests
     [InlineData("tiny-gqa4-top3", true)]
     public void Run_FixtureModels_MatchesTransformersBeams(string model, bool offloaded)
     {
-        var beams = JsonSerializer.Deserialize<BeamFile>(File.ReadAllText(Path.Combine(Fixture(model), "beam.json")))!;
+        var beams = BeamFixture.LoadIfPresent(Fixture(model))!;
         var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(Fixture(model), "config.json"));
         var residency = offloaded ? ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, e) => e % 2 == 0) : null;
         using var loaded = ModelLoader.Load(Fixture(model), new LoadOptions(CPU, ScalarType.Float32, residency));
@@ -86,7 +83,7 @@ public class BeamSearchTests
     public void Run_EosAmongBest_FinishesHypothesis()
     {
         using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
-        var beams = JsonSerializer.Deserialize<BeamFile>(File.ReadAllText(Path.Combine(Fixture("tiny-mha-top1"), "beam.json")))!;
+        var beams = BeamFixture.LoadIfPresent(Fixture("tiny-mha-top1"))!;
         var p = beams.prompts[0];
         // The most likely first token, declared EOS: it finishes a 1-token hypothesis that outranks the live beams
         // (one step: every hypothesis has length 1, so ranking is by log-probability), and no beam continues it.

@@ -36,6 +36,57 @@ public class ExecutionPlanParityTests
         if (route != "transfer") Assert.True(cpuTokens > 0, "no expert ran on the CPU");
     }
 
+    public static TheoryData<string, string, string> BeamPlans()
+    {
+        var data = new TheoryData<string, string, string>();
+        foreach (var model in new[] { "tiny-mha-top1", "tiny-gqa2-top2-swa8", "tiny-gqa4-top3" })
+            foreach (var (residency, route) in PlanParity.BeamPlans) data.Add(model, residency, route);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(BeamPlans))]
+    public void BeamSearch_Plan_MatchesTransformersBeams(string model, string residency, string route)
+    {
+        var failures = PlanParity.CheckBeams(Fixture(model), residency, route, CPU, out long bytesCopied, out int cpuTokens);
+        Assert.Empty(failures);
+        if (route.StartsWith("split") || route.StartsWith("mixed")) Assert.True(bytesCopied > 0, "no weights were staged");
+        Assert.True(cpuTokens > 0, "no expert ran on the CPU");
+    }
+
+    [Fact]
+    public void CheckBeams_WrongExpectedTokens_ReportsTheMismatch()
+    {
+        // The check can fail: a copy of a fixture whose first hypothesis is altered must be reported.
+        string dir = Directory.CreateTempSubdirectory("fiddler-beams-").FullName;
+        try
+        {
+            foreach (var f in Directory.GetFiles(Fixture("tiny-mha-top1"))) File.Copy(f, Path.Combine(dir, Path.GetFileName(f)));
+            var beams = BeamFixture.LoadIfPresent(dir)!;
+            var p = beams.prompts[0];
+            var altered = p with { hf_sequences = [[.. p.hf_sequences[0][..^1], (p.hf_sequences[0][^1] + 1) % 512], .. p.hf_sequences[1..]] };
+            File.WriteAllText(Path.Combine(dir, BeamFixture.FileName), System.Text.Json.JsonSerializer.Serialize(beams with { prompts = [altered, .. beams.prompts[1..]] }));
+            var failures = PlanParity.CheckBeams(dir, "half", "mixed", CPU, out _, out _);
+            Assert.Single(failures);
+            Assert.Contains("beams p0 #0", failures[0]);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void BeamFixture_Malformed_IsAClearError()
+    {
+        string dir = Directory.CreateTempSubdirectory("fiddler-beams-").FullName;
+        try
+        {
+            Assert.Null(BeamFixture.LoadIfPresent(dir));
+            File.WriteAllText(Path.Combine(dir, BeamFixture.FileName), """{"num_beams": 3, "new_tokens": 4, "prompts": [{"prompt_ids": [1], "hf_sequences": [[2]], "manual_scores": []}]}""");
+            var e = Assert.Throws<InvalidDataException>(() => BeamFixture.LoadIfPresent(dir));
+            Assert.Contains("manual_score", e.Message);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     private sealed class FailingBackend : ICpuExpertBackend
     {
         public string Name => "failing";

@@ -1,0 +1,10 @@
+"""One line about a `fiddler bench` JSON for deploy/gpu-call.sh's log: decode windows, GPU memory, the lane ceiling."""
+import json
+import sys
+
+j = json.load(open(sys.argv[1]))
+ceiling = j.get("lane_ceiling") or {}
+executor = j.get("executor_ms_per_layer") or {}
+print("windows {}; GPU memory {} GiB (at start {}); ceiling {} tok/s, fraction {}; CPU lane ended last {} (target {})".format(
+    ", ".join(str(x) for x in j.get("decode_tok_s_runs", [])), j.get("gpu_memory_used_gib"), j.get("gpu_memory_at_start_gib"),
+    ceiling.get("decode_tok_s"), ceiling.get("decode_fraction"), executor.get("cpu_ended_last_share"), j.get("cpu_ended_last_target")))
