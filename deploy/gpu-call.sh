@@ -11,11 +11,12 @@
 # (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
 # beside this host's DRAM read bandwidth (bench-cpu-expert); longN: one ${LONG_TOKENS:-4096}-token prompt and 8 new
-# tokens at N GiB (the placement reserves that context; reports TTFT and the GPU memory held); selftest: fiddler cuda-selftest (streams,
+# tokens at N GiB (the placement reserves that context; reports TTFT and the GPU memory held); fit: a budget above the
+# card and the full model without a budget must stop before loading with a clear error; selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|selftest|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(verify|selftest|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
   if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +44,12 @@ for step in ${STEPS:-verify}; do
             done ;;
     cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;
+    fit)    for args in "--gpu-budget 200GiB" ""; do
+              SECONDS=0
+              # shellcheck disable=SC2086 # args is a list of flags
+              timeout 120 $f bench --config mixtral-8x7b --dummy-weights $args --prompt-tokens 16 --new-tokens 4 --out "$res" > "$res/fit.log" 2>&1
+              echo "fit '${args:-no budget}': rc=$? after ${SECONDS} s: $(grep -m1 -i "error\|budget" "$res/fit.log" | cut -c1-300)"
+            done ;;
     long*)  b=${step#long}; n=${LONG_TOKENS:-4096}; log="$res/bench-${b}gib-long$n-$(date +%H%M%S).log"; settle
             timeout 300 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens "$n" --new-tokens 8 \
               --out "$res" --profile "$res/profile.json" > "$log" 2>&1 || echo "FAILED: long $n at $b GiB"

@@ -61,7 +61,9 @@ public sealed class OffloadEngine : IDisposable
             plan = PlanPlacement(o, shape, config.MaxPositionEmbeddings, budget);
             residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
             log(plan.Summary());
+            CheckFitsDevice(o.Device, plan.UsedBytes + plan.ReserveBytes, budgeted: true);
         }
+        else CheckFitsDevice(o.Device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(o.ContextTokens, config.MaxPositionEmbeddings), o.Sequences), budgeted: false);
 
         MixtralForCausalLM model;
         HfTokenizer? tokenizer = null;
@@ -101,6 +103,31 @@ public sealed class OffloadEngine : IDisposable
         long context = Math.Min(o.ContextTokens, maxPositions);
         return PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context, o.Sequences),
             reserveBytes: o.StagingSlots * shape.ExpertBytes + shape.ActivationReserveBytes(context, o.Sequences)); // staging + activations
+    }
+
+    /// <summary>
+    /// Throws <see cref="PlacementException"/> when <paramref name="plannedBytes"/> cannot fit the free memory of
+    /// <paramref name="device"/> (CUDA only; see <see cref="DeviceMemoryFit"/>). Called before anything is allocated.
+    /// </summary>
+    public static void CheckFitsDevice(Device device, long plannedBytes, bool budgeted)
+    {
+        if (device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable) return;
+        using var on = CudaRuntime.UseDevice(device.index < 0 ? 0 : device.index);
+        var (free, total) = CudaRuntime.MemGetInfo();
+        DeviceMemoryFit.Check(plannedBytes, free, total, CudaRuntime.DeviceLabel(device), budgeted);
+    }
+
+    /// <summary>
+    /// Checks, before loading, that the whole checkpoint in <paramref name="modelDir"/> fits <paramref name="device"/>
+    /// with a KV cache of <paramref name="contextTokens"/> positions (the paths that load without a budget).
+    /// </summary>
+    public static void CheckWholeModelFits(string modelDir, Device device, ScalarType? dtype, long contextTokens)
+    {
+        if (device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable) return;
+        var config = MixtralConfig.Load(Path.Combine(modelDir, "config.json"));
+        var dt = dtype ?? (config.CheckpointDtype is { } d ? Kernels.Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
+        var shape = ModelShape.From(config, dt == ScalarType.Float32 ? 4 : 2);
+        CheckFitsDevice(device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(contextTokens, config.MaxPositionEmbeddings), 1), budgeted: false);
     }
 
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)

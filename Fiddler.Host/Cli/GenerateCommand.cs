@@ -64,6 +64,7 @@ public static class GenerateCommand
                     ContextTokens = promptLength!.Value + r.GetValue(maxTokens), Sequences = r.GetValue(beamWidth),
                 }, m => Console.Error.WriteLine(m))
                 : null;
+            if (engine is null) OffloadEngine.CheckWholeModelFits(dir, dev, dt, r.GetValue(maxTokens));
             using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;
             var (model_, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
             var source = new Source(Path.GetFullPath(dir), loaded?.LoadTime ?? clock.Elapsed);

@@ -97,6 +97,7 @@ public static class ServeCommand
                 ContextTokens = context!.Value, ForActorRuntime = true,
             }, m => Console.Error.WriteLine(m))
             : null;
+        if (engine is null) OffloadEngine.CheckWholeModelFits(run.ModelDir, dev, dt, context ?? 0);
         using var loaded = engine is null ? ModelLoader.Load(run.ModelDir, new LoadOptions(dev, dt)) : null;
         var (model, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
         (IExpertScheduler, ICpuExpertBackend, IWeightStager?)? offload = engine?.Scheduler is { } scheduler ? (scheduler, engine.Cpu!, engine.Stager) : null;

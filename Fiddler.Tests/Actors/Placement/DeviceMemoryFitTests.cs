@@ -1,0 +1,52 @@
+using Fiddler.Actors.Placement;
+using Fiddler.Kernels.Config;
+using Xunit;
+
+namespace Fiddler.Tests.Actors.Placement;
+
+public class DeviceMemoryFitTests
+{
+    private const long GiB = 1L << 30;
+
+    [Fact]
+    public void Check_PlanWithRoomForTheSlack_Passes()
+    {
+        DeviceMemoryFit.Check(24 * GiB, 79 * GiB, 80 * GiB, "NVIDIA H100 80GB HBM3", budgeted: true);
+        DeviceMemoryFit.Check(79 * GiB - DeviceMemoryFit.RuntimeSlackBytes, 79 * GiB, 80 * GiB, "gpu", budgeted: true); // exactly full
+    }
+
+    [Fact]
+    public void Check_BudgetAboveTheFreeMemory_SaysWhatFits()
+    {
+        var e = Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(200 * GiB, (long)(78.6 * GiB), 80 * GiB, "NVIDIA H100 80GB HBM3", budgeted: true));
+        Assert.Contains("NVIDIA H100 80GB HBM3", e.Message);
+        Assert.Contains("78.6 GiB free", e.Message);
+        Assert.Contains("--gpu-budget 78GiB or less", e.Message); // 78.6 − 0.5 slack, floored
+    }
+
+    [Fact]
+    public void Check_SlackTipsItOver_Throws()
+    {
+        // The plan alone fits; with libtorch's kernels and cache it does not.
+        Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(79 * GiB - DeviceMemoryFit.RuntimeSlackBytes + 1, 79 * GiB, 80 * GiB, "gpu", budgeted: true));
+    }
+
+    [Fact]
+    public void Check_WholeModelTooBig_SuggestsABudget()
+    {
+        var shape = ModelShape.From(MixtralConfig.Named("mixtral-8x7b"), 2);
+        long all = DeviceMemoryFit.AllOnGpuBytes(shape, 4096, 1);
+        Assert.InRange(all / (double)GiB, 87.0, 89.0); // 93.4 GB of weights + KV + activations
+        var e = Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(all, 79 * GiB, 80 * GiB, "cuda:0", budgeted: false));
+        Assert.Contains("give --gpu-budget (at most 78GiB)", e.Message);
+    }
+
+    [Fact]
+    public void Check_NoFreeMemory_SuggestsNothingNegative()
+    {
+        var e = Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(GiB, 100L << 20, 80 * GiB, "gpu", budgeted: true));
+        Assert.Contains("too little is free for any budget", e.Message);
+        Assert.DoesNotContain("0GiB", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => DeviceMemoryFit.Check(-1, GiB, GiB, "gpu", budgeted: true));
+    }
+}
