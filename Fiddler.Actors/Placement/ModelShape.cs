@@ -42,9 +42,9 @@ public sealed record ModelShape(
     /// (a whole prompt) against as many cached positions. Per token: the hidden-state temporaries (residual, norm input
     /// and output, the MoE's gathered rows and outputs; fp32 inside the norms: 32·H bytes), one expert's SwiGLU
     /// intermediates (fused gate/up output, activation, product: 4·I elements) and the K/V a prefill repeats over the
-    /// query heads (2·heads·head dim elements); plus the boolean causal mask (tokens²) and 64 MiB for cuBLAS workspaces
-    /// and the caching allocator's rounding (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.21 GB for 544 tokens (the bench's context), 0.30 GB for 900, 1.15 GB for 4096 (a fixed 1 GiB
-    /// before: too much for a short context, too little for a long one).
+    /// query heads (2·heads·head dim elements); plus the boolean causal mask (tokens²) and <see cref="RuntimeReserveBytes"/>
+    /// (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.61 GB for 544 tokens (the
+    /// bench's context), 0.71 GB for 900, 1.56 GB for 4096.
     /// </summary>
     /// <param name="sequences">Sequences run together (beams: a beam search's prompt runs once per beam); they share
     /// one mask.</param>
@@ -53,8 +53,16 @@ public sealed record ModelShape(
         ArgumentOutOfRangeException.ThrowIfNegative(tokens);
         ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
         long perToken = 32L * Hidden + 4L * Intermediate * BytesPerElement + 2L * Heads * HeadDim * BytesPerElement;
-        return sequences * tokens * perToken + tokens * tokens + Math.Min(64L << 20, NonExpertBytes / 2);
+        return sequences * tokens * perToken + tokens * tokens + Math.Min(RuntimeReserveBytes, NonExpertBytes / 2);
     }
+
+    /// <summary>
+    /// What the process holds on the GPU beyond its planned tensors and the CUDA context: cuBLAS workspaces, kernels
+    /// loaded on first use, the caching allocator's unused blocks. On the H100 host it held 0.32 GiB of that at a 24 GiB
+    /// budget with 544 positions (24.83 GiB in use, 0.51 GiB before the model was built; 2026-11-27), when the reserve
+    /// had 64 MiB for it; this keeps the budget covering everything but the context.
+    /// </summary>
+    public const long RuntimeReserveBytes = 448L << 20;
 
     /// <summary>
     /// A short stable hash of every field, for keying calibration caches: two shapes share it only when all sizes and

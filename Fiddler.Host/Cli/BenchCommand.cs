@@ -43,9 +43,9 @@ public static class BenchCommand
         var noPrefetch = new Option<bool>("--no-row-prefetch") { Description = "Copy a decode layer's rows to the host after its routing, not with it (for comparison)" };
         var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
-        var balance = new Option<bool>("--balance-last-lane") { Description = "Balance decode layers' lanes by which one ended last (router; opt-in until measured)" };
+        var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, balance })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -81,7 +81,7 @@ public static class BenchCommand
                 PrefetchRows = !r.GetValue(noPrefetch),
                 DedicatedLaneThread = !r.GetValue(poolLane),
                 SpinKernelGate = r.GetValue(spinGate),
-                BalanceLastLane = r.GetValue(balance),
+                BalanceLastLane = !r.GetValue(noBalance),
                 Merge = r.GetValue(merge) switch
                 {
                     "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,

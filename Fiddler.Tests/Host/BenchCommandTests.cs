@@ -36,7 +36,7 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(JsonValueKind.Number, root.GetProperty("reserve_gib").ValueKind); // a toy model's reserve rounds to 0 GiB
         Assert.Equal(JsonValueKind.Null, root.GetProperty("gpu_memory_used_gib").ValueKind); // CPU device
         Assert.Equal(JsonValueKind.Null, root.GetProperty("lane_ceiling").ValueKind);        // no copy engine to measure
-        Assert.False(root.GetProperty("balance_last_lane").GetBoolean());
+        Assert.True(root.GetProperty("balance_last_lane").GetBoolean()); // the default
         var executor = root.GetProperty("executor_ms_per_layer");
         Assert.Equal(1.0, executor.GetProperty("lane_balance").GetDouble());
         Assert.Equal(0, executor.GetProperty("lane_order_layers").GetInt64());              // no device timings off CUDA
@@ -68,10 +68,10 @@ public sealed class BenchCommandTests : IDisposable
     }
 
     [Fact]
-    public void Bench_BalanceLastLane_IsPassedToTheRouterAndReported()
+    public void Bench_NoBalanceLastLane_IsPassedToTheRouterAndReported()
     {
-        using var json = BenchJson("--new-tokens", "3", "--balance-last-lane");
-        Assert.True(json.RootElement.GetProperty("balance_last_lane").GetBoolean());
+        using var json = BenchJson("--new-tokens", "3", "--no-balance-last-lane");
+        Assert.False(json.RootElement.GetProperty("balance_last_lane").GetBoolean());
         // Off CUDA no layer has device timings, so the balance has nothing to learn from and stays at 1.
         Assert.Equal(1.0, json.RootElement.GetProperty("executor_ms_per_layer").GetProperty("lane_balance").GetDouble());
     }
