@@ -53,7 +53,7 @@ for step in ${STEPS:-verify}; do
     long*)  b=${step#long}; n=${LONG_TOKENS:-4096}; log="$res/bench-${b}gib-long$n-$(date +%H%M%S).log"; settle
             timeout 300 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens "$n" --new-tokens 8 \
               --out "$res" --profile "$res/profile.json" > "$log" 2>&1 || echo "FAILED: long $n at $b GiB"
-            echo "budget ${b} GiB, $n-token prompt: TTFT $(grep -A1 '"ttft_s"' "$log" | tail -1 | tr -d ' ,') s, GPU memory $(grep -m1 '"gpu_memory_used_gib"' "$log" | tr -dc '0-9.') GiB (at start $(grep -m1 '"gpu_memory_at_start_gib"' "$log" | tr -dc '0-9.'))" ;;
+            echo "budget ${b} GiB, $n-token prompt: TTFT $(grep -A4 '"ttft_s"' "$log" | tr -d ' \n') s, GPU memory $(grep -m1 '"gpu_memory_used_gib"' "$log" | tr -dc '0-9.') GiB (at start $(grep -m1 '"gpu_memory_at_start_gib"' "$log" | tr -dc '0-9.'), after each prefill $(grep -A4 '"gpu_memory_after_prefill_gib"' "$log" | tr -d ' \n'))" ;;
     accel*) b=${step#accel}; settle; timeout 240 "$py" "$root/bench/seed_baseline.py" --mode accelerate --gpu-budget-gib "$b" --out "$res/accel-$b.json" 2>&1 | tail -2 ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; variant=""; extra=""

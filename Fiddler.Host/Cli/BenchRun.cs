@@ -14,6 +14,9 @@ public static class BenchRun
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
     {
         public long SplitExperts { get; init; }
+        /// <summary>GPU bytes in use after each prompt's prefill (CUDA): libtorch's cache keeps its high-water mark, so
+        /// with prompts in rising order each value is the most the process held up to that prompt.</summary>
+        public Dictionary<string, double>? GpuMemoryAfterPrefillGiB { get; init; }
         public Dictionary<string, double>? Executor { get; init; }
         public Dictionary<string, Dictionary<string, double>>? TtftExecutor { get; init; }
         public double? GeneratorTokS { get; init; }
@@ -113,6 +116,7 @@ public static class BenchRun
         int capacity = ContextTokens(prompts, generate, decodeRepeats);
         var ttft = new Dictionary<string, double>();
         var ttftExecutor = new Dictionary<string, Dictionary<string, double>>();
+        var afterPrefill = new Dictionary<string, double>();
         foreach (int p in prompts)
         {
             engine.Scheduler?.ResetCounters();
@@ -122,6 +126,7 @@ public static class BenchRun
             _ = logits.argmax(-1).item<long>();
             ttft[p.ToString()] = clock.Elapsed.TotalSeconds;
             if (engine.Scheduler is { } sp) ttftExecutor[p.ToString()] = ExecutorBreakdown(sp, 1);
+            if (Fiddler.Kernels.Cuda.CudaRuntime.DeviceBytesInUse(model.Device) is long used) afterPrefill[p.ToString()] = Math.Round(MemoryBudget.ToGiB(used), 2);
         }
 
         int steps = generate - 1;
@@ -168,7 +173,7 @@ public static class BenchRun
         return new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
-            SplitExperts = s?.SplitExperts ?? 0, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
+            SplitExperts = s?.SplitExperts ?? 0, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
         };
     }
@@ -259,6 +264,7 @@ public static class BenchRun
             // What the device has given out by the end (this process's CUDA context and torch's cached blocks, which
             // keep the peak): the budget's honesty check. Null off CUDA.
             ["gpu_memory_used_gib"] = DeviceMemoryUsedGiB(o.Device),
+            ["gpu_memory_after_prefill_gib"] = r.GpuMemoryAfterPrefillGiB,
             ["gpu_memory_at_start_gib"] = engine.DeviceBytesAtStart is long start ? Math.Round(MemoryBudget.ToGiB(start), 2) : null,
             ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
             ["decode_tok_s_runs"] = r.DecodeRuns.Select(x => Math.Round(x, 3)).ToArray(),
