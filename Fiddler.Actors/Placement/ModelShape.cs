@@ -42,9 +42,10 @@ public sealed record ModelShape(
     /// (a whole prompt) against as many cached positions. Per token: the hidden-state temporaries (residual, norm input
     /// and output, the MoE's gathered rows and outputs; fp32 inside the norms: 32·H bytes), one expert's SwiGLU
     /// intermediates (fused gate/up output, activation, product: 4·I elements) and the K/V a prefill repeats over the
-    /// query heads (2·heads·head dim elements); plus the boolean causal mask (tokens²) and <see cref="RuntimeReserveBytes"/>
-    /// (half the non-expert weights when that is less: a toy model's budget). Mixtral-8x7B: 0.61 GB for 544 tokens (the
-    /// bench's context), 0.71 GB for 900, 1.56 GB for 4096.
+    /// query heads (2·heads·head dim elements); plus <see cref="AttentionBytesPerTokenSquared"/>·tokens² for the mask
+    /// and attention's temporaries, and <see cref="RuntimeReserveBytes"/> (half the non-expert weights when that is
+    /// less: a toy model's budget). Mixtral-8x7B: 0.62 GB for 544 tokens (the bench's context), 0.73 GB for 900,
+    /// 1.94 GB for 4096.
     /// </summary>
     /// <param name="sequences">Sequences run together (beams: a beam search's prompt runs once per beam); they share
     /// one mask.</param>
@@ -53,8 +54,16 @@ public sealed record ModelShape(
         ArgumentOutOfRangeException.ThrowIfNegative(tokens);
         ArgumentOutOfRangeException.ThrowIfLessThan(sequences, 1);
         long perToken = 32L * Hidden + 4L * Intermediate * BytesPerElement + 2L * Heads * HeadDim * BytesPerElement;
-        return sequences * tokens * perToken + tokens * tokens + Math.Min(RuntimeReserveBytes, NonExpertBytes / 2);
+        return sequences * tokens * perToken + AttentionBytesPerTokenSquared * tokens * tokens + Math.Min(RuntimeReserveBytes, NonExpertBytes / 2);
     }
+
+    /// <summary>
+    /// The part of a prefill's transient memory that grows with the prompt's square: the boolean causal mask (1 byte),
+    /// the additive mask attention makes of it, and what the allocator keeps of them. Fitted on the H100 host
+    /// (2026-11-27, 24 GiB budget, growable segments): the process held 0.08 GiB more than a linear reserve at 2048
+    /// tokens and 0.30 GiB more at 4096, i.e. ~19 bytes per token²; rounded up.
+    /// </summary>
+    public const long AttentionBytesPerTokenSquared = 24;
 
     /// <summary>
     /// What the process holds on the GPU beyond its planned tensors and the CUDA context: cuBLAS workspaces, kernels

@@ -24,6 +24,7 @@ public static class TorchRuntime
         if (name == "cpu") return CPU;
         if (name != "cuda" && !name.StartsWith("cuda:", StringComparison.Ordinal))
             throw new DeviceUnavailableException($"unknown device '{deviceName}' (use cpu, cuda or cuda:N)");
+        AllocatorConfig.ApplyDefault();
         try { InitializeDeviceType(DeviceType.CUDA); }
         catch (Exception e)
         {

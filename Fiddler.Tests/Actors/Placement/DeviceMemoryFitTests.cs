@@ -36,7 +36,7 @@ public class DeviceMemoryFitTests
     {
         var shape = ModelShape.From(MixtralConfig.Named("mixtral-8x7b"), 2);
         long all = DeviceMemoryFit.AllOnGpuBytes(shape, 4096, 1);
-        Assert.InRange(all / (double)GiB, 87.0, 89.0); // 93.4 GB of weights + KV + activations
+        Assert.InRange(all / (double)GiB, 89.0, 89.6); // 87.0 GiB of weights + 0.5 KV + 1.8 activations
         var e = Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(all, 79 * GiB, 80 * GiB, "cuda:0", budgeted: false));
         Assert.Contains("give --gpu-budget (at most 78GiB)", e.Message);
     }

@@ -66,14 +66,14 @@ public sealed class ModelShapeTests
     [Fact]
     public void ActivationReserve_GrowsWithTheContext_FromTheWorkspaceFloor()
     {
-        // Mixtral bf16: 32·4096 + 4·14336·2 + 2·32·128·2 = 262,144 bytes per token, plus tokens² for the mask, plus the runtime reserve (448 MiB).
+        // Mixtral bf16: 32·4096 + 4·14336·2 + 2·32·128·2 = 262,144 bytes per token, plus 24 bytes per token² for the mask and attention, plus the runtime reserve (448 MiB).
         Assert.Equal(ModelShape.RuntimeReserveBytes, Mixtral.ActivationReserveBytes(0));
-        Assert.Equal(900L * 262_144 + 900 * 900 + ModelShape.RuntimeReserveBytes, Mixtral.ActivationReserveBytes(900));
-        Assert.InRange(Mixtral.ActivationReserveBytes(900) / 1e9, 0.70, 0.71);
-        Assert.InRange(Mixtral.ActivationReserveBytes(4096) / 1e9, 1.56, 1.57);
+        Assert.Equal(900L * 262_144 + 24L * 900 * 900 + ModelShape.RuntimeReserveBytes, Mixtral.ActivationReserveBytes(900));
+        Assert.InRange(Mixtral.ActivationReserveBytes(900) / 1e9, 0.72, 0.73);
+        Assert.InRange(Mixtral.ActivationReserveBytes(4096) / 1e9, 1.94, 1.95);
         Assert.Throws<ArgumentOutOfRangeException>(() => Mixtral.ActivationReserveBytes(-1));
         // Four beams: four prompts' activations, one (broadcast) mask, one workspace.
-        Assert.Equal(4 * 900L * 262_144 + 900 * 900 + ModelShape.RuntimeReserveBytes, Mixtral.ActivationReserveBytes(900, sequences: 4));
+        Assert.Equal(4 * 900L * 262_144 + 24L * 900 * 900 + ModelShape.RuntimeReserveBytes, Mixtral.ActivationReserveBytes(900, sequences: 4));
         Assert.Throws<ArgumentOutOfRangeException>(() => Mixtral.ActivationReserveBytes(900, sequences: 0));
     }
 
