@@ -10,8 +10,9 @@
 # bench step with ("default": the flag left out). A variant cannot repeat an option already given
 # (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
-# beside this host's DRAM read bandwidth (bench-cpu-expert); longN: one ${LONG_TOKENS:-4096}-token prompt and 8 new
-# tokens at N GiB (the placement reserves that context; reports TTFT and the GPU memory held); fit: a budget above the
+# beside this host's DRAM read bandwidth (bench-cpu-expert); longN: prompts of ${LONG_TOKENS:-4096} tokens (a comma
+# list runs each, in that order) and 8 new tokens at N GiB (the placement reserves the longest; reports each TTFT and
+# the GPU memory held after each prefill); fit: a budget above the
 # card and the full model without a budget must stop before loading with a clear error; selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
 set -uo pipefail
@@ -44,16 +45,20 @@ for step in ${STEPS:-verify}; do
             done ;;
     cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;
-    fit)    for args in "--gpu-budget 200GiB" ""; do
-              SECONDS=0
+    fit)    k=0
+            for args in "--gpu-budget 200GiB" ""; do
+              k=$((k + 1)); SECONDS=0; log="$res/fit-$k.log"
               # shellcheck disable=SC2086 # args is a list of flags
-              timeout 120 $f bench --config mixtral-8x7b --dummy-weights $args --prompt-tokens 16 --new-tokens 4 --out "$res" > "$res/fit.log" 2>&1
-              echo "fit '${args:-no budget}': rc=$? after ${SECONDS} s: $(grep -m1 -i "error\|budget" "$res/fit.log" | cut -c1-300)"
+              timeout 120 $f bench --config mixtral-8x7b --dummy-weights $args --prompt-tokens 16 --new-tokens 4 --out "$res" > "$log" 2>&1
+              echo "fit '${args:-no budget}': rc=$? after ${SECONDS} s: $(grep -m1 -i "error\|budget" "$log" | cut -c1-300)"
             done ;;
-    long*)  b=${step#long}; n=${LONG_TOKENS:-4096}; log="$res/bench-${b}gib-long$n-$(date +%H%M%S).log"; settle
+    long*)  b=${step#long}; n=${LONG_TOKENS:-4096}; log="$res/bench-${b}gib-long${n//,/-}-$(date +%H%M%S).log"; settle
             timeout 300 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens "$n" --new-tokens 8 \
               --out "$res" --profile "$res/profile.json" > "$log" 2>&1 || echo "FAILED: long $n at $b GiB"
-            echo "budget ${b} GiB, $n-token prompt: TTFT $(grep -A4 '"ttft_s"' "$log" | tr -d ' \n') s, GPU memory $(grep -m1 '"gpu_memory_used_gib"' "$log" | tr -dc '0-9.') GiB (at start $(grep -m1 '"gpu_memory_at_start_gib"' "$log" | tr -dc '0-9.'), after each prefill $(grep -A4 '"gpu_memory_after_prefill_gib"' "$log" | tr -d ' \n'))" ;;
+            json=$(sed -n 's/^wrote \(.*\.json\)$/\1/p' "$log" | tail -1)
+            echo "budget ${b} GiB, prompts of $n tokens: $([ -n "$json" ] && "$py" -c 'import json,sys
+j=json.load(open(sys.argv[1]))
+print("TTFT", j["ttft_s"], "s; GPU memory", j.get("gpu_memory_used_gib"), "GiB, at start", j.get("gpu_memory_at_start_gib"), "after each prefill", j.get("gpu_memory_after_prefill_gib"))' "$json" 2>&1)" ;;
     accel*) b=${step#accel}; settle; timeout 240 "$py" "$root/bench/seed_baseline.py" --mode accelerate --gpu-budget-gib "$b" --out "$res/accel-$b.json" 2>&1 | tail -2 ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; variant=""; extra=""

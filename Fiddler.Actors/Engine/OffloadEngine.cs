@@ -119,15 +119,16 @@ public sealed class OffloadEngine : IDisposable
 
     /// <summary>
     /// Checks, before loading, that the whole checkpoint in <paramref name="modelDir"/> fits <paramref name="device"/>
-    /// with a KV cache of <paramref name="contextTokens"/> positions (the paths that load without a budget).
+    /// with the KV caches and activations of <paramref name="sequences"/> sequences of <paramref name="contextTokens"/>
+    /// positions (the paths that load without a budget; 0 positions: the weights and libtorch's runtime reserve).
     /// </summary>
-    public static void CheckWholeModelFits(string modelDir, Device device, ScalarType? dtype, long contextTokens)
+    public static void CheckWholeModelFits(string modelDir, Device device, ScalarType? dtype, long contextTokens, int sequences = 1)
     {
         if (device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable) return;
         var config = MixtralConfig.Load(Path.Combine(modelDir, "config.json"));
         var dt = dtype ?? (config.CheckpointDtype is { } d ? Kernels.Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
         var shape = ModelShape.From(config, dt == ScalarType.Float32 ? 4 : 2);
-        CheckFitsDevice(device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(contextTokens, config.MaxPositionEmbeddings), 1), budgeted: false);
+        CheckFitsDevice(device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(contextTokens, config.MaxPositionEmbeddings), sequences), budgeted: false);
     }
 
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)

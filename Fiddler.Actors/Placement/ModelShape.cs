@@ -45,7 +45,7 @@ public sealed record ModelShape(
     /// query heads (2·heads·head dim elements); plus <see cref="AttentionBytesPerTokenSquared"/>·tokens² for the mask
     /// and attention's temporaries, and <see cref="RuntimeReserveBytes"/> (half the non-expert weights when that is
     /// less: a toy model's budget). Mixtral-8x7B: 0.62 GB for 544 tokens (the bench's context), 0.73 GB for 900,
-    /// 1.94 GB for 4096.
+    /// 1.95 GB for 4096.
     /// </summary>
     /// <param name="sequences">Sequences run together (beams: a beam search's prompt runs once per beam); they share
     /// one mask.</param>

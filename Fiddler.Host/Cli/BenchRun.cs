@@ -14,8 +14,8 @@ public static class BenchRun
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
     {
         public long SplitExperts { get; init; }
-        /// <summary>GPU bytes in use after each prompt's prefill (CUDA): libtorch's cache keeps its high-water mark, so
-        /// with prompts in rising order each value is the most the process held up to that prompt.</summary>
+        /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
+        /// its blocks, so each value is the most the process held up to that prompt.</summary>
         public Dictionary<string, double>? GpuMemoryAfterPrefillGiB { get; init; }
         public Dictionary<string, double>? Executor { get; init; }
         public Dictionary<string, Dictionary<string, double>>? TtftExecutor { get; init; }
@@ -212,7 +212,7 @@ public static class BenchRun
             ["device_last_layers"] = s.HandoffByLastLane.DeviceLast.Layers,
             ["cpu_last_layers"] = s.HandoffByLastLane.CpuLast.Layers,
             // The router's view of the same (decode layers with both lanes, whose order was measured): the share the CPU
-            // lane ended, and the balance on the planned CPU lane (1 unless --balance-last-lane), when the window ended.
+            // lane ended, and the balance on the planned CPU lane (1 with --no-balance-last-lane), when the window ended.
             ["lane_order_layers"] = s.Router.LaneOrder.Layers,
             ["cpu_ended_last_share"] = Math.Round(s.Router.LaneOrder.CpuLastShare, 3),
             ["lane_balance"] = Math.Round(s.Router.LaneBalance, 3),

@@ -97,6 +97,7 @@ public static class ServeCommand
                 ContextTokens = context!.Value, ForActorRuntime = true,
             }, m => Console.Error.WriteLine(m))
             : null;
+        // Without --max-context each request's KV cache is sized by the request, so only a capped context is counted here.
         if (engine is null) OffloadEngine.CheckWholeModelFits(run.ModelDir, dev, dt, context ?? 0);
         using var loaded = engine is null ? ModelLoader.Load(run.ModelDir, new LoadOptions(dev, dt)) : null;
         var (model, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);

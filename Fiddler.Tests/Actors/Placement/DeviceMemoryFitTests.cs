@@ -9,10 +9,10 @@ public class DeviceMemoryFitTests
     private const long GiB = 1L << 30;
 
     [Fact]
-    public void Check_PlanWithRoomForTheSlack_Passes()
+    public void Check_PlanWithRoomForTheMargin_Passes()
     {
         DeviceMemoryFit.Check(24 * GiB, 79 * GiB, 80 * GiB, "NVIDIA H100 80GB HBM3", budgeted: true);
-        DeviceMemoryFit.Check(79 * GiB - DeviceMemoryFit.RuntimeSlackBytes, 79 * GiB, 80 * GiB, "gpu", budgeted: true); // exactly full
+        DeviceMemoryFit.Check(79 * GiB - DeviceMemoryFit.MarginBytes, 79 * GiB, 80 * GiB, "gpu", budgeted: true); // exactly full
     }
 
     [Fact]
@@ -21,14 +21,15 @@ public class DeviceMemoryFitTests
         var e = Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(200 * GiB, (long)(78.6 * GiB), 80 * GiB, "NVIDIA H100 80GB HBM3", budgeted: true));
         Assert.Contains("NVIDIA H100 80GB HBM3", e.Message);
         Assert.Contains("78.6 GiB free", e.Message);
-        Assert.Contains("--gpu-budget 78GiB or less", e.Message); // 78.6 − 0.5 slack, floored
+        Assert.Contains("(+ a 0.25 GiB margin)", e.Message);
+        Assert.Contains("--gpu-budget 78GiB or less", e.Message); // 78.6 − the margin, floored
     }
 
     [Fact]
-    public void Check_SlackTipsItOver_Throws()
+    public void Check_MarginTipsItOver_Throws()
     {
-        // The plan alone fits; with libtorch's kernels and cache it does not.
-        Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(79 * GiB - DeviceMemoryFit.RuntimeSlackBytes + 1, 79 * GiB, 80 * GiB, "gpu", budgeted: true));
+        // The plan alone fits; with the margin it does not.
+        Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(79 * GiB - DeviceMemoryFit.MarginBytes + 1, 79 * GiB, 80 * GiB, "gpu", budgeted: true));
     }
 
     [Fact]
