@@ -55,9 +55,9 @@ public sealed record EngineOptions
     /// in decode on the H100 host (2026-11-27).</summary>
     public bool SpinKernelGate { get; init; }
     /// <summary>Balance decode layers' lanes by which one ended last, not only by their mean times (see
-    /// <see cref="RouterOptions.BalanceLastLane"/>). On by default: over 10 alternating pairs at 24 GiB on five H100
-    /// hosts it won 6, median +1.5 % decode, and cut the hand-off between layers by a third (2026-11-27, BENCHMARKS.md
-    /// session 8); false for comparison.</summary>
+    /// <see cref="RouterOptions.BalanceLastLane"/>). On by default: over 11 alternating pairs at 24 GiB on six H100
+    /// hosts it won 6, median +0.9 % decode (within the hosts' noise), and cut the hand-off between layers by a third
+    /// (2026-11-27, BENCHMARKS.md session 8); false for comparison.</summary>
     public bool BalanceLastLane { get; init; } = true;
     public int? Layers { get; init; }
 }

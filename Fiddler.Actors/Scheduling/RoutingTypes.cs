@@ -49,8 +49,8 @@ public enum RoutingMode
 /// finish (see <see cref="ExpertRouter.LastLaneTarget"/>). The moving averages above balance the lanes' means; where the
 /// CPU lane's time is skewed (seen on the H100 host: the device lane ended last in 77-81 % of gated decode layers), the
 /// device then waits at the end of most layers. Off here (a bare router plans by its models); the engine turns it on
-/// (<c>EngineOptions.BalanceLastLane</c>): 6 of 10 alternating pairs won at 24 GiB on H100 hosts, median +1.5 % decode,
-/// the hand-off between layers a third shorter.</param>
+/// (<c>EngineOptions.BalanceLastLane</c>): 6 of 11 alternating pairs won at 24 GiB on H100 hosts, median +0.9 % decode
+/// (within the noise), the hand-off between layers a third shorter.</param>
 /// <param name="BalanceRate">The balance's step per observed layer (multiplicative).</param>
 public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16,
     bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.25, bool AdaptCpuModel = true, double AdaptRate = 0.05,
