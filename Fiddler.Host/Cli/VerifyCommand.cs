@@ -39,28 +39,32 @@ public static class VerifyCommand
                         $"{(rep.Bf16Top5Agree ? "ok" : "FAIL"),9}{(rep.Detail.Length == 0 ? "" : "  " + rep.Detail)}");
                 }
             if (r.GetValue(plans))
-                foreach (var dir in dirs)
-                    foreach (var (residency, route) in PlanParity.Plans)
-                    {
-                        var failures = PlanParity.Check(dir, residency, route, dev, out long copied, out int cpuTokens);
-                        ok &= failures.Count == 0;
-                        Console.WriteLine($"plan {Path.GetFileName(dir),-22} experts {residency,-4} route {route,-10} " +
-                            $"{(failures.Count == 0 ? "same tokens" : "DIFF")}  (staged {copied / 1024.0:F0} KiB, {cpuTokens} CPU expert tokens)");
-                        foreach (var f in failures) Console.WriteLine("  " + f);
-                    }
-            if (r.GetValue(plans))
-                foreach (var dir in dirs.Where(d => File.Exists(Path.Combine(d, BeamFixture.FileName))))
-                    foreach (var (residency, route) in PlanParity.BeamPlans)
-                    {
-                        var failures = PlanParity.CheckBeams(dir, residency, route, dev, out long copied, out int cpuTokens);
-                        ok &= failures.Count == 0;
-                        Console.WriteLine($"beams {Path.GetFileName(dir),-22} experts {residency,-4} route {route,-10} " +
-                            $"{(failures.Count == 0 ? "same beams" : "DIFF")}  (staged {copied / 1024.0:F0} KiB, {cpuTokens} CPU expert tokens)");
-                        foreach (var f in failures) Console.WriteLine("  " + f);
-                    }
+            {
+                ok &= RunPlans("plan", "same tokens", dirs, PlanParity.Plans, (dir, residency, route) =>
+                    (PlanParity.Check(dir, residency, route, dev, out long copied, out int cpuTokens), copied, cpuTokens));
+                ok &= RunPlans("beams", "same beams", dirs.Where(d => File.Exists(Path.Combine(d, BeamFixture.FileName))), PlanParity.BeamPlans,
+                    (dir, residency, route) => (PlanParity.CheckBeams(dir, residency, route, dev, out long copied, out int cpuTokens), copied, cpuTokens));
+            }
             Console.WriteLine(ok ? "verify: all checks passed" : "verify: FAILED");
             return ok ? 0 : 1;
         });
         return command;
+    }
+
+    /// <summary>Runs <paramref name="check"/> for every plan on every model, one line each; true when all passed.</summary>
+    private static bool RunPlans(string label, string pass, IEnumerable<string> dirs, IEnumerable<(string Residency, string Route)> plans,
+        Func<string, string, string, (List<string> Failures, long Copied, int CpuTokens)> check)
+    {
+        bool ok = true;
+        foreach (var dir in dirs)
+            foreach (var (residency, route) in plans)
+            {
+                var (failures, copied, cpuTokens) = check(dir, residency, route);
+                ok &= failures.Count == 0;
+                Console.WriteLine($"{label} {Path.GetFileName(dir),-22} experts {residency,-4} route {route,-10} " +
+                    $"{(failures.Count == 0 ? pass : "DIFF")}  (staged {copied / 1024.0:F0} KiB, {cpuTokens} CPU expert tokens)");
+                foreach (var f in failures) Console.WriteLine("  " + f);
+            }
+        return ok;
     }
 }
