@@ -64,7 +64,7 @@ public static class GenerateCommand
                     ContextTokens = promptLength!.Value + r.GetValue(maxTokens), Sequences = r.GetValue(beamWidth),
                 }, m => Console.Error.WriteLine(m))
                 : null;
-            // Without a budget the prompt is not tokenized yet: the check counts the new tokens' KV (per beam), not the prompt's.
+            // Without a budget a text prompt is not tokenized yet: the check counts --prompt-ids and the new tokens (per beam).
             if (engine is null) OffloadEngine.CheckWholeModelFits(dir, dev, dt, (ids is not null ? ParseIds(ids).Length : 0) + r.GetValue(maxTokens), r.GetValue(beamWidth));
             using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;
             var (model_, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
