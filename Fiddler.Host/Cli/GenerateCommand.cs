@@ -64,8 +64,9 @@ public static class GenerateCommand
                     ContextTokens = promptLength!.Value + r.GetValue(maxTokens), Sequences = r.GetValue(beamWidth),
                 }, m => Console.Error.WriteLine(m))
                 : null;
-            // Without a budget a text prompt is not tokenized yet: the check counts --prompt-ids and the new tokens (per beam).
-            if (engine is null) OffloadEngine.CheckWholeModelFits(dir, dev, dt, (ids is not null ? ParseIds(ids).Length : 0) + r.GetValue(maxTokens), r.GetValue(beamWidth));
+            // Without a budget, on a GPU: does the whole model fit with this request's KV (prompt + new tokens, per beam)?
+            if (engine is null && dev.type == TorchSharp.DeviceType.CUDA)
+                OffloadEngine.CheckWholeModelFits(dir, dev, dt, (ids is not null ? ParseIds(ids).Length : TokenCount(dir, text!)) + r.GetValue(maxTokens), r.GetValue(beamWidth));
             using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;
             var (model_, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
             var source = new Source(Path.GetFullPath(dir), loaded?.LoadTime ?? clock.Elapsed);
