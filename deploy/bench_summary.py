@@ -8,3 +8,7 @@ executor = j.get("executor_ms_per_layer") or {}
 print("windows {}; GPU memory {} GiB (at start {}); ceiling {} tok/s, fraction {}; CPU lane ended last {} (target {})".format(
     ", ".join(str(x) for x in j.get("decode_tok_s_runs", [])), j.get("gpu_memory_used_gib"), j.get("gpu_memory_at_start_gib"),
     ceiling.get("decode_tok_s"), ceiling.get("decode_fraction"), executor.get("cpu_ended_last_share"), j.get("cpu_ended_last_target")))
+ab = j.get("ab_balance")
+if ab:
+    print("  balance on vs off in this process, {} pairs: on {}, off {}, per pair {} %, median {} %".format(
+        ab["pairs"], ab["on_tok_s"], ab["off_tok_s"], ab["pair_diff_pct"], ab["median_diff_pct"]))

@@ -81,7 +81,7 @@ public sealed partial class ExpertRouter
             {
                 _laneOrders++;
                 if (cpuLast) _cpuEndedLast++;
-                if (Options.BalanceLastLane && Options.AdaptCpuModel)
+                if (_balanceOn && Options.AdaptCpuModel)
                 {
                     // A stochastic quantile step: up by (1 − q)·rate when the CPU ended last, down by q·rate otherwise, so
                     // it settles where the CPU ends last in a share q of the layers.
@@ -93,7 +93,8 @@ public sealed partial class ExpertRouter
         }
     }
 
-    /// <summary>The planned CPU lane's balance multiplier for decode-sized layers (1 unless <see cref="RouterOptions.BalanceLastLane"/>).</summary>
+    /// <summary>The learned balance multiplier on the planned CPU lane of decode-sized layers (1 until learned; applied only
+    /// while <see cref="BalanceLastLane"/>).</summary>
     public double LaneBalance { get { lock (_gate) return _balance; } }
 
     /// <summary>Decode-sized layers with both lanes whose ending order was observed since the last reset, and the share the
@@ -158,7 +159,7 @@ public sealed partial class ExpertRouter
         sb.AppendLine(CultureInfo.InvariantCulture, $"CPU factor vs calibration: {calm:0.000} alone, {contended:0.000} beside transfers; transfer factor {TransferFactor:0.000}");
         var (orders, cpuLast) = LaneOrder;
         if (orders > 0)
-            sb.AppendLine(CultureInfo.InvariantCulture, $"lane ends: the CPU lane ended last in {100 * cpuLast:0.0} % of {orders} decode layers with both lanes; balance {LaneBalance:0.000}{(Options.BalanceLastLane ? "" : " (off)")}");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"lane ends: the CPU lane ended last in {100 * cpuLast:0.0} % of {orders} decode layers with both lanes; balance {LaneBalance:0.000}{(_balanceOn ? "" : " (off)")}");
         var batch = BatchFactors;
         sb.AppendLine(CultureInfo.InvariantCulture, $"batches (> {LearnedMaxTokens} tokens per expert): CPU {batch.Calm:0.000} alone, {batch.Contended:0.000} beside transfers; transfer {batch.Transfer:0.000}");
         return sb.ToString();

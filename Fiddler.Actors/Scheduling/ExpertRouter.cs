@@ -29,7 +29,17 @@ public sealed partial class ExpertRouter
         if (!(Options.AdaptRate is > 0 and <= 1)) throw new ArgumentException($"adapt rate must be in (0, 1], got {Options.AdaptRate}");
         if (!(Options.BalanceRate is > 0 and <= 0.5)) throw new ArgumentException($"balance rate must be in (0, 0.5], got {Options.BalanceRate}");
         _contendedFactor[0] = _contendedFactor[1] = Options.CpuContention;
+        _balanceOn = Options.BalanceLastLane;
     }
+
+    private volatile bool _balanceOn;
+
+    /// <summary>
+    /// Whether the lane-order balance is applied and learned now (starts as <see cref="RouterOptions.BalanceLastLane"/>).
+    /// Switching it keeps the learned multiplier, so an A/B within one process (<c>fiddler bench --ab-balance</c>)
+    /// compares the same placement, memory and learned speeds with and without it.
+    /// </summary>
+    public bool BalanceLastLane { get => _balanceOn; set => _balanceOn = value; }
 
     public HardwareProfile Profile { get; }
     public RouterOptions Options { get; }
@@ -149,7 +159,7 @@ public sealed partial class ExpertRouter
 
     private double CpuFactor(bool anyTransfer, FactorRegime regime) =>
         regime == FactorRegime.Calibrated ? (anyTransfer ? Options.CpuContention : 1)
-        : anyTransfer ? Volatile.Read(ref _contendedFactor[(int)regime]) * (regime == FactorRegime.Decode ? Volatile.Read(ref _balance) : 1)
+        : anyTransfer ? Volatile.Read(ref _contendedFactor[(int)regime]) * (regime == FactorRegime.Decode && _balanceOn ? Volatile.Read(ref _balance) : 1)
         : Volatile.Read(ref _calmFactor[(int)regime]);
 
     /// <summary>

@@ -43,9 +43,10 @@ public static class BenchCommand
         var noPrefetch = new Option<bool>("--no-row-prefetch") { Description = "Copy a decode layer's rows to the host after its routing, not with it (for comparison)" };
         var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
+        var abBalance = new Option<int>("--ab-balance") { Description = "After the decode windows, N pairs of windows with the lane-order balance on and off, in this process (0..50; reports ab_balance)" };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -61,6 +62,8 @@ public static class BenchCommand
             if (generate < 2) throw new ArgumentException("--new-tokens must be ≥ 2");
             int decodeRepeats = r.GetValue(repeats);
             if (decodeRepeats is < 1 or > 100) throw new ArgumentException($"--decode-repeats: {decodeRepeats} is not in 1..100");
+            int abPairs = r.GetValue(abBalance);
+            if (abPairs is < 0 or > 50) throw new ArgumentException($"--ab-balance: {abPairs} is not in 0..50");
             int stagingSlots = r.GetValue(slots);
             if (stagingSlots is < 1 or > 8) throw new ArgumentException($"--staging-slots: {stagingSlots} is not in 1..8");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
@@ -68,7 +71,7 @@ public static class BenchCommand
             {
                 ModelDir = r.GetValue(model), NamedConfig = r.GetValue(config), DummyWeights = r.GetValue(dummy), Device = dev,
                 GpuBudgetBytes = r.GetValue(budget) is { } b ? MemoryBudget.Parse(b) : null, PopularityPath = r.GetValue(popularity),
-                ContextTokens = Math.Max(prompts.Max() + generate, BenchRun.ContextTokens(prompts, generate, decodeRepeats)), Layers = r.GetValue(layers),
+                ContextTokens = Math.Max(prompts.Max() + generate, BenchRun.ContextTokens(prompts, generate, decodeRepeats + 2 * abPairs)), Layers = r.GetValue(layers),
                 Routing = r.GetValue(routing) switch
                 {
                     "auto" or "whole" => RoutingMode.Auto, "cpu" => RoutingMode.CpuOnly, "transfer" => RoutingMode.TransferOnly,
@@ -93,7 +96,7 @@ public static class BenchCommand
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
-            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats);
+            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs);
             if (r.GetValue(actors))
             {
                 var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge,

@@ -14,6 +14,7 @@ public static class BenchRun
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
     {
         public long SplitExperts { get; init; }
+        public BalanceComparison? AbBalance { get; init; }
         /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
         /// its blocks, so each value is the most the process held up to that prompt.</summary>
         public Dictionary<string, double>? GpuMemoryAfterPrefillGiB { get; init; }
@@ -80,6 +81,14 @@ public static class BenchRun
     }
 
     /// <summary>Decode tok/s directly and through the actors (medians and every round) and the median per-round overhead.</summary>
+    /// <summary>
+    /// <c>--ab-balance N</c>: N pairs of decode windows in this process, the lane-order balance on in one window of each
+    /// pair and off in the other (the order alternating pair by pair), on the same sequence, placement and learned speeds:
+    /// free of the run-to-run spread of separate processes. <paramref name="MedianDiffPct"/>: the median of the pairs'
+    /// (on / off − 1) × 100.
+    /// </summary>
+    public sealed record BalanceComparison(double[] On, double[] Off, double[] PairDiffPct, double MedianDiffPct);
+
     public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns);
 
     private const int StagedSteps = 4;
@@ -97,9 +106,12 @@ public static class BenchRun
 
     /// <param name="decodeRepeats">Decode windows of <paramref name="generate"/> − 1 steps each, one after the other on
     /// one sequence (no prefill between them, so the router's counters see decode layers only); tok/s is their median.</param>
-    public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1)
+    /// <param name="abPairs">After the windows: pairs of windows with the lane-order balance on and off
+    /// (<see cref="BalanceComparison"/>); 0: none.</param>
+    public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
         var model = engine.Model;
         using var noGrad = no_grad();
         var rng = new Random(0);
@@ -113,7 +125,7 @@ public static class BenchRun
         }
         // Every cache of the run has the same capacity, so each reuses the blocks the previous one freed in libtorch's
         // caching allocator (a slightly larger one could not: with a 4096-token prompt the GPU held two KV caches).
-        int capacity = ContextTokens(prompts, generate, decodeRepeats);
+        int capacity = ContextTokens(prompts, generate, decodeRepeats + 2 * abPairs);
         var ttft = new Dictionary<string, double>();
         var ttftExecutor = new Dictionary<string, Dictionary<string, double>>();
         var afterPrefill = new Dictionary<string, double>();
@@ -135,8 +147,7 @@ public static class BenchRun
         long next = first.argmax(-1).item<long>();
         first.Dispose();
         engine.Scheduler?.ResetCounters(); // the decode windows only (its prompt's prefill layers are not decode layers)
-        var runs = new double[decodeRepeats];
-        for (int w = 0; w < decodeRepeats; w++)
+        double Window()
         {
             var decode = Stopwatch.StartNew();
             for (int i = 0; i < steps; i++)
@@ -144,10 +155,13 @@ public static class BenchRun
                 using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
                 next = l.argmax(-1).item<long>();
             }
-            runs[w] = steps / decode.Elapsed.TotalSeconds;
+            return steps / decode.Elapsed.TotalSeconds;
         }
+        var runs = new double[decodeRepeats];
+        for (int w = 0; w < decodeRepeats; w++) runs[w] = Window();
         var s = engine.Scheduler;
         var executor = s is null ? null : ExecutorBreakdown(s, steps * decodeRepeats);
+        var ab = s is null || abPairs == 0 ? null : CompareBalance(s.Router, abPairs, Window);
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
         long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
         double cpuGbS = cpuLaneMs > 0 ? s!.CpuExpertEquivalents * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
@@ -173,9 +187,34 @@ public static class BenchRun
         return new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
-            SplitExperts = s?.SplitExperts ?? 0, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
+            SplitExperts = s?.SplitExperts ?? 0, AbBalance = ab, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
         };
+    }
+
+    /// <summary>
+    /// <paramref name="pairs"/> pairs of <paramref name="window"/>s with <paramref name="router"/>'s lane-order balance on
+    /// and off, on first in even pairs and off first in odd ones (a drift charges both sides alike); the router's setting
+    /// is restored afterwards.
+    /// </summary>
+    public static BalanceComparison CompareBalance(Fiddler.Actors.Scheduling.ExpertRouter router, int pairs, Func<double> window)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
+        bool configured = router.BalanceLastLane;
+        var on = new double[pairs];
+        var off = new double[pairs];
+        try
+        {
+            for (int p = 0; p < pairs; p++)
+                foreach (bool balance in p % 2 == 0 ? new[] { true, false } : [false, true])
+                {
+                    router.BalanceLastLane = balance;
+                    (balance ? on : off)[p] = window();
+                }
+        }
+        finally { router.BalanceLastLane = configured; }
+        double[] diff = on.Zip(off, (a, b) => Math.Round((a / b - 1) * 100, 2)).ToArray();
+        return new BalanceComparison(on, off, diff, Median(diff));
     }
 
     /// <summary>The decode window's executor timeline per layer (host clock, no syncs) and layers per token.</summary>
@@ -289,7 +328,7 @@ public static class BenchRun
             ["cpu_threads"] = OffloadEngine.DefaultCpuThreads(o),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["transfer_factor"] = engine.Scheduler is { } sct ? Math.Round(sct.Router.TransferFactor, 3) : null,
-            ["balance_last_lane"] = engine.Scheduler?.Router.Options.BalanceLastLane ?? o.BalanceLastLane, // as the router runs it
+            ["balance_last_lane"] = engine.Scheduler?.Router.BalanceLastLane ?? o.BalanceLastLane, // as the router runs it
             // The share of decode layers with both lanes whose CPU lane should end last for the least expected finish,
             // with the learned speeds (ExpertRouter.LastLaneTarget); the decode windows' share and the balance are under
             // executor_ms_per_layer (cpu_ended_last_share, lane_balance).
@@ -298,6 +337,14 @@ public static class BenchRun
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
             ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,
+            ["ab_balance"] = r.AbBalance is { } abb ? new Dictionary<string, object>
+            {
+                ["pairs"] = abb.On.Length,
+                ["on_tok_s"] = abb.On.Select(x => Math.Round(x, 3)).ToArray(),
+                ["off_tok_s"] = abb.Off.Select(x => Math.Round(x, 3)).ToArray(),
+                ["pair_diff_pct"] = abb.PairDiffPct,
+                ["median_diff_pct"] = Math.Round(abb.MedianDiffPct, 2),
+            } : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,
             // Rounds alternate the order (direct first in even rounds, actors first in odd ones).

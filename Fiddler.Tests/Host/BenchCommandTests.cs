@@ -68,6 +68,53 @@ public sealed class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void Bench_AbBalance_AlternatesBothSettingsInOneProcessAndRestoresTheDefault()
+    {
+        using var json = BenchJson("--new-tokens", "3", "--ab-balance", "2");
+        var root = json.RootElement;
+        var ab = root.GetProperty("ab_balance");
+        Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
+        double[] on = ab.GetProperty("on_tok_s").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        double[] off = ab.GetProperty("off_tok_s").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        double[] diff = ab.GetProperty("pair_diff_pct").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        Assert.Equal(2, on.Length);
+        Assert.Equal(2, off.Length);
+        Assert.All(on.Concat(off), x => Assert.True(x > 0));
+        for (int i = 0; i < 2; i++) Assert.Equal((on[i] / off[i] - 1) * 100, diff[i], 0.1);
+        Assert.Equal(diff.Average(), ab.GetProperty("median_diff_pct").GetDouble(), 0.01); // two pairs: their mean
+        Assert.True(root.GetProperty("balance_last_lane").GetBoolean()); // restored after the comparison
+    }
+
+    [Fact]
+    public void Bench_AbBalanceOutOfRange_IsAClearError()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        var r = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--ab-balance", "51",
+            "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--ab-balance: 51 is not in 0..50", r.Err);
+    }
+
+    [Fact]
+    public void CompareBalance_AlternatesTheOrderAndRestoresTheRoutersSetting()
+    {
+        var router = new Fiddler.Actors.Scheduling.ExpertRouter(Fiddler.Tests.Actors.Scheduling.HardwareProfileTests.H100(),
+            new Fiddler.Actors.Scheduling.RouterOptions(BalanceLastLane: false));
+        var seen = new List<bool>();
+        double tokS = 10;
+        var cmp = Fiddler.Host.Cli.BenchRun.CompareBalance(router, 3, () => { seen.Add(router.BalanceLastLane); return tokS++; });
+        Assert.Equal([true, false, false, true, true, false], seen);
+        Assert.Equal([10.0, 13, 14], cmp.On);
+        Assert.Equal([11.0, 12, 15], cmp.Off);
+        Assert.False(router.BalanceLastLane);
+        Assert.Equal(Math.Round((14.0 / 15 - 1) * 100, 2), cmp.MedianDiffPct, 9); // of −9.09, +8.33, −6.67
+        Assert.Throws<ArgumentOutOfRangeException>(() => Fiddler.Host.Cli.BenchRun.CompareBalance(router, 0, () => 1));
+        // A failing window still restores the setting.
+        Assert.Throws<InvalidOperationException>(() => Fiddler.Host.Cli.BenchRun.CompareBalance(router, 1, () => throw new InvalidOperationException()));
+        Assert.False(router.BalanceLastLane);
+    }
+
+    [Fact]
     public void Bench_NoBalanceLastLane_IsPassedToTheRouterAndReported()
     {
         using var json = BenchJson("--new-tokens", "3", "--no-balance-last-lane");

@@ -57,6 +57,28 @@ public sealed partial class ExpertRouterTests
     }
 
     [Fact]
+    public void BalanceLastLane_SwitchedOff_PlansWithoutTheLearnedMultiplierAndKeepsIt()
+    {
+        var on = SkewedLanes(balance: true).Router;
+        double learned = on.LaneBalance;
+        Assert.True(learned < 1, $"balance {learned}");
+        var withBalance = on.Decide([Miss(5), Miss(6)]);
+        on.BalanceLastLane = false;
+        var without = on.Decide([Miss(5), Miss(6)]);
+        // Off: the planned CPU factor loses the multiplier (the CPU is planned slower), the multiplier itself is kept ...
+        Assert.Equal(withBalance.CpuFactor / learned, without.CpuFactor, 9);
+        Assert.Equal(learned, on.LaneBalance);
+        // ... and not learned while off.
+        on.Account(without, [], observedCpuLaneMs: without.CpuLaneMs * 2, observedDeviceLaneMs: without.GpuLaneMs, cpuEndedLast: true);
+        Assert.Equal(learned, on.LaneBalance);
+        Assert.Contains("(off)", on.Report());
+        var offAgain = on.Decide([Miss(5), Miss(6)]);
+        on.BalanceLastLane = true;
+        Assert.Equal(offAgain.CpuFactor * learned, on.Decide([Miss(5), Miss(6)]).CpuFactor, 9); // back on: applied again
+        Assert.DoesNotContain("(off)", on.Report());
+    }
+
+    [Fact]
     public void LastLaneTarget_IsBoundedAndHalfWithoutSpeeds()
     {
         Assert.Equal(0.5, ExpertRouter.LastLaneTarget(3, 3), 9);
