@@ -10,5 +10,6 @@ print("windows {}; GPU memory {} GiB (at start {}); ceiling {} tok/s, fraction {
     ceiling.get("decode_tok_s"), ceiling.get("decode_fraction"), executor.get("cpu_ended_last_share"), j.get("cpu_ended_last_target")))
 ab = j.get("ab_balance")
 if ab:
-    print("  balance on vs off in this process, {} pairs: on {}, off {}, per pair {} %, median {} %".format(
-        ab["pairs"], ab["on_tok_s"], ab["off_tok_s"], ab["pair_diff_pct"], ab["median_diff_pct"]))
+    print("  balance on vs off in this process, {} pairs: on {}, off {} tok/s, per pair {} %, median {} %; CPU last {} vs {};"
+          " hand-off {} vs {} ms".format(ab["pairs"], ab["on_tok_s"], ab["off_tok_s"], ab["pair_diff_pct"], ab["median_diff_pct"],
+                                        ab["on_cpu_ended_last"], ab["off_cpu_ended_last"], ab["on_handoff_host_ms"], ab["off_handoff_host_ms"]))

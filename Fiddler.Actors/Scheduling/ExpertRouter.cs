@@ -37,7 +37,8 @@ public sealed partial class ExpertRouter
     /// <summary>
     /// Whether the lane-order balance is applied and learned now (starts as <see cref="RouterOptions.BalanceLastLane"/>).
     /// Switching it keeps the learned multiplier, so an A/B within one process (<c>fiddler bench --ab-balance</c>)
-    /// compares the same placement, memory and learned speeds with and without it.
+    /// compares the same placement, memory and learned speeds with and without it. Switch it between forwards (no
+    /// layer in flight): a plan decided under one setting and accounted under the other does not teach the balance.
     /// </summary>
     public bool BalanceLastLane { get => _balanceOn; set => _balanceOn = value; }
 

@@ -64,6 +64,8 @@ public static class BenchCommand
             if (decodeRepeats is < 1 or > 100) throw new ArgumentException($"--decode-repeats: {decodeRepeats} is not in 1..100");
             int abPairs = r.GetValue(abBalance);
             if (abPairs is < 0 or > 50) throw new ArgumentException($"--ab-balance: {abPairs} is not in 0..50");
+            if (abPairs > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
+                throw new ArgumentException("--ab-balance needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
             int stagingSlots = r.GetValue(slots);
             if (stagingSlots is < 1 or > 8) throw new ArgumentException($"--staging-slots: {stagingSlots} is not in 1..8");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
@@ -71,7 +73,7 @@ public static class BenchCommand
             {
                 ModelDir = r.GetValue(model), NamedConfig = r.GetValue(config), DummyWeights = r.GetValue(dummy), Device = dev,
                 GpuBudgetBytes = r.GetValue(budget) is { } b ? MemoryBudget.Parse(b) : null, PopularityPath = r.GetValue(popularity),
-                ContextTokens = Math.Max(prompts.Max() + generate, BenchRun.ContextTokens(prompts, generate, decodeRepeats + 2 * abPairs)), Layers = r.GetValue(layers),
+                ContextTokens = Math.Max(prompts.Max() + generate, BenchRun.ContextTokens(prompts, generate, decodeRepeats)), Layers = r.GetValue(layers),
                 Routing = r.GetValue(routing) switch
                 {
                     "auto" or "whole" => RoutingMode.Auto, "cpu" => RoutingMode.CpuOnly, "transfer" => RoutingMode.TransferOnly,

@@ -80,15 +80,20 @@ public static class BenchRun
         return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors);
     }
 
-    /// <summary>Decode tok/s directly and through the actors (medians and every round) and the median per-round overhead.</summary>
+    /// <summary>One decode window of an A/B: tok/s, the share of its gated decode layers the CPU lane ended last, and
+    /// the host's mean hand-off between layers (ms; 0 where not measured: off CUDA).</summary>
+    public readonly record struct WindowStats(double TokS, double CpuEndedLastShare, double HandoffHostMs);
+
     /// <summary>
     /// <c>--ab-balance N</c>: N pairs of decode windows in this process, the lane-order balance on in one window of each
-    /// pair and off in the other (the order alternating pair by pair), on the same sequence, placement and learned speeds:
-    /// free of the run-to-run spread of separate processes. <paramref name="MedianDiffPct"/>: the median of the pairs'
-    /// (on / off − 1) × 100.
+    /// pair and off in the other (the order alternating pair by pair), each from the same position and token as the
+    /// first main window, on the same placement and learned speeds: free of the spread between separate processes (not
+    /// of the host's drift within one, which the alternation spreads over both sides). <paramref name="MedianDiffPct"/>:
+    /// the median of the pairs' (on / off − 1) × 100.
     /// </summary>
-    public sealed record BalanceComparison(double[] On, double[] Off, double[] PairDiffPct, double MedianDiffPct);
+    public sealed record BalanceComparison(WindowStats[] On, WindowStats[] Off, double[] PairDiffPct, double MedianDiffPct, double BalanceAtStart);
 
+    /// <summary>Decode tok/s directly and through the actors (medians and every round) and the median per-round overhead.</summary>
     public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns);
 
     private const int StagedSteps = 4;
@@ -125,7 +130,7 @@ public static class BenchRun
         }
         // Every cache of the run has the same capacity, so each reuses the blocks the previous one freed in libtorch's
         // caching allocator (a slightly larger one could not: with a 4096-token prompt the GPU held two KV caches).
-        int capacity = ContextTokens(prompts, generate, decodeRepeats + 2 * abPairs);
+        int capacity = ContextTokens(prompts, generate, decodeRepeats);
         var ttft = new Dictionary<string, double>();
         var ttftExecutor = new Dictionary<string, Dictionary<string, double>>();
         var afterPrefill = new Dictionary<string, double>();
@@ -157,11 +162,11 @@ public static class BenchRun
             }
             return steps / decode.Elapsed.TotalSeconds;
         }
+        long windowStart = decodeCache.Length, windowToken = next; // where the first window began (the A/B windows do too)
         var runs = new double[decodeRepeats];
         for (int w = 0; w < decodeRepeats; w++) runs[w] = Window();
         var s = engine.Scheduler;
         var executor = s is null ? null : ExecutorBreakdown(s, steps * decodeRepeats);
-        var ab = s is null || abPairs == 0 ? null : CompareBalance(s.Router, abPairs, Window);
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
         long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
         double cpuGbS = cpuLaneMs > 0 ? s!.CpuExpertEquivalents * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
@@ -184,11 +189,30 @@ public static class BenchRun
             Console.Error.WriteLine($"lane ceiling not measured: {e.Message}"); // the run's own numbers are still reported
         }
         double offloaded = (1 - (s?.HitRate ?? 1)) * engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes;
-        return new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
+        var result = new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
-            SplitExperts = s?.SplitExperts ?? 0, AbBalance = ab, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
+            SplitExperts = s?.SplitExperts ?? 0, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
+        };
+        if (abPairs == 0) return result;
+        if (s is null)
+        {
+            Console.Error.WriteLine("--ab-balance: every expert is resident, so there is no CPU lane to balance");
+            return result;
+        }
+        // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the
+        // cache needs no room beyond the run's and the placement is the same as without the comparison.
+        return result with
+        {
+            AbBalance = CompareBalance(s.Router, abPairs, () =>
+            {
+                decodeCache.Truncate(windowStart);
+                next = windowToken;
+                s.ResetCounters();
+                double tokS = Window();
+                return new WindowStats(tokS, s.Router.LaneOrder.CpuLastShare, s.MeanHandoff.Mean.HostMs);
+            }),
         };
     }
 
@@ -197,12 +221,13 @@ public static class BenchRun
     /// and off, on first in even pairs and off first in odd ones (a drift charges both sides alike); the router's setting
     /// is restored afterwards.
     /// </summary>
-    public static BalanceComparison CompareBalance(Fiddler.Actors.Scheduling.ExpertRouter router, int pairs, Func<double> window)
+    public static BalanceComparison CompareBalance(Fiddler.Actors.Scheduling.ExpertRouter router, int pairs, Func<WindowStats> window)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
         bool configured = router.BalanceLastLane;
-        var on = new double[pairs];
-        var off = new double[pairs];
+        double atStart = router.LaneBalance;
+        var on = new WindowStats[pairs];
+        var off = new WindowStats[pairs];
         try
         {
             for (int p = 0; p < pairs; p++)
@@ -213,8 +238,8 @@ public static class BenchRun
                 }
         }
         finally { router.BalanceLastLane = configured; }
-        double[] diff = on.Zip(off, (a, b) => Math.Round((a / b - 1) * 100, 2)).ToArray();
-        return new BalanceComparison(on, off, diff, Median(diff));
+        double[] diff = on.Zip(off, (a, b) => Math.Round((a.TokS / b.TokS - 1) * 100, 2)).ToArray();
+        return new BalanceComparison(on, off, diff, Median(diff), atStart);
     }
 
     /// <summary>The decode window's executor timeline per layer (host clock, no syncs) and layers per token.</summary>
@@ -299,6 +324,7 @@ public static class BenchRun
             ["staging_slots"] = o.StagingSlots,
             ["prefetch_rows"] = o.PrefetchRows,
             ["dedicated_lane_thread"] = o.DedicatedLaneThread,
+            ["context_tokens"] = o.ContextTokens, // the positions the placement reserves KV cache and activations for
             ["reserve_gib"] = engine.Plan is { } plan ? Math.Round(MemoryBudget.ToGiB(plan.ReserveBytes), 3) : null,
             // What the device has given out by the end (this process's CUDA context and torch's cached blocks, which
             // keep the peak): the budget's honesty check. Null off CUDA.
@@ -340,10 +366,15 @@ public static class BenchRun
             ["ab_balance"] = r.AbBalance is { } abb ? new Dictionary<string, object>
             {
                 ["pairs"] = abb.On.Length,
-                ["on_tok_s"] = abb.On.Select(x => Math.Round(x, 3)).ToArray(),
-                ["off_tok_s"] = abb.Off.Select(x => Math.Round(x, 3)).ToArray(),
+                ["lane_balance_at_start"] = Math.Round(abb.BalanceAtStart, 3),
+                ["on_tok_s"] = abb.On.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["off_tok_s"] = abb.Off.Select(x => Math.Round(x.TokS, 3)).ToArray(),
                 ["pair_diff_pct"] = abb.PairDiffPct,
                 ["median_diff_pct"] = Math.Round(abb.MedianDiffPct, 2),
+                ["on_cpu_ended_last"] = abb.On.Select(x => Math.Round(x.CpuEndedLastShare, 3)).ToArray(),
+                ["off_cpu_ended_last"] = abb.Off.Select(x => Math.Round(x.CpuEndedLastShare, 3)).ToArray(),
+                ["on_handoff_host_ms"] = abb.On.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
+                ["off_handoff_host_ms"] = abb.Off.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
             } : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,

@@ -60,7 +60,7 @@ public sealed class BenchCommandTests : IDisposable
     private JsonDocument BenchJson(params string[] flags)
     {
         string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
-        string outDir = Path.Combine(_dir, "results");
+        string outDir = Path.Combine(_dir, "results-" + Guid.NewGuid().ToString("N")); // one per run: a test may run two
         var r = CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8",
             .. flags, "--out", outDir, "--profile", Path.Combine(_dir, "profile.json")]);
         Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
@@ -70,19 +70,26 @@ public sealed class BenchCommandTests : IDisposable
     [Fact]
     public void Bench_AbBalance_AlternatesBothSettingsInOneProcessAndRestoresTheDefault()
     {
-        using var json = BenchJson("--new-tokens", "3", "--ab-balance", "2");
+        // Three pairs: the last window runs with the balance off, so the restored default is seen in the JSON.
+        using var json = BenchJson("--new-tokens", "3", "--ab-balance", "3");
         var root = json.RootElement;
         var ab = root.GetProperty("ab_balance");
-        Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
+        Assert.Equal(3, ab.GetProperty("pairs").GetInt32());
         double[] on = ab.GetProperty("on_tok_s").EnumerateArray().Select(x => x.GetDouble()).ToArray();
         double[] off = ab.GetProperty("off_tok_s").EnumerateArray().Select(x => x.GetDouble()).ToArray();
         double[] diff = ab.GetProperty("pair_diff_pct").EnumerateArray().Select(x => x.GetDouble()).ToArray();
-        Assert.Equal(2, on.Length);
-        Assert.Equal(2, off.Length);
+        Assert.Equal(3, on.Length);
+        Assert.Equal(3, off.Length);
         Assert.All(on.Concat(off), x => Assert.True(x > 0));
-        for (int i = 0; i < 2; i++) Assert.Equal((on[i] / off[i] - 1) * 100, diff[i], 0.1);
-        Assert.Equal(diff.Average(), ab.GetProperty("median_diff_pct").GetDouble(), 0.01); // two pairs: their mean
+        for (int i = 0; i < 3; i++) Assert.Equal((on[i] / off[i] - 1) * 100, diff[i], 0.1);
+        Assert.Equal(diff.Order().ElementAt(1), ab.GetProperty("median_diff_pct").GetDouble(), 2);
+        Assert.Equal(3, ab.GetProperty("on_cpu_ended_last").GetArrayLength());
+        Assert.Equal(3, ab.GetProperty("off_handoff_host_ms").GetArrayLength());
+        Assert.Equal(1.0, ab.GetProperty("lane_balance_at_start").GetDouble()); // off CUDA nothing teaches it
         Assert.True(root.GetProperty("balance_last_lane").GetBoolean()); // restored after the comparison
+        // The comparison rewinds the cache instead of growing it: the same placement as a run without it.
+        using var plain = BenchJson("--new-tokens", "3");
+        Assert.Equal(plain.RootElement.GetProperty("context_tokens").GetInt32(), root.GetProperty("context_tokens").GetInt32());
     }
 
     [Fact]
@@ -93,6 +100,10 @@ public sealed class BenchCommandTests : IDisposable
             "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json"));
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("--ab-balance: 51 is not in 0..50", r.Err);
+        var noAdapt = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--ab-balance", "2", "--no-adapt",
+            "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.Equal(2, noAdapt.ExitCode);
+        Assert.Contains("--ab-balance needs the learned router", noAdapt.Err);
     }
 
     [Fact]
@@ -102,13 +113,14 @@ public sealed class BenchCommandTests : IDisposable
             new Fiddler.Actors.Scheduling.RouterOptions(BalanceLastLane: false));
         var seen = new List<bool>();
         double tokS = 10;
-        var cmp = Fiddler.Host.Cli.BenchRun.CompareBalance(router, 3, () => { seen.Add(router.BalanceLastLane); return tokS++; });
+        var cmp = Fiddler.Host.Cli.BenchRun.CompareBalance(router, 3, () => { seen.Add(router.BalanceLastLane); return new(tokS++, 0.5, 0.3); });
         Assert.Equal([true, false, false, true, true, false], seen);
-        Assert.Equal([10.0, 13, 14], cmp.On);
-        Assert.Equal([11.0, 12, 15], cmp.Off);
+        Assert.Equal([10.0, 13, 14], cmp.On.Select(w => w.TokS));
+        Assert.Equal([11.0, 12, 15], cmp.Off.Select(w => w.TokS));
+        Assert.Equal(1.0, cmp.BalanceAtStart);
         Assert.False(router.BalanceLastLane);
         Assert.Equal(Math.Round((14.0 / 15 - 1) * 100, 2), cmp.MedianDiffPct, 9); // of −9.09, +8.33, −6.67
-        Assert.Throws<ArgumentOutOfRangeException>(() => Fiddler.Host.Cli.BenchRun.CompareBalance(router, 0, () => 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Fiddler.Host.Cli.BenchRun.CompareBalance(router, 0, () => new(1, 0, 0)));
         // A failing window still restores the setting.
         Assert.Throws<InvalidOperationException>(() => Fiddler.Host.Cli.BenchRun.CompareBalance(router, 1, () => throw new InvalidOperationException()));
         Assert.False(router.BalanceLastLane);
