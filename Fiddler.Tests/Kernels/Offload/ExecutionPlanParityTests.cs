@@ -18,13 +18,16 @@ public class ExecutionPlanParityTests
 {
     private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
 
-    public static TheoryData<string, string, string> Plans()
+    /// <summary>Every fixture model × every plan of <paramref name="plans"/>.</summary>
+    private static TheoryData<string, string, string> OnEveryModel(IEnumerable<(string Residency, string Route)> plans)
     {
         var data = new TheoryData<string, string, string>();
         foreach (var model in new[] { "tiny-mha-top1", "tiny-gqa2-top2-swa8", "tiny-gqa4-top3" })
-            foreach (var (residency, route) in PlanParity.Plans) data.Add(model, residency, route);
+            foreach (var (residency, route) in plans) data.Add(model, residency, route);
         return data;
     }
+
+    public static TheoryData<string, string, string> Plans() => OnEveryModel(PlanParity.Plans);
 
     [Theory]
     [MemberData(nameof(Plans))]
@@ -36,13 +39,7 @@ public class ExecutionPlanParityTests
         if (route != "transfer") Assert.True(cpuTokens > 0, "no expert ran on the CPU");
     }
 
-    public static TheoryData<string, string, string> BeamPlans()
-    {
-        var data = new TheoryData<string, string, string>();
-        foreach (var model in new[] { "tiny-mha-top1", "tiny-gqa2-top2-swa8", "tiny-gqa4-top3" })
-            foreach (var (residency, route) in PlanParity.BeamPlans) data.Add(model, residency, route);
-        return data;
-    }
+    public static TheoryData<string, string, string> BeamPlans() => OnEveryModel(PlanParity.BeamPlans);
 
     [Theory]
     [MemberData(nameof(BeamPlans))]
