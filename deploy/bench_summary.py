@@ -13,3 +13,9 @@ if ab:
     print("  balance on vs off in this process, {} pairs: on {}, off {} tok/s, per pair {} %, median {} %; CPU last {} vs {};"
           " hand-off {} vs {} ms".format(ab["pairs"], ab["on_tok_s"], ab["off_tok_s"], ab["pair_diff_pct"], ab["median_diff_pct"],
                                         ab["on_cpu_ended_last"], ab["off_cpu_ended_last"], ab["on_handoff_host_ms"], ab["off_handoff_host_ms"]))
+abt = j.get("ab_cpu_threads")
+if abt:
+    print("  CPU pool on {} vs {} participants in this process, {} pairs: {} vs {} tok/s, per pair (fewer/full) {} %, median {} %;"
+          " learned CPU factor {} vs {}; hand-off {} vs {} ms".format(
+              abt["threads"][0], abt["threads"][1], abt["pairs"], abt["full_tok_s"], abt["fewer_tok_s"], abt["pair_diff_pct"],
+              abt["median_diff_pct"], abt["cpu_factor"][0], abt["cpu_factor"][1], abt["full_handoff_host_ms"], abt["fewer_handoff_host_ms"]))

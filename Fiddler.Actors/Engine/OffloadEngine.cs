@@ -102,7 +102,7 @@ public sealed class OffloadEngine : IDisposable
             : ExpertPopularity.Load(o.PopularityPath, shape);
         long context = Math.Min(o.ContextTokens, maxPositions);
         return PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context, o.Sequences),
-            reserveBytes: o.StagingSlots * shape.ExpertBytes + shape.ActivationReserveBytes(context, o.Sequences)); // staging + activations
+            reserveBytes: shape.ActivationReserveBytes(context, o.Sequences), stagingBytes: o.StagingSlots * shape.ExpertBytes);
     }
 
     /// <summary>
@@ -176,6 +176,9 @@ public sealed class OffloadEngine : IDisposable
 
     private CpuWorkerPool? _pool;
     private WeightStager? _cudaStager;
+
+    /// <summary>The CPU expert workers (null when every expert is resident); <c>bench --ab-cpu-threads</c> narrows it at run time.</summary>
+    public CpuWorkerPool? CpuPool => _pool;
 
     /// <summary>
     /// This host's ceiling for the decode lanes (<see cref="LaneCeiling"/>), measured on the engine's worker pool and

@@ -3,7 +3,8 @@ namespace Fiddler.Actors.Placement;
 /// <summary>
 /// Fills a GPU memory budget the way the Fiddler paper does: what every token needs first (non-expert weights, the
 /// KV cache, a reserve for activations and staging), then whole experts in descending popularity until the next one
-/// no longer fits.
+/// no longer fits. Staging slots exist only for experts left in host memory: a budget that holds every expert without
+/// them reserves none.
 /// </summary>
 public static class PlacementPlanner
 {
@@ -11,17 +12,22 @@ public static class PlacementPlanner
     /// Plans residency for <paramref name="shape"/> under <paramref name="budgetBytes"/>. Popularity ties go to the lower
     /// layer, then the lower expert index, so a uniform profile gives the same plan on every run.
     /// </summary>
+    /// <param name="reserveBytes">Always kept free (activations, libtorch's workspaces).</param>
+    /// <param name="stagingBytes">Also kept free when some expert stays in host memory (the weight-transfer slots).</param>
     /// <exception cref="PlacementException">The budget cannot hold the non-expert weights + KV cache + reserve.</exception>
     public static PlacementPlan Plan(ModelShape shape, long budgetBytes, ExpertPopularity pop, long kvCacheBytes,
-        long reserveBytes)
+        long reserveBytes, long stagingBytes = 0)
     {
         ArgumentNullException.ThrowIfNull(shape);
         ArgumentNullException.ThrowIfNull(pop);
         ArgumentOutOfRangeException.ThrowIfNegative(budgetBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(kvCacheBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(reserveBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(stagingBytes);
         pop.EnsureMatches(shape.Layers, shape.Experts);
 
+        // Every expert resident needs no staging; otherwise the slots come out of the budget before any expert.
+        if (shape.NonExpertBytes + kvCacheBytes + reserveBytes + shape.AllExpertsBytes > budgetBytes) reserveBytes += stagingBytes;
         long fixedBytes = shape.NonExpertBytes + kvCacheBytes + reserveBytes;
         if (fixedBytes > budgetBytes)
             throw new PlacementException($"budget {MemoryBudget.Format(budgetBytes)} cannot hold the non-expert weights " +

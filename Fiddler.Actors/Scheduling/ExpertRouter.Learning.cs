@@ -93,6 +93,32 @@ public sealed partial class ExpertRouter
         }
     }
 
+    /// <summary>What the router has learned of the lanes' speeds: per regime (decode-sized, batch) the CPU factors without
+    /// and with transfers and the copies' factor, and the lane-order balance.</summary>
+    public sealed record LearnedSpeeds(double[] Calm, double[] Contended, double[] Transfer, double Balance);
+
+    /// <summary>A copy of what the router has learned (<see cref="LearnedSpeeds"/>), to put back with
+    /// <see cref="RestoreLearned"/>: a comparison of two engine settings in one process keeps each setting's own.</summary>
+    public LearnedSpeeds SaveLearned()
+    {
+        lock (_gate) return new LearnedSpeeds((double[])_calmFactor.Clone(), (double[])_contendedFactor.Clone(), (double[])_transferFactor.Clone(), _balance);
+    }
+
+    /// <summary>Replaces what the router has learned with <paramref name="saved"/> (from <see cref="SaveLearned"/>).</summary>
+    public void RestoreLearned(LearnedSpeeds saved)
+    {
+        ArgumentNullException.ThrowIfNull(saved);
+        if (saved.Calm.Length != _calmFactor.Length || saved.Contended.Length != _contendedFactor.Length || saved.Transfer.Length != _transferFactor.Length)
+            throw new ArgumentException("the saved speeds are not of this router's shape", nameof(saved));
+        lock (_gate)
+        {
+            saved.Calm.CopyTo(_calmFactor, 0);
+            saved.Contended.CopyTo(_contendedFactor, 0);
+            saved.Transfer.CopyTo(_transferFactor, 0);
+            _balance = saved.Balance;
+        }
+    }
+
     /// <summary>The learned balance multiplier on the planned CPU lane of decode-sized layers (1 until learned; applied only
     /// while <see cref="BalanceLastLane"/>).</summary>
     public double LaneBalance { get { lock (_gate) return _balance; } }

@@ -44,9 +44,11 @@ public static class BenchCommand
         var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
         var abBalance = new Option<int>("--ab-balance") { Description = "After the decode windows, N pairs of windows with the lane-order balance on and off, in this process (0..50; reports ab_balance)" };
+        var abThreads = new Option<int>("--ab-cpu-threads") { Description = "After the decode windows, pairs of windows with the CPU expert pool on all its workers and on N participants, each with its own learned speeds (reports ab_cpu_threads)" };
+        var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -66,6 +68,11 @@ public static class BenchCommand
             if (abPairs is < 0 or > 50) throw new ArgumentException($"--ab-balance: {abPairs} is not in 0..50");
             if (abPairs > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
                 throw new ArgumentException("--ab-balance needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
+            int fewerThreads = r.GetValue(abThreads), threadPairs = r.GetValue(abPairsOpt);
+            if (threadPairs is < 1 or > 50) throw new ArgumentException($"--ab-pairs: {threadPairs} is not in 1..50");
+            if (fewerThreads < 0) throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not a positive participant count");
+            if (fewerThreads > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
+                throw new ArgumentException("--ab-cpu-threads needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
             int stagingSlots = r.GetValue(slots);
             if (stagingSlots is < 1 or > 8) throw new ArgumentException($"--staging-slots: {stagingSlots} is not in 1..8");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
@@ -98,7 +105,9 @@ public static class BenchCommand
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
-            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs);
+            if (fewerThreads > 0 && engine.CpuPool is { } pool && fewerThreads >= pool.Concurrency) // checked before the run, not after its windows
+                throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {pool.Concurrency} participants");
+            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null);
             if (r.GetValue(actors))
             {
                 var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge,

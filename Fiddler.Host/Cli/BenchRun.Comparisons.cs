@@ -2,8 +2,8 @@ using Fiddler.Actors.Engine;
 
 namespace Fiddler.Host.Cli;
 
-// The bench's in-process comparisons: decode through the actor runtime vs directly (--actors), and the lane-order
-// balance on vs off (--ab-balance).
+// The bench's in-process comparisons: decode through the actor runtime vs directly (--actors), the lane-order balance
+// on vs off (--ab-balance), and the CPU lane's worker count (--ab-cpu-threads).
 public static partial class BenchRun
 {
     /// <summary>
@@ -70,28 +70,89 @@ public static partial class BenchRun
     public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns);
 
     /// <summary>
+    /// <c>--ab-cpu-threads N</c>: pairs of decode windows with the CPU expert pool on all its participants
+    /// (<paramref name="Full"/>) and on <paramref name="Fewer"/>, each setting with the router's learned speeds of its own
+    /// (the fewer-worker side learns them in one discarded window first). <paramref name="MedianDiffPct"/>: the median of
+    /// the pairs' (fewer / full − 1) × 100. <paramref name="FullCpuFactor"/>, <paramref name="FewerCpuFactor"/>: each
+    /// side's learned CPU factor beside transfers (decode-sized layers) at the end.
+    /// </summary>
+    public sealed record ThreadsComparison(int Full, int Fewer, WindowStats[] FullRuns, WindowStats[] FewerRuns, double[] PairDiffPct,
+        double MedianDiffPct, double FullCpuFactor, double FewerCpuFactor);
+
+    /// <summary>
+    /// <paramref name="pairs"/> pairs of <paramref name="window"/>s, side A first in even pairs and side B first in odd ones
+    /// (a drift charges both sides alike); <paramref name="use"/>(true) sets side A up, (false) side B. Returns both sides'
+    /// windows and each pair's (A / B − 1) × 100.
+    /// </summary>
+    public static (WindowStats[] A, WindowStats[] B, double[] DiffPct) Alternate(int pairs, Action<bool> use, Func<WindowStats> window)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
+        var a = new WindowStats[pairs];
+        var b = new WindowStats[pairs];
+        for (int p = 0; p < pairs; p++)
+            foreach (bool sideA in p % 2 == 0 ? new[] { true, false } : [false, true])
+            {
+                use(sideA);
+                (sideA ? a : b)[p] = window();
+            }
+        return (a, b, a.Zip(b, (x, y) => Math.Round((x.TokS / y.TokS - 1) * 100, 2)).ToArray());
+    }
+
+    /// <summary>
     /// <paramref name="pairs"/> pairs of <paramref name="window"/>s with <paramref name="router"/>'s lane-order balance on
-    /// and off, on first in even pairs and off first in odd ones (a drift charges both sides alike); the router's setting
-    /// is restored afterwards.
+    /// and off, on first in even pairs and off first in odd ones; the router's setting is restored afterwards.
     /// </summary>
     public static BalanceComparison CompareBalance(Fiddler.Actors.Scheduling.ExpertRouter router, int pairs, Func<WindowStats> window)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
         bool configured = router.BalanceLastLane;
         double atStart = router.LaneBalance;
-        var on = new WindowStats[pairs];
-        var off = new WindowStats[pairs];
         try
         {
-            for (int p = 0; p < pairs; p++)
-                foreach (bool balance in p % 2 == 0 ? new[] { true, false } : [false, true])
-                {
-                    router.BalanceLastLane = balance;
-                    (balance ? on : off)[p] = window();
-                }
+            var (on, off, diff) = Alternate(pairs, balance => router.BalanceLastLane = balance, window);
+            return new BalanceComparison(on, off, diff, Median(diff), atStart);
         }
         finally { router.BalanceLastLane = configured; }
-        double[] diff = on.Zip(off, (a, b) => Math.Round((a.TokS / b.TokS - 1) * 100, 2)).ToArray();
-        return new BalanceComparison(on, off, diff, Median(diff), atStart);
+    }
+
+    /// <summary>
+    /// <paramref name="pairs"/> pairs of <paramref name="window"/>s with <paramref name="pool"/> on all its participants
+    /// and on <paramref name="fewer"/> (fewer first in even pairs), each side with its own learned router speeds; the
+    /// pool's participants and the full side's speeds are restored afterwards.
+    /// </summary>
+    public static ThreadsComparison CompareCpuThreads(Fiddler.Actors.Scheduling.ExpertRouter router, Fiddler.Kernels.Experts.CpuWorkerPool pool,
+        int fewer, int pairs, Func<WindowStats> window)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
+        int full = pool.ActiveConcurrency;
+        if (fewer < 1 || fewer >= full) throw new ArgumentOutOfRangeException(nameof(fewer), fewer, $"must be in 1..{full - 1} (the pool runs on {full})");
+        var fullSpeeds = router.SaveLearned();
+        Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? fewerSpeeds = null;
+        bool onFewer = false;
+        void Use(bool useFewer)
+        {
+            if (useFewer == onFewer) return;
+            if (onFewer) fewerSpeeds = router.SaveLearned();
+            else fullSpeeds = router.SaveLearned();
+            pool.ActiveConcurrency = useFewer ? fewer : full;
+            if (!useFewer) router.RestoreLearned(fullSpeeds);
+            else if (fewerSpeeds is not null) router.RestoreLearned(fewerSpeeds); // the first time it starts from the full side's
+            onFewer = useFewer;
+        }
+        try
+        {
+            Use(true);
+            window(); // discarded: the fewer side learns its speeds
+            var (few, all, diff) = Alternate(pairs, Use, window);
+            Use(false);
+            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), fullSpeeds.Contended[0], fewerSpeeds!.Contended[0]);
+        }
+        finally
+        {
+            if (onFewer)
+            {
+                pool.ActiveConcurrency = full;
+                router.RestoreLearned(fullSpeeds);
+            }
+        }
     }
 }

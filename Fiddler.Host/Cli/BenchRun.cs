@@ -15,6 +15,7 @@ public static partial class BenchRun
     {
         public long SplitExperts { get; init; }
         public BalanceComparison? AbBalance { get; init; }
+        public ThreadsComparison? AbCpuThreads { get; init; }
         /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
         /// its blocks, so each value is the most the process held up to that prompt.</summary>
         public Dictionary<string, double>? GpuMemoryAfterPrefillGiB { get; init; }
@@ -50,7 +51,10 @@ public static partial class BenchRun
     /// one sequence (no prefill between them, so the router's counters see decode layers only); tok/s is their median.</param>
     /// <param name="abPairs">After the windows: pairs of windows with the lane-order balance on and off
     /// (<see cref="BalanceComparison"/>); 0: none.</param>
-    public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0)
+    /// <param name="abThreads">After those: pairs of windows with the CPU pool on all its participants and on fewer
+    /// (<see cref="ThreadsComparison"/>); null: none.</param>
+    public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0,
+        (int Fewer, int Pairs)? abThreads = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
@@ -132,25 +136,26 @@ public static partial class BenchRun
             SplitExperts = s?.SplitExperts ?? 0, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
         };
-        if (abPairs == 0) return result;
+        if (abPairs == 0 && abThreads is null) return result;
         if (s is null)
         {
-            Console.Error.WriteLine("--ab-balance: every expert is resident, so there is no CPU lane to balance");
+            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads: every expert is resident, so there is no CPU lane to compare");
             return result;
         }
         // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the
-        // cache needs no room beyond the run's and the placement is the same as without the comparison.
-        return result with
+        // cache needs no room beyond the run's and the placement is the same as without the comparisons.
+        WindowStats AbWindow()
         {
-            AbBalance = CompareBalance(s.Router, abPairs, () =>
-            {
-                decodeCache.Truncate(windowStart);
-                next = windowToken;
-                s.ResetCounters();
-                double tokS = Window();
-                return new WindowStats(tokS, s.Router.LaneOrder.CpuLastShare, s.MeanHandoff.Mean.HostMs);
-            }),
-        };
+            decodeCache.Truncate(windowStart);
+            next = windowToken;
+            s.ResetCounters();
+            double tokS = Window();
+            return new WindowStats(tokS, s.Router.LaneOrder.CpuLastShare, s.MeanHandoff.Mean.HostMs);
+        }
+        if (abPairs > 0) result = result with { AbBalance = CompareBalance(s.Router, abPairs, AbWindow) };
+        if (abThreads is { } t && engine.CpuPool is { } pool)
+            result = result with { AbCpuThreads = CompareCpuThreads(s.Router, pool, t.Fewer, t.Pairs, AbWindow) };
+        return result;
     }
 
     /// <summary>The decode window's executor timeline per layer (host clock, no syncs) and layers per token.</summary>
@@ -286,6 +291,18 @@ public static partial class BenchRun
                 ["off_cpu_ended_last"] = abb.Off.Select(x => Math.Round(x.CpuEndedLastShare, 3)).ToArray(),
                 ["on_handoff_host_ms"] = abb.On.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
                 ["off_handoff_host_ms"] = abb.Off.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
+            } : null,
+            ["ab_cpu_threads"] = r.AbCpuThreads is { } abt ? new Dictionary<string, object>
+            {
+                ["pairs"] = abt.FullRuns.Length,
+                ["threads"] = new[] { abt.Full, abt.Fewer },
+                ["full_tok_s"] = abt.FullRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["fewer_tok_s"] = abt.FewerRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["pair_diff_pct"] = abt.PairDiffPct, // fewer / full − 1
+                ["median_diff_pct"] = Math.Round(abt.MedianDiffPct, 2),
+                ["cpu_factor"] = new[] { Math.Round(abt.FullCpuFactor, 3), Math.Round(abt.FewerCpuFactor, 3) },
+                ["full_handoff_host_ms"] = abt.FullRuns.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
+                ["fewer_handoff_host_ms"] = abt.FewerRuns.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
             } : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,

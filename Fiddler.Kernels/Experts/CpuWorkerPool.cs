@@ -11,6 +11,8 @@ namespace Fiddler.Kernels.Experts;
 /// atomic counter per phase, so a late or descheduled worker delays a region by at most one item.
 /// Idle workers spin for <c>spin</c> (default 500 µs, meant to bridge the GPU work between two MoE layers), then block
 /// on their own semaphore; waking a blocked worker costs a semaphore release on the calling thread. One region runs at a time; calls from several threads are serialised.
+/// <see cref="ActiveConcurrency"/> can take fewer participants at run time (the others sleep without spinning), so one
+/// process can compare worker counts on the same memory and placement.
 /// </summary>
 public sealed unsafe class CpuWorkerPool : IDisposable
 {
@@ -19,6 +21,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
     private readonly long _spinTicks;
     private Job? _job;
     private long _generation;
+    private volatile int _activeWorkers; // workers that take part in regions: _workers[0.._activeWorkers)
     private volatile bool _disposed;
     private void* _scratch;
     private nuint _scratchBytes;
@@ -33,16 +36,34 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         Concurrency = threads == 0 ? Environment.ProcessorCount : threads;
         _spinTicks = (long)((spin ?? TimeSpan.FromMicroseconds(500)).TotalSeconds * Stopwatch.Frequency);
         _workers = new Worker[Concurrency - 1];
+        _activeWorkers = _workers.Length;
         for (int i = 0; i < _workers.Length; i++)
         {
-            var worker = new Worker();
+            var worker = new Worker { Index = i };
             worker.Thread = new Thread(() => WorkerLoop(worker)) { IsBackground = true, Name = $"fiddler-cpu-{i + 1}" };
             _workers[i] = worker;
             worker.Thread.Start();
         }
     }
 
+    /// <summary>The participants the pool was built with (the caller and its workers).</summary>
     public int Concurrency { get; }
+
+    /// <summary>
+    /// The participants regions run on now, 1..<see cref="Concurrency"/> (initially all): the caller and the first
+    /// <c>ActiveConcurrency − 1</c> workers; the rest sleep on their semaphores until it grows again. Takes effect from
+    /// the next region.
+    /// </summary>
+    public int ActiveConcurrency
+    {
+        get => _activeWorkers + 1;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, Concurrency);
+            lock (_callLock) _activeWorkers = value - 1;
+        }
+    }
 
     /// <summary>Calls <paramref name="body"/>(i) for i in [0, count), in parallel; returns when all are done.</summary>
     /// <param name="grain">Indices claimed at a time; 0 picks about 8 claims per participant.</param>
@@ -64,9 +85,10 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (count1 + count2 == 0) return;
+            int active = _activeWorkers + 1;
             var job = new Job(count1, body1, count2, body2,
-                grain > 0 ? grain : Math.Max(1, count1 / (8 * Concurrency)), grain > 0 ? grain : Math.Max(1, count2 / (8 * Concurrency)));
-            if (_workers.Length > 0) Publish(job);
+                grain > 0 ? grain : Math.Max(1, count1 / (8 * active)), grain > 0 ? grain : Math.Max(1, count2 / (8 * active)));
+            if (active > 1) Publish(job, active - 1);
             Participate(job);
             WaitFinished(job);
             if (job.Error is not null) ExceptionDispatchInfo.Throw(job.Error);
@@ -104,11 +126,11 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         }
     }
 
-    private void Publish(Job job)
+    private void Publish(Job job, int workers)
     {
         Volatile.Write(ref _job, job);
         Interlocked.Increment(ref _generation);
-        foreach (var w in _workers) Wake(w);
+        for (int i = 0; i < workers; i++) Wake(_workers[i]);
     }
 
     private static void Wake(Worker w)
@@ -126,7 +148,8 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             long g = Volatile.Read(ref _generation);
             if (g == seen)
             {
-                long deadline = Stopwatch.GetTimestamp() + _spinTicks;
+                // A worker left out of regions (ActiveConcurrency) does not spin: it would take a core from those in it.
+                long deadline = self.Index < _activeWorkers ? Stopwatch.GetTimestamp() + _spinTicks : 0;
                 while ((g = Volatile.Read(ref _generation)) == seen && Stopwatch.GetTimestamp() < deadline) Thread.SpinWait(8);
                 while (g == seen)
                 {
@@ -143,7 +166,9 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             }
             seen = g;
             if (_disposed) return;
-            if (Volatile.Read(ref _job) is { } job) Participate(job);
+            // A worker woken for another reason (it was spinning, or it was active when the region was published) joins
+            // only while it is among the active ones; a region completes on item counts, not on who took part.
+            if (self.Index < _activeWorkers && Volatile.Read(ref _job) is { } job) Participate(job);
         }
     }
 
@@ -210,6 +235,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         public Thread Thread = null!;
         public readonly SemaphoreSlim Signal = new(0);
         public int Sleeping;
+        public int Index;
     }
 
     private sealed class Job(int count1, Action<int> body1, int count2, Action<int>? body2, int grain1, int grain2)

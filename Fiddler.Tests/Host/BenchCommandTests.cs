@@ -127,6 +127,73 @@ public sealed class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void CompareCpuThreads_AlternatesParticipantsEachWithItsOwnLearnedSpeedsAndRestores()
+    {
+        var router = new Fiddler.Actors.Scheduling.ExpertRouter(Fiddler.Tests.Actors.Scheduling.HardwareProfileTests.H100(),
+            new Fiddler.Actors.Scheduling.RouterOptions(Fiddler.Actors.Scheduling.RoutingMode.Auto, 2, 16, SplitExperts: true, CpuContention: 1));
+        using var pool = new Fiddler.Kernels.Experts.CpuWorkerPool(threads: 4);
+        var plan = router.Decide([new(5, 1, false), new(6, 1, false)]);
+        Assert.True(plan.HasCpuWork && plan.HasTransfers, "a plan that teaches the factor beside transfers");
+        var seen = new List<int>();
+        // Each window "observes" a CPU lane as slow as its participant count says: 4 → ×1, 2 → ×2.
+        Fiddler.Host.Cli.BenchRun.WindowStats Window()
+        {
+            int n = pool.ActiveConcurrency;
+            seen.Add(n);
+            for (int i = 0; i < 100; i++)
+            {
+                var p = router.Decide([new(5, 1, false), new(6, 1, false)]);
+                router.Account(p, [], observedCpuLaneMs: p.CpuLaneMs / p.CpuFactor * 4.0 / n);
+            }
+            return new(n, 0.5, 0.3);
+        }
+        var cmp = Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 2, 2, Window);
+        Assert.Equal([2, 2, 4, 4, 2], seen); // a discarded window for the fewer side, then fewer first in even pairs
+        Assert.Equal((4, 2), (cmp.Full, cmp.Fewer));
+        Assert.Equal([4.0, 4], cmp.FullRuns.Select(w => w.TokS));
+        Assert.Equal([2.0, 2], cmp.FewerRuns.Select(w => w.TokS));
+        Assert.Equal([-50.0, -50], cmp.PairDiffPct);
+        Assert.Equal(-50, cmp.MedianDiffPct, 9);
+        // Each side kept its own factor: ~1 for the full pool, ~2 for half of it; the router is back on the full side's.
+        Assert.InRange(cmp.FullCpuFactor, 0.95, 1.05);
+        Assert.InRange(cmp.FewerCpuFactor, 1.9, 2.1);
+        Assert.Equal(cmp.FullCpuFactor, router.CpuFactors.Contended, 9);
+        Assert.Equal(4, pool.ActiveConcurrency);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 4, 1, Window));
+        // A failing window still restores the pool and the full side's speeds.
+        Assert.Throws<InvalidOperationException>(() => Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 3, 1, () => throw new InvalidOperationException()));
+        Assert.Equal(4, pool.ActiveConcurrency);
+        Assert.Equal(cmp.FullCpuFactor, router.CpuFactors.Contended, 9);
+    }
+
+    [Fact]
+    public void Bench_AbCpuThreads_ReportsBothSidesAndRejectsBadCounts()
+    {
+        using var json = BenchJson("--new-tokens", "3", "--cpu-threads", "3", "--ab-cpu-threads", "1", "--ab-pairs", "2");
+        var ab = json.RootElement.GetProperty("ab_cpu_threads");
+        Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
+        Assert.Equal([3, 1], ab.GetProperty("threads").EnumerateArray().Select(x => x.GetInt32()));
+        Assert.Equal(2, ab.GetProperty("full_tok_s").GetArrayLength());
+        Assert.All(ab.GetProperty("fewer_tok_s").EnumerateArray(), x => Assert.True(x.GetDouble() > 0));
+        Assert.Equal(2, ab.GetProperty("cpu_factor").GetArrayLength());
+        Assert.Equal(3, json.RootElement.GetProperty("cpu_threads").GetInt32());
+
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string[] Args(params string[] extra) => ["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8", "--new-tokens", "3", .. extra,
+            "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json")];
+        var tooMany = CliHarness.Run(Args("--cpu-threads", "3", "--ab-cpu-threads", "3"));
+        Assert.Equal(2, tooMany.ExitCode);
+        Assert.Contains("--ab-cpu-threads: 3 is not fewer than the pool's 3 participants", tooMany.Err);
+        var pairs = CliHarness.Run(Args("--ab-cpu-threads", "1", "--ab-pairs", "0"));
+        Assert.Equal(2, pairs.ExitCode);
+        Assert.Contains("--ab-pairs: 0 is not in 1..50", pairs.Err);
+        var noAdapt = CliHarness.Run(Args("--ab-cpu-threads", "1", "--no-adapt"));
+        Assert.Equal(2, noAdapt.ExitCode);
+        Assert.Contains("--ab-cpu-threads needs the learned router", noAdapt.Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
+    }
+
+    [Fact]
     public void Bench_NoBalanceLastLane_IsPassedToTheRouterAndReported()
     {
         using var json = BenchJson("--new-tokens", "3", "--no-balance-last-lane");

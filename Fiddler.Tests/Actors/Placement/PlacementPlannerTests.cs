@@ -75,6 +75,34 @@ public sealed class PlacementPlannerTests
     }
 
     [Fact]
+    public void Plan_EveryExpertFitsWithoutStaging_ReservesNoStaging()
+    {
+        // A budget that holds the whole model and the activation reserve, but not the staging slots as well: nothing is
+        // left in host memory, so nothing is staged, and the plan neither drops an expert nor counts the slots.
+        long staging = 2 * Mixtral.ExpertBytes, reserve = Gib / 2;
+        long whole = Mixtral.NonExpertBytes + Mixtral.AllExpertsBytes + reserve;
+        var plan = PlacementPlanner.Plan(Mixtral, whole + staging / 2, ExpertPopularity.Uniform(32, 8), 0, reserve, staging);
+        Assert.Equal(256, plan.ExpertsOnGpu);
+        Assert.Equal(reserve, plan.ReserveBytes);
+    }
+
+    [Fact]
+    public void Plan_SomeExpertInHostMemory_ReservesStagingBeforeExperts()
+    {
+        long staging = 2 * Mixtral.ExpertBytes, reserve = Gib / 2;
+        long whole = Mixtral.NonExpertBytes + Mixtral.AllExpertsBytes + reserve;
+        var plan = PlacementPlanner.Plan(Mixtral, whole - 1, ExpertPopularity.Uniform(32, 8), 0, reserve, staging);
+        Assert.Equal(reserve + staging, plan.ReserveBytes);
+        Assert.Equal(256 - 3, plan.ExpertsOnGpu); // one byte short of the whole model: the slots take two more experts' room
+        Assert.True(plan.UsedBytes + plan.ReserveBytes <= whole - 1);
+
+        // The fixed part with the slots must fit, and the error names the reserve with them.
+        var e = Assert.Throws<PlacementException>(() =>
+            PlacementPlanner.Plan(Mixtral, Mixtral.NonExpertBytes + reserve + staging - 1, ExpertPopularity.Uniform(32, 8), 0, reserve, staging));
+        Assert.Contains($"reserve ({MemoryBudget.Format1(reserve + staging)})", e.Message);
+    }
+
+    [Fact]
     public void Plan_Popularity_MostChosenFirstTiesByLayerThenExpert()
     {
         var shape = new ModelShape(3, 4, 8, 8, 16, 2, 1, 4, 4, false);

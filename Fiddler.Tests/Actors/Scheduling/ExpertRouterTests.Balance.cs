@@ -79,6 +79,29 @@ public sealed partial class ExpertRouterTests
     }
 
     [Fact]
+    public void SaveAndRestoreLearned_PutsBackTheFactorsAndTheBalance()
+    {
+        var router = SkewedLanes(balance: true).Router;
+        var saved = router.SaveLearned();
+        var before = router.Decide([Miss(5), Miss(6)]);
+        Assert.True(saved.Balance < 1 && saved.Contended[0] != 1, $"{saved}");
+        // Teach it something else: a CPU lane twice as slow as planned, many times over.
+        for (int i = 0; i < 200; i++)
+        {
+            var p = router.Decide([Miss(5), Miss(6)]);
+            router.Account(p, [], observedCpuLaneMs: p.CpuLaneMs / p.CpuFactor * 2.5, observedDeviceLaneMs: p.GpuLaneMs, cpuEndedLast: true);
+        }
+        Assert.NotEqual(saved.Contended[0], router.CpuFactors.Contended);
+        router.RestoreLearned(saved);
+        Assert.Equal(saved.Contended[0], router.CpuFactors.Contended);
+        Assert.Equal(saved.Balance, router.LaneBalance);
+        Assert.Equal(before.CpuFactor, router.Decide([Miss(5), Miss(6)]).CpuFactor, 12);
+        saved.Contended[0] = 99; // a copy: changing it does not reach the router
+        Assert.NotEqual(99, router.CpuFactors.Contended);
+        Assert.Throws<ArgumentException>(() => router.RestoreLearned(saved with { Calm = [1] }));
+    }
+
+    [Fact]
     public void LastLaneTarget_IsBoundedAndHalfWithoutSpeeds()
     {
         Assert.Equal(0.5, ExpertRouter.LastLaneTarget(3, 3), 9);

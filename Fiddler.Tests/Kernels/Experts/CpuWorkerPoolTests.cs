@@ -75,6 +75,34 @@ public class CpuWorkerPoolTests
     }
 
     [Fact]
+    public void ActiveConcurrency_Fewer_RunsOnThatManyThreadsThenAllAgain()
+    {
+        using var pool = new CpuWorkerPool(threads: 4, TimeSpan.FromMicroseconds(200));
+        Assert.Equal(4, pool.ActiveConcurrency);
+        HashSet<Thread> ThreadsOf(int items)
+        {
+            var seen = new System.Collections.Concurrent.ConcurrentDictionary<Thread, bool>();
+            pool.ParallelFor(items, _ => { seen[Thread.CurrentThread] = true; Thread.SpinWait(2000); }, grain: 1);
+            return seen.Keys.ToHashSet();
+        }
+        pool.ActiveConcurrency = 2;
+        for (int round = 0; round < 50; round++) Assert.True(ThreadsOf(64).Count <= 2);
+        pool.ActiveConcurrency = 1;
+        Assert.Equal([Thread.CurrentThread], ThreadsOf(16));
+        long sum = 0;
+        pool.ParallelFor(1000, i => Interlocked.Add(ref sum, i), 10, _ => Interlocked.Increment(ref sum)); // two phases on the caller alone
+        Assert.Equal(499_500 + 10, sum);
+
+        pool.ActiveConcurrency = 4;
+        using var arrived = new CountdownEvent(4); // one item per participant, each waiting for all: every worker is back
+        var all = new System.Collections.Concurrent.ConcurrentDictionary<Thread, bool>();
+        pool.ParallelFor(4, _ => { all[Thread.CurrentThread] = true; arrived.Signal(); Assert.True(arrived.Wait(TimeSpan.FromSeconds(10))); }, grain: 1);
+        Assert.Equal(4, all.Count);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.ActiveConcurrency = 0);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pool.ActiveConcurrency = 5);
+    }
+
+    [Fact]
     public void Dispose_AfterWork_JoinsWorkerThreadsAndRejectsCalls()
     {
         var pool = new CpuWorkerPool(threads: 4);
