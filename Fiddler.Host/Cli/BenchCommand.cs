@@ -71,6 +71,8 @@ public static class BenchCommand
             int fewerThreads = r.GetValue(abThreads), threadPairs = r.GetValue(abPairsOpt);
             if (threadPairs is < 1 or > 50) throw new ArgumentException($"--ab-pairs: {threadPairs} is not in 1..50");
             if (fewerThreads < 0) throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not a positive participant count");
+            if (fewerThreads == 0 && r.GetResult(abPairsOpt) is { Implicit: false })
+                throw new ArgumentException("--ab-pairs counts the pairs of --ab-cpu-threads: give that too (--ab-balance takes its own count)");
             if (fewerThreads > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
                 throw new ArgumentException("--ab-cpu-threads needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
             int stagingSlots = r.GetValue(slots);
@@ -102,11 +104,13 @@ public static class BenchCommand
             };
             if (r.GetValue(contention) is double c) options = options with { CpuContention = c };
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
+            if ((abPairs > 0 || fewerThreads > 0) && options.GpuBudgetBytes is null)
+                throw new ArgumentException("--ab-balance and --ab-cpu-threads compare the CPU lane: give --gpu-budget");
+            if (fewerThreads > 0 && fewerThreads >= OffloadEngine.DefaultCpuThreads(options)) // before building: that takes minutes at full size
+                throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {OffloadEngine.DefaultCpuThreads(options)} participants");
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
-            if (fewerThreads > 0 && engine.CpuPool is { } pool && fewerThreads >= pool.Concurrency) // checked before the run, not after its windows
-                throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {pool.Concurrency} participants");
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null);
             if (r.GetValue(actors))
             {

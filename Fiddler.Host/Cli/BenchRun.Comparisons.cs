@@ -143,8 +143,8 @@ public static partial class BenchRun
             Use(true);
             window(); // discarded: the fewer side learns its speeds
             var (few, all, diff) = Alternate(pairs, Use, window);
-            Use(false);
-            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), fullSpeeds.Contended[0], fewerSpeeds!.Contended[0]);
+            Use(false); // sets the fewer side's speeds aside (when it ran last) and puts the full side's back
+            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), router.SaveLearned().Contended[0], fewerSpeeds!.Contended[0]);
         }
         finally
         {

@@ -52,7 +52,9 @@ public sealed unsafe class CpuWorkerPool : IDisposable
     /// <summary>
     /// The participants regions run on now, 1..<see cref="Concurrency"/> (initially all): the caller and the first
     /// <c>ActiveConcurrency − 1</c> workers; the rest sleep on their semaphores until it grows again. Takes effect from
-    /// the next region.
+    /// the next region; must not be set from inside a region's body (a worker would wait for its own region). Work items are still sized
+    /// for <see cref="Concurrency"/> by kernels that size them per participant (small experts only), and libtorch's CPU
+    /// backend keeps its own thread count.
     /// </summary>
     public int ActiveConcurrency
     {
@@ -87,8 +89,8 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             if (count1 + count2 == 0) return;
             int active = _activeWorkers + 1;
             var job = new Job(count1, body1, count2, body2,
-                grain > 0 ? grain : Math.Max(1, count1 / (8 * active)), grain > 0 ? grain : Math.Max(1, count2 / (8 * active)));
-            if (active > 1) Publish(job, active - 1);
+                grain > 0 ? grain : Math.Max(1, count1 / (8 * active)), grain > 0 ? grain : Math.Max(1, count2 / (8 * active)), active - 1);
+            if (active > 1) Publish(job);
             Participate(job);
             WaitFinished(job);
             if (job.Error is not null) ExceptionDispatchInfo.Throw(job.Error);
@@ -126,11 +128,11 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         }
     }
 
-    private void Publish(Job job, int workers)
+    private void Publish(Job job)
     {
         Volatile.Write(ref _job, job);
         Interlocked.Increment(ref _generation);
-        for (int i = 0; i < workers; i++) Wake(_workers[i]);
+        for (int i = 0; i < job.Workers; i++) Wake(_workers[i]);
     }
 
     private static void Wake(Worker w)
@@ -166,9 +168,9 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             }
             seen = g;
             if (_disposed) return;
-            // A worker woken for another reason (it was spinning, or it was active when the region was published) joins
-            // only while it is among the active ones; a region completes on item counts, not on who took part.
-            if (self.Index < _activeWorkers && Volatile.Read(ref _job) is { } job) Participate(job);
+            // Only the workers the region was published for join it (a left-out one may have been spinning, or paused
+            // here since an earlier region); a region completes on item counts, not on who took part.
+            if (Volatile.Read(ref _job) is { } job && self.Index < job.Workers) Participate(job);
         }
     }
 
@@ -238,9 +240,11 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         public int Index;
     }
 
-    private sealed class Job(int count1, Action<int> body1, int count2, Action<int>? body2, int grain1, int grain2)
+    private sealed class Job(int count1, Action<int> body1, int count2, Action<int>? body2, int grain1, int grain2, int workers)
     {
         public readonly int Count1 = count1, Count2 = count2, Grain1 = grain1, Grain2 = grain2;
+        /// <summary>The workers (<c>_workers[0..Workers)</c>) that take part besides the caller.</summary>
+        public readonly int Workers = workers;
         public readonly Action<int> Body1 = body1;
         public readonly Action<int>? Body2 = body2;
         // Each counter on its own cache lines: with all four on one line, an empty two-phase region took 12-14 µs on the

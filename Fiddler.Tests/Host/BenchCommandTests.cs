@@ -135,7 +135,8 @@ public sealed class BenchCommandTests : IDisposable
         var plan = router.Decide([new(5, 1, false), new(6, 1, false)]);
         Assert.True(plan.HasCpuWork && plan.HasTransfers, "a plan that teaches the factor beside transfers");
         var seen = new List<int>();
-        // Each window "observes" a CPU lane as slow as its participant count says: 4 → ×1, 2 → ×2.
+        double slower = 1;
+        // Each window "observes" a CPU lane as slow as its participant count says: 4 → ×1, 2 → ×2 (times `slower`).
         Fiddler.Host.Cli.BenchRun.WindowStats Window()
         {
             int n = pool.ActiveConcurrency;
@@ -143,7 +144,7 @@ public sealed class BenchCommandTests : IDisposable
             for (int i = 0; i < 100; i++)
             {
                 var p = router.Decide([new(5, 1, false), new(6, 1, false)]);
-                router.Account(p, [], observedCpuLaneMs: p.CpuLaneMs / p.CpuFactor * 4.0 / n);
+                router.Account(p, [], observedCpuLaneMs: p.CpuLaneMs / p.CpuFactor * 4.0 / n * slower);
             }
             return new(n, 0.5, 0.3);
         }
@@ -160,10 +161,26 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(cmp.FullCpuFactor, router.CpuFactors.Contended, 9);
         Assert.Equal(4, pool.ActiveConcurrency);
         Assert.Throws<ArgumentOutOfRangeException>(() => Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 4, 1, Window));
-        // A failing window still restores the pool and the full side's speeds.
-        Assert.Throws<InvalidOperationException>(() => Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 3, 1, () => throw new InvalidOperationException()));
+
+        // An odd number of pairs ends on the full side: its factor is reported as learned in that last window. Here the
+        // full side's lane turns 1.5× slower after the first comparison, so only its own windows can teach that.
+        slower = 1.5;
+        seen.Clear();
+        var odd = Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 2, 3, Window);
+        Assert.Equal([2, 2, 4, 4, 2, 2, 4], seen);
+        Assert.InRange(odd.FullCpuFactor, 1.45, 1.55);
+        Assert.Equal(odd.FullCpuFactor, router.CpuFactors.Contended, 9);
+        Assert.InRange(odd.FewerCpuFactor, 2.9, 3.1);
+
+        // A window that fails after teaching the fewer side something still restores the pool and the full side's speeds.
+        double fullBefore = router.CpuFactors.Contended;
+        Assert.Throws<InvalidOperationException>(() => Fiddler.Host.Cli.BenchRun.CompareCpuThreads(router, pool, 2, 1, () =>
+        {
+            Window();
+            throw new InvalidOperationException();
+        }));
         Assert.Equal(4, pool.ActiveConcurrency);
-        Assert.Equal(cmp.FullCpuFactor, router.CpuFactors.Contended, 9);
+        Assert.Equal(fullBefore, router.CpuFactors.Contended, 9);
     }
 
     [Fact]
@@ -187,9 +204,16 @@ public sealed class BenchCommandTests : IDisposable
         var pairs = CliHarness.Run(Args("--ab-cpu-threads", "1", "--ab-pairs", "0"));
         Assert.Equal(2, pairs.ExitCode);
         Assert.Contains("--ab-pairs: 0 is not in 1..50", pairs.Err);
+        var pairsAlone = CliHarness.Run(Args("--ab-pairs", "3"));
+        Assert.Equal(2, pairsAlone.ExitCode);
+        Assert.Contains("--ab-pairs counts the pairs of --ab-cpu-threads", pairsAlone.Err);
         var noAdapt = CliHarness.Run(Args("--ab-cpu-threads", "1", "--no-adapt"));
         Assert.Equal(2, noAdapt.ExitCode);
         Assert.Contains("--ab-cpu-threads needs the learned router", noAdapt.Err);
+        var noBudget = CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--prompt-tokens", "8", "--new-tokens", "3", "--ab-cpu-threads", "1",
+            "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json")]);
+        Assert.Equal(2, noBudget.ExitCode);
+        Assert.Contains("give --gpu-budget", noBudget.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
     }
 
