@@ -38,8 +38,13 @@ public static class LaneCeiling
     /// all are free again on return (its transfer counters include the probe's copies).
     /// </summary>
     /// <param name="copies">Expert copies per copy run (round robin over <paramref name="copied"/> and the slots).</param>
-    public static Result Measure(CpuWorkerPool pool, WeightStager stager, IReadOnlyList<HostExpert> copied, IReadOnlyList<HostExpert> read, int copies = 24)
+    /// <param name="windows">Concurrent windows; the one with the highest combined rate is reported (a host's DRAM
+    /// bandwidth dips for a moment: one window on the H100 host read the CPU 14 % below what the engine's own CPU lane
+    /// sustained beside the copies in the same run).</param>
+    public static Result Measure(CpuWorkerPool pool, WeightStager stager, IReadOnlyList<HostExpert> copied, IReadOnlyList<HostExpert> read,
+        int copies = 24, int windows = 2)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(windows, 1);
         ArgumentNullException.ThrowIfNull(pool);
         ArgumentNullException.ThrowIfNull(stager);
         if (copied.Count == 0 || read.Count == 0) throw new ArgumentException("the probe needs at least one expert to copy and one to read");
@@ -82,21 +87,27 @@ public static class LaneCeiling
 
         // Together: the copies are queued, then the pool reads one expert at a time until the last copy has landed; both
         // rates are over that one window (the copies' end is seen within one expert's read, ~1.5 % of the window).
-        long start = Stopwatch.GetTimestamp();
-        long copyBytes = QueueCopies(stager, copied, copies, out var final);
-        long readBytes = 0;
-        try
+        Result? best = null;
+        for (int w = 0; w < windows; w++)
         {
-            for (int i = 0; !stager.IsCopyComplete(final); i++)
-                readBytes += CpuBandwidth.ReadOnce(pool, perExpert[i % perExpert.Length]);
+            long start = Stopwatch.GetTimestamp();
+            long copyBytes = QueueCopies(stager, copied, copies, out var final);
+            long readBytes = 0;
+            try
+            {
+                for (int i = 0; !stager.IsCopyComplete(final); i++)
+                    readBytes += CpuBandwidth.ReadOnce(pool, perExpert[i % perExpert.Length]);
+            }
+            finally
+            {
+                stager.Release(final.Slot);
+            }
+            double window = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            stager.Synchronize();
+            var r = new Result(cpuAlone, copyAlone, readBytes / window / 1e9, copyBytes / window / 1e9, window * 1000);
+            if (best is null || r.ConcurrentGBps > best.ConcurrentGBps) best = r;
         }
-        finally
-        {
-            stager.Release(final.Slot);
-        }
-        double window = Stopwatch.GetElapsedTime(start).TotalSeconds;
-        stager.Synchronize();
-        return new Result(cpuAlone, copyAlone, readBytes / window / 1e9, copyBytes / window / 1e9, window * 1000);
+        return best!;
     }
 
     /// <summary>Queues <paramref name="copies"/> expert copies round robin over the slots; all but the last slot are
