@@ -131,6 +131,18 @@ public sealed class OffloadEngine : IDisposable
         CheckFitsDevice(device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(contextTokens, config.MaxPositionEmbeddings), sequences), budgeted: false);
     }
 
+    /// <summary>
+    /// For a model loaded whole onto a CUDA device: the most positions whose KV cache and prompt activations fit the
+    /// memory still free (<see cref="DeviceMemoryFit.ContextThatFits"/>); null off CUDA.
+    /// </summary>
+    public static int? ContextThatFitsFreeMemory(MixtralConfig config, ScalarType dtype, Device device)
+    {
+        if (device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable) return null;
+        using var on = CudaRuntime.UseDevice(device.index < 0 ? 0 : device.index);
+        var (free, _) = CudaRuntime.MemGetInfo();
+        return DeviceMemoryFit.ContextThatFits(ModelShape.From(config, dtype == ScalarType.Float32 ? 4 : 2), free, config.MaxPositionEmbeddings);
+    }
+
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)
     {
         // One core stays free for the thread that drives the GPU: a straggling worker stalls the whole parallel region.

@@ -38,5 +38,27 @@ public static class DeviceMemoryFit
             : $"the whole model on the GPU {need}: give --gpu-budget (at most {FloorGiB(room)}GiB) to keep some experts in host memory");
     }
 
+    /// <summary>
+    /// The most positions, up to <paramref name="maxPositions"/>, whose KV cache (one sequence) and one prompt's
+    /// activations of that length fit <paramref name="freeBytes"/> with the margin; 0 when not even one does. For a model
+    /// loaded whole onto the GPU: a request's cache is allocated when it starts, so a served context above this would
+    /// fail on a CUDA allocation instead of being refused up front.
+    /// </summary>
+    public static int ContextThatFits(ModelShape shape, long freeBytes, int maxPositions)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxPositions, 1);
+        long Need(long tokens) => shape.KvCacheBytes(tokens) + shape.ActivationReserveBytes(tokens) + MarginBytes;
+        if (Need(1) > freeBytes) return 0;
+        int lo = 1, hi = maxPositions; // Need grows with tokens: the last that fits, by bisection
+        while (lo < hi)
+        {
+            int mid = lo + (hi - lo + 1) / 2;
+            if (Need(mid) <= freeBytes) lo = mid;
+            else hi = mid - 1;
+        }
+        return lo;
+    }
+
     private static long FloorGiB(long bytes) => bytes >> 30;
 }

@@ -28,7 +28,7 @@ public static class ServeCommand
         var apiKey = new Option<string?>("--api-key") { Description = "Require 'Authorization: Bearer KEY' on /v1/*" };
         var queueSize = new Option<int>("--queue-size") { Description = "Requests admitted at once (running + waiting); more get 429", DefaultValueFactory = _ => 16 };
         var modelId = new Option<string?>("--model-id") { Description = "Model name clients send (default: the model directory's name)" };
-        var maxContext = new Option<int?>("--max-context") { Description = $"Cap on prompt + completion tokens (default: the model's max_position_embeddings; {OffloadDefaultContext} with --gpu-budget, the KV cache it reserves)" };
+        var maxContext = new Option<int?>("--max-context") { Description = $"Cap on prompt + completion tokens (default: the model's max_position_embeddings, on CUDA at most what the GPU memory left after loading holds; {OffloadDefaultContext} with --gpu-budget, the KV cache it reserves)" };
         var shutdown = new Option<string>("--shutdown-timeout") { Description = "Grace period for in-flight requests on shutdown (e.g. 30s, 2m)", DefaultValueFactory = _ => "30s" };
         var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cpu" };
         var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 (default: the checkpoint's)" };
@@ -101,6 +101,7 @@ public static class ServeCommand
         if (engine is null) OffloadEngine.CheckWholeModelFits(run.ModelDir, dev, dt, context ?? 0);
         using var loaded = engine is null ? ModelLoader.Load(run.ModelDir, new LoadOptions(dev, dt)) : null;
         var (model, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
+        if (engine is null && context is null) context = CapByFreeMemory(model, dev);
         (IExpertScheduler, ICpuExpertBackend, IWeightStager?)? offload = engine?.Scheduler is { } scheduler ? (scheduler, engine.Cpu!, engine.Stager) : null;
 
         // stdout carries only the URL line (scripts read it): Akka's INFO lines (e.g. its shutdown notice) stay off.
@@ -137,6 +138,22 @@ public static class ServeCommand
         await server.StopAsync(TimeSpan.FromSeconds(5));
         Console.Error.WriteLine("fiddler: stopped");
         return 0;
+    }
+
+    /// <summary>
+    /// Without a budget or --max-context on CUDA: the served context, capped where the memory left after loading holds
+    /// a request's KV cache and prompt activations (a chat request without max_tokens takes the whole context, 4 GiB of
+    /// cache at Mixtral's 32k positions). Null (the model's context) when all of it fits or off CUDA.
+    /// </summary>
+    private static int? CapByFreeMemory(Fiddler.Kernels.Modules.MixtralForCausalLM model, TorchSharp.torch.Device dev)
+    {
+        if (OffloadEngine.ContextThatFitsFreeMemory(model.Config, model.DType, dev) is not int fits || fits >= model.Config.MaxPositionEmbeddings)
+            return null;
+        if (fits < 2)
+            throw new PlacementException("the GPU has no room left for a KV cache after loading the model: give --gpu-budget to keep some experts in host memory");
+        Console.Error.WriteLine($"fiddler: context capped at {fits} of the model's {model.Config.MaxPositionEmbeddings} tokens: " +
+                                "the GPU memory left after loading holds that much KV cache (--gpu-budget keeps experts in host memory)");
+        return fits;
     }
 
     /// <summary>The KV cache (in tokens) the offload planner reserves when --max-context is not given.</summary>

@@ -43,6 +43,23 @@ public class DeviceMemoryFitTests
     }
 
     [Fact]
+    public void ContextThatFits_IsTheLastLengthWhoseCacheAndActivationsFit()
+    {
+        var shape = ModelShape.From(MixtralConfig.Named("mixtral-8x7b"), 2);
+        long Need(long t) => shape.KvCacheBytes(t) + shape.ActivationReserveBytes(t) + DeviceMemoryFit.MarginBytes;
+        // Mixtral-8x7B: 128 KiB of KV cache per position, and a prompt of that length needs its activations too (256 KiB
+        // per token, 24 B per token², libtorch's 448 MiB): 3 GiB free holds ~4.9k positions (0.6 GiB of cache).
+        int fits = DeviceMemoryFit.ContextThatFits(shape, 3 * GiB, 32768);
+        Assert.True(Need(fits) <= 3 * GiB && Need(fits + 1) > 3 * GiB, $"{fits}");
+        Assert.InRange(fits, 4500, 5200);
+        // Room for the whole context: the model's own; none: 0.
+        Assert.Equal(32768, DeviceMemoryFit.ContextThatFits(shape, 80 * GiB, 32768));
+        Assert.Equal(0, DeviceMemoryFit.ContextThatFits(shape, Need(1) - 1, 32768));
+        Assert.Equal(1, DeviceMemoryFit.ContextThatFits(shape, Need(1), 32768));
+        Assert.Throws<ArgumentOutOfRangeException>(() => DeviceMemoryFit.ContextThatFits(shape, GiB, 0));
+    }
+
+    [Fact]
     public void Check_NoFreeMemory_SuggestsNothingNegative()
     {
         var e = Assert.Throws<PlacementException>(() => DeviceMemoryFit.Check(GiB, 100L << 20, 80 * GiB, "gpu", budgeted: true));
