@@ -51,7 +51,7 @@ public sealed class OffloadEngine : IDisposable
         if (o.Layers is int layers) config = config with { NumHiddenLayers = layers };
         config.Validate();
         var dtype = o.DType ?? (config.CheckpointDtype is { } d ? Kernels.Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
-        var shape = ModelShape.From(config, dtype == ScalarType.Float32 ? 4 : 2);
+        var shape = ShapeOf(config, dtype);
 
         long? atStart = CudaRuntime.DeviceBytesInUse(o.Device);
         ExpertResidency? residency = null;
@@ -127,9 +127,12 @@ public sealed class OffloadEngine : IDisposable
         if (device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable) return;
         var config = MixtralConfig.Load(Path.Combine(modelDir, "config.json"));
         var dt = dtype ?? (config.CheckpointDtype is { } d ? Kernels.Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
-        var shape = ModelShape.From(config, dt == ScalarType.Float32 ? 4 : 2);
+        var shape = ShapeOf(config, dt);
         CheckFitsDevice(device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(contextTokens, config.MaxPositionEmbeddings), sequences), budgeted: false);
     }
+
+    /// <summary>The sizes placement works with, for <paramref name="config"/>'s model held in <paramref name="dtype"/>.</summary>
+    public static ModelShape ShapeOf(MixtralConfig config, ScalarType dtype) => ModelShape.From(config, dtype == ScalarType.Float32 ? 4 : 2);
 
     /// <summary>
     /// For a model loaded whole onto a CUDA device: the most positions whose KV cache and prompt activations fit the
@@ -140,7 +143,7 @@ public sealed class OffloadEngine : IDisposable
         if (device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable) return null;
         using var on = CudaRuntime.UseDevice(device.index < 0 ? 0 : device.index);
         var (free, _) = CudaRuntime.MemGetInfo();
-        return DeviceMemoryFit.ContextThatFits(ModelShape.From(config, dtype == ScalarType.Float32 ? 4 : 2), free, config.MaxPositionEmbeddings);
+        return DeviceMemoryFit.ContextThatFits(ShapeOf(config, dtype), free, config.MaxPositionEmbeddings);
     }
 
     private void AttachExecutor(EngineOptions o, ModelShape shape, ScalarType dtype, Action<string> log)

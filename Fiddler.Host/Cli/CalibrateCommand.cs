@@ -49,7 +49,7 @@ public static class CalibrateCommand
                 ? new CudaWeightStager(new WeightStager(dev, new ExpertShape(c.HiddenSize, c.IntermediateSize, dt), 1))
                 : new CopyStager(1, c.HiddenSize, c.IntermediateSize, dt, dev);
             var points = Calibration.Measure(c, dt, dev, new SimdCpuBackend(pool), new TorchCpuBackend(dev.type == DeviceType.CUDA ? pool.Concurrency : 0), stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
-            var shape = ModelShape.From(c, dt == ScalarType.Float32 ? 4 : 2);
+            var shape = OffloadEngine.ShapeOf(c, dt);
             var profile = HardwareProfiles.FromCalibration(HardwareKey.ForThisHost(Fiddler.Kernels.Cuda.CudaRuntime.DeviceLabel(dev), shape, dt.ToString(), pool.Concurrency), points);
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(r.GetValue(outFile)!))!);
             profile.Save(r.GetValue(outFile)!);
