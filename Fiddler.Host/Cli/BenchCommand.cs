@@ -119,6 +119,7 @@ public static class BenchCommand
                 result = result with
                 {
                     GeneratorTokS = cmp.Direct, ActorsTokS = cmp.Actors, ActorOverheadPct = cmp.OverheadPct, GeneratorRuns = cmp.DirectRuns, ActorRuns = cmp.ActorRuns,
+                    ActorRoundsMemoryGiB = cmp.MemoryGiB,
                 };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());

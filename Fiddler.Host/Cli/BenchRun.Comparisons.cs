@@ -28,6 +28,10 @@ public static partial class BenchRun
         // drift to whichever runs second. The median of the per-round ratios is robust to one disturbed run.
         var direct = new double[rounds];
         var actors = new double[rounds];
+        // GPU memory in use before the rounds and after each: whether the rounds' excess over the bench's own use grows
+        // round by round (something kept per runtime or per GPU thread) or comes once (a cache of another size).
+        var memory = new double?[rounds + 1];
+        memory[0] = UsedGiB(engine);
         for (int round = 0; round < rounds; round++)
         {
             async Task Actors()
@@ -47,11 +51,15 @@ public static partial class BenchRun
             }
             if (round % 2 == 0) { Direct(); await Actors(); }
             else { await Actors(); Direct(); }
+            memory[round + 1] = UsedGiB(engine);
         }
         engine.Model.SetExpertExecutor(engine.Executor);
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
-        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors);
+        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory);
     }
+
+    private static double? UsedGiB(OffloadEngine engine) =>
+        Fiddler.Kernels.Cuda.CudaRuntime.DeviceBytesInUse(engine.Model.Device) is long used ? Math.Round(Fiddler.Actors.Placement.MemoryBudget.ToGiB(used), 2) : null;
 
     /// <summary>One decode window of an A/B: tok/s, the share of its gated decode layers the CPU lane ended last, and
     /// the host's mean hand-off between layers (ms; 0 where not measured: off CUDA).</summary>
@@ -66,8 +74,9 @@ public static partial class BenchRun
     /// </summary>
     public sealed record BalanceComparison(WindowStats[] On, WindowStats[] Off, double[] PairDiffPct, double MedianDiffPct, double BalanceAtStart);
 
-    /// <summary>Decode tok/s directly and through the actors (medians and every round) and the median per-round overhead.</summary>
-    public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns);
+    /// <summary>Decode tok/s directly and through the actors (medians and every round), the median per-round overhead, and
+    /// the GPU memory in use (GiB; null off CUDA) before the first round and after each.</summary>
+    public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns, double?[] MemoryGiB);
 
     /// <summary>
     /// <c>--ab-cpu-threads N</c>: pairs of decode windows with the CPU expert pool on all its participants
