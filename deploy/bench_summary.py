@@ -20,6 +20,6 @@ if abt:
               abt["threads"][0], abt["threads"][1], abt["pairs"], abt["full_tok_s"], abt["fewer_tok_s"], abt["pair_diff_pct"],
               abt["median_diff_pct"], abt["cpu_factor"][0], abt["cpu_factor"][1], abt["full_handoff_host_ms"], abt["fewer_handoff_host_ms"]))
 if j.get("actor_overhead_pct") is not None:
-    print("  actors: generator {} vs actors {} tok/s (rounds {} / {}), overhead {} %; GPU memory before the rounds and after each {} GiB".format(
-        j.get("decode_tok_s_generator"), j.get("decode_tok_s_actors"), j.get("decode_tok_s_generator_runs"), j.get("decode_tok_s_actors_runs"),
+    print("  actors ({} CPU participants): generator {} vs actors {} tok/s (rounds {} / {}), overhead {} %; GPU memory before the rounds and after each {} GiB".format(
+        j.get("actor_cpu_threads"), j.get("decode_tok_s_generator"), j.get("decode_tok_s_actors"), j.get("decode_tok_s_generator_runs"), j.get("decode_tok_s_actors_runs"),
         j.get("actor_overhead_pct"), j.get("gpu_memory_actor_rounds_gib")))

@@ -39,7 +39,7 @@ public static class BenchCommand
         var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 20000)" };
         var repeats = new Option<int>("--decode-repeats") { Description = "Decode windows of --new-tokens − 1 steps, back to back; decode_tok_s is their median (default 1)", DefaultValueFactory = _ => 1 };
         var slots = new Option<int>("--staging-slots") { Description = "GPU staging buffers for streamed experts, 1..8, each one expert's size out of the budget (default 2: one fills while the GPU computes from the other)", DefaultValueFactory = _ => 2 };
-        var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead" };
+        var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead (the actor rounds run the CPU pool on serve's cores − 2 unless --cpu-threads is given)" };
         var noPrefetch = new Option<bool>("--no-row-prefetch") { Description = "Copy a decode layer's rows to the host after its routing, not with it (for comparison)" };
         var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
@@ -114,12 +114,14 @@ public static class BenchCommand
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null);
             if (r.GetValue(actors))
             {
+                // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.
+                int? actorPool = options.CpuThreads > 0 ? null : OffloadEngine.DefaultCpuThreads(options with { ForActorRuntime = true });
                 var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge,
-                    prefetchRows: options.PrefetchRows, spinKernelGate: options.SpinKernelGate).GetAwaiter().GetResult();
+                    prefetchRows: options.PrefetchRows, spinKernelGate: options.SpinKernelGate, actorParticipants: actorPool).GetAwaiter().GetResult();
                 result = result with
                 {
                     GeneratorTokS = cmp.Direct, ActorsTokS = cmp.Actors, ActorOverheadPct = cmp.OverheadPct, GeneratorRuns = cmp.DirectRuns, ActorRuns = cmp.ActorRuns,
-                    ActorRoundsMemoryGiB = cmp.MemoryGiB,
+                    ActorRoundsMemoryGiB = cmp.MemoryGiB, ActorCpuParticipants = cmp.ActorParticipants,
                 };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());

@@ -9,11 +9,31 @@ public static partial class BenchRun
     /// <summary>
     /// Decode through Kernels' generator directly, then through the actor runtime (router, layer and CPU pool actors,
     /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
+    /// <para>
+    /// <paramref name="actorParticipants"/>: the CPU pool's participants during the actor rounds, as <c>fiddler serve</c>
+    /// runs them (cores − 2: the router's and the CPU-pool actor's spinning threads need a core the direct path gives to
+    /// a worker; null: the engine's own). Then each path keeps its own learned router speeds, and the overhead is the
+    /// whole cost of serving through the actors against the direct path at its best.
+    /// </para>
     /// </summary>
     public static async Task<ActorComparison> ActorOverhead(OffloadEngine engine, int promptTokens,
         int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 5,
-        bool prefetchRows = true, bool spinKernelGate = false)
+        bool prefetchRows = true, bool spinKernelGate = false, int? actorParticipants = null)
     {
+        var pool = engine.CpuPool;
+        int full = pool?.ActiveConcurrency ?? 0;
+        if (actorParticipants is int n && (pool is null || n < 1 || n > full))
+            throw new ArgumentOutOfRangeException(nameof(actorParticipants), actorParticipants, $"must be in 1..{full} (the engine's CPU pool)");
+        var router = engine.Scheduler?.Router;
+        bool switchPool = actorParticipants is int m && m != full && router is not null;
+        var directSpeeds = router?.SaveLearned();
+        Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? actorSpeeds = null; // the first actor round starts from the direct side's
+        void ActorPool(bool on)
+        {
+            if (!switchPool) return;
+            if (on) { directSpeeds = router!.SaveLearned(); pool!.ActiveConcurrency = actorParticipants!.Value; if (actorSpeeds is not null) router.RestoreLearned(actorSpeeds); }
+            else { actorSpeeds = router!.SaveLearned(); pool!.ActiveConcurrency = full; router.RestoreLearned(directSpeeds!); }
+        }
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
         var options = new Fiddler.Kernels.Generation.GenerationOptions
@@ -36,13 +56,19 @@ public static partial class BenchRun
         {
             async Task Actors()
             {
-                await using (var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
-                    prefetchRows: prefetchRows, spinKernelGate: spinKernelGate))
+                ActorPool(true);
+                try
                 {
+                    await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
+                        prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
                     await runtime.RunAsync(prompt, warmUp);
                     actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
                 }
-                engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
+                finally
+                {
+                    ActorPool(false);
+                    engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
+                }
             }
             void Direct()
             {
@@ -55,7 +81,7 @@ public static partial class BenchRun
         }
         engine.Model.SetExpertExecutor(engine.Executor);
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
-        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory);
+        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory, switchPool ? actorParticipants!.Value : full);
     }
 
     private static double? UsedGiB(OffloadEngine engine) =>
@@ -74,9 +100,11 @@ public static partial class BenchRun
     /// </summary>
     public sealed record BalanceComparison(WindowStats[] On, WindowStats[] Off, double[] PairDiffPct, double MedianDiffPct, double BalanceAtStart);
 
-    /// <summary>Decode tok/s directly and through the actors (medians and every round), the median per-round overhead, and
-    /// the GPU memory in use (GiB; null off CUDA) before the first round and after each.</summary>
-    public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns, double?[] MemoryGiB);
+    /// <summary>Decode tok/s directly and through the actors (medians and every round), the median per-round overhead, the
+    /// GPU memory in use (GiB; null off CUDA) before the first round and after each, and the CPU pool's participants in
+    /// the actor rounds (0 without a pool).</summary>
+    public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns,
+        double?[] MemoryGiB, int ActorParticipants);
 
     /// <summary>
     /// <c>--ab-cpu-threads N</c>: pairs of decode windows with the CPU expert pool on all its participants

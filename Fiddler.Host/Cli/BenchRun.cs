@@ -27,6 +27,7 @@ public static partial class BenchRun
         public double[]? GeneratorRuns { get; init; }
         public double[]? ActorRuns { get; init; }
         public double?[]? ActorRoundsMemoryGiB { get; init; }
+        public int? ActorCpuParticipants { get; init; }
         /// <summary>Each decode window's tok/s, in order (<see cref="DecodeTokS"/> is their median).</summary>
         public double[] DecodeRuns { get; init; } = [];
         /// <summary>This host's lane ceiling, measured after the decode windows (null off CUDA).</summary>
@@ -312,6 +313,7 @@ public static partial class BenchRun
             ["decode_tok_s_actors_runs"] = r.ActorRuns?.Select(x => Math.Round(x, 3)).ToArray(),
             // GPU memory in use before the first round and after each (one direct and one actor decode per round).
             ["gpu_memory_actor_rounds_gib"] = r.ActorRoundsMemoryGiB,
+            ["actor_cpu_threads"] = r.ActorCpuParticipants, // the CPU pool's participants in the actor rounds (cpu_threads: the direct path's)
             ["lane_ceiling"] = r.Ceiling is { } c ? LaneCeilingReport(c, r) : null,
             ["baseline_seed_decode_tok_s"] = baseline,
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,

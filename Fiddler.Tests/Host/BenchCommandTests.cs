@@ -241,5 +241,35 @@ public sealed class BenchCommandTests : IDisposable
         double[] ratios = direct.Zip(actors, (d, a) => (d / a - 1) * 100).Order().ToArray();
         // Recomputed from runs rounded to 3 decimals: equal within 0.1 percentage points, not to the last digit.
         Assert.InRange(root.GetProperty("actor_overhead_pct").GetDouble(), ratios[2] - 0.1, ratios[2] + 0.1);
+        // Without --cpu-threads the actor rounds run the pool as serve does: cores − 2 (the direct path: cores − 1).
+        Assert.Equal(Math.Max(1, Environment.ProcessorCount - 1), root.GetProperty("cpu_threads").GetInt32());
+        Assert.Equal(Math.Max(1, Environment.ProcessorCount - 2), root.GetProperty("actor_cpu_threads").GetInt32());
+        var memory = root.GetProperty("gpu_memory_actor_rounds_gib").EnumerateArray().ToArray();
+        Assert.Equal(6, memory.Length); // before the rounds and after each
+        Assert.All(memory, m => Assert.Equal(JsonValueKind.Null, m.ValueKind)); // CPU device
+    }
+
+    [Fact]
+    public async Task ActorOverhead_RunsTheActorRoundsOnServesPoolAndRestoresTheDirectPathsPoolAndSpeeds()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        using var engine = Fiddler.Actors.Engine.OffloadEngine.Create(new Fiddler.Actors.Engine.EngineOptions
+        {
+            ModelDir = model, Device = TorchSharp.torch.CPU, GpuBudgetBytes = 1 << 20, ContextTokens = 64, CpuThreads = 3,
+            ProfilePath = Path.Combine(_dir, "profile.json"),
+        }, _ => { });
+        var pool = engine.CpuPool!;
+        // Only the actor rounds run on 2 participants: a direct window here runs on all 3.
+        var cmp = await Fiddler.Host.Cli.BenchRun.ActorOverhead(engine, 8, 4, rounds: 2, actorParticipants: 2);
+        Assert.Equal(2, cmp.ActorParticipants);
+        Assert.Equal(3, pool.ActiveConcurrency);
+        Assert.All(cmp.DirectRuns.Concat(cmp.ActorRuns), x => Assert.True(x > 0));
+        Assert.Equal(3, cmp.MemoryGiB.Length);
+
+        var same = await Fiddler.Host.Cli.BenchRun.ActorOverhead(engine, 8, 4, rounds: 1);
+        Assert.Equal(3, same.ActorParticipants);
+        Assert.Equal(3, pool.ActiveConcurrency);
+        await Assert.ThrowsAsync<ArgumentOutOfRangeException>(() => Fiddler.Host.Cli.BenchRun.ActorOverhead(engine, 8, 4, rounds: 1, actorParticipants: 4));
+        Assert.Equal(3, pool.ActiveConcurrency);
     }
 }
