@@ -3,7 +3,7 @@
 # logs and JSON under $OUT/results, packed into $OUT/results.tgz at the end (the device tool returns ≤ 8 files).
 #   STEPS="verify decode b78 b24" SPINS="0 200" deploy/gpu-call.sh
 # verify: HF parity + every offload plan on CUDA; decode: bench-decode (4 all-GPU layers) per SPINS;
-# b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS); seed24/seed48/seed78: the seed's
+# b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS; its limit: BENCH_TIMEOUT s, default 200); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
 # A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1"),
 # so alternating variants (b78 b78+one b78 b78+one) run in one call. SPINS lists --readback-spin-us values to run each
@@ -70,7 +70,7 @@ print("TTFT", j["ttft_s"], "s; GPU memory", j.get("gpu_memory_used_gib"), "GiB, 
               log="$res/bench-${b}gib${variant:+-$variant}-spin$s-$(date +%H%M%S).log"; settle
               # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
               spinflag=(--readback-spin-us "$s"); [ "$s" = default ] && spinflag=()
-              timeout 200 $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
+              timeout "${BENCH_TIMEOUT:-200}" $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
                 --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" "${spinflag[@]}" ${BENCH_FLAGS:-} $extra > "$log" 2>&1 || echo "FAILED: $b${variant:++$variant} spin $s"
               tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)

@@ -45,10 +45,11 @@ public static class BenchCommand
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
         var abBalance = new Option<int>("--ab-balance") { Description = "After the decode windows, N pairs of windows with the lane-order balance on and off, in this process (0..50; reports ab_balance)" };
         var abThreads = new Option<int>("--ab-cpu-threads") { Description = "After the decode windows, pairs of windows with the CPU expert pool on all its workers and on N participants, each with its own learned speeds (reports ab_cpu_threads)" };
+        var actorRoundsOpt = new Option<int>("--actor-rounds") { Description = "Rounds of --actors, each one direct and one actor decode (1..50, default 5)", DefaultValueFactory = _ => 5 };
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt, actorRoundsOpt })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -70,6 +71,10 @@ public static class BenchCommand
                 throw new ArgumentException("--ab-balance needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
             int fewerThreads = r.GetValue(abThreads), threadPairs = r.GetValue(abPairsOpt);
             if (threadPairs is < 1 or > 50) throw new ArgumentException($"--ab-pairs: {threadPairs} is not in 1..50");
+            int actorRounds = r.GetValue(actorRoundsOpt);
+            if (actorRounds is < 1 or > 50) throw new ArgumentException($"--actor-rounds: {actorRounds} is not in 1..50");
+            if (!r.GetValue(actors) && r.GetResult(actorRoundsOpt) is { Implicit: false })
+                throw new ArgumentException("--actor-rounds counts the rounds of --actors: give that too");
             if (fewerThreads < 0) throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not a positive participant count");
             if (fewerThreads == 0 && r.GetResult(abPairsOpt) is { Implicit: false })
                 throw new ArgumentException("--ab-pairs counts the pairs of --ab-cpu-threads: give that too (--ab-balance takes its own count)");
@@ -116,7 +121,7 @@ public static class BenchCommand
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.
                 int? actorPool = options.CpuThreads > 0 ? null : OffloadEngine.DefaultCpuThreads(options with { ForActorRuntime = true });
-                var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge,
+                var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge, actorRounds,
                     prefetchRows: options.PrefetchRows, spinKernelGate: options.SpinKernelGate, actorParticipants: actorPool).GetAwaiter().GetResult();
                 result = result with
                 {

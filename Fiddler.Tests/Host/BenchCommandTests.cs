@@ -233,7 +233,7 @@ public sealed class BenchCommandTests : IDisposable
         var root = json.RootElement;
         double[] direct = root.GetProperty("decode_tok_s_generator_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
         double[] actors = root.GetProperty("decode_tok_s_actors_runs").EnumerateArray().Select(x => x.GetDouble()).ToArray();
-        Assert.Equal(5, direct.Length);
+        Assert.Equal(5, direct.Length); // the default --actor-rounds
         Assert.Equal(5, actors.Length);
         Assert.All(direct.Concat(actors), x => Assert.True(x > 0));
         Assert.Equal(direct.Order().ElementAt(2), root.GetProperty("decode_tok_s_generator").GetDouble(), 3);
@@ -247,6 +247,19 @@ public sealed class BenchCommandTests : IDisposable
         var memory = root.GetProperty("gpu_memory_actor_rounds_gib").EnumerateArray().ToArray();
         Assert.Equal(6, memory.Length); // before the rounds and after each
         Assert.All(memory, m => Assert.Equal(JsonValueKind.Null, m.ValueKind)); // CPU device
+
+        using var three = BenchJson("--new-tokens", "3", "--actors", "--actor-rounds", "3");
+        Assert.Equal(3, three.RootElement.GetProperty("decode_tok_s_actors_runs").GetArrayLength());
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string[] Args(params string[] extra) => ["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8", "--new-tokens", "3", .. extra,
+            "--out", Path.Combine(_dir, "bad"), "--profile", Path.Combine(_dir, "profile.json")];
+        var zero = CliHarness.Run(Args("--actors", "--actor-rounds", "0"));
+        Assert.Equal(2, zero.ExitCode);
+        Assert.Contains("--actor-rounds: 0 is not in 1..50", zero.Err);
+        var alone = CliHarness.Run(Args("--actor-rounds", "3"));
+        Assert.Equal(2, alone.ExitCode);
+        Assert.Contains("--actor-rounds counts the rounds of --actors", alone.Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "bad")));
     }
 
     [Fact]
