@@ -26,8 +26,9 @@ public static unsafe class BenchCpuExpertCommand
         var bandwidthGb = new Option<double>("--bandwidth-gb") { Description = "Buffer for the read-bandwidth probe", DefaultValueFactory = _ => 2 };
         var isa = new Option<string?>("--isa") { Description = "Force a kernel path: scalar, avx2, avx512" };
         var noTorch = new Option<bool>("--no-torch") { Description = "Skip the libtorch comparison" };
+        var warmMb = new Option<string?>("--warm-mb") { Description = "Cache warming, comma-separated MB: before each timed 1-token call, read that many MB of the expert's first w1 and w3 rows (untimed); shows what reading ahead into the CPU caches saves the kernel" };
         var command = new Command("bench-cpu-expert", "CPU expert kernel: ms per expert and GB/s against DRAM read bandwidth and libtorch");
-        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch }) command.Add(o);
+        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb }) command.Add(o);
         command.SetAction(r =>
         {
             int h = r.GetValue(hidden), i = r.GetValue(intermediate), n = r.GetValue(iterations), threadCount = r.GetValue(threads);
@@ -83,9 +84,46 @@ public static unsafe class BenchCpuExpertCommand
                 }
                 Console.WriteLine($"{t,6} {kernelMs,10:F3} {kernelGBps,7:F1} {kernelGBps / readGBps,7:P0}{torchColumns}");
             }
+            if (r.GetValue(warmMb) is string warmList) WarmCaches(pool, h, i, kernelWeights, weights.Select(w => (w.W1, w.W3)).ToArray(), n, warmList);
             return 0;
         });
         return command;
+    }
+
+    /// <summary>
+    /// --warm-mb: for each size, the 1-token kernel timed right after an untimed parallel read of that many MB of its
+    /// expert's first w1 and w3 rows (the rows the kernel reads first), against the kernel alone: whether weights read
+    /// ahead (e.g. while the GPU runs the hand-off between two layers) are still in the CPU's caches when the kernel runs.
+    /// </summary>
+    private static void WarmCaches(CpuWorkerPool pool, int h, int i, ExpertWeights[] kernelWeights, (Tensor W1, Tensor W3)[] weights, int n, string list)
+    {
+        double[] sizes = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(s => double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) && v >= 0 ? v
+                : throw new ArgumentException($"--warm-mb: '{s}' is not a size in MB")).ToArray();
+        var x = randn(1, h);
+        var y = empty(1, h);
+        float* xp = (float*)TensorMemory.DataPtr(x), yp = (float*)TensorMemory.DataPtr(y);
+        long rowBytes = (long)h * sizeof(ushort);
+        Console.WriteLine();
+        Console.WriteLine($"{"warm MB",8} {"read ms",8} {"read GB/s",10} {"kernel ms",10} {"saved ms",9}");
+        double cold = 0;
+        foreach (double mb in sizes.Prepend(0))
+        {
+            long rows = Math.Min(i, (long)(mb * 1e6 / 2 / rowBytes));
+            var readMs = new List<double>();
+            double kernelMs = MedianMs(n, kernelWeights.Length, expert =>
+            {
+                if (rows > 0)
+                {
+                    long t0 = Stopwatch.GetTimestamp();
+                    CpuBandwidth.ReadOnce(pool, [(TensorMemory.DataPtr(weights[expert].W1), rows * rowBytes), (TensorMemory.DataPtr(weights[expert].W3), rows * rowBytes)]);
+                    readMs.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                }
+            }, expert => CpuExpertKernel.SwiGlu(pool, xp, 1, kernelWeights[expert], yp));
+            if (mb == 0) cold = kernelMs;
+            double read = readMs.Count > 0 ? readMs.Order().ElementAt(readMs.Count / 2) : 0;
+            Console.WriteLine($"{mb,8:F0} {read,8:F3} {(read > 0 ? 2.0 * rows * rowBytes / read / 1e6 : 0),10:F1} {kernelMs,10:F3} {cold - kernelMs,9:F3}");
+        }
     }
 
     private static double MeasureBandwidth(CpuWorkerPool pool, long bytes)
@@ -120,13 +158,17 @@ public static unsafe class BenchCpuExpertCommand
     }
 
     /// <summary>Median of <paramref name="iterations"/> timed calls after two warm-up calls, each on the next expert.</summary>
-    private static double MedianMs(int iterations, int experts, Action<int> run)
+    private static double MedianMs(int iterations, int experts, Action<int> run) => MedianMs(iterations, experts, _ => { }, run);
+
+    /// <summary>As above, with an untimed <paramref name="before"/> on the same expert right before each call.</summary>
+    private static double MedianMs(int iterations, int experts, Action<int> before, Action<int> run)
     {
         int next = 0;
-        for (int w = 0; w < 2; w++) run(next++ % experts);
+        for (int w = 0; w < 2; w++) { before(next % experts); run(next++ % experts); }
         var ms = new double[iterations];
         for (int k = 0; k < iterations; k++)
         {
+            before(next % experts);
             long t0 = Stopwatch.GetTimestamp();
             run(next++ % experts);
             ms[k] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
