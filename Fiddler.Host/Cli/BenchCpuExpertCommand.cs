@@ -34,6 +34,7 @@ public static unsafe class BenchCpuExpertCommand
             int h = r.GetValue(hidden), i = r.GetValue(intermediate), n = r.GetValue(iterations), threadCount = r.GetValue(threads);
             int[] tokenCounts = r.GetValue(tokens)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"--tokens: '{s}' is not a positive integer")).ToArray();
+            double[]? warmSizes = r.GetValue(warmMb) is string warmList ? ParseSizes(warmList) : null;
             if (h <= 0 || i <= 0 || n <= 0 || threadCount < 0) throw new ArgumentException("--hidden, --intermediate, --iterations must be positive, --threads ≥ 0");
             if (r.GetValue(isa) is string name)
                 CpuExpertKernel.ForceIsa = Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced
@@ -84,7 +85,7 @@ public static unsafe class BenchCpuExpertCommand
                 }
                 Console.WriteLine($"{t,6} {kernelMs,10:F3} {kernelGBps,7:F1} {kernelGBps / readGBps,7:P0}{torchColumns}");
             }
-            if (r.GetValue(warmMb) is string warmList) WarmCaches(pool, h, i, kernelWeights, weights.Select(w => (w.W1, w.W3)).ToArray(), n, warmList);
+            if (warmSizes is not null) WarmCaches(pool, h, i, kernelWeights, weights.Select(w => (w.W1, w.W3)).ToArray(), n, warmSizes);
             return 0;
         });
         return command;
@@ -95,11 +96,8 @@ public static unsafe class BenchCpuExpertCommand
     /// expert's first w1 and w3 rows (the rows the kernel reads first), against the kernel alone: whether weights read
     /// ahead (e.g. while the GPU runs the hand-off between two layers) are still in the CPU's caches when the kernel runs.
     /// </summary>
-    private static void WarmCaches(CpuWorkerPool pool, int h, int i, ExpertWeights[] kernelWeights, (Tensor W1, Tensor W3)[] weights, int n, string list)
+    private static void WarmCaches(CpuWorkerPool pool, int h, int i, ExpertWeights[] kernelWeights, (Tensor W1, Tensor W3)[] weights, int n, double[] sizes)
     {
-        double[] sizes = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(s => double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) && v >= 0 ? v
-                : throw new ArgumentException($"--warm-mb: '{s}' is not a size in MB")).ToArray();
         var x = randn(1, h);
         var y = empty(1, h);
         float* xp = (float*)TensorMemory.DataPtr(x), yp = (float*)TensorMemory.DataPtr(y);
@@ -125,6 +123,10 @@ public static unsafe class BenchCpuExpertCommand
             Console.WriteLine($"{mb,8:F0} {read,8:F3} {(read > 0 ? 2.0 * rows * rowBytes / read / 1e6 : 0),10:F1} {kernelMs,10:F3} {cold - kernelMs,9:F3}");
         }
     }
+
+    private static double[] ParseSizes(string list) => list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+        .Select(s => double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) && v > 0 && double.IsFinite(v) ? v
+            : throw new ArgumentException($"--warm-mb: '{s}' is not a positive size in MB")).ToArray();
 
     private static double MeasureBandwidth(CpuWorkerPool pool, long bytes)
     {

@@ -34,6 +34,21 @@ public sealed class OtherCommandErrorTests : IDisposable
         => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "0"), "num_hidden_layers");
 
     [Fact]
+    public void BenchCpuExpert_BadWarmSize_ExitCode2BeforeAnyWork()
+        => AssertUserError(CliHarness.Run("bench-cpu-expert", "--warm-mb", "16,lots"), "--warm-mb: 'lots' is not a positive size in MB");
+
+    [Fact]
+    public void BenchCpuExpert_WarmMb_TimesTheKernelAfterEachReadAhead()
+    {
+        var r = CliHarness.Run("bench-cpu-expert", "--hidden", "256", "--intermediate", "4096", "--tokens", "1", "--iterations", "3",
+            "--experts", "2", "--bandwidth-gb", "0.07", "--no-torch", "--warm-mb", "2,4");
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
+        string[] rows = r.Out.Split('\n').SkipWhile(l => !l.Contains("warm MB")).Skip(1).Where(l => l.Trim().Length > 0).ToArray();
+        Assert.Equal(["0", "2", "4"], rows.Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[0]));
+        Assert.All(rows.Skip(1), l => Assert.True(double.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) > 0));
+    }
+
+    [Fact]
     public void Bench_UnknownMerge_ExitCode2BeforeBuildingTheModel()
         => AssertUserError(CliHarness.Run("bench", "--config", "mixtral-8x7b", "--dummy-weights", "--device", "cpu", "--merge", "eventually"),
             "--merge: 'eventually'");
