@@ -30,6 +30,8 @@ public sealed record EngineOptions
     public double CpuContention { get; init; } = RouterOptions.Default.CpuContention;
     /// <summary>Learn the CPU lane's slowdown online (see <see cref="RouterOptions.AdaptCpuModel"/>).</summary>
     public bool AdaptCpuModel { get; init; } = true;
+    /// <summary>How fast batch layers (prefill, beams) learn their factors (see <see cref="RouterOptions.BatchAdaptRate"/>).</summary>
+    public double BatchAdaptRate { get; init; } = RouterOptions.Default.BatchAdaptRate;
     /// <summary>How CPU results reach the GPU (see <see cref="Fiddler.Kernels.Offload.CpuMerge"/>): by default the GPU waits for them, not the host.</summary>
     public Fiddler.Kernels.Offload.CpuMerge Merge { get; init; } = Fiddler.Kernels.Offload.CpuMerge.Gated;
     /// <summary>Latency-model cache file; calibrated and written when missing or for another host/model.</summary>

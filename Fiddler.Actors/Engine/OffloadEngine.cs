@@ -180,7 +180,7 @@ public sealed class OffloadEngine : IDisposable
         var cpu = new SplitCpuBackend(simd, torchCpu, profile.CpuPrefersTorch, lane);
         Cpu = cpu;
         Scheduler = new RouterScheduler(new ExpertRouter(profile, new RouterOptions(o.Routing, o.StagingSlots,
-            SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel, BalanceLastLane: o.BalanceLastLane)));
+            SplitExperts: o.SplitExperts, CpuContention: o.CpuContention, AdaptCpuModel: o.AdaptCpuModel, BalanceLastLane: o.BalanceLastLane, BatchAdaptRate: o.BatchAdaptRate)));
         Executor = Own(new OffloadExecutor(Scheduler, cpu, Stager, o.Merge, prefetchRows: o.PrefetchRows, spinKernelGate: o.SpinKernelGate));
         Model.SetExpertExecutor(Executor);
     }

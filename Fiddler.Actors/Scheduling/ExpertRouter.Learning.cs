@@ -46,6 +46,7 @@ public sealed partial class ExpertRouter
         ArgumentNullException.ThrowIfNull(observed);
         // The layer's regime (decode-sized or batch), worked out once: it picks the factors that learn from this layer.
         int regime = (int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens));
+        double rate = regime == (int)FactorRegime.Batch ? Options.BatchAdaptRate : Options.AdaptRate;
         lock (_gate)
         {
             foreach (var t in observed)
@@ -64,7 +65,7 @@ public sealed partial class ExpertRouter
                     // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
                     ref double factor = ref plan.HasTransfers ? ref _contendedFactor[regime] : ref _calmFactor[regime];
-                    factor += Options.AdaptRate * (Robust(ratio, factor) - factor);
+                    factor += rate * (Robust(ratio, factor) - factor);
                 }
             }
             if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && regime == (int)FactorRegime.Decode)
@@ -75,7 +76,7 @@ public sealed partial class ExpertRouter
                 // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
                 double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
                 ref double factor = ref _transferFactor[regime];
-                factor += Options.AdaptRate * (Robust(target, factor) - factor);
+                factor += rate * (Robust(target, factor) - factor);
             }
             if (cpuEndedLast is bool cpuLast && plan.HasTransfers && plan.HasCpuWork && regime == (int)FactorRegime.Decode)
             {

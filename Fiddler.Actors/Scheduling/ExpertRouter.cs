@@ -27,6 +27,7 @@ public sealed partial class ExpertRouter
             throw new ArgumentException($"CPU contention factor must be in 1..10, got {Options.CpuContention}");
         if (!(Options.MinSplitGainMs >= 0)) throw new ArgumentException($"minimum split gain must be >= 0 ms, got {Options.MinSplitGainMs}");
         if (!(Options.AdaptRate is > 0 and <= 1)) throw new ArgumentException($"adapt rate must be in (0, 1], got {Options.AdaptRate}");
+        if (!(Options.BatchAdaptRate is > 0 and <= 1)) throw new ArgumentException($"batch adapt rate must be in (0, 1], got {Options.BatchAdaptRate}");
         if (!(Options.BalanceRate is > 0 and <= 0.5)) throw new ArgumentException($"balance rate must be in (0, 0.5], got {Options.BalanceRate}");
         _contendedFactor[0] = _contendedFactor[1] = Options.CpuContention;
         _balanceOn = Options.BalanceLastLane;

@@ -52,9 +52,14 @@ public enum RoutingMode
 /// (<c>EngineOptions.BalanceLastLane</c>): 6 of 11 alternating pairs won at 24 GiB on H100 hosts, median +0.9 % decode
 /// (within the noise), the hand-off between layers a third shorter.</param>
 /// <param name="BalanceRate">The balance's step per observed layer (multiplicative).</param>
+/// <param name="BatchAdaptRate">The rate of those moving averages for batch layers (more than 4 tokens for some expert:
+/// prefill, beams). A request's prefill gives the batch factors only one sample per layer (a 512-token prompt: 32), each
+/// a long lane (20-50 ms) whose time varies little, so they learn faster than the decode factors, which see 32 samples
+/// per token; at the decode rate a prompt's prefill ran most of its layers on the last prompt's factors (seen on the
+/// H100 host at 24 GiB: the device lane waited 12.7-14.4 ms per layer for the CPU lane in 128- and 512-token prefills).</param>
 public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16,
     bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.25, bool AdaptCpuModel = true, double AdaptRate = 0.05,
-    bool BalanceLastLane = false, double BalanceRate = 0.02)
+    bool BalanceLastLane = false, double BalanceRate = 0.02, double BatchAdaptRate = 0.25)
 {
     public static RouterOptions Default { get; } = new();
 }

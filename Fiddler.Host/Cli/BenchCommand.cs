@@ -45,11 +45,12 @@ public static class BenchCommand
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
         var abBalance = new Option<int>("--ab-balance") { Description = "After the decode windows, N pairs of windows with the lane-order balance on and off, in this process (0..50; reports ab_balance)" };
         var abThreads = new Option<int>("--ab-cpu-threads") { Description = "After the decode windows, pairs of windows with the CPU expert pool on all its workers and on N participants, each with its own learned speeds (reports ab_cpu_threads)" };
+        var batchRate = new Option<double?>("--batch-adapt-rate") { Description = "How fast prefill/beam layers learn the lanes' speeds (0..1], default 0.25; the decode layers' rate is 0.05" };
         var actorRoundsOpt = new Option<int>("--actor-rounds") { Description = "Rounds of --actors, each one direct and one actor decode (1..50, default 5)", DefaultValueFactory = _ => 5 };
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt, actorRoundsOpt })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt, actorRoundsOpt, batchRate })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -108,6 +109,8 @@ public static class BenchCommand
                 },
             };
             if (r.GetValue(contention) is double c) options = options with { CpuContention = c };
+            if (r.GetValue(batchRate) is double br)
+                options = br is > 0 and <= 1 ? options with { BatchAdaptRate = br } : throw new ArgumentException($"--batch-adapt-rate: {br} is not in (0, 1]");
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
             if ((abPairs > 0 || fewerThreads > 0) && options.GpuBudgetBytes is null)
                 throw new ArgumentException("--ab-balance and --ab-cpu-threads compare the CPU lane: give --gpu-budget");

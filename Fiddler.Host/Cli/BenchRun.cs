@@ -265,6 +265,7 @@ public static partial class BenchRun
             ["routing"] = o.Routing == Fiddler.Actors.Scheduling.RoutingMode.Auto && !o.SplitExperts ? "AutoWhole" : o.Routing.ToString(),
             ["cpu_contention"] = o.CpuContention,
             ["adapt_cpu_model"] = o.AdaptCpuModel,
+            ["batch_adapt_rate"] = o.BatchAdaptRate,
             ["merge"] = o.Merge.ToString(),
             ["merge_gate"] = engine.Executor is { Merge: Fiddler.Kernels.Offload.CpuMerge.Gated } ex ? ex.GateDescription : null,
             ["readback_spin_us"] = Fiddler.Kernels.Runtime.HostReadback.SpinMicroseconds,

@@ -218,6 +218,21 @@ public sealed class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void Bench_BatchAdaptRate_IsReportedAndChecked()
+    {
+        using (var json = BenchJson("--new-tokens", "3"))
+            Assert.Equal(0.25, json.RootElement.GetProperty("batch_adapt_rate").GetDouble());
+        using (var json = BenchJson("--new-tokens", "3", "--batch-adapt-rate", "0.05"))
+            Assert.Equal(0.05, json.RootElement.GetProperty("batch_adapt_rate").GetDouble());
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        var bad = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--batch-adapt-rate", "1.5",
+            "--out", Path.Combine(_dir, "bad"), "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--batch-adapt-rate: 1.5 is not in (0, 1]", bad.Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "bad")));
+    }
+
+    [Fact]
     public void Bench_NoBalanceLastLane_IsPassedToTheRouterAndReported()
     {
         using var json = BenchJson("--new-tokens", "3", "--no-balance-last-lane");
