@@ -10,7 +10,10 @@ set -uo pipefail
 fiddler=$1; device=$2; out=$3
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python3}
-model=$(mktemp -d)/serve-model
+tmp=$(mktemp -d)
+model=$tmp/serve-model
+pid=""
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 cp -r "$root/Fiddler.Host/DefaultModel/model" "$model"
 "$py" - "$model/config.json" <<'EOF'
 import json, sys
@@ -30,9 +33,9 @@ done
 fail=0
 check() { if [ "$2" = "$3" ]; then echo "ok   $1 ($2)"; else echo "FAIL $1: got $2, expected $3"; fail=1; fi; }
 if [ -z "$url" ]; then
-  echo "FAIL serve did not start"; cat "$out/serve.err" | tail -20; kill $pid 2>/dev/null; exit 1
+  echo "FAIL serve did not start"; tail -20 "$out/serve.err"; exit 1
 fi
-echo "$(head -1 "$out/serve.out")"
+head -1 "$out/serve.out"
 grep -m1 "context capped" "$out/serve.err" || echo "(no cap printed)"
 # HTTP through python's urllib (GPU hosts may lack curl): http METHOD URL [BODY [OUTFILE [TIMEOUT]]] prints the status.
 http() {
@@ -54,16 +57,24 @@ PYEOF
 }
 ctx=$(http GET "$url/v1/models" "" "$out/models.json" >/dev/null; "$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["data"][0]["max_model_len"])' "$out/models.json")
 echo "served context: $ctx of the model's 1000000"
+if ! [[ $ctx =~ ^[0-9]+$ ]]; then echo "FAIL /v1/models gave no context length"; exit 1; fi
+if [ "$device" != cpu ] && [ "$ctx" -ge 1000000 ]; then echo "FAIL the served context is not capped on $device"; fail=1; fi
 post() { http POST "$url/v1/$4" "$2" "$out/$1.json" "${3:-60}"; }
 check "short completion" "$(post small '{"model":"serve-model","prompt":"The meaning of life is","max_tokens":8}' 60 completions)" 200
 check "max_tokens = the served context (prompt + completion over it)" \
   "$(post over "{\"model\":\"serve-model\",\"prompt\":\"Hello\",\"max_tokens\":$ctx}" 60 completions)" 400
-grep -o '"code":"[a-z_]*"' "$out/over.json" | head -1
+check "its error code" "$(grep -o '"code":"[a-z_]*"' "$out/over.json" | head -1)" '"code":"context_length_exceeded"'
 check "chat without max_tokens (reserves the whole served context)" \
   "$(post chat '{"model":"serve-model","messages":[{"role":"user","content":"Hi"}]}' 120 chat/completions)" 200
 check "health after" "$(http GET "$url/health" "" "$out/health.txt")" 200
 check "short completion after" "$(post again '{"model":"serve-model","prompt":"Once upon a time","max_tokens":8}' 60 completions)" 200
-kill -TERM $pid; wait $pid; echo "serve exit $? (SIGTERM: drained)"
+kill -TERM $pid
+for _ in $(seq 1 120); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done # the drain: nothing is in flight
+if kill -0 $pid 2>/dev/null; then echo "FAIL serve still running 60 s after SIGTERM"; fail=1; else
+  wait $pid; check "exit status after SIGTERM" "$?" 0
+  check "drained and stopped" "$(grep -c '^fiddler: stopped' "$out/serve.err")" 1
+fi
+pid=""
 if [ "$device" != cpu ] && ! grep -q "context capped" "$out/serve.err"; then
   echo "FAIL no context cap printed on $device"; fail=1
 fi

@@ -45,7 +45,7 @@ public static class BenchCommand
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
         var abBalance = new Option<int>("--ab-balance") { Description = "After the decode windows, N pairs of windows with the lane-order balance on and off, in this process (0..50; reports ab_balance)" };
         var abThreads = new Option<int>("--ab-cpu-threads") { Description = "After the decode windows, pairs of windows with the CPU expert pool on all its workers and on N participants, each with its own learned speeds (reports ab_cpu_threads)" };
-        var batchRate = new Option<double?>("--batch-adapt-rate") { Description = "How fast prefill/beam layers learn the lanes' speeds (0..1], default 0.25; the decode layers' rate is 0.05" };
+        var batchRate = new Option<double?>("--batch-adapt-rate") { Description = "How fast prefill/beam layers learn the lanes' speeds, in (0, 1]; default 0.25; the decode layers' rate is 0.05" };
         var actorRoundsOpt = new Option<int>("--actor-rounds") { Description = "Rounds of --actors, each one direct and one actor decode (1..50, default 5)", DefaultValueFactory = _ => 5 };
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
@@ -123,7 +123,7 @@ public static class BenchCommand
             if (r.GetValue(actors))
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.
-                int? actorPool = options.CpuThreads > 0 ? null : OffloadEngine.DefaultCpuThreads(options with { ForActorRuntime = true });
+                int? actorPool = options.CpuThreads > 0 || engine.CpuPool is null ? null : OffloadEngine.DefaultCpuThreads(options with { ForActorRuntime = true });
                 var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge, actorRounds,
                     prefetchRows: options.PrefetchRows, spinKernelGate: options.SpinKernelGate, actorParticipants: actorPool).GetAwaiter().GetResult();
                 result = result with

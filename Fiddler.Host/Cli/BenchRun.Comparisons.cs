@@ -20,19 +20,22 @@ public static partial class BenchRun
         int generate, Fiddler.Kernels.Offload.CpuMerge merge = Fiddler.Kernels.Offload.CpuMerge.Gated, int rounds = 5,
         bool prefetchRows = true, bool spinKernelGate = false, int? actorParticipants = null)
     {
+        // Without a CPU pool (no budget, or one that holds every expert) there is nothing to switch: both paths run alike.
         var pool = engine.CpuPool;
         int full = pool?.ActiveConcurrency ?? 0;
-        if (actorParticipants is int n && (pool is null || n < 1 || n > full))
+        if (pool is not null && actorParticipants is int n && (n < 1 || n > full))
             throw new ArgumentOutOfRangeException(nameof(actorParticipants), actorParticipants, $"must be in 1..{full} (the engine's CPU pool)");
         var router = engine.Scheduler?.Router;
-        bool switchPool = actorParticipants is int m && m != full && router is not null;
+        bool switchPool = pool is not null && actorParticipants is int m && m != full && router is not null;
         var directSpeeds = router?.SaveLearned();
         Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? actorSpeeds = null; // the first actor round starts from the direct side's
+        bool onActorPool = false;
         void ActorPool(bool on)
         {
-            if (!switchPool) return;
+            if (!switchPool || on == onActorPool) return;
             if (on) { directSpeeds = router!.SaveLearned(); pool!.ActiveConcurrency = actorParticipants!.Value; if (actorSpeeds is not null) router.RestoreLearned(actorSpeeds); }
             else { actorSpeeds = router!.SaveLearned(); pool!.ActiveConcurrency = full; router.RestoreLearned(directSpeeds!); }
+            onActorPool = on;
         }
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
@@ -56,9 +59,9 @@ public static partial class BenchRun
         {
             async Task Actors()
             {
-                ActorPool(true);
                 try
                 {
+                    ActorPool(true);
                     await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
                         prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
                     await runtime.RunAsync(prompt, warmUp);
@@ -81,7 +84,8 @@ public static partial class BenchRun
         }
         engine.Model.SetExpertExecutor(engine.Executor);
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
-        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory, switchPool ? actorParticipants!.Value : full);
+        return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory,
+            pool is null ? null : switchPool ? actorParticipants!.Value : full);
     }
 
     private static double? UsedGiB(OffloadEngine engine) =>
@@ -102,9 +106,9 @@ public static partial class BenchRun
 
     /// <summary>Decode tok/s directly and through the actors (medians and every round), the median per-round overhead, the
     /// GPU memory in use (GiB; null off CUDA) before the first round and after each, and the CPU pool's participants in
-    /// the actor rounds (0 without a pool).</summary>
+    /// the actor rounds (null without a pool).</summary>
     public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns,
-        double?[] MemoryGiB, int ActorParticipants);
+        double?[] MemoryGiB, int? ActorParticipants);
 
     /// <summary>
     /// <c>--ab-cpu-threads N</c>: pairs of decode windows with the CPU expert pool on all its participants

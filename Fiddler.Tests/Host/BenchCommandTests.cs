@@ -275,6 +275,15 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(2, alone.ExitCode);
         Assert.Contains("--actor-rounds counts the rounds of --actors", alone.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "bad")));
+
+        // Without a budget the engine has no CPU pool: the rounds run as they are, with no participants to report.
+        string outDir = Path.Combine(_dir, "nobudget");
+        var whole = CliHarness.Run("bench", "--model", model, "--device", "cpu", "--prompt-tokens", "8", "--new-tokens", "3", "--actors", "--actor-rounds", "1",
+            "--out", outDir, "--profile", Path.Combine(_dir, "profile.json"));
+        Assert.True(whole.ExitCode == 0, $"exit {whole.ExitCode}: {whole.Err}");
+        using var noPool = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        Assert.Equal(JsonValueKind.Null, noPool.RootElement.GetProperty("actor_cpu_threads").ValueKind);
+        Assert.True(noPool.RootElement.GetProperty("decode_tok_s_actors").GetDouble() > 0);
     }
 
     [Fact]

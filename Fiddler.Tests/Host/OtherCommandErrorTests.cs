@@ -43,9 +43,12 @@ public sealed class OtherCommandErrorTests : IDisposable
         var r = CliHarness.Run("bench-cpu-expert", "--hidden", "256", "--intermediate", "4096", "--tokens", "1", "--iterations", "3",
             "--experts", "2", "--bandwidth-gb", "0.07", "--no-torch", "--warm-mb", "2,4");
         Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
-        string[] rows = r.Out.Split('\n').SkipWhile(l => !l.Contains("warm MB")).Skip(1).Where(l => l.Trim().Length > 0).ToArray();
-        Assert.Equal(["0", "2", "4"], rows.Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[0]));
-        Assert.All(rows.Skip(1), l => Assert.True(double.Parse(l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) > 0));
+        string[][] rows = r.Out.Split('\n').SkipWhile(l => !l.Contains("asked MB")).Skip(1).Where(l => l.Trim().Length > 0)
+            .Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToArray();
+        Assert.Equal(["0", "2", "4"], rows.Select(c => c[0]));
+        // What was read: whole MiB of each of w1 and w3 (2 MB asked: 1 MiB each; 4 MB: still 1 MiB each, 2 MB being under 2 MiB).
+        Assert.Equal(["0.0", "2.1", "2.1"], rows.Select(c => c[1]));
+        Assert.All(rows.Skip(1), c => Assert.True(double.Parse(c[2], System.Globalization.CultureInfo.InvariantCulture) > 0));
     }
 
     [Fact]
