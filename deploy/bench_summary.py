@@ -5,8 +5,8 @@ import sys
 j = json.load(open(sys.argv[1]))
 ceiling = j.get("lane_ceiling") or {}
 executor = j.get("executor_ms_per_layer") or {}
-print("windows {}; GPU memory {} GiB (at start {}); ceiling {} tok/s, fraction {}; CPU lane ended last {} (target {})".format(
-    ", ".join(str(x) for x in j.get("decode_tok_s_runs", [])), j.get("gpu_memory_used_gib"), j.get("gpu_memory_at_start_gib"),
+print("TTFT right after a prompt of the same length {} s; windows {}; GPU memory {} GiB (at start {}); ceiling {} tok/s, fraction {}; CPU lane ended last {} (target {})".format(
+    "/".join(str(v) for v in (j.get("ttft_warm_s") or {}).values()), ", ".join(str(x) for x in j.get("decode_tok_s_runs", [])), j.get("gpu_memory_used_gib"), j.get("gpu_memory_at_start_gib"),
     ceiling.get("decode_tok_s"), ceiling.get("decode_fraction"), executor.get("cpu_ended_last_share"), j.get("cpu_ended_last_target")))
 ab = j.get("ab_balance")
 if ab:

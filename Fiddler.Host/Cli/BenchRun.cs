@@ -14,6 +14,9 @@ public static partial class BenchRun
         double PcieGb, long CpuExperts, long Transfers, Dictionary<string, double> StageMs)
     {
         public long SplitExperts { get; init; }
+        /// <summary>TTFT per prompt length right after a prefill of the same length (the router's batch factors learned at
+        /// that size); <see cref="Result.TtftS"/> is the first of its size.</summary>
+        public Dictionary<string, double> TtftWarmS { get; init; } = [];
         public BalanceComparison? AbBalance { get; init; }
         public ThreadsComparison? AbCpuThreads { get; init; }
         /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
@@ -77,17 +80,23 @@ public static partial class BenchRun
         var ttft = new Dictionary<string, double>();
         var ttftExecutor = new Dictionary<string, Dictionary<string, double>>();
         var afterPrefill = new Dictionary<string, double>();
+        // Each length twice, back to back: the first of its size (ttft_s: the router's batch factors come from other
+        // sizes, as for a server's first such request) and right after one of the same size (ttft_warm_s: as in steady
+        // serving, where requests of that size have taught the router the lanes' speeds at that batch).
+        var ttftWarm = new Dictionary<string, double>();
         foreach (int p in prompts)
-        {
-            engine.Scheduler?.ResetCounters();
-            using var cache = model.NewCache(capacity);
-            var clock = Stopwatch.StartNew();
-            using var logits = model.Forward(tensor(Prompt(p)).unsqueeze(0), cache);
-            _ = logits.argmax(-1).item<long>();
-            ttft[p.ToString()] = clock.Elapsed.TotalSeconds;
-            if (engine.Scheduler is { } sp) ttftExecutor[p.ToString()] = ExecutorBreakdown(sp, 1);
-            if (Fiddler.Kernels.Cuda.CudaRuntime.DeviceBytesInUse(model.Device) is long used) afterPrefill[p.ToString()] = Math.Round(MemoryBudget.ToGiB(used), 2);
-        }
+            for (int pass = 0; pass < 2; pass++)
+            {
+                engine.Scheduler?.ResetCounters();
+                using var cache = model.NewCache(capacity);
+                var clock = Stopwatch.StartNew();
+                using var logits = model.Forward(tensor(Prompt(p)).unsqueeze(0), cache);
+                _ = logits.argmax(-1).item<long>();
+                (pass == 0 ? ttft : ttftWarm)[p.ToString()] = clock.Elapsed.TotalSeconds;
+                if (pass > 0) continue;
+                if (engine.Scheduler is { } sp) ttftExecutor[p.ToString()] = ExecutorBreakdown(sp, 1);
+                if (Fiddler.Kernels.Cuda.CudaRuntime.DeviceBytesInUse(model.Device) is long used) afterPrefill[p.ToString()] = Math.Round(MemoryBudget.ToGiB(used), 2);
+            }
 
         int steps = generate - 1;
         using var decodeCache = model.NewCache(capacity);
@@ -135,7 +144,7 @@ public static partial class BenchRun
         var result = new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
-            SplitExperts = s?.SplitExperts ?? 0, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
+            SplitExperts = s?.SplitExperts ?? 0, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
         };
         if (abPairs == 0 && abThreads is null) return result;
@@ -252,6 +261,7 @@ public static partial class BenchRun
             ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
             ["decode_tok_s_runs"] = r.DecodeRuns.Select(x => Math.Round(x, 3)).ToArray(),
             ["ttft_s"] = r.TtftS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
+            ["ttft_warm_s"] = r.TtftWarmS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
             ["gpu_hit_rate"] = Math.Round(r.HitRate, 3),
             ["cpu_expert_runs"] = r.CpuExperts,
             ["expert_transfers"] = r.Transfers,

@@ -28,6 +28,9 @@ public sealed class BenchCommandTests : IDisposable
         Assert.All(runs, x => Assert.True(x > 0));
         Assert.Equal(runs.Order().ElementAt(1), root.GetProperty("decode_tok_s").GetDouble(), 3);
         Assert.Equal(2, root.GetProperty("ttft_s").EnumerateObject().Count());
+        // Each length also right after one of its own size.
+        Assert.Equal(["8", "16"], root.GetProperty("ttft_warm_s").EnumerateObject().Select(p => p.Name));
+        Assert.All(root.GetProperty("ttft_warm_s").EnumerateObject(), p => Assert.True(p.Value.GetDouble() > 0));
         // 4 steps × 3 windows of decode layers only: every layer of every step is one observed layer.
         Assert.Equal(root.GetProperty("layers").GetInt32(), root.GetProperty("executor_ms_per_layer").GetProperty("layers_per_token").GetDouble(), 2);
         Assert.Equal(3, root.GetProperty("batch_factors").GetArrayLength());
