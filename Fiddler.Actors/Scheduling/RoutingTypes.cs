@@ -54,9 +54,10 @@ public enum RoutingMode
 /// <param name="BalanceRate">The balance's step per observed layer (multiplicative).</param>
 /// <param name="BatchAdaptRate">The rate of those moving averages for batch layers (more than 4 tokens for some expert:
 /// prefill, beams). A request's prefill gives the batch factors only one sample per layer (a 512-token prompt: 32), each
-/// a long lane (20-50 ms) whose time varies little, so they learn faster than the decode factors, which see 32 samples
-/// per token; at the decode rate a prompt's prefill ran most of its layers on the last prompt's factors (seen on the
-/// H100 host at 24 GiB: the device lane waited 12.7-14.4 ms per layer for the CPU lane in 128- and 512-token prefills).</param>
+/// a long lane (20-50 ms), so they learn faster than the decode factors, which see 32 samples per token. The factors
+/// still differ by batch size (seen on the H100 host at 24 GiB: contended 1.1-2.2 after prompts of 16-512 tokens): the
+/// first prompt of a size runs on what other sizes taught (the device lane waited 6-15 ms per layer for the CPU lane at
+/// 128 tokens), one right after a prompt of its size on its own (2-4 ms).</param>
 public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int StagingSlots = 2, int ExactSearchLimit = 16,
     bool SplitExperts = true, double MinSplitGainMs = 0.1, double CpuContention = 1.25, bool AdaptCpuModel = true, double AdaptRate = 0.05,
     bool BalanceLastLane = false, double BalanceRate = 0.02, double BatchAdaptRate = 0.25)
