@@ -26,17 +26,8 @@ public static partial class BenchRun
         if (pool is not null && actorParticipants is int n && (n < 1 || n > full))
             throw new ArgumentOutOfRangeException(nameof(actorParticipants), actorParticipants, $"must be in 1..{full} (the engine's CPU pool)");
         var router = engine.Scheduler?.Router;
-        bool switchPool = pool is not null && actorParticipants is int m && m != full && router is not null;
-        var directSpeeds = router?.SaveLearned();
-        Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? actorSpeeds = null; // the first actor round starts from the direct side's
-        bool onActorPool = false;
-        void ActorPool(bool on)
-        {
-            if (!switchPool || on == onActorPool) return;
-            if (on) { directSpeeds = router!.SaveLearned(); pool!.ActiveConcurrency = actorParticipants!.Value; if (actorSpeeds is not null) router.RestoreLearned(actorSpeeds); }
-            else { actorSpeeds = router!.SaveLearned(); pool!.ActiveConcurrency = full; router.RestoreLearned(directSpeeds!); }
-            onActorPool = on;
-        }
+        // The actor rounds are the pool's "fewer" side; the first of them starts from the direct side's speeds.
+        var sides = pool is not null && router is not null && actorParticipants is int m && m != full ? new PoolSides(router, pool, m) : null;
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
         var options = new Fiddler.Kernels.Generation.GenerationOptions
@@ -61,7 +52,7 @@ public static partial class BenchRun
             {
                 try
                 {
-                    ActorPool(true);
+                    sides?.Use(useFewer: true);
                     await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
                         prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
                     await runtime.RunAsync(prompt, warmUp);
@@ -69,7 +60,7 @@ public static partial class BenchRun
                 }
                 finally
                 {
-                    ActorPool(false);
+                    sides?.Use(useFewer: false);
                     engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
                 }
             }
@@ -85,7 +76,7 @@ public static partial class BenchRun
         engine.Model.SetExpertExecutor(engine.Executor);
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
         return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory,
-            pool is null ? null : switchPool ? actorParticipants!.Value : full);
+            pool is null ? null : sides is not null ? actorParticipants!.Value : full);
     }
 
     private static double? UsedGiB(OffloadEngine engine) =>
@@ -166,34 +157,50 @@ public static partial class BenchRun
         ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
         int full = pool.ActiveConcurrency;
         if (fewer < 1 || fewer >= full) throw new ArgumentOutOfRangeException(nameof(fewer), fewer, $"must be in 1..{full - 1} (the pool runs on {full})");
-        var fullSpeeds = router.SaveLearned();
-        Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? fewerSpeeds = null;
-        bool onFewer = false;
-        void Use(bool useFewer)
-        {
-            if (useFewer == onFewer) return;
-            if (onFewer) fewerSpeeds = router.SaveLearned();
-            else fullSpeeds = router.SaveLearned();
-            pool.ActiveConcurrency = useFewer ? fewer : full;
-            if (!useFewer) router.RestoreLearned(fullSpeeds);
-            else if (fewerSpeeds is not null) router.RestoreLearned(fewerSpeeds); // the first time it starts from the full side's
-            onFewer = useFewer;
-        }
+        var sides = new PoolSides(router, pool, fewer);
         try
         {
-            Use(true);
+            sides.Use(useFewer: true);
             window(); // discarded: the fewer side learns its speeds
-            var (few, all, diff) = Alternate(pairs, Use, window);
-            Use(false); // sets the fewer side's speeds aside (when it ran last) and puts the full side's back
-            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), router.SaveLearned().Contended[0], fewerSpeeds!.Contended[0]);
+            var (few, all, diff) = Alternate(pairs, sides.Use, window);
+            sides.Use(useFewer: false); // sets the fewer side's speeds aside (when it ran last) and puts the full side's back
+            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), router.SaveLearned().Contended[0], sides.FewerSpeeds!.Contended[0]);
         }
-        finally
+        finally { sides.Abandon(); }
+    }
+
+    /// <summary>
+    /// The CPU pool on all its participants or on <paramref name="fewer"/>, each side with the router's learned speeds of
+    /// its own: switching sets the current side's speeds aside and puts the other's back (the fewer side's first time
+    /// starts from the full side's).
+    /// </summary>
+    private sealed class PoolSides(Fiddler.Actors.Scheduling.ExpertRouter router, Fiddler.Kernels.Experts.CpuWorkerPool pool, int fewer)
+    {
+        private readonly int _full = pool.ActiveConcurrency;
+        private Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds _fullSpeeds = router.SaveLearned();
+        private bool _onFewer;
+
+        /// <summary>The fewer side's speeds as of its last switch away (null before it ran).</summary>
+        public Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? FewerSpeeds { get; private set; }
+
+        public void Use(bool useFewer)
         {
-            if (onFewer)
-            {
-                pool.ActiveConcurrency = full;
-                router.RestoreLearned(fullSpeeds);
-            }
+            if (useFewer == _onFewer) return;
+            if (_onFewer) FewerSpeeds = router.SaveLearned();
+            else _fullSpeeds = router.SaveLearned();
+            pool.ActiveConcurrency = useFewer ? fewer : _full;
+            if (!useFewer) router.RestoreLearned(_fullSpeeds);
+            else if (FewerSpeeds is not null) router.RestoreLearned(FewerSpeeds);
+            _onFewer = useFewer;
+        }
+
+        /// <summary>Back on all participants with the full side's speeds, the fewer side's dropped (after a failure).</summary>
+        public void Abandon()
+        {
+            if (!_onFewer) return;
+            pool.ActiveConcurrency = _full;
+            router.RestoreLearned(_fullSpeeds);
+            _onFewer = false;
         }
     }
 }
