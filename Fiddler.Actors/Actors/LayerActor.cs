@@ -29,6 +29,11 @@ public sealed class LayerActor : ReceiveActor
             };
         });
         Receive<GetLayerStats>(_ => Sender.Tell(_stats));
+        Receive<ResetLayerStats>(_ =>
+        {
+            _stats = new LayerStats(layer, 0, 0, 0, 0, 0, 0, 0);
+            Sender.Tell(Akka.Done.Instance);
+        });
     }
 
     public static Props Props(int layer) => Akka.Actor.Props.Create(() => new LayerActor(layer));

@@ -30,6 +30,11 @@ public sealed class RouterActor : ReceiveActor
             layerActors[m.Observation.Layer].Tell(m);
         });
         Receive<GetLayerStats>(_ => Sender.Tell(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, TimeSpan.FromSeconds(5)).Result).ToArray()));
+        Receive<ResetLayerStats>(_ =>
+        {
+            foreach (var a in layerActors) a.Ask<Akka.Done>(ResetLayerStats.Instance, TimeSpan.FromSeconds(5)).Wait();
+            Sender.Tell(Akka.Done.Instance);
+        });
     }
 
     /// <summary>A layer actor only keeps statistics: restart it (fresh counters) rather than stop routing.</summary>

@@ -20,6 +20,15 @@ public sealed record GetLayerStats
     public static GetLayerStats Instance { get; } = new();
 }
 
+/// <summary>
+/// Starts the layer actors' statistics over (after a start-up warm-up, so that the served totals count requests only).
+/// The router answers <see cref="Akka.Done"/> once every layer actor has it: a later <see cref="GetLayerStats"/> sees zeros.
+/// </summary>
+public sealed record ResetLayerStats
+{
+    public static ResetLayerStats Instance { get; } = new();
+}
+
 /// <summary>One layer's totals since start: steps, experts chosen, resident hits, CPU/transfer counts and time.</summary>
 public sealed record LayerStats(int Layer, long Steps, long Chosen, long Resident, long Cpu, long Transfers, double CpuLaneMs, double LayerMs)
 {

@@ -94,6 +94,12 @@ public sealed class FiddlerRuntime : IAsyncDisposable
     public async Task<LayerStats[]> LayerStatsAsync() =>
         Router is null ? [] : await Router.Ask<LayerStats[]>(GetLayerStats.Instance, CallTimeout);
 
+    /// <summary>Starts the per-layer statistics over (offloading only; a no-op otherwise), e.g. after a start-up warm-up.</summary>
+    public async Task ResetLayerStatsAsync()
+    {
+        if (Router is not null) await Router.Ask<Akka.Done>(ResetLayerStats.Instance, CallTimeout);
+    }
+
     public static Config DefaultConfig()
     {
         using var stream = typeof(FiddlerRuntime).Assembly.GetManifestResourceStream("akka.hocon")

@@ -10,11 +10,14 @@ public sealed partial class ExpertRouter
     private PredictionStats _layer;
     private PredictionStats _cpuLane;
     private PredictionStats _deviceLane;
-    // Per regime (decode-sized, batch; see FactorRegime): CPU lane slowdown vs calibration, learned online (see
-    // RouterOptions.AdaptCpuModel), without / with transfers; and the weight copies' slowdown vs calibration (the copy
-    // engine reads the same DRAM the CPU lane does), learned from the device lane's own timings where the engine
-    // measures them (gated layers on CUDA).
-    private readonly double[] _calmFactor = [1, 1], _contendedFactor = new double[2], _transferFactor = [1, 1];
+    // Per regime (decode-sized, then batch sizes; see RegimeMaxTokens): CPU lane slowdown vs calibration, learned online
+    // (see RouterOptions.AdaptCpuModel), without / with transfers; and the weight copies' slowdown vs calibration (the
+    // copy engine reads the same DRAM the CPU lane does), learned from the device lane's own timings where the engine
+    // measures them (gated layers on CUDA); and how many layers taught each regime.
+    private readonly double[] _calmFactor = Ones(), _contendedFactor = new double[RegimeMaxTokens.Length], _transferFactor = Ones();
+    private readonly long[] _samples = new long[RegimeMaxTokens.Length];
+
+    private static double[] Ones() => [.. Enumerable.Repeat(1.0, RegimeMaxTokens.Length)];
     // RouterOptions.BalanceLastLane: a multiplier on the planned CPU lane of decode-sized layers with both lanes (1: off
     // or not yet learned), and how often the CPU lane ended last since the last reset.
     private double _balance = 1;
@@ -44,11 +47,20 @@ public sealed partial class ExpertRouter
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(observed);
-        // The layer's regime (decode-sized or batch), worked out once: it picks the factors that learn from this layer.
-        int regime = (int)RegimeOfTokens(plan.Decisions.Select(d => d.Tokens));
-        double rate = regime == (int)FactorRegime.Batch ? Options.BatchAdaptRate : Options.AdaptRate;
+        // The layer's regime (decode-sized or a batch size), worked out once: it picks the factors that learn from this layer.
+        int regime = RegimeOfTokens(plan.Decisions.Select(d => d.Tokens));
+        double rate = regime > DecodeRegime ? Options.BatchAdaptRate : Options.AdaptRate;
         lock (_gate)
         {
+            bool learns = Options.AdaptCpuModel && (observedCpuLaneMs is not null && plan.HasCpuWork && plan.CpuLaneMs > 0
+                || observedDeviceLaneMs is not null && plan.HasTransfers && plan.HasCpuWork && plan.GpuLaneMs > 0);
+            if (learns && _samples[regime] == 0 && LearnedRegime(regime) is var from && from != regime)
+            {
+                // A batch size's first lesson starts from the factors its plan borrowed (see LearnedRegime).
+                _calmFactor[regime] = _calmFactor[from];
+                _contendedFactor[regime] = _contendedFactor[from];
+                _transferFactor[regime] = _transferFactor[from];
+            }
             foreach (var t in observed)
             {
                 int i = IndexOf(plan, t.Expert);
@@ -66,9 +78,10 @@ public sealed partial class ExpertRouter
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
                     ref double factor = ref plan.HasTransfers ? ref _contendedFactor[regime] : ref _calmFactor[regime];
                     factor += rate * (Robust(ratio, factor) - factor);
+                    _samples[regime]++;
                 }
             }
-            if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && regime == (int)FactorRegime.Decode)
+            if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && regime == DecodeRegime)
                 _deviceLane = _deviceLane.Add(plan.GpuLaneMs, seen);
             if (observedDeviceLaneMs is { } dev && Options.AdaptCpuModel && plan.HasTransfers && plan.HasCpuWork && plan.GpuLaneMs > 0
                 && double.IsFinite(dev) && dev > 0)
@@ -77,8 +90,9 @@ public sealed partial class ExpertRouter
                 double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
                 ref double factor = ref _transferFactor[regime];
                 factor += rate * (Robust(target, factor) - factor);
+                _samples[regime]++;
             }
-            if (cpuEndedLast is bool cpuLast && plan.HasTransfers && plan.HasCpuWork && regime == (int)FactorRegime.Decode)
+            if (cpuEndedLast is bool cpuLast && plan.HasTransfers && plan.HasCpuWork && regime == DecodeRegime)
             {
                 _laneOrders++;
                 if (cpuLast) _cpuEndedLast++;
@@ -87,35 +101,38 @@ public sealed partial class ExpertRouter
                     // A stochastic quantile step: up by (1 − q)·rate when the CPU ended last, down by q·rate otherwise, so
                     // it settles where the CPU ends last in a share q of the layers.
                     // q from the learned (unbalanced) speeds of one expert on each lane.
-                    double q = LastLaneTarget(Profile.CpuMs(1) * _contendedFactor[regime], Profile.TransferMs * _transferFactor[regime]);
+                    double q = LastLaneTarget(Profile.CpuMs(1) * _contendedFactor[DecodeRegime], Profile.TransferMs * _transferFactor[DecodeRegime]);
                     _balance = Math.Clamp(_balance * (cpuLast ? 1 + Options.BalanceRate * (1 - q) : 1 - Options.BalanceRate * q), 0.5, 2);
                 }
             }
         }
     }
 
-    /// <summary>What the router has learned of the lanes' speeds: per regime (decode-sized, batch) the CPU factors without
-    /// and with transfers and the copies' factor, and the lane-order balance.</summary>
-    public sealed record LearnedSpeeds(double[] Calm, double[] Contended, double[] Transfer, double Balance);
+    /// <summary>What the router has learned of the lanes' speeds: per regime (decode-sized, then each batch size of
+    /// <see cref="BatchSizes"/>) the CPU factors without and with transfers, the copies' factor and the layers that taught
+    /// it, and the lane-order balance.</summary>
+    public sealed record LearnedSpeeds(double[] Calm, double[] Contended, double[] Transfer, long[] Samples, double Balance);
 
     /// <summary>A copy of what the router has learned (<see cref="LearnedSpeeds"/>), to put back with
     /// <see cref="RestoreLearned"/>: a comparison of two engine settings in one process keeps each setting's own.</summary>
     public LearnedSpeeds SaveLearned()
     {
-        lock (_gate) return new LearnedSpeeds((double[])_calmFactor.Clone(), (double[])_contendedFactor.Clone(), (double[])_transferFactor.Clone(), _balance);
+        lock (_gate) return new LearnedSpeeds((double[])_calmFactor.Clone(), (double[])_contendedFactor.Clone(), (double[])_transferFactor.Clone(), (long[])_samples.Clone(), _balance);
     }
 
     /// <summary>Replaces what the router has learned with <paramref name="saved"/> (from <see cref="SaveLearned"/>).</summary>
     public void RestoreLearned(LearnedSpeeds saved)
     {
         ArgumentNullException.ThrowIfNull(saved);
-        if (saved.Calm.Length != _calmFactor.Length || saved.Contended.Length != _contendedFactor.Length || saved.Transfer.Length != _transferFactor.Length)
+        if (saved.Calm.Length != _calmFactor.Length || saved.Contended.Length != _contendedFactor.Length || saved.Transfer.Length != _transferFactor.Length
+            || saved.Samples.Length != _samples.Length)
             throw new ArgumentException("the saved speeds are not of this router's shape", nameof(saved));
         lock (_gate)
         {
             saved.Calm.CopyTo(_calmFactor, 0);
             saved.Contended.CopyTo(_contendedFactor, 0);
             saved.Transfer.CopyTo(_transferFactor, 0);
+            saved.Samples.CopyTo(_samples, 0);
             _balance = saved.Balance;
         }
     }
@@ -160,10 +177,28 @@ public sealed partial class ExpertRouter
     /// <summary>The weight-copy slowdown factor in use for decode-sized layers (1 until device lanes are observed).</summary>
     public double TransferFactor { get { lock (_gate) return _transferFactor[0]; } }
 
-    /// <summary>The factors in use for larger batches (prefill, beams): CPU without and with transfers, and copies.</summary>
-    public (double Calm, double Contended, double Transfer) BatchFactors
+    /// <summary>One batch size's learned factors (<see cref="BatchFactors"/>).</summary>
+    /// <param name="MaxTokens">The size's largest per-expert batch (<see cref="int.MaxValue"/>: the largest size).</param>
+    /// <param name="Layers">Layers that taught it (0: it borrows another size's factors, see the router's plans).</param>
+    public readonly record struct BatchFactor(int MaxTokens, double Calm, double Contended, double Transfer, long Layers)
     {
-        get { lock (_gate) return (_calmFactor[1], _contendedFactor[1], _transferFactor[1]); }
+        /// <summary>"≤ 16", "> 64": the size as a label.</summary>
+        public string Label => MaxTokens == int.MaxValue ? $"> {RegimeMaxTokens[^2]}" : $"≤ {MaxTokens}";
+    }
+
+    /// <summary>The largest per-expert batch of each batch size the router learns apart (more than 4 tokens for some
+    /// expert, then up to each bound; the last is unbounded).</summary>
+    public static IReadOnlyList<int> BatchSizes => RegimeMaxTokens[1..];
+
+    /// <summary>The factors in use for larger batches (prefill, beams), per batch size (<see cref="BatchSizes"/>): CPU
+    /// without and with transfers, and copies.</summary>
+    public IReadOnlyList<BatchFactor> BatchFactors
+    {
+        get
+        {
+            lock (_gate)
+                return [.. Enumerable.Range(1, Regimes - 1).Select(r => new BatchFactor(RegimeMaxTokens[r], _calmFactor[r], _contendedFactor[r], _transferFactor[r], _samples[r]))];
+        }
     }
 
     /// <summary>Predicted vs observed CPU lane (layers with at least one CPU expert) so far.</summary>
@@ -187,8 +222,12 @@ public sealed partial class ExpertRouter
         var (orders, cpuLast) = LaneOrder;
         if (orders > 0)
             sb.AppendLine(CultureInfo.InvariantCulture, $"lane ends: the CPU lane ended last in {100 * cpuLast:0.0} % of {orders} decode layers with both lanes; balance {LaneBalance:0.000}{(_balanceOn ? "" : " (off)")}");
-        var batch = BatchFactors;
-        sb.AppendLine(CultureInfo.InvariantCulture, $"batches (> {LearnedMaxTokens} tokens per expert): CPU {batch.Calm:0.000} alone, {batch.Contended:0.000} beside transfers; transfer {batch.Transfer:0.000}");
+        foreach (var b in BatchFactors)
+        {
+            string learned = b.Layers == 0 ? "not learned yet"
+                : string.Create(CultureInfo.InvariantCulture, $"CPU {b.Calm:0.000} alone, {b.Contended:0.000} beside transfers; transfer {b.Transfer:0.000} ({b.Layers} layers)");
+            sb.AppendLine(CultureInfo.InvariantCulture, $"batches of {b.Label} tokens per expert (> {LearnedMaxTokens} for some): {learned}");
+        }
         return sb.ToString();
     }
 

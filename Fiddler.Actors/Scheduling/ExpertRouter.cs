@@ -29,7 +29,7 @@ public sealed partial class ExpertRouter
         if (!(Options.AdaptRate is > 0 and <= 1)) throw new ArgumentException($"adapt rate must be in (0, 1], got {Options.AdaptRate}");
         if (!(Options.BatchAdaptRate is > 0 and <= 1)) throw new ArgumentException($"batch adapt rate must be in (0, 1], got {Options.BatchAdaptRate}");
         if (!(Options.BalanceRate is > 0 and <= 0.5)) throw new ArgumentException($"balance rate must be in (0, 0.5], got {Options.BalanceRate}");
-        _contendedFactor[0] = _contendedFactor[1] = Options.CpuContention;
+        Array.Fill(_contendedFactor, Options.CpuContention);
         _balanceOn = Options.BalanceLastLane;
     }
 
@@ -142,36 +142,59 @@ public sealed partial class ExpertRouter
     }
 
     /// <summary>The CPU lane's time: slower while weights stream in the same layer (both read host DRAM).</summary>
-    private double CpuLane(double cpuMs, bool anyTransfer, FactorRegime regime) => cpuMs * CpuFactor(anyTransfer, regime);
+    private double CpuLane(double cpuMs, bool anyTransfer, int regime) => cpuMs * CpuFactor(anyTransfer, regime);
 
     /// <summary>
-    /// Which learned factors a layer uses. Decode-sized layers (≤ 4 tokens per expert: the SIMD kernel, memory-bound)
-    /// and larger batches (prefill, beams: oneDNN/AMX, more compute per byte) slow down differently beside the copies,
-    /// so each regime learns its own; without learning, the configured contention applies.
+    /// Which learned factors a layer uses, by its largest per-expert batch: decode-sized layers (≤ 4 tokens per expert:
+    /// the SIMD kernel, memory-bound) and three batch sizes (prefill, beams: ≤ 16 tokens, still the SIMD kernel; ≤ 64;
+    /// more, libtorch's oneDNN/AMX with more compute per byte) slow down differently beside the copies (measured on the
+    /// H100 host: the CPU lane beside copies at 1.1-2.2× calibrated depending on the prompt's size), so each learns its
+    /// own. Without learning (<see cref="Calibrated"/>) the configured contention applies.
     /// </summary>
-    private enum FactorRegime { Calibrated = -1, Decode = 0, Batch = 1 }
+    private const int Calibrated = -1, DecodeRegime = 0;
+
+    /// <summary>The largest per-expert batch of each regime, in order (<see cref="DecodeRegime"/> first).</summary>
+    private static readonly int[] RegimeMaxTokens = [4, 16, 64, int.MaxValue];
+
+    private static int Regimes => RegimeMaxTokens.Length;
 
     private const int LearnedMaxTokens = 4;
 
-    private FactorRegime RegimeOf(IReadOnlyList<ExpertLoad> experts) =>
-        !Options.AdaptCpuModel ? FactorRegime.Calibrated : RegimeOfTokens(experts.Select(e => e.Tokens));
+    private int RegimeOf(IReadOnlyList<ExpertLoad> experts) =>
+        !Options.AdaptCpuModel ? Calibrated : LearnedRegime(RegimeOfTokens(experts.Select(e => e.Tokens)));
 
-    private static FactorRegime RegimeOfTokens(IEnumerable<int> tokens) =>
-        tokens.All(t => t <= LearnedMaxTokens) ? FactorRegime.Decode : FactorRegime.Batch;
+    private static int RegimeOfTokens(IEnumerable<int> tokens)
+    {
+        int max = tokens.DefaultIfEmpty(0).Max();
+        return Array.FindIndex(RegimeMaxTokens, m => max <= m);
+    }
 
-    private double CpuFactor(bool anyTransfer, FactorRegime regime) =>
-        regime == FactorRegime.Calibrated ? (anyTransfer ? Options.CpuContention : 1)
-        : anyTransfer ? Volatile.Read(ref _contendedFactor[(int)regime]) * (regime == FactorRegime.Decode && _balanceOn ? Volatile.Read(ref _balance) : 1)
-        : Volatile.Read(ref _calmFactor[(int)regime]);
+    /// <summary>
+    /// The regime whose factors a plan reads: a batch size that has not learned yet borrows the nearest batch size that has
+    /// (the smaller first), as one shared batch factor did; decode and learned sizes read their own.
+    /// </summary>
+    private int LearnedRegime(int regime)
+    {
+        if (regime <= DecodeRegime || Volatile.Read(ref _samples[regime]) > 0) return regime;
+        for (int d = 1; d < Regimes; d++)
+            foreach (int r in (int[])[regime - d, regime + d])
+                if (r > DecodeRegime && r < Regimes && Volatile.Read(ref _samples[r]) > 0) return r;
+        return regime;
+    }
+
+    private double CpuFactor(bool anyTransfer, int regime) =>
+        regime == Calibrated ? (anyTransfer ? Options.CpuContention : 1)
+        : anyTransfer ? Volatile.Read(ref _contendedFactor[regime]) * (regime == DecodeRegime && _balanceOn ? Volatile.Read(ref _balance) : 1)
+        : Volatile.Read(ref _calmFactor[regime]);
 
     /// <summary>
     /// One expert's weight copy: calibrated, times the regime's learned factor where the CPU lane runs beside the copies
     /// (where it is learned: both read host DRAM). Alone, copies run at calibrated speed.
     /// </summary>
-    private double TransferMs(FactorRegime regime, bool cpuWork) => Profile.TransferMs * TransferFactorFor(regime, cpuWork);
+    private double TransferMs(int regime, bool cpuWork) => Profile.TransferMs * TransferFactorFor(regime, cpuWork);
 
-    private double TransferFactorFor(FactorRegime regime, bool cpuWork) =>
-        regime != FactorRegime.Calibrated && cpuWork ? Volatile.Read(ref _transferFactor[(int)regime]) : 1;
+    private double TransferFactorFor(int regime, bool cpuWork) =>
+        regime != Calibrated && cpuWork ? Volatile.Read(ref _transferFactor[regime]) : 1;
 
     private readonly record struct SplitChoice(int Miss, double GpuShare);
 

@@ -37,6 +37,7 @@ public static class BenchCommand
         var profile = new Option<string?>("--profile") { Description = "Latency-model cache file" };
         var libtorch = new Option<string?>("--libtorch");
         var spin = new Option<int?>("--readback-spin-us") { Description = "µs the host polls a routing read-back before sleeping on it (0..100000; default 20000)" };
+        var noWarmup = new Option<bool>("--no-warmup") { Description = "Skip the engine's start-up warm-up (one prompt per batch size the router learns apart, then decode steps; fiddler serve runs it before taking requests): each size's first prompt then plans with other sizes' learned speeds" };
         var repeats = new Option<int>("--decode-repeats") { Description = "Decode windows of --new-tokens − 1 steps, back to back; decode_tok_s is their median (default 1)", DefaultValueFactory = _ => 1 };
         var slots = new Option<int>("--staging-slots") { Description = "GPU staging buffers for streamed experts, 1..8, each one expert's size out of the budget (default 2: one fills while the GPU computes from the other)", DefaultValueFactory = _ => 2 };
         var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead (the actor rounds run the CPU pool on serve's cores − 2 unless --cpu-threads is given)" };
@@ -50,7 +51,7 @@ public static class BenchCommand
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt, actorRoundsOpt, batchRate })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt, actorRoundsOpt, batchRate, noWarmup })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -119,7 +120,7 @@ public static class BenchCommand
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
-            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null);
+            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null, warmup: !r.GetValue(noWarmup));
             if (r.GetValue(actors))
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.

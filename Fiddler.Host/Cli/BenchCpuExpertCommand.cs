@@ -26,15 +26,17 @@ public static unsafe class BenchCpuExpertCommand
         var bandwidthGb = new Option<double>("--bandwidth-gb") { Description = "Buffer for the read-bandwidth probe", DefaultValueFactory = _ => 2 };
         var isa = new Option<string?>("--isa") { Description = "Force a kernel path: scalar, avx2, avx512" };
         var noTorch = new Option<bool>("--no-torch") { Description = "Skip the libtorch comparison" };
+        var sliceRows = new Option<string?>("--slice-rows") { Description = "Split slices, comma-separated intermediate rows K: the kernel on rows [0, K) of each expert (w2 columns strided, as a CPU/GPU split runs it) beside a contiguous expert of K rows" };
         var warmMb = new Option<string?>("--warm-mb") { Description = "Cache warming, comma-separated MB: before each timed 1-token call, read that many MB of the expert's first w1 and w3 rows (untimed); shows what reading ahead into the CPU caches saves the kernel" };
         var command = new Command("bench-cpu-expert", "CPU expert kernel: ms per expert and GB/s against DRAM read bandwidth and libtorch");
-        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb }) command.Add(o);
+        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows }) command.Add(o);
         command.SetAction(r =>
         {
             int h = r.GetValue(hidden), i = r.GetValue(intermediate), n = r.GetValue(iterations), threadCount = r.GetValue(threads);
             int[] tokenCounts = r.GetValue(tokens)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"--tokens: '{s}' is not a positive integer")).ToArray();
             double[]? warmSizes = r.GetValue(warmMb) is string warmList ? ParseSizes(warmList) : null;
+            int[]? slices = r.GetValue(sliceRows) is string sliceList ? ParseRows(sliceList, r.GetValue(intermediate)) : null;
             if (h <= 0 || i <= 0 || n <= 0 || threadCount < 0) throw new ArgumentException("--hidden, --intermediate, --iterations must be positive, --threads ≥ 0");
             if (r.GetValue(isa) is string name)
                 CpuExpertKernel.ForceIsa = Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced
@@ -85,6 +87,7 @@ public static unsafe class BenchCpuExpertCommand
                 }
                 Console.WriteLine($"{t,6} {kernelMs,10:F3} {kernelGBps,7:F1} {kernelGBps / readGBps,7:P0}{torchColumns}");
             }
+            if (slices is not null) Slices(pool, h, i, kernelWeights, tokenCounts, n, slices);
             if (warmSizes is not null) WarmCaches(pool, h, i, kernelWeights, weights.Select(w => (w.W1, w.W3)).ToArray(), n, warmSizes);
             return 0;
         });
@@ -125,6 +128,38 @@ public static unsafe class BenchCpuExpertCommand
             Console.WriteLine($"{mb,8:F0} {readBytes / 1e6,8:F1} {read,8:F3} {(read > 0 ? readBytes / read / 1e6 : 0),10:F1} {kernelMs,10:F3} {cold - kernelMs,9:F3}");
         }
     }
+
+    /// <summary>
+    /// --slice-rows: for each K, the kernel on intermediate rows [0, K) of each expert (w1/w3 rows contiguous, w2's first K
+    /// columns: Hidden runs of K elements with the expert's row pitch; the CPU half of a split) against the same bytes laid
+    /// out contiguously (an expert of K rows), per token count.
+    /// </summary>
+    private static void Slices(CpuWorkerPool pool, int h, int i, ExpertWeights[] whole, int[] tokenCounts, int n, int[] slices)
+    {
+        Console.WriteLine();
+        Console.WriteLine($"{"rows",6} {"tokens",6} {"slice ms",9} {"GB/s",7} {"compact ms",11} {"GB/s",7} {"compact/slice",14}");
+        foreach (int k in slices)
+        {
+            long bytes = 3L * h * k * sizeof(ushort);
+            var slice = whole.Select(w => new ExpertWeights(w.W1, w.W3, w.W2, h, k, WeightType.BF16, w2Stride: i)).ToArray();
+            var compact = whole.Select(w => new ExpertWeights(w.W1, w.W3, w.W2, h, k, WeightType.BF16)).ToArray();
+            foreach (int t in tokenCounts)
+            {
+                var x = randn(t, h);
+                var y = empty(t, h);
+                float* xp = (float*)TensorMemory.DataPtr(x), yp = (float*)TensorMemory.DataPtr(y);
+                double sliceMs = MedianMs(n, slice.Length, e => CpuExpertKernel.SwiGlu(pool, xp, t, slice[e], yp));
+                double compactMs = MedianMs(n, compact.Length, e => CpuExpertKernel.SwiGlu(pool, xp, t, compact[e], yp));
+                Console.WriteLine($"{k,6} {t,6} {sliceMs,9:F3} {bytes / sliceMs / 1e6,7:F1} {compactMs,11:F3} {bytes / compactMs / 1e6,7:F1} {sliceMs / compactMs,13:F2}x");
+                x.Dispose();
+                y.Dispose();
+            }
+        }
+    }
+
+    private static int[] ParseRows(string list, int intermediate) => list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+        .Select(s => int.TryParse(s, out int v) && v > 0 && v <= intermediate ? v
+            : throw new ArgumentException($"--slice-rows: '{s}' is not a row count in 1..{intermediate}")).ToArray();
 
     private static double[] ParseSizes(string list) => list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
         .Select(s => double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) && v > 0 && double.IsFinite(v) ? v

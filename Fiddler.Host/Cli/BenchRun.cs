@@ -37,6 +37,10 @@ public static partial class BenchRun
         public Fiddler.Kernels.Offload.LaneCeiling.Result? Ceiling { get; init; }
         /// <summary>Expert bytes per decode token that were not resident on the GPU (the lanes' load).</summary>
         public double OffloadedBytesPerToken { get; init; }
+        /// <summary>The engine's start-up warm-up (<see cref="WarmupPlan"/>) before the measurements: its prompt lengths
+        /// (null: only the bench's own short warm-up of kernels and allocator ran) and how long it took.</summary>
+        public int[]? WarmupPrompts { get; init; }
+        public double WarmupS { get; init; }
     }
 
     private const int StagedSteps = 4;
@@ -58,8 +62,12 @@ public static partial class BenchRun
     /// (<see cref="BalanceComparison"/>); 0: none.</param>
     /// <param name="abThreads">After those: pairs of windows with the CPU pool on all its participants and on fewer
     /// (<see cref="ThreadsComparison"/>); null: none.</param>
+    /// <param name="warmup">Run the engine's start-up warm-up first (<see cref="WarmupPlan"/>: one prompt per batch size
+    /// the router learns apart, then decode steps), as <c>fiddler serve</c> does before it takes requests; TTFT is then
+    /// what a server's first request of each size sees. False: only a 16-token prompt and 4 decode steps (kernels,
+    /// allocator, staging slots), so each size's first prompt plans with factors learned at other sizes.</param>
     public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0,
-        (int Fewer, int Pairs)? abThreads = null)
+        (int Fewer, int Pairs)? abThreads = null, bool warmup = true)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
@@ -68,15 +76,32 @@ public static partial class BenchRun
         var rng = new Random(0);
         long[] Prompt(int n) => Enumerable.Range(0, n).Select(_ => (long)rng.Next(3, engine.Config.VocabSize)).ToArray();
 
-        // Warm-up: kernels, allocator, staging slots.
-        using (var warm = model.NewCache(24))
-        {
-            model.Forward(tensor(Prompt(16)).unsqueeze(0), warm).Dispose();
-            for (int i = 0; i < 4; i++) model.Forward(tensor(new long[] { 5 }).unsqueeze(0), warm).Dispose();
-        }
         // Every cache of the run has the same capacity, so each reuses the blocks the previous one freed in libtorch's
         // caching allocator (a slightly larger one could not: with a 4096-token prompt the GPU held two KV caches).
         int capacity = ContextTokens(prompts, generate, decodeRepeats);
+        var warmClock = Stopwatch.StartNew();
+        int[]? warmupPrompts = warmup && engine.Scheduler is not null ? WarmupPlan.PromptLengths(engine.Config, capacity) : null;
+        if (warmupPrompts is null)
+        {
+            // Kernels, allocator, staging slots.
+            using var warm = model.NewCache(24);
+            model.Forward(tensor(Prompt(16)).unsqueeze(0), warm).Dispose();
+            for (int i = 0; i < 4; i++) model.Forward(tensor(new long[] { 5 }).unsqueeze(0), warm).Dispose();
+        }
+        else
+            for (int k = 0; k < warmupPrompts.Length; k++)
+            {
+                using var warm = model.NewCache(capacity);
+                var ids = WarmupPlan.Prompt(warmupPrompts[k], engine.Config.VocabSize, seed: k).Select(i => (long)i).ToArray();
+                using var logits = model.Forward(tensor(ids).unsqueeze(0), warm);
+                long token = logits.argmax(-1).item<long>();
+                for (int i = 0; k == 0 && i < WarmupPlan.DecodeSteps; i++)
+                {
+                    using var l = model.Forward(tensor(new[] { token }).unsqueeze(0), warm);
+                    token = l.argmax(-1).item<long>();
+                }
+            }
+        double warmupS = warmClock.Elapsed.TotalSeconds;
         var ttft = new Dictionary<string, double>();
         var ttftExecutor = new Dictionary<string, Dictionary<string, double>>();
         var afterPrefill = new Dictionary<string, double>();
@@ -145,7 +170,7 @@ public static partial class BenchRun
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
             SplitExperts = s?.SplitExperts ?? 0, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
-            Ceiling = ceiling, OffloadedBytesPerToken = offloaded,
+            Ceiling = ceiling, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS,
         };
         if (abPairs == 0 && abThreads is null) return result;
         if (s is null)
@@ -288,7 +313,13 @@ public static partial class BenchRun
             // with the learned speeds (ExpertRouter.LastLaneTarget); the decode windows' share and the balance are under
             // executor_ms_per_layer (cpu_ended_last_share, lane_balance).
             ["cpu_ended_last_target"] = engine.Scheduler is { } sctg ? Math.Round(ExpertRouterTarget(sctg.Router), 3) : null,
-            ["batch_factors"] = engine.Scheduler is { } scb ? new[] { Math.Round(scb.Router.BatchFactors.Calm, 3), Math.Round(scb.Router.BatchFactors.Contended, 3), Math.Round(scb.Router.BatchFactors.Transfer, 3) } : null,
+            // Per batch size (its largest per-expert batch: max_16, max_64, over_64): CPU alone, CPU beside copies, copies,
+            // and the layers that taught it (0: still borrowing another size's factors).
+            ["batch_factors"] = engine.Scheduler is { } scb ? scb.Router.BatchFactors.ToDictionary(
+                b => b.MaxTokens == int.MaxValue ? $"over_{Fiddler.Actors.Scheduling.ExpertRouter.BatchSizes[^2]}" : $"max_{b.MaxTokens}",
+                b => new double[] { Math.Round(b.Calm, 3), Math.Round(b.Contended, 3), Math.Round(b.Transfer, 3), b.Layers }) : null,
+            ["warmup_prompt_tokens"] = r.WarmupPrompts,
+            ["warmup_s"] = Math.Round(r.WarmupS, 3),
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
             ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,

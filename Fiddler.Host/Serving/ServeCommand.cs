@@ -36,10 +36,11 @@ public static class ServeCommand
         var popularity = new Option<string?>("--popularity") { Description = "popularity.json from `fiddler profile` (placement order)" };
         var otel = new Option<string>("--otel") { Description = "Traces and metrics besides /metrics: console, otlp or none", DefaultValueFactory = _ => "none" };
         var otlpEndpoint = new Option<string?>("--otlp-endpoint") { Description = "OTLP receiver for --otel otlp (default: $OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317)" };
+        var noWarmup = new Option<bool>("--no-warmup") { Description = "With --gpu-budget: take requests without first running the start-up warm-up (one prompt per batch size the router learns apart, then decode steps); the first request of each size is then slower" };
         var libtorch = new Option<string?>("--libtorch") { Description = $"Folder of a CUDA libtorch (default: ${TorchRuntime.LibTorchEnvironmentVariable}, else python3's torch)" };
 
         var command = new Command("serve", "Serve the model over an OpenAI-compatible HTTP API and gRPC");
-        foreach (var o in new Option[] { model, host, port, grpcPort, apiKey, queueSize, modelId, maxContext, shutdown, otel, otlpEndpoint, device, dtype, budget, popularity, libtorch })
+        foreach (var o in new Option[] { model, host, port, grpcPort, apiKey, queueSize, modelId, maxContext, shutdown, otel, otlpEndpoint, device, dtype, budget, popularity, libtorch, noWarmup })
             command.Add(o);
         // A synchronous action: System.CommandLine's async actions install their own SIGINT/SIGTERM handling, which
         // would end the process before the drain.
@@ -59,7 +60,7 @@ public static class ServeCommand
             // Before the weights: a template that cannot run fails start-up in a second, not after a long load.
             var chat = ChatTemplates.Load(dir);
             var run = new Run(serve, grace, dir, r.GetValue(modelId) ?? ModelIdOf(dir), r.GetValue(queueSize), r.GetValue(maxContext),
-                r.GetValue(device)!, r.GetValue(dtype), r.GetValue(budget), r.GetValue(popularity), chat);
+                r.GetValue(device)!, r.GetValue(dtype), r.GetValue(budget), r.GetValue(popularity), chat, Warmup: !r.GetValue(noWarmup));
             using var signals = new ShutdownSignals();
             return RunAsync(run, signals.First, signals.Second).GetAwaiter().GetResult();
         });
@@ -81,7 +82,7 @@ public static class ServeCommand
     }
 
     public sealed record Run(ServeOptions Serve, TimeSpan Grace, string ModelDir, string ModelId, int QueueSize, int? MaxContext,
-        string Device, string? DType, string? GpuBudget, string? Popularity, ChatFormatter? Chat);
+        string Device, string? DType, string? GpuBudget, string? Popularity, ChatFormatter? Chat, bool Warmup = true);
 
     /// <summary>Serves until <paramref name="stop"/>, then drains; <paramref name="skipGrace"/> cuts the drain short.</summary>
     public static async Task<int> RunAsync(Run run, CancellationToken stop, CancellationToken skipGrace = default)
@@ -107,6 +108,13 @@ public static class ServeCommand
         // stdout carries only the URL line (scripts read it): Akka's INFO lines (e.g. its shutdown notice) stay off.
         var akka = ConfigurationFactory.ParseString("akka.loglevel = WARNING\nakka.stdout-loglevel = WARNING").WithFallback(FiddlerRuntime.DefaultConfig());
         await using var runtime = FiddlerRuntime.Start(model, tokenizer, offload, akka);
+        if (engine?.Scheduler is not null && run.Warmup)
+        {
+            // Before listening, as loading is: a client cannot reach a server that is still learning its lanes' speeds.
+            try { await WarmUpAsync(runtime, model.Config, context!.Value, stop); }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested) { return 0; }
+            if (stop.IsCancellationRequested) return 0;
+        }
         await using var service = new InferenceService(runtime, tokenizer, run.Chat,
             new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = context });
         // Disposed after the server (declared before it): no scrape reads a stopped poller.
@@ -138,6 +146,24 @@ public static class ServeCommand
         await server.StopAsync(TimeSpan.FromSeconds(5));
         Console.Error.WriteLine("fiddler: stopped");
         return 0;
+    }
+
+    /// <summary>
+    /// The offloading engine's start-up warm-up (<see cref="WarmupPlan"/>) through the actor runtime that will serve:
+    /// one prompt per batch size the router learns apart, decode steps after the first; then the per-layer statistics
+    /// start over, so /metrics counts requests only. A failure here fails start-up (the same path would fail every request).
+    /// </summary>
+    public static async Task WarmUpAsync(FiddlerRuntime runtime, Fiddler.Kernels.Config.MixtralConfig config, int context, CancellationToken stop)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int[] lengths = WarmupPlan.PromptLengths(config, context);
+        for (int k = 0; k < lengths.Length && !stop.IsCancellationRequested; k++)
+        {
+            var options = new Fiddler.Kernels.Generation.GenerationOptions { MaxNewTokens = k == 0 ? WarmupPlan.DecodeSteps + 1 : 1, StopOnEos = false };
+            await foreach (var _ in runtime.GenerateAsync(WarmupPlan.Prompt(lengths[k], config.VocabSize, seed: k), options, stop)) { }
+        }
+        await runtime.ResetLayerStatsAsync();
+        Console.Error.WriteLine($"fiddler: warm-up: prompts of {string.Join(", ", lengths)} tokens and {WarmupPlan.DecodeSteps} decode steps in {clock.Elapsed.TotalSeconds:0.0} s");
     }
 
     /// <summary>

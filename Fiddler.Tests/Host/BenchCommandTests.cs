@@ -33,7 +33,14 @@ public sealed class BenchCommandTests : IDisposable
         Assert.All(root.GetProperty("ttft_warm_s").EnumerateObject(), p => Assert.True(p.Value.GetDouble() > 0));
         // 4 steps × 3 windows of decode layers only: every layer of every step is one observed layer.
         Assert.Equal(root.GetProperty("layers").GetInt32(), root.GetProperty("executor_ms_per_layer").GetProperty("layers_per_token").GetDouble(), 2);
-        Assert.Equal(3, root.GetProperty("batch_factors").GetArrayLength());
+        // Per batch size: CPU alone, beside copies, copies, and the layers that taught it.
+        Assert.Equal(["max_16", "max_64", "over_64"], root.GetProperty("batch_factors").EnumerateObject().Select(p => p.Name));
+        Assert.All(root.GetProperty("batch_factors").EnumerateObject(), p => Assert.Equal(4, p.Value.GetArrayLength()));
+        // The engine's start-up warm-up ran first: prompts that fit the run's context with the decode steps after them.
+        int[] warmup = [.. root.GetProperty("warmup_prompt_tokens").EnumerateArray().Select(x => x.GetInt32())];
+        Assert.NotEmpty(warmup);
+        Assert.All(warmup, n => Assert.InRange(n, 1, root.GetProperty("context_tokens").GetInt32() - Fiddler.Actors.Engine.WarmupPlan.DecodeSteps));
+        Assert.True(root.GetProperty("warmup_s").GetDouble() > 0);
         Assert.True(root.GetProperty("readback_spin_us").GetInt32() >= 0);
         Assert.Equal(1, root.GetProperty("staging_slots").GetInt32());
         Assert.Equal(JsonValueKind.Number, root.GetProperty("reserve_gib").ValueKind); // a toy model's reserve rounds to 0 GiB
@@ -233,6 +240,15 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Equal(2, bad.ExitCode);
         Assert.Contains("--batch-adapt-rate: 1.5 is not in (0, 1]", bad.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "bad")));
+    }
+
+    [Fact]
+    public void Bench_NoWarmup_SkipsTheEnginesWarmupAndSaysSo()
+    {
+        using var json = BenchJson("--new-tokens", "3", "--no-warmup");
+        Assert.Equal(JsonValueKind.Null, json.RootElement.GetProperty("warmup_prompt_tokens").ValueKind);
+        // The bench's own short warm-up (kernels, allocator) still ran and is timed.
+        Assert.True(json.RootElement.GetProperty("warmup_s").GetDouble() > 0);
     }
 
     [Fact]

@@ -3,7 +3,7 @@ using Fiddler.Actors.Scheduling;
 
 namespace Fiddler.Tests.Actors.Scheduling;
 
-// The batch regime (prefill, beams): factors learned apart from decode, at their own rate.
+// The batch regimes (prefill, beams): factors learned apart from decode and per batch size, at their own rate.
 public sealed partial class ExpertRouterTests
 {
     [Fact]
@@ -21,7 +21,7 @@ public sealed partial class ExpertRouterTests
             var plan = router.Decide(layer);
             router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs / plan.CpuFactor * 2.0, observedDeviceLaneMs: plan.GpuLaneMs / plan.TransferFactor);
         }
-        var batch = router.BatchFactors;
+        var batch = Size(router, 64);
         Assert.Equal(2.0, batch.Contended, 3);
         Assert.Equal(1.0, batch.Transfer, 3);
         var after = router.Decide(layer);
@@ -50,7 +50,7 @@ public sealed partial class ExpertRouterTests
                 Assert.True(plan.HasTransfers && plan.HasCpuWork);
                 router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs / plan.CpuFactor * 1.6);
             }
-            return layer == prefill ? router.BatchFactors.Contended : router.CpuFactors.Contended;
+            return layer == prefill ? Size(router, 64).Contended : router.CpuFactors.Contended;
         }
         var defaults = RouterOptions.Default with { CpuContention = 1.25 };
         Assert.Equal(0.25, defaults.BatchAdaptRate);
@@ -62,4 +62,77 @@ public sealed partial class ExpertRouterTests
         Assert.Equal(decodeFactor, Learn(defaults with { BatchAdaptRate = 1 }, decode), 9);
         Assert.Throws<ArgumentException>(() => new ExpertRouter(Host(cpu1: 2.9), defaults with { BatchAdaptRate = 0 }));
     }
+
+    [Fact]
+    public void Account_EachBatchSizeLearnsItsOwnFactors()
+    {
+        // Prompts of three sizes alternate, as a server's requests do; the CPU lane runs 1.3× / 1.8× / 2.4× its calibrated
+        // time beside the copies at ≤ 16 / ≤ 64 / more tokens per expert. Each size settles at its own factor: with one
+        // shared factor, every prompt would plan with the last size's.
+        var router = SplitRouter(Host(cpu1: 2.9), contention: 1.25);
+        (int Tokens, double Slowdown)[] sizes = [(12, 1.3), (48, 1.8), (200, 2.4)];
+        for (int round = 0; round < 40; round++)
+            foreach (var (tokens, slowdown) in sizes)
+                for (int layer = 0; layer < 8; layer++)
+                {
+                    var plan = router.Decide([.. Enumerable.Range(0, 6).Select(e => Miss(e, tokens))]);
+                    Assert.True(plan.HasTransfers && plan.HasCpuWork, $"{tokens} tokens: both lanes");
+                    router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs / plan.CpuFactor * slowdown);
+                }
+        Assert.Equal([16, 64, int.MaxValue], ExpertRouter.BatchSizes);
+        Assert.Equal([16, 64, int.MaxValue], router.BatchFactors.Select(b => b.MaxTokens));
+        foreach (var (tokens, slowdown) in sizes)
+        {
+            Assert.Equal(slowdown, router.BatchFactors.First(b => tokens <= b.MaxTokens).Contended, 3);
+            Assert.Equal(slowdown, router.Decide([.. Enumerable.Range(0, 6).Select(e => Miss(e, tokens))]).CpuFactor, 3);
+        }
+        Assert.All(router.BatchFactors, b => Assert.Equal(320, b.Layers));
+        Assert.Equal((1.0, 1.25), router.CpuFactors); // decode untouched
+        // The size of a layer is its largest per-expert batch: one expert with 17 tokens makes the layer a "≤ 64" one.
+        ExpertLoad[] mixed = [Miss(0, 17), Miss(1, 2), Miss(2, 3), Miss(3, 1)];
+        Assert.Equal(1.8, router.Decide(mixed).CpuFactor, 3);
+        Assert.Contains("batches of ≤ 16 tokens per expert", router.Report());
+        Assert.Contains("batches of > 64 tokens per expert", router.Report());
+    }
+
+    [Fact]
+    public void Decide_ABatchSizeNotLearnedYet_BorrowsTheNearestLearnedSizeThenLearnsFromThere()
+    {
+        var router = SplitRouter(Host(cpu1: 2.9), contention: 1.25);
+        // Plans with one expert copied and five on the CPU: the CPU lane beside copies, whatever the sizes' speeds.
+        LayerPlan Plan(int tokens) => router.Evaluate([.. Enumerable.Range(0, 6).Select(e => Miss(e, tokens))], e => e.Expert == 0);
+        void Teach(int tokens, double slowdown, int layers)
+        {
+            for (int i = 0; i < layers; i++)
+            {
+                var plan = Plan(tokens);
+                router.Account(plan, [], observedCpuLaneMs: plan.CpuLaneMs / plan.CpuFactor * slowdown);
+            }
+        }
+        // Nothing learned: every size plans with the configured start.
+        Assert.Equal(1.25, Plan(200).CpuFactor, 9);
+        Assert.All(router.BatchFactors, b => Assert.Equal(0, b.Layers));
+        Assert.Contains("not learned yet", router.Report());
+        // Only "> 64" learns (2.0): "≤ 64" and "≤ 16" borrow it.
+        Teach(200, 2.0, 100);
+        Assert.Equal(2.0, Plan(40).CpuFactor, 3);
+        Assert.Equal(2.0, Plan(8).CpuFactor, 3);
+        Assert.Equal(0, Size(router, 16).Layers);
+        // "≤ 16" learns (1.2) from where it borrowed; "≤ 64", equally near both, borrows the smaller size's.
+        Teach(8, 1.2, 1);
+        Assert.InRange(Size(router, 16).Contended, 1.7, 1.9); // one step from 2.0 toward 1.2 (rate 0.25, limit ×1.5)
+        Teach(8, 1.2, 100);
+        Assert.Equal(1.2, Size(router, 16).Contended, 3);
+        Assert.Equal(1.2, Plan(40).CpuFactor, 3);
+        Assert.Equal(2.0, Plan(200).CpuFactor, 3);
+        // Saved and put back with what each size has learned, including which sizes have.
+        var saved = router.SaveLearned();
+        Assert.Equal([0, 101, 0, 100], saved.Samples);
+        var fresh = SplitRouter(Host(cpu1: 2.9), contention: 1.25);
+        fresh.RestoreLearned(saved);
+        Assert.Equal(1.2, fresh.Evaluate([.. Enumerable.Range(0, 6).Select(e => Miss(e, 40))], e => e.Expert == 0).CpuFactor, 3);
+        Assert.Throws<ArgumentException>(() => fresh.RestoreLearned(saved with { Samples = [1] }));
+    }
+
+    private static ExpertRouter.BatchFactor Size(ExpertRouter router, int maxTokens) => router.BatchFactors.Single(b => b.MaxTokens == maxTokens);
 }
