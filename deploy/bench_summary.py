@@ -8,6 +8,8 @@ executor = j.get("executor_ms_per_layer") or {}
 print("TTFT right after a prompt of the same length {} s; windows {}; GPU memory {} GiB (at start {}); ceiling {} tok/s, fraction {}; CPU lane ended last {} (target {})".format(
     "/".join(str(v) for v in (j.get("ttft_warm_s") or {}).values()), ", ".join(str(x) for x in j.get("decode_tok_s_runs", [])), j.get("gpu_memory_used_gib"), j.get("gpu_memory_at_start_gib"),
     ceiling.get("decode_tok_s"), ceiling.get("decode_fraction"), executor.get("cpu_ended_last_share"), j.get("cpu_ended_last_target")))
+print("  warm-up {} s (prompts {}); batch factors (CPU alone, beside copies, copies, layers) {}; seed {} tok/s, ratio {}".format(
+    j.get("warmup_s"), j.get("warmup_prompt_tokens"), j.get("batch_factors"), j.get("baseline_seed_decode_tok_s"), j.get("speedup_vs_seed")))
 ab = j.get("ab_balance")
 if ab:
     print("  balance on vs off in this process, {} pairs: on {}, off {} tok/s, per pair {} %, median {} %; CPU last {} vs {};"

@@ -14,11 +14,12 @@
 # list runs each, in that order) and 8 new tokens at N GiB (the placement reserves the longest; reports each TTFT and
 # the GPU memory held after each prefill); fit: a budget above the
 # card and the full model without a budget must stop before loading with a clear error; serve: fiddler serve on CUDA without
-# a budget or --max-context caps the served context by the GPU memory left (deploy/serve-check.sh); selftest: fiddler cuda-selftest (streams,
+# a budget or --max-context caps the served context by the GPU memory left (deploy/serve-check.sh); servewarm: fiddler serve
+# with a budget runs its start-up warm-up before listening and /metrics counts requests only (deploy/serve-warmup-check.sh); selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|selftest|serve|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, serve, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(verify|selftest|serve|servewarm|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, serve, servewarm, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
   if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,6 +47,7 @@ for step in ${STEPS:-verify}; do
             done ;;
     cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
     serve)  PYTHON="$py" timeout 300 "$root/deploy/serve-check.sh" "$f" cuda "$res/serve"; echo "serve check rc=$?" ;;
+    servewarm) PYTHON="$py" timeout 300 "$root/deploy/serve-warmup-check.sh" "$f" cuda "$res/servewarm"; echo "serve warm-up check rc=$?" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;
     fit)    k=0
             for args in "--gpu-budget 200GiB" ""; do
