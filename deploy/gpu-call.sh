@@ -5,7 +5,8 @@
 # verify: HF parity + every offload plan on CUDA; decode: bench-decode (4 all-GPU layers) per SPINS;
 # b78/b48/b24: fiddler bench at that budget per SPINS (extra flags: BENCH_FLAGS; its limit: BENCH_TIMEOUT s, default 200); seed24/seed48/seed78: the seed's
 # algorithm (bench/seed_baseline.py) at that budget, whose JSON later benches at that budget compare against.
-# A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1"),
+# A bench step may name a variant: b78+one runs with the extra flags in $FLAGS_one (e.g. FLAGS_one="--staging-slots 1")
+# and the environment assignments in $ENV_one (e.g. ENV_one="OMP_WAIT_POLICY=PASSIVE"),
 # so alternating variants (b78 b78+one b78 b78+one) run in one call. SPINS lists --readback-spin-us values to run each
 # bench step with ("default": the flag left out). A variant cannot repeat an option already given
 # (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
@@ -20,7 +21,7 @@
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
   [[ $step =~ ^(verify|selftest|serve|servewarm|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, serve, servewarm, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
-  if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; [ -n "${!v:-}" ] || { echo "step '$step': \$$v is empty" >&2; exit 2; }; fi
+  if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; e="ENV_${step#*+}"; [ -n "${!v:-}${!e:-}" ] || { echo "step '$step': \$$v and \$$e are empty" >&2; exit 2; }; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/gpu-out}; res="$OUT/results"; mkdir -p "$res"
@@ -66,20 +67,21 @@ print("TTFT", j["ttft_s"], "s; GPU memory", j.get("gpu_memory_used_gib"), "GiB, 
     accel*) b=${step#accel}; settle; timeout 240 "$py" "$root/bench/seed_baseline.py" --mode accelerate --gpu-budget-gib "$b" --out "$res/accel-$b.json" 2>&1 | tail -2 ;;
     seed*)  b=${step#seed}; settle; timeout 200 "$py" "$root/bench/seed_baseline.py" --gpu-budget-gib "$b" --new-tokens 32 --out "$res/seed-$b.json" | tail -2 ;;
     b*)     b=${step#b}; variant=""; extra=""
-            if [[ $b == *+* ]]; then variant=${b#*+}; b=${b%%+*}; v="FLAGS_$variant"; extra=${!v}; fi
+            envs=()
+            if [[ $b == *+* ]]; then variant=${b#*+}; b=${b%%+*}; v="FLAGS_$variant"; extra=${!v:-}; e="ENV_$variant"; read -r -a envs <<< "${!e:-}"; fi
             base=(); [ -f "$res/seed-$b.json" ] && base=(--baseline "$res/seed-$b.json")
             for s in ${SPINS:-default}; do
               log="$res/bench-${b}gib${variant:+-$variant}-spin$s-$(date +%H%M%S).log"; settle
               # shellcheck disable=SC2086 # BENCH_FLAGS is a list of flags
               spinflag=(--readback-spin-us "$s"); [ "$s" = default ] && spinflag=()
-              timeout "${BENCH_TIMEOUT:-200}" $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
+              timeout "${BENCH_TIMEOUT:-200}" env "${envs[@]}" $f bench --config mixtral-8x7b --dummy-weights --gpu-budget "${b}GiB" --prompt-tokens 16,128,512 \
                 --new-tokens 32 --out "$res" --profile "$res/profile.json" "${base[@]}" "${spinflag[@]}" ${BENCH_FLAGS:-} $extra > "$log" 2>&1 || echo "FAILED: $b${variant:++$variant} spin $s"
               tok=$(grep -m1 '"decode_tok_s"' "$log" | tr -dc '0-9.')
               ttft=$(grep -A3 '"ttft_s"' "$log" | sed -n 's/.*": \([0-9.]*\),\{0,1\}$/\1/p' | paste -sd/ -)
               huge=$(grep -m1 '"host_huge_pages_gib"' "$log" | tr -dc '0-9.')
               json=$(sed -n 's/^wrote \(.*\.json\)$/\1/p' "$log" | tail -1)
               more=$([ -n "$json" ] && "$py" "$root/deploy/bench_summary.py" "$json" 2>&1)
-              echo "budget ${b} GiB${variant:+ +$variant ($extra)} spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB; $more"
+              echo "budget ${b} GiB${variant:+ +$variant ($extra${envs[*]:+ ${envs[*]}})} spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB; $more"
             done ;;
   esac
 done

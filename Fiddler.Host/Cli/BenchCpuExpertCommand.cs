@@ -13,7 +13,7 @@ namespace Fiddler.Host.Cli;
 /// libtorch's bf16 <c>linear</c> (oneDNN) on the same weights. Experts are cycled so that their weights come from DRAM,
 /// not from the last-level cache.
 /// </summary>
-public static unsafe class BenchCpuExpertCommand
+public static unsafe partial class BenchCpuExpertCommand
 {
     public static Command Create()
     {
@@ -27,11 +27,20 @@ public static unsafe class BenchCpuExpertCommand
         var isa = new Option<string?>("--isa") { Description = "Force a kernel path: scalar, avx2, avx512" };
         var noTorch = new Option<bool>("--no-torch") { Description = "Skip the libtorch comparison" };
         var sliceRows = new Option<string?>("--slice-rows") { Description = "Split slices, comma-separated intermediate rows K: the kernel on rows [0, K) of each expert (w2 columns strided, as a CPU/GPU split runs it) beside a contiguous expert of K rows" };
+        var withCopies = new Option<bool>("--with-copies") { Description = "Also run the 1-token kernel while expert copies stream host→GPU (CUDA), as in the engine's decode lanes, for each --prefetch-bytes × --item-kb setting" };
+        var prefetch = new Option<string>("--prefetch-bytes") { Description = "With --with-copies: kernel prefetch distances to compare, comma-separated bytes", DefaultValueFactory = _ => CpuKernelTuning.DefaultPrefetchBytes.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        var itemKb = new Option<string>("--item-kb") { Description = "With --with-copies: kernel work-item sizes to compare, comma-separated KB", DefaultValueFactory = _ => (CpuKernelTuning.DefaultItemBytes / 1024).ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        var libtorch = new Option<string?>("--libtorch") { Description = "With --with-copies: folder of a CUDA libtorch (default: python3's torch)" };
         var warmMb = new Option<string?>("--warm-mb") { Description = "Cache warming, comma-separated MB: before each timed 1-token call, read that many MB of the expert's first w1 and w3 rows (untimed); shows what reading ahead into the CPU caches saves the kernel" };
         var command = new Command("bench-cpu-expert", "CPU expert kernel: ms per expert and GB/s against DRAM read bandwidth and libtorch");
-        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows }) command.Add(o);
+        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows, withCopies, prefetch, itemKb, libtorch }) command.Add(o);
         command.SetAction(r =>
         {
+            bool copies = r.GetValue(withCopies);
+            // Checked before any work (and before a re-exec for CUDA).
+            var tunings = copies ? Tunings(r.GetValue(prefetch)!, r.GetValue(itemKb)!) : null;
+            if (copies && CudaBootstrap.ReexecIfNeeded("cuda", r.GetValue(libtorch)) is int code) return code;
+            var cuda = copies ? TorchRuntime.Initialize("cuda") : null;
             int h = r.GetValue(hidden), i = r.GetValue(intermediate), n = r.GetValue(iterations), threadCount = r.GetValue(threads);
             int[] tokenCounts = r.GetValue(tokens)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"--tokens: '{s}' is not a positive integer")).ToArray();
@@ -88,6 +97,7 @@ public static unsafe class BenchCpuExpertCommand
                 Console.WriteLine($"{t,6} {kernelMs,10:F3} {kernelGBps,7:F1} {kernelGBps / readGBps,7:P0}{torchColumns}");
             }
             if (slices is not null) Slices(pool, h, i, kernelWeights, tokenCounts, n, slices);
+            if (cuda is not null) BesideCopies(pool, cuda, h, i, weights.Select(w => (w.W1, w.W3, w.W2)).ToArray(), kernelWeights, n, tunings!);
             if (warmSizes is not null) WarmCaches(pool, h, i, kernelWeights, weights.Select(w => (w.W1, w.W3)).ToArray(), n, warmSizes);
             return 0;
         });

@@ -35,6 +35,7 @@ public static class FiddlerCli
         {
             return CliErrors.Run(() =>
             {
+                Fiddler.Kernels.Experts.CpuKernelTuning.CheckEnvironment();
                 var parsed = CreateRoot().Parse(args);
                 if (parsed.Errors.Count > 0)
                 {

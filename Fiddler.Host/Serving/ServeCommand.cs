@@ -113,6 +113,12 @@ public static class ServeCommand
             // Before listening, as loading is: a client cannot reach a server that is still learning its lanes' speeds.
             try { await WarmUpAsync(runtime, model.Config, context!.Value, stop); }
             catch (OperationCanceledException) when (stop.IsCancellationRequested) { return 0; }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // The path every request takes failed: say so in one line, as a failed start-up probe does.
+                Console.Error.WriteLine($"fiddler: error: the engine failed its start-up warm-up: {CliErrors.OneLine(e.Message)}");
+                return FiddlerCli.InternalErrorExitCode;
+            }
             if (stop.IsCancellationRequested) return 0;
         }
         await using var service = new InferenceService(runtime, tokenizer, run.Chat,
@@ -162,6 +168,7 @@ public static class ServeCommand
             var options = new Fiddler.Kernels.Generation.GenerationOptions { MaxNewTokens = k == 0 ? WarmupPlan.DecodeSteps + 1 : 1, StopOnEos = false };
             await foreach (var _ in runtime.GenerateAsync(WarmupPlan.Prompt(lengths[k], config.VocabSize, seed: k), options, stop)) { }
         }
+        if (stop.IsCancellationRequested) return; // stopping: no server will read the statistics
         await runtime.ResetLayerStatsAsync();
         Console.Error.WriteLine($"fiddler: warm-up: prompts of {string.Join(", ", lengths)} tokens and {WarmupPlan.DecodeSteps} decode steps in {clock.Elapsed.TotalSeconds:0.0} s");
     }

@@ -22,10 +22,6 @@ public enum CpuIsa
 /// </summary>
 public static unsafe class CpuExpertKernel
 {
-    /// <summary>Weight bytes per work item: small enough that the last items of a phase finish together (≤ 2% tail on
-    /// 16 threads at full size), large enough that every thread streams long contiguous runs.</summary>
-    private const int ItemBytes = 128 * 1024;
-
     [ThreadStatic] private static CpuIsa? t_forceIsa;
 
     /// <summary>The best path this CPU supports.</summary>
@@ -232,10 +228,12 @@ public static unsafe class CpuExpertKernel
             scratchFloats += (long)p.LdX * job.Tokens;
             p.HOffset = scratchFloats;
             scratchFloats += (long)p.LdH * job.Tokens;
-            // Items of ~ItemBytes, but at least 8 per thread when the expert is small (tests, small models).
+            // Items of ~ItemBytes (CpuKernelTuning: ≤ 2 % tail on 16 threads at full size with the default), but at least 8
+            // per thread when the expert is small (tests, small models).
+            long itemBytes = CpuKernelTuning.ItemBytes;
             long gateRowBytes = 2L * w.Hidden * w.ElementBytes, downRowBytes = (long)w.Intermediate * w.ElementBytes;
-            p.GateRows = RoundUp((int)Math.Clamp(Math.Min(ItemBytes / gateRowBytes, w.Intermediate / (8L * threads)), 2, int.MaxValue / 2), 2);
-            p.DownRows = RoundUp((int)Math.Clamp(Math.Min(ItemBytes / downRowBytes, w.Hidden / (8L * threads)), 4, int.MaxValue / 4), 4);
+            p.GateRows = RoundUp((int)Math.Clamp(Math.Min(itemBytes / gateRowBytes, w.Intermediate / (8L * threads)), 2, int.MaxValue / 2), 2);
+            p.DownRows = RoundUp((int)Math.Clamp(Math.Min(itemBytes / downRowBytes, w.Hidden / (8L * threads)), 4, int.MaxValue / 4), 4);
             p.GateItems = job.Tokens == 0 ? 0 : (w.Intermediate + p.GateRows - 1) / p.GateRows;
             p.DownItems = job.Tokens == 0 ? 0 : (w.Hidden + p.DownRows - 1) / p.DownRows;
             return p;

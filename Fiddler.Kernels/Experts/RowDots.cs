@@ -23,12 +23,6 @@ internal static unsafe class RowDots
     /// </summary>
     public const int KBlock = 512;
 
-    /// <summary>
-    /// Software prefetch distance along each weight row. On the 16-core Xeon host, 1 KB ahead gave 113-126 GB/s for one
-    /// token against 102-118 GB/s without (median of 30, three runs each; the hardware streamers alone fall short).
-    /// </summary>
-    private const int PrefetchBytes = 1024;
-
     /// <summary>result[r·n + t] = Σ_k row_r[k]·x_t[k] for rows r0..r3 and activation rows x_t = x + t·ldx, t &lt; n.</summary>
     [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quad<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result)
@@ -86,12 +80,13 @@ internal static unsafe class RowDots
         TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
         TVec b0 = TOps.Zero, b1 = TOps.Zero, b2 = TOps.Zero, b3 = TOps.Zero;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
+        nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1)
+            if (Sse.IsSupported && TOps.Width > 1 && pf > 0)
             {
-                Sse.Prefetch0(r0 + PrefetchBytes); Sse.Prefetch0(r1 + PrefetchBytes);
-                Sse.Prefetch0(r2 + PrefetchBytes); Sse.Prefetch0(r3 + PrefetchBytes);
+                Sse.Prefetch0(r0 + pf); Sse.Prefetch0(r1 + pf);
+                Sse.Prefetch0(r2 + pf); Sse.Prefetch0(r3 + pf);
             }
             TVec xe = TOps.Load(x), xo = TOps.Load(x + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
@@ -117,12 +112,13 @@ internal static unsafe class RowDots
         TVec a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
         float* x1 = x + ldx;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
+        nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1)
+            if (Sse.IsSupported && TOps.Width > 1 && pf > 0)
             {
-                Sse.Prefetch0(r0 + PrefetchBytes); Sse.Prefetch0(r1 + PrefetchBytes);
-                Sse.Prefetch0(r2 + PrefetchBytes); Sse.Prefetch0(r3 + PrefetchBytes);
+                Sse.Prefetch0(r0 + pf); Sse.Prefetch0(r1 + pf);
+                Sse.Prefetch0(r2 + pf); Sse.Prefetch0(r3 + pf);
             }
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
@@ -146,12 +142,13 @@ internal static unsafe class RowDots
         TVec a20 = acc[8], a21 = acc[9], a22 = acc[10], a23 = acc[11], a30 = acc[12], a31 = acc[13], a32 = acc[14], a33 = acc[15];
         float* x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
+        nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1)
+            if (Sse.IsSupported && TOps.Width > 1 && pf > 0)
             {
-                Sse.Prefetch0(r0 + PrefetchBytes); Sse.Prefetch0(r1 + PrefetchBytes);
-                Sse.Prefetch0(r2 + PrefetchBytes); Sse.Prefetch0(r3 + PrefetchBytes);
+                Sse.Prefetch0(r0 + pf); Sse.Prefetch0(r1 + pf);
+                Sse.Prefetch0(r2 + pf); Sse.Prefetch0(r3 + pf);
             }
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TVec x2e = TOps.Load(x2), x2o = TOps.Load(x2 + TOps.Width), x3e = TOps.Load(x3), x3o = TOps.Load(x3 + TOps.Width);
