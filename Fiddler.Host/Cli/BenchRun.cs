@@ -41,6 +41,11 @@ public static partial class BenchRun
         /// (null: only the bench's own short warm-up of kernels and allocator ran) and how long it took.</summary>
         public int[]? WarmupPrompts { get; init; }
         public double WarmupS { get; init; }
+        /// <summary>The .NET GC during the decode windows: collections per generation, pause and allocation per token.</summary>
+        public Dictionary<string, double>? GcDecode { get; init; }
+        /// <summary>The SIMD kernel's parallel regions during the decode windows: count, mean time, and its own GB/s inside
+        /// them (the CPU lane's rate, <c>cpu_gb_s</c>, also counts what the lane does around them).</summary>
+        public Dictionary<string, double>? KernelDecode { get; init; }
     }
 
     private const int StagedSteps = 4;
@@ -141,7 +146,17 @@ public static partial class BenchRun
         }
         long windowStart = decodeCache.Length, windowToken = next; // where the first window began (the A/B windows do too)
         var runs = new double[decodeRepeats];
+        Fiddler.Kernels.Experts.CpuExpertKernel.ResetStats();
+        var gc = (Gen0: GC.CollectionCount(0), Gen1: GC.CollectionCount(1), Gen2: GC.CollectionCount(2), Pause: GC.GetTotalPauseDuration(), Allocated: GC.GetTotalAllocatedBytes());
         for (int w = 0; w < decodeRepeats; w++) runs[w] = Window();
+        int decodeTokens = steps * decodeRepeats;
+        var gcDecode = new Dictionary<string, double>
+        {
+            ["gen0"] = GC.CollectionCount(0) - gc.Gen0, ["gen1"] = GC.CollectionCount(1) - gc.Gen1, ["gen2"] = GC.CollectionCount(2) - gc.Gen2,
+            ["pause_ms_per_token"] = Math.Round((GC.GetTotalPauseDuration() - gc.Pause).TotalMilliseconds / decodeTokens, 3),
+            ["allocated_kb_per_token"] = Math.Round((GC.GetTotalAllocatedBytes() - gc.Allocated) / 1024.0 / decodeTokens, 1),
+        };
+        var (regions, regionMs, regionBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
         var s = engine.Scheduler;
         var executor = s is null ? null : ExecutorBreakdown(s, steps * decodeRepeats);
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
@@ -170,7 +185,12 @@ public static partial class BenchRun
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
             SplitExperts = s?.SplitExperts ?? 0, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
-            Ceiling = ceiling, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS,
+            Ceiling = ceiling, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS, GcDecode = gcDecode,
+            KernelDecode = regions == 0 ? null : new Dictionary<string, double>
+            {
+                ["regions"] = regions, ["ms_per_region"] = Math.Round(regionMs / regions, 3),
+                ["gb_s"] = Math.Round(regionBytes / (regionMs / 1000) / 1e9, 1),
+            },
         };
         if (abPairs == 0 && abThreads is null) return result;
         if (s is null)
@@ -318,6 +338,8 @@ public static partial class BenchRun
             ["batch_factors"] = engine.Scheduler is { } scb ? scb.Router.BatchFactors.ToDictionary(
                 b => b.MaxTokens == int.MaxValue ? $"over_{Fiddler.Actors.Scheduling.ExpertRouter.BatchSizes[^2]}" : $"max_{b.MaxTokens}",
                 b => new double[] { Math.Round(b.Calm, 3), Math.Round(b.Contended, 3), Math.Round(b.Transfer, 3), b.Layers }) : null,
+            ["gc_decode"] = r.GcDecode,
+            ["kernel_decode"] = r.KernelDecode,
             ["warmup_prompt_tokens"] = r.WarmupPrompts,
             ["warmup_s"] = Math.Round(r.WarmupS, 3),
             ["card"] = card,

@@ -41,8 +41,39 @@ public static unsafe class CpuExpertKernel
         SwiGluMany(pool, new ReadOnlySpan<ExpertJob>(in job));
     }
 
+    private static long s_regions, s_regionTicks, s_regionBytes;
+
+    /// <summary>
+    /// Since the last <see cref="ResetStats"/>: parallel regions run (<see cref="SwiGluMany"/> calls), the time spent in
+    /// them (from the first job's planning to the region's end) and the weight bytes they read. Bytes over time is the
+    /// kernel's own rate inside the engine, apart from what a CPU lane does around it.
+    /// </summary>
+    public static (long Regions, double Ms, long WeightBytes) Stats =>
+        (Interlocked.Read(ref s_regions), Interlocked.Read(ref s_regionTicks) * 1000.0 / System.Diagnostics.Stopwatch.Frequency, Interlocked.Read(ref s_regionBytes));
+
+    public static void ResetStats()
+    {
+        Interlocked.Exchange(ref s_regions, 0);
+        Interlocked.Exchange(ref s_regionTicks, 0);
+        Interlocked.Exchange(ref s_regionBytes, 0);
+    }
+
     /// <summary>Several experts (a layer's CPU share) in one parallel region: all gate/up rows, barrier, all down rows.</summary>
     public static void SwiGluMany(CpuWorkerPool pool, ReadOnlySpan<ExpertJob> jobs)
+    {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        long bytes = 0;
+        foreach (var j in jobs) bytes += j.Tokens == 0 ? 0 : 3L * j.Weights.Hidden * j.Weights.Intermediate * j.Weights.ElementBytes;
+        try { SwiGluRegion(pool, jobs); }
+        finally
+        {
+            Interlocked.Increment(ref s_regions);
+            Interlocked.Add(ref s_regionTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+            Interlocked.Add(ref s_regionBytes, bytes);
+        }
+    }
+
+    private static void SwiGluRegion(CpuWorkerPool pool, ReadOnlySpan<ExpertJob> jobs)
     {
         ArgumentNullException.ThrowIfNull(pool);
         CpuIsa isa = ForceIsa ?? BestIsa;
