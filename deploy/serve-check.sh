@@ -9,6 +9,8 @@
 set -uo pipefail
 fiddler=$1; device=$2; out=$3
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=deploy/serve-lib.sh
+. "$root/deploy/serve-lib.sh"
 py=${PYTHON:-python3}
 tmp=$(mktemp -d)
 model=$tmp/serve-model
@@ -23,15 +25,7 @@ mkdir -p "$out"
 # shellcheck disable=SC2086 # fiddler may be "dotnet path/fiddler.dll"
 $fiddler serve --model "$model" --device "$device" --port 0 --grpc-port -1 > "$out/serve.out" 2> "$out/serve.err" &
 pid=$!
-url=""
-for _ in $(seq 1 180); do
-  url=$(sed -n 's/^Listening on \(http[^ ]*\) .*/\1/p' "$out/serve.out" | head -1)
-  [ -n "$url" ] && break
-  kill -0 $pid 2>/dev/null || break
-  sleep 0.5
-done
-fail=0
-check() { if [ "$2" = "$3" ]; then echo "ok   $1 ($2)"; else echo "FAIL $1: got $2, expected $3"; fail=1; fi; }
+url=$(serve_url "$out/serve.out" $pid)
 if [ -z "$url" ]; then
   echo "FAIL serve did not start"; tail -20 "$out/serve.err"; exit 1
 fi

@@ -8,13 +8,13 @@
 set -uo pipefail
 fiddler=$1; device=$2; out=$3
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=deploy/serve-lib.sh
+. "$root/deploy/serve-lib.sh"
 py=${PYTHON:-python3}
 model=$root/Fiddler.Host/DefaultModel/model
 mkdir -p "$out"
 pid=""
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null' EXIT
-fail=0
-check() { if [ "$2" = "$3" ]; then echo "ok   $1 ($2)"; else echo "FAIL $1: got $2, expected $3"; fail=1; fi; }
 get() { "$py" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=60).read().decode())' "$1"; }
 post() {
   "$py" - "$1" "$2" <<'PYEOF'
@@ -31,13 +31,7 @@ for variant in warmup no-warmup; do
   $fiddler serve --model "$model" --device "$device" --gpu-budget 17MiB --port 0 --grpc-port -1 "${flags[@]}" \
     > "$out/serve-$variant.out" 2> "$out/serve-$variant.err" &
   pid=$!
-  url=""
-  for _ in $(seq 1 240); do
-    url=$(sed -n 's/^Listening on \(http[^ ]*\) .*/\1/p' "$out/serve-$variant.out" | head -1)
-    [ -n "$url" ] && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.5
-  done
+  url=$(serve_url "$out/serve-$variant.out" $pid 240)
   if [ -z "$url" ]; then echo "FAIL $variant: serve did not start"; tail -20 "$out/serve-$variant.err"; exit 1; fi
   line=$(grep -m1 "fiddler: warm-up:" "$out/serve-$variant.err")
   echo "$variant: ${line:-(no warm-up line)}"

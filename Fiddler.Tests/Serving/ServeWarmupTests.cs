@@ -15,14 +15,17 @@ public sealed class ServeWarmupTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
+    /// <summary>A fixture model under a 1 MiB budget: every expert in host memory, so every layer goes through the router.</summary>
+    private OffloadEngine HostExpertsEngine() => OffloadEngine.Create(new EngineOptions
+    {
+        ModelDir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3"), Device = TorchSharp.torch.CPU,
+        GpuBudgetBytes = 1 << 20, ContextTokens = 64, CpuThreads = 2, ForActorRuntime = true, ProfilePath = Path.Combine(_dir, "profile.json"),
+    }, _ => { });
+
     [Fact]
     public async Task WarmUpAsync_RunsEachPromptThroughTheRouterThenStartsTheLayerStatsOver()
     {
-        using var engine = OffloadEngine.Create(new EngineOptions
-        {
-            ModelDir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3"), Device = TorchSharp.torch.CPU,
-            GpuBudgetBytes = 1 << 20, ContextTokens = 64, CpuThreads = 2, ForActorRuntime = true, ProfilePath = Path.Combine(_dir, "profile.json"),
-        }, _ => { });
+        using var engine = HostExpertsEngine();
         var scheduler = engine.Scheduler!;
         await using var runtime = FiddlerRuntime.Start(engine.Model, null, (scheduler, engine.Cpu!, engine.Stager));
         int[] lengths = WarmupPlan.PromptLengths(engine.Config, 64); // 6 experts, top-3: 16, 64 → 56 (the context's room)
@@ -50,11 +53,7 @@ public sealed class ServeWarmupTests : IDisposable
     [Fact]
     public async Task WarmUpAsync_StopRequested_EndsWithoutRunningThePrompts()
     {
-        using var engine = OffloadEngine.Create(new EngineOptions
-        {
-            ModelDir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3"), Device = TorchSharp.torch.CPU,
-            GpuBudgetBytes = 1 << 20, ContextTokens = 64, CpuThreads = 2, ForActorRuntime = true, ProfilePath = Path.Combine(_dir, "profile.json"),
-        }, _ => { });
+        using var engine = HostExpertsEngine();
         await using var runtime = FiddlerRuntime.Start(engine.Model, null, (engine.Scheduler!, engine.Cpu!, engine.Stager));
         using var stop = new CancellationTokenSource();
         stop.Cancel();
