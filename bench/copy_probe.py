@@ -47,7 +47,10 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--load-threads", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="threads of the CPU read load")
     args = ap.parse_args()
-    shares = [float(s) for s in args.shares.split(",")]
+    try:
+        shares = [float(s) for s in args.shares.split(",")]
+    except ValueError:
+        raise SystemExit(f"copy_probe: --shares: '{args.shares}' is not a comma-separated list of numbers")
     if not torch.cuda.is_available():
         raise SystemExit("copy_probe: no CUDA device")
     if any(not 0 < s <= 1 for s in shares) or args.hidden <= 0 or args.intermediate <= 0 or args.reps < 1 or args.experts < 1:

@@ -16,12 +16,13 @@
 # the GPU memory held after each prefill); fit: a budget above the
 # card and the full model without a budget must stop before loading with a clear error; serve: fiddler serve on CUDA without
 # a budget or --max-context caps the served context by the GPU memory left (deploy/serve-check.sh); servewarm: fiddler serve
-# with a budget runs its start-up warm-up before listening and /metrics counts requests only (deploy/serve-warmup-check.sh); selftest: fiddler cuda-selftest (streams,
+# with a budget runs its start-up warm-up before listening and leaves it out of /metrics (deploy/serve-warmup-check.sh); selftest: fiddler cuda-selftest (streams,
 # events, staging, the host signal and the latencies of a layer's hand-off).
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
   [[ $step =~ ^(verify|selftest|serve|servewarm|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, serve, servewarm, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
-  if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; e="ENV_${step#*+}"; [ -n "${!v:-}${!e:-}" ] || { echo "step '$step': \$$v and \$$e are empty" >&2; exit 2; }; fi
+  if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; e="ENV_${step#*+}"; [ -n "${!v:-}${!e:-}" ] || { echo "step '$step': \$$v and \$$e are empty" >&2; exit 2; }
+    for word in ${!e:-}; do [[ $word =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "step '$step': \$$e: '$word' is not NAME=VALUE" >&2; exit 2; }; done; fi
 done
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/gpu-out}; res="$OUT/results"; mkdir -p "$res"

@@ -42,9 +42,10 @@ for variant in warmup no-warmup; do
   sleep 3 # the engine-stats poller reads every 2 s
   steps=$(get "$url/metrics" | sed -n 's/^fiddler_engine_layer_steps[a-z_]*{*[^ ]* \([0-9.e+]*\)$/\1/p' | head -1)
   echo "$variant: layer steps on /metrics after the request: ${steps:-none}"
+  check "$variant: /metrics has a positive layer-step count" "$("$py" -c 'import sys; print("yes" if float(sys.argv[1] or 0) > 0 else "no")' "${steps:-}" 2>/dev/null || echo no)" yes
   declare "steps_${variant//-/_}=${steps:-none}"
   kill -TERM $pid; wait $pid; check "$variant: exit after SIGTERM" $? 0; pid=""
 done
 # The same request on the same placement: with the warm-up's steps reset, both servers count the same.
-check "layer steps on /metrics count requests only (with warm-up = without)" "$steps_warmup" "$steps_no_warmup"
+check "layer steps on /metrics leave the warm-up out (with warm-up = without)" "$steps_warmup" "$steps_no_warmup"
 exit $fail

@@ -19,15 +19,16 @@ public static class WarmupPlan
     /// <summary>
     /// Prompt lengths, shortest first: for each batch size, one whose layers give each chosen expert, on average, half
     /// the size's largest batch (the last, unbounded size: twice the bound before it), i.e. tokens × top-k / experts.
-    /// For Mixtral (8 experts, top-2): 32, 128 and 512 tokens. Each leaves room for <see cref="DecodeSteps"/> in
-    /// <paramref name="contextTokens"/>; lengths that would not fit are shortened, and repeats dropped.
+    /// For Mixtral (8 experts, top-2): 32, 128 and 512 tokens. Each leaves room in <paramref name="contextTokens"/> (and
+    /// the model's positions) for the token it generates and <see cref="DecodeSteps"/> more; lengths that would not fit
+    /// are shortened, and repeats dropped. Empty when not even one prompt token fits: then there is no warm-up.
     /// </summary>
     public static int[] PromptLengths(MixtralConfig config, int contextTokens)
     {
         ArgumentNullException.ThrowIfNull(config);
         if (config.NumLocalExperts < 1 || config.NumExpertsPerTok < 1)
             throw new ArgumentException($"experts {config.NumLocalExperts} and top-k {config.NumExpertsPerTok} must be positive");
-        int longest = Math.Min(contextTokens, config.MaxPositionEmbeddings) - DecodeSteps;
+        int longest = Math.Min(contextTokens, config.MaxPositionEmbeddings) - DecodeSteps - 1;
         var lengths = new List<int>();
         int previous = 0;
         foreach (int bound in ExpertRouter.BatchSizes)

@@ -21,7 +21,7 @@ public sealed record GetLayerStats
 }
 
 /// <summary>
-/// Starts the layer actors' statistics over (after a start-up warm-up, so that the served totals count requests only).
+/// Starts the layer actors' statistics over (after a start-up warm-up, so that the served totals leave it out).
 /// The router answers <see cref="Akka.Done"/> once every layer actor has it: a later <see cref="GetLayerStats"/> sees zeros.
 /// </summary>
 public sealed record ResetLayerStats

@@ -52,11 +52,11 @@ public sealed partial class ExpertRouter
         double rate = regime > DecodeRegime ? Options.BatchAdaptRate : Options.AdaptRate;
         lock (_gate)
         {
-            bool learns = Options.AdaptCpuModel && (observedCpuLaneMs is not null && plan.HasCpuWork && plan.CpuLaneMs > 0
-                || observedDeviceLaneMs is not null && plan.HasTransfers && plan.HasCpuWork && plan.GpuLaneMs > 0);
-            if (learns && _samples[regime] == 0 && LearnedRegime(regime) is var from && from != regime)
+            bool taught = false;
+            // Before a regime's first lesson: a batch size starts from the factors its plans borrowed (see LearnedRegime).
+            void Seed()
             {
-                // A batch size's first lesson starts from the factors its plan borrowed (see LearnedRegime).
+                if (taught || _samples[regime] > 0 || LearnedRegime(regime) is var from && from == regime) return;
                 _calmFactor[regime] = _calmFactor[from];
                 _contendedFactor[regime] = _contendedFactor[from];
                 _transferFactor[regime] = _transferFactor[from];
@@ -76,9 +76,10 @@ public sealed partial class ExpertRouter
                 {
                     // Wide bounds: a calibration disturbed by other load on the host (seen: 5× too slow) must be correctable.
                     double ratio = Math.Clamp(cpu / (plan.CpuLaneMs / plan.CpuFactor), 0.1, 5);
+                    Seed();
                     ref double factor = ref plan.HasTransfers ? ref _contendedFactor[regime] : ref _calmFactor[regime];
                     factor += rate * (Robust(ratio, factor) - factor);
-                    _samples[regime]++;
+                    taught = true;
                 }
             }
             if (observedDeviceLaneMs is { } seen && plan.HasTransfers && double.IsFinite(seen) && regime == DecodeRegime)
@@ -88,10 +89,12 @@ public sealed partial class ExpertRouter
             {
                 // The lane is mostly copies, so its time scales about with the factor: aim where it would have matched.
                 double target = Math.Clamp(plan.TransferFactor * dev / plan.GpuLaneMs, 0.2, 5);
+                Seed();
                 ref double factor = ref _transferFactor[regime];
                 factor += rate * (Robust(target, factor) - factor);
-                _samples[regime]++;
+                taught = true;
             }
+            if (taught) _samples[regime]++; // one layer, whichever of its factors it taught
             if (cpuEndedLast is bool cpuLast && plan.HasTransfers && plan.HasCpuWork && regime == DecodeRegime)
             {
                 _laneOrders++;

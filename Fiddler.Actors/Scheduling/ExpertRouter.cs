@@ -51,15 +51,17 @@ public sealed partial class ExpertRouter
     {
         var misses = Misses(experts);
         int n = misses.Length;
+        // Once per plan: the factors a regime reads may change between two reads (its first lesson lands meanwhile).
+        int regime = RegimeOf(experts);
         bool exact = Options.Mode == RoutingMode.Auto && n <= Options.ExactSearchLimit;
         bool[] transfer = new bool[n];
         if (Options.Mode == RoutingMode.TransferOnly) Array.Fill(transfer, true);
         else if (Options.Mode == RoutingMode.Auto && n > 0)
-            transfer = exact ? ExactSplit(experts, misses) : GreedySplit(experts, misses);
-        var plan = Build(experts, misses, transfer, exact);
+            transfer = exact ? ExactSplit(experts, misses, regime) : GreedySplit(experts, misses, regime);
+        var plan = Build(experts, misses, transfer, exact, regime);
         if (Options.Mode == RoutingMode.Auto && Options.SplitExperts && n > 0
-            && BestSplit(experts, misses, transfer, plan.MakespanMs - Options.MinSplitGainMs) is { } split)
-            plan = Build(experts, misses, transfer, exact, split);
+            && BestSplit(experts, misses, transfer, plan.MakespanMs - Options.MinSplitGainMs, regime) is { } split)
+            plan = Build(experts, misses, transfer, exact, regime, split);
         return plan;
     }
 
@@ -67,7 +69,7 @@ public sealed partial class ExpertRouter
     public LayerPlan Evaluate(IReadOnlyList<ExpertLoad> experts, Func<ExpertLoad, bool> transfer)
     {
         var misses = Misses(experts);
-        return Build(experts, misses, misses.Select(m => transfer(experts[m.Index])).ToArray(), exact: false);
+        return Build(experts, misses, misses.Select(m => transfer(experts[m.Index])).ToArray(), exact: false, RegimeOf(experts));
     }
 
     private readonly record struct Miss(int Index, int Expert, double CpuMs, double GpuMs);
@@ -97,13 +99,12 @@ public sealed partial class ExpertRouter
         experts.Where(e => e.Resident).OrderBy(e => e.Expert).Select(e => Profile.GpuExpert.Ms(e.Tokens)).ToArray();
 
     /// <summary>Every split, in mask order; ties keep the one with fewer transfers, then the first found.</summary>
-    private bool[] ExactSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses)
+    private bool[] ExactSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses, int regime)
     {
         int n = misses.Length;
         double[] resident = ResidentGpuMs(experts);
         Span<double> staged = stackalloc double[n];
         double best = double.PositiveInfinity;
-        var regime = RegimeOf(experts);
         int bestMask = 0, bestCount = int.MaxValue;
         for (int mask = 0; mask < 1 << n; mask++)
         {
@@ -122,12 +123,11 @@ public sealed partial class ExpertRouter
     }
 
     /// <summary>Longest CPU time first, each onto the lane that would finish sooner (CPU on a tie).</summary>
-    private bool[] GreedySplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses)
+    private bool[] GreedySplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses, int regime)
     {
         double[] resident = ResidentGpuMs(experts);
         bool[] transfer = new bool[misses.Length];
         var staged = new List<double>(misses.Length);
-        var regime = RegimeOf(experts);
         double cpu = 0;
         foreach (int i in Enumerable.Range(0, misses.Length).OrderByDescending(i => misses[i].CpuMs).ThenBy(i => misses[i].Expert))
         {
@@ -146,8 +146,9 @@ public sealed partial class ExpertRouter
 
     /// <summary>
     /// Which learned factors a layer uses, by its largest per-expert batch: decode-sized layers (≤ 4 tokens per expert:
-    /// the SIMD kernel, memory-bound) and three batch sizes (prefill, beams: ≤ 16 tokens, still the SIMD kernel; ≤ 64;
-    /// more, libtorch's oneDNN/AMX with more compute per byte) slow down differently beside the copies (measured on the
+    /// the SIMD kernel, memory-bound) and three batch sizes (prefill, beams: ≤ 16 tokens, where the calibrated profile
+    /// moves from the SIMD kernel to libtorch's oneDNN/AMX linear, at ~14 tokens on the H100 host; ≤ 64; more, with more
+    /// compute per byte) slow down differently beside the copies (measured on the
     /// H100 host: the CPU lane beside copies at 1.1-2.2× calibrated depending on the prompt's size), so each learns its
     /// own. Without learning (<see cref="Calibrated"/>) the configured contention applies.
     /// </summary>
@@ -203,11 +204,10 @@ public sealed partial class ExpertRouter
     /// divided, its transferred share t copied last; the CPU lane falls and the GPU lane grows with t, so bisection finds
     /// where they meet. Others keep the whole-expert decision.
     /// </summary>
-    private SplitChoice? BestSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, double target)
+    private SplitChoice? BestSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, double target, int regime)
     {
         double[] resident = ResidentGpuMs(experts);
         SplitChoice? best = null;
-        var regime = RegimeOf(experts);
         double bestMs = target;
         var staged = new double[misses.Length];
         for (int s = 0; s < misses.Length; s++)
@@ -246,7 +246,7 @@ public sealed partial class ExpertRouter
         return (Math.Max(0, miss.CpuMs - roundTrip), roundTrip);
     }
 
-    private LayerPlan Build(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, bool exact, SplitChoice? split = null)
+    private LayerPlan Build(IReadOnlyList<ExpertLoad> experts, Miss[] misses, bool[] transfer, bool exact, int regime, SplitChoice? split = null)
     {
         var decisions = new ExpertDecision[experts.Count];
         var residents = experts.Select((e, i) => (e, i)).Where(x => x.e.Resident).OrderBy(x => x.e.Expert).ToArray();
@@ -257,7 +257,6 @@ public sealed partial class ExpertRouter
         // The split's transferred part is copied last.
         double[] stagedMs = staged.Select(m => m.GpuMs).Concat(split is null ? [] : [t * misses[splitMiss].GpuMs]).ToArray();
         int copies = stagedMs.Length;
-        var regime = RegimeOf(experts);
         bool cpuWork = split is not null || misses.Where((_, i) => !transfer[i]).Any();
         double transferFactor = TransferFactorFor(regime, cpuWork), transferMs = Profile.TransferMs * transferFactor;
         var (residentStart, copyStart, computeStart) = (new double[residents.Length], new double[copies], new double[copies]);

@@ -36,20 +36,21 @@ public static unsafe partial class BenchCpuExpertCommand
         foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows, withCopies, prefetch, itemKb, libtorch }) command.Add(o);
         command.SetAction(r =>
         {
-            bool copies = r.GetValue(withCopies);
-            // Checked before any work (and before a re-exec for CUDA).
-            var tunings = copies ? Tunings(r.GetValue(prefetch)!, r.GetValue(itemKb)!) : null;
-            if (copies && CudaBootstrap.ReexecIfNeeded("cuda", r.GetValue(libtorch)) is int code) return code;
-            var cuda = copies ? TorchRuntime.Initialize("cuda") : null;
+            // Every option is checked before any work (and before a re-exec for CUDA).
             int h = r.GetValue(hidden), i = r.GetValue(intermediate), n = r.GetValue(iterations), threadCount = r.GetValue(threads);
+            if (h <= 0 || i <= 0 || n <= 0 || threadCount < 0) throw new ArgumentException("--hidden, --intermediate, --iterations must be positive, --threads ≥ 0");
             int[] tokenCounts = r.GetValue(tokens)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out int t) && t > 0 ? t : throw new ArgumentException($"--tokens: '{s}' is not a positive integer")).ToArray();
             double[]? warmSizes = r.GetValue(warmMb) is string warmList ? ParseSizes(warmList) : null;
-            int[]? slices = r.GetValue(sliceRows) is string sliceList ? ParseRows(sliceList, r.GetValue(intermediate)) : null;
-            if (h <= 0 || i <= 0 || n <= 0 || threadCount < 0) throw new ArgumentException("--hidden, --intermediate, --iterations must be positive, --threads ≥ 0");
-            if (r.GetValue(isa) is string name)
-                CpuExpertKernel.ForceIsa = Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced
-                    : throw new ArgumentException($"--isa: unknown path '{name}' (scalar, avx2, avx512)");
+            int[]? slices = r.GetValue(sliceRows) is string sliceList ? ParseRows(sliceList, i) : null;
+            CpuIsa? forcedIsa = r.GetValue(isa) is string name
+                ? Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced : throw new ArgumentException($"--isa: unknown path '{name}' (scalar, avx2, avx512)")
+                : null;
+            bool copies = r.GetValue(withCopies);
+            var tunings = copies ? Tunings(r.GetValue(prefetch)!, r.GetValue(itemKb)!) : null;
+            if (copies && CudaBootstrap.ReexecIfNeeded("cuda", r.GetValue(libtorch)) is int code) return code;
+            var cuda = copies ? TorchRuntime.Initialize("cuda") : null;
+            if (forcedIsa is not null) CpuExpertKernel.ForceIsa = forcedIsa;
             using var pool = new CpuWorkerPool(threadCount);
             long expertBytes = 3L * h * i * sizeof(ushort);
             int count = r.GetValue(experts) is > 0 and var e ? e : (int)Math.Clamp((2L << 30) / expertBytes + 1, 8, 1024);

@@ -85,7 +85,8 @@ public static partial class BenchRun
         // caching allocator (a slightly larger one could not: with a 4096-token prompt the GPU held two KV caches).
         int capacity = ContextTokens(prompts, generate, decodeRepeats);
         var warmClock = Stopwatch.StartNew();
-        int[]? warmupPrompts = warmup && engine.Scheduler is not null ? WarmupPlan.PromptLengths(engine.Config, capacity) : null;
+        int[]? warmupPrompts = warmup && engine.Scheduler is not null && WarmupPlan.PromptLengths(engine.Config, capacity) is { Length: > 0 } planned
+            ? planned : null;
         if (warmupPrompts is null)
         {
             // Kernels, allocator, staging slots.

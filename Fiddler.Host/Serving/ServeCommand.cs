@@ -113,7 +113,7 @@ public static class ServeCommand
             // Before listening, as loading is: a client cannot reach a server that is still learning its lanes' speeds.
             try { await WarmUpAsync(runtime, model.Config, context!.Value, stop); }
             catch (OperationCanceledException) when (stop.IsCancellationRequested) { return 0; }
-            catch (Exception e) when (e is not OperationCanceledException)
+            catch (Exception e)
             {
                 // The path every request takes failed: say so in one line, as a failed start-up probe does.
                 Console.Error.WriteLine($"fiddler: error: the engine failed its start-up warm-up: {CliErrors.OneLine(e.Message)}");
@@ -157,12 +157,14 @@ public static class ServeCommand
     /// <summary>
     /// The offloading engine's start-up warm-up (<see cref="WarmupPlan"/>) through the actor runtime that will serve:
     /// one prompt per batch size the router learns apart, decode steps after the first; then the per-layer statistics
-    /// start over, so /metrics counts requests only. A failure here fails start-up (the same path would fail every request).
+    /// start over, so the warm-up's steps do not count in /metrics (the start-up health probe's, which runs after, do).
+    /// A failure here fails start-up (the same path would fail every request).
     /// </summary>
     public static async Task WarmUpAsync(FiddlerRuntime runtime, Fiddler.Kernels.Config.MixtralConfig config, int context, CancellationToken stop)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         int[] lengths = WarmupPlan.PromptLengths(config, context);
+        if (lengths.Length == 0) return; // a context too short for a warm-up prompt and its decode steps
         for (int k = 0; k < lengths.Length && !stop.IsCancellationRequested; k++)
         {
             var options = new Fiddler.Kernels.Generation.GenerationOptions { MaxNewTokens = k == 0 ? WarmupPlan.DecodeSteps + 1 : 1, StopOnEos = false };

@@ -108,6 +108,7 @@ public static class LaneCeiling
     public static (double WorkGBps, double CopyGBps, double WindowMs) Beside(WeightStager stager, IReadOnlyList<HostExpert> copied, int copies, Func<long> work)
     {
         ArgumentNullException.ThrowIfNull(stager);
+        ArgumentNullException.ThrowIfNull(copied);
         ArgumentNullException.ThrowIfNull(work);
         if (copied.Count == 0) throw new ArgumentException("nothing to copy");
         ArgumentOutOfRangeException.ThrowIfLessThan(copies, stager.SlotCount);

@@ -41,11 +41,13 @@ public sealed class BenchCommandTests : IDisposable
         Assert.NotEmpty(warmup);
         Assert.All(warmup, n => Assert.InRange(n, 1, root.GetProperty("context_tokens").GetInt32() - Fiddler.Actors.Engine.WarmupPlan.DecodeSteps));
         Assert.True(root.GetProperty("warmup_s").GetDouble() > 0);
-        // The decode windows' GC and the SIMD kernel's own regions (every expert is in host memory, so the kernel ran).
+        // The decode windows' GC, and the SIMD kernel's own regions where it ran (the calibrated profile may give every CPU
+        // expert to libtorch, as on a 2-core box; then there are none).
         Assert.Equal(["gen0", "gen1", "gen2", "pause_ms_per_token", "allocated_kb_per_token"], root.GetProperty("gc_decode").EnumerateObject().Select(p => p.Name));
         Assert.True(root.GetProperty("gc_decode").GetProperty("allocated_kb_per_token").GetDouble() > 0);
         var kernel = root.GetProperty("kernel_decode");
-        Assert.True(kernel.GetProperty("regions").GetDouble() > 0 && kernel.GetProperty("gb_s").GetDouble() > 0, kernel.ToString());
+        Assert.True(kernel.ValueKind == JsonValueKind.Null
+            || kernel.GetProperty("regions").GetDouble() > 0 && kernel.GetProperty("gb_s").GetDouble() > 0, kernel.ToString());
         Assert.True(root.GetProperty("readback_spin_us").GetInt32() >= 0);
         Assert.Equal(1, root.GetProperty("staging_slots").GetInt32());
         Assert.Equal(JsonValueKind.Number, root.GetProperty("reserve_gib").ValueKind); // a toy model's reserve rounds to 0 GiB

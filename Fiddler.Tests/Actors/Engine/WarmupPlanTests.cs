@@ -13,12 +13,14 @@ public sealed class WarmupPlanTests
         // 8 experts, top-2: 8, 32 and 128 tokens per chosen expert on average (half of 16 and of 64, twice 64).
         Assert.Equal([32, 128, 512], WarmupPlan.PromptLengths(mixtral, 4096));
         // Each leaves room for the decode steps; lengths that would not fit are shortened, and repeats dropped.
-        Assert.Equal([32, 128, 192], WarmupPlan.PromptLengths(mixtral, 200));
-        Assert.Equal([32], WarmupPlan.PromptLengths(mixtral, 40));
-        Assert.Equal([12], WarmupPlan.PromptLengths(mixtral, 20));
-        Assert.Empty(WarmupPlan.PromptLengths(mixtral, WarmupPlan.DecodeSteps));
+        // Each leaves room for the token its prefill generates and the decode steps after it.
+        Assert.Equal([32, 128, 191], WarmupPlan.PromptLengths(mixtral, 200));
+        Assert.Equal([31], WarmupPlan.PromptLengths(mixtral, 40));
+        Assert.Equal([11], WarmupPlan.PromptLengths(mixtral, 20));
+        Assert.Equal([1], WarmupPlan.PromptLengths(mixtral, WarmupPlan.DecodeSteps + 2));
+        Assert.Empty(WarmupPlan.PromptLengths(mixtral, WarmupPlan.DecodeSteps + 1));
         // The model's own context bounds it too.
-        Assert.Equal([32, 56], WarmupPlan.PromptLengths(mixtral with { MaxPositionEmbeddings = 64 }, 4096));
+        Assert.Equal([32, 55], WarmupPlan.PromptLengths(mixtral with { MaxPositionEmbeddings = 64 }, 4096));
     }
 
     [Fact]

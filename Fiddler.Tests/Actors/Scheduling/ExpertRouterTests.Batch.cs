@@ -132,6 +132,11 @@ public sealed partial class ExpertRouterTests
         fresh.RestoreLearned(saved);
         Assert.Equal(1.2, fresh.Evaluate([.. Enumerable.Range(0, 6).Select(e => Miss(e, 40))], e => e.Expert == 0).CpuFactor, 3);
         Assert.Throws<ArgumentException>(() => fresh.RestoreLearned(saved with { Samples = [1] }));
+        // A layer that teaches both the CPU factor and the copies' factor counts once.
+        var both = Plan(40);
+        router.Account(both, [], observedCpuLaneMs: both.CpuLaneMs / both.CpuFactor * 1.5, observedDeviceLaneMs: both.GpuLaneMs * 1.2);
+        Assert.Equal(1, Size(router, 64).Layers);
+        Assert.NotEqual(1.0, Size(router, 64).Transfer);
     }
 
     private static ExpertRouter.BatchFactor Size(ExpertRouter router, int maxTokens) => router.BatchFactors.Single(b => b.MaxTokens == maxTokens);

@@ -55,6 +55,28 @@ public sealed unsafe class CpuKernelTuningTests
     }
 
     [Fact]
+    public void Stats_CountRegionsAndTheWeightBytesTheyRead()
+    {
+        using var pool = new CpuWorkerPool(threads: 2);
+        using var scope = NewDisposeScope();
+        const int hidden = 128, intermediate = 256;
+        var (w1, w3, w2) = (randn(intermediate, hidden).to(ScalarType.BFloat16), randn(intermediate, hidden).to(ScalarType.BFloat16),
+            randn(hidden, intermediate).to(ScalarType.BFloat16));
+        var x = randn(2, hidden);
+        var (y, y2) = (empty(2, hidden), empty(2, hidden));
+        var whole = new ExpertWeights((void*)TensorMemory.DataPtr(w1), (void*)TensorMemory.DataPtr(w3), (void*)TensorMemory.DataPtr(w2), hidden, intermediate, WeightType.BF16);
+        var slice = new ExpertWeights((void*)TensorMemory.DataPtr(w1), (void*)TensorMemory.DataPtr(w3), (void*)TensorMemory.DataPtr(w2), hidden, 64, WeightType.BF16, w2Stride: intermediate);
+        float* xp = (float*)TensorMemory.DataPtr(x), yp = (float*)TensorMemory.DataPtr(y), yp2 = (float*)TensorMemory.DataPtr(y2);
+        // Counters are process-wide and other tests run kernels too: compare before and after under one lock-free read each.
+        var before = CpuExpertKernel.Stats;
+        CpuExpertKernel.SwiGluMany(pool, [new ExpertJob(whole, xp, yp, 2), new ExpertJob(slice, xp, yp2, 2)]);
+        var after = CpuExpertKernel.Stats;
+        Assert.True(after.Regions - before.Regions >= 1);
+        Assert.True(after.WeightBytes - before.WeightBytes >= 3L * hidden * (intermediate + 64) * 2);
+        Assert.True(after.Ms > before.Ms);
+    }
+
+    [Fact]
     public void CheckEnvironment_AVariableOutOfRange_NamesIt()
     {
         string? before = Environment.GetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB");
