@@ -159,7 +159,7 @@ public sealed partial class ExpertRouter
 
     private static int Regimes => RegimeMaxTokens.Length;
 
-    private const int LearnedMaxTokens = 4;
+    private static int LearnedMaxTokens => RegimeMaxTokens[DecodeRegime];
 
     private int RegimeOf(IReadOnlyList<ExpertLoad> experts) =>
         !Options.AdaptCpuModel ? Calibrated : LearnedRegime(RegimeOfTokens(experts.Select(e => e.Tokens)));

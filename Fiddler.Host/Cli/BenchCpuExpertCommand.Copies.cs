@@ -20,12 +20,8 @@ public static unsafe partial class BenchCpuExpertCommand
     private static void BesideCopies(CpuWorkerPool pool, Device cuda, int h, int i, (Tensor W1, Tensor W3, Tensor W2)[] weights,
         ExpertWeights[] kernelWeights, int n, (int PrefetchBytes, int ItemBytes)[] tunings)
     {
-        var pinned = new List<IntPtr>();
-        void Pin(Tensor t)
-        {
-            PinnedMemory.Register(TensorMemory.DataPtr(t), t.NumberOfElements * t.ElementSize);
-            pinned.Add(TensorMemory.DataPtr(t));
-        }
+        var pinned = new List<PinnedRegistration>();
+        void Pin(Tensor t) => pinned.Add(PinnedMemory.Pin(TensorMemory.DataPtr(t), t.NumberOfElements * t.ElementSize));
         var copySources = Enumerable.Range(0, CopiedExperts)
             .Select(e => (W1: RandomBf16(pool, i, h, 1000 + 3 * e), W3: RandomBf16(pool, i, h, 1001 + 3 * e), W2: RandomBf16(pool, h, i, 1002 + 3 * e))).ToArray();
         var saved = (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes);
@@ -67,7 +63,7 @@ public static unsafe partial class BenchCpuExpertCommand
         finally
         {
             (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes) = saved;
-            foreach (var p in pinned) PinnedMemory.Unregister(p);
+            foreach (var p in pinned) p.Dispose();
             foreach (var (w1, w3, w2) in copySources) { w1.Dispose(); w3.Dispose(); w2.Dispose(); }
         }
     }
@@ -80,20 +76,10 @@ public static unsafe partial class BenchCpuExpertCommand
                 : throw new ArgumentException($"{option}: '{s}' is not a whole number")).ToArray();
         int[] prefetches = Parse(prefetchList, "--prefetch-bytes"), items = Parse(itemList, "--item-kb");
         if (prefetches.Length == 0 || items.Length == 0) throw new ArgumentException("--prefetch-bytes and --item-kb need at least one value each");
-        var saved = (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes);
-        try
-        {
-            foreach (int p in prefetches)
-                try { CpuKernelTuning.PrefetchBytes = p; }
-                catch (ArgumentOutOfRangeException) { throw new ArgumentException($"--prefetch-bytes: {p} is not a multiple of 64 in 0..16384"); }
-            foreach (int kb in items)
-                try { CpuKernelTuning.ItemBytes = checked(kb * 1024); }
-                catch (Exception e) when (e is ArgumentOutOfRangeException or OverflowException) { throw new ArgumentException($"--item-kb: {kb} is not in 16..4096"); }
-        }
-        finally
-        {
-            (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes) = saved;
-        }
+        foreach (int p in prefetches)
+            if (!CpuKernelTuning.ValidPrefetch(p)) throw new ArgumentException($"--prefetch-bytes: {p} is not a multiple of 64 in 0..16384");
+        foreach (int kb in items)
+            if (kb is < 16 or > 4096 || !CpuKernelTuning.ValidItem(kb * 1024)) throw new ArgumentException($"--item-kb: {kb} is not in 16..4096");
         return [.. prefetches.SelectMany(p => items.Select(kb => (p, kb * 1024)))];
     }
 }

@@ -63,7 +63,7 @@ public static unsafe class CpuExpertKernel
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         long bytes = 0;
-        foreach (var j in jobs) bytes += j.Tokens == 0 ? 0 : 3L * j.Weights.Hidden * j.Weights.Intermediate * j.Weights.ElementBytes;
+        foreach (var j in jobs) bytes += j.Tokens == 0 ? 0 : j.Weights.Bytes;
         try { SwiGluRegion(pool, jobs); }
         finally
         {

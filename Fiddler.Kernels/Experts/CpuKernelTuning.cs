@@ -46,9 +46,11 @@ public static class CpuKernelTuning
             : throw new ArgumentOutOfRangeException(nameof(value), value, "work item size must be in 16 KiB..4 MiB"));
     }
 
-    private static bool ValidPrefetch(int v) => v is >= 0 and <= 16384 && v % 64 == 0;
+    /// <summary>Whether <paramref name="v"/> is a prefetch distance <see cref="PrefetchBytes"/> takes.</summary>
+    public static bool ValidPrefetch(int v) => v is >= 0 and <= 16384 && v % 64 == 0;
 
-    private static bool ValidItem(int v) => v is >= 16 * 1024 and <= 4 * 1024 * 1024;
+    /// <summary>Whether <paramref name="v"/> is a work-item size <see cref="ItemBytes"/> takes.</summary>
+    public static bool ValidItem(int v) => v is >= 16 * 1024 and <= 4 * 1024 * 1024;
 
     /// <summary>The variable's value times <paramref name="unit"/> when set and valid; else <paramref name="fallback"/>, with
     /// <paramref name="error"/> saying why when it was set.</summary>
