@@ -11,7 +11,7 @@
 # bench step with ("default": the flag left out). A variant cannot repeat an option already given
 # (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
-# beside this host's DRAM read bandwidth (bench-cpu-expert); longN: prompts of ${LONG_TOKENS:-4096} tokens (a comma
+# beside this host's DRAM read bandwidth (bench-cpu-expert, extra flags: CPUK_FLAGS, limit CPUK_TIMEOUT s); longN: prompts of ${LONG_TOKENS:-4096} tokens (a comma
 # list runs each, in that order) and 8 new tokens at N GiB (the placement reserves the longest; reports each TTFT and
 # the GPU memory held after each prefill); fit: a budget above the
 # card and the full model without a budget must stop before loading with a clear error; serve: fiddler serve on CUDA without
@@ -47,7 +47,8 @@ for step in ${STEPS:-verify}; do
               timeout 90 $f bench-decode --config mixtral-8x7b --layers 4 --device cuda --prompt-tokens 16 --new-tokens 64 \
                 "${spinflag[@]}" > "$res/decode-spin$s.log" 2>&1; echo "spin $s: $(grep -i -m2 'step\|tok/s' "$res/decode-spin$s.log" | tr '\n' ' ')"
             done ;;
-    cpuk)   timeout 120 $f bench-cpu-expert > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -12 "$res/cpu-expert.log" ;;
+    # shellcheck disable=SC2086 # CPUK_FLAGS is a list of flags
+    cpuk)   timeout "${CPUK_TIMEOUT:-120}" $f bench-cpu-expert ${CPUK_FLAGS:-} > "$res/cpu-expert.log" 2>&1; echo "cpuk rc=$?"; tail -"${CPUK_TAIL:-12}" "$res/cpu-expert.log" ;;
     serve)  PYTHON="$py" timeout 300 "$root/deploy/serve-check.sh" "$f" cuda "$res/serve"; echo "serve check rc=$?" ;;
     servewarm) PYTHON="$py" timeout 300 "$root/deploy/serve-warmup-check.sh" "$f" cuda "$res/servewarm"; echo "serve warm-up check rc=$?" ;;
     selftest) timeout 120 $f cuda-selftest > "$res/selftest.log" 2>&1; echo "selftest rc=$?"; grep -E "µs|FAIL" "$res/selftest.log" | tail -8 ;;

@@ -158,6 +158,7 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.Hidden * TW.ElementBytes;
         int begin = item * p.GateRows, end = Math.Min(begin + p.GateRows, p.Intermediate);
+        nint nextPair = CpuKernelTuning.NextRowsPrefetch ? 2 * rowBytes : 0; // rows i+2, i+3: the item's next pair
         for (int i = begin; i < end; i += 2)
         {
             int i1 = Math.Min(i + 1, end - 1); // odd tail: compute row i twice, keep it once
@@ -166,7 +167,7 @@ public static unsafe class CpuExpertKernel
             for (int t0 = 0; t0 < p.Tokens; t0 += RowDots.MaxTokens)
             {
                 int n = Math.Min(RowDots.MaxTokens, p.Tokens - t0);
-                RowDots.Quad<TOps, TVec, TW>(g0, u0, g1, u1, p.Hidden, p.Xp + t0 * p.LdX, p.LdX, n, r);
+                RowDots.Quad<TOps, TVec, TW>(g0, u0, g1, u1, p.Hidden, p.Xp + t0 * p.LdX, p.LdX, n, r, t0 == 0 && i + 2 < end ? nextPair : 0);
                 for (int t = 0; t < n; t++)
                 {
                     float* h = p.H + (t0 + t) * p.LdH;
@@ -185,6 +186,7 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.W2Stride * TW.ElementBytes;
         int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
+        nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? 4 * rowBytes : 0; // rows j+4..j+7: the item's next four
         for (int j = begin; j < end; j += 4)
         {
             int rows = Math.Min(4, end - j);
@@ -194,7 +196,7 @@ public static unsafe class CpuExpertKernel
             for (int t0 = 0; t0 < p.Tokens; t0 += RowDots.MaxTokens)
             {
                 int n = Math.Min(RowDots.MaxTokens, p.Tokens - t0);
-                RowDots.Quad<TOps, TVec, TW>(w, r1, r2, r3, p.Intermediate, p.H + t0 * p.LdH, p.LdH, n, r);
+                RowDots.Quad<TOps, TVec, TW>(w, r1, r2, r3, p.Intermediate, p.H + t0 * p.LdH, p.LdH, n, r, t0 == 0 && j + 4 < end ? nextQuad : 0);
                 for (int t = 0; t < n; t++)
                 {
                     float* y = p.Y + (long)(t0 + t) * p.Hidden + j;

@@ -1,32 +1,89 @@
 namespace Fiddler.Kernels.Experts;
 
+/// <summary>Where the kernel's software prefetch along each weight row puts a line (x86 PREFETCHT0/T1/T2/NTA).</summary>
+public enum PrefetchLevel
+{
+    L1,
+    L2,
+    L3,
+    NonTemporal,
+}
+
 /// <summary>
-/// Two knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches,
-/// and how many weight bytes one work item covers. The defaults were tuned with the kernel alone on the H100 host; the
-/// engine runs it beside PCIe copies that read the same DRAM, which <c>fiddler bench-cpu-expert --with-copies</c> sweeps.
-/// Read once per row block and per call, so set them between calls (tests, benchmarks), not while a kernel runs.
-/// <c>FIDDLER_KERNEL_PREFETCH_BYTES</c> and <c>FIDDLER_KERNEL_ITEM_KB</c> set them at start-up (an A/B of whole runs).
+/// Four knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
+/// and into which cache level, whether it also prefetches the next row group, and how many weight bytes one work item
+/// covers. The defaults were tuned with the kernel alone on the H100 host; the engine runs it beside PCIe copies that
+/// read the same DRAM, which <c>fiddler bench-cpu-expert --with-copies</c> sweeps. Read once per row block and per call,
+/// so set them between calls (tests, benchmarks), not while a kernel runs. <c>FIDDLER_KERNEL_PREFETCH_BYTES</c>,
+/// <c>FIDDLER_KERNEL_PREFETCH_LEVEL</c> (l1, l2, l3, nta), <c>FIDDLER_KERNEL_NEXT_ROWS</c> (0, 1) and
+/// <c>FIDDLER_KERNEL_ITEM_KB</c> set them at start-up (an A/B of whole runs).
 /// </summary>
 public static class CpuKernelTuning
 {
     public const int DefaultPrefetchBytes = 1024;
     public const int DefaultItemBytes = 128 * 1024;
+    public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
+    public const bool DefaultNextRowsPrefetch = false;
 
-    private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB";
+    private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
+        LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS";
     private static int s_prefetchBytes = FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out _);
     private static int s_itemBytes = FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out _);
+    private static int s_level = (int)(ParseLevel(Environment.GetEnvironmentVariable(LevelVariable)) ?? DefaultPrefetchLevel);
+    private static bool s_nextRows = ParseSwitch(Environment.GetEnvironmentVariable(NextRowsVariable)) ?? DefaultNextRowsPrefetch;
 
     /// <summary>
-    /// Throws <see cref="ArgumentException"/> naming the variable when <c>FIDDLER_KERNEL_PREFETCH_BYTES</c> or
-    /// <c>FIDDLER_KERNEL_ITEM_KB</c> is set out of range (the CLI calls it first; otherwise such a value is ignored and the
-    /// default kept).
+    /// Throws <see cref="ArgumentException"/> naming the variable when one of the <c>FIDDLER_KERNEL_*</c> variables is set
+    /// to a value it does not take (the CLI calls it first; otherwise such a value is ignored and the default kept).
     /// </summary>
     public static void CheckEnvironment()
     {
         FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out string? e1);
         FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out string? e2);
-        if ((e1 ?? e2) is { } error) throw new ArgumentException(error);
+        string? level = Environment.GetEnvironmentVariable(LevelVariable), next = Environment.GetEnvironmentVariable(NextRowsVariable);
+        string? e3 = !string.IsNullOrWhiteSpace(level) && ParseLevel(level) is null ? $"{LevelVariable}={level} is not one of l1, l2, l3, nta" : null;
+        string? e4 = !string.IsNullOrWhiteSpace(next) && ParseSwitch(next) is null ? $"{NextRowsVariable}={next} is not 0 or 1" : null;
+        if ((e1 ?? e2 ?? e3 ?? e4) is { } error) throw new ArgumentException(error);
     }
+
+    /// <summary>The cache level the along-the-row prefetch fills (default <see cref="PrefetchLevel.L1"/>).</summary>
+    public static PrefetchLevel PrefetchLevel
+    {
+        get => (PrefetchLevel)Volatile.Read(ref s_level);
+        set => Volatile.Write(ref s_level, Enum.IsDefined(value) ? (int)value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "unknown prefetch level"));
+    }
+
+    /// <summary>
+    /// Whether each row block is also prefetched into L2 for the item's next row group (the same columns two gate/up rows
+    /// or four down rows on): an item's memory is then asked for one row group ahead of the kernel, not only a few lines.
+    /// </summary>
+    public static bool NextRowsPrefetch
+    {
+        get => Volatile.Read(ref s_nextRows);
+        set => Volatile.Write(ref s_nextRows, value);
+    }
+
+    /// <summary>l1, l2, l3 or nta (any case) as a level; null for anything else.</summary>
+    public static PrefetchLevel? ParseLevel(string? text) => text?.Trim().ToLowerInvariant() switch
+    {
+        "l1" or "t0" => PrefetchLevel.L1,
+        "l2" or "t1" => PrefetchLevel.L2,
+        "l3" or "t2" => PrefetchLevel.L3,
+        "nta" => PrefetchLevel.NonTemporal,
+        _ => null,
+    };
+
+    /// <summary>The level's name as <see cref="ParseLevel"/> reads it.</summary>
+    public static string Name(PrefetchLevel level) => level switch
+    {
+        PrefetchLevel.L1 => "l1",
+        PrefetchLevel.L2 => "l2",
+        PrefetchLevel.L3 => "l3",
+        _ => "nta",
+    };
+
+    private static bool? ParseSwitch(string? text) => text?.Trim() switch { "0" => false, "1" => true, _ => null };
 
     /// <summary>Bytes ahead of the current position each weight row is prefetched (0: no software prefetch); a multiple of
     /// 64 in 0..16384. On the H100 host, alone, 1 KB gave 113-126 GB/s for one token against 102-118 GB/s without.</summary>

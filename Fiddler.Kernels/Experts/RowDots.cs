@@ -23,9 +23,13 @@ internal static unsafe class RowDots
     /// </summary>
     public const int KBlock = 512;
 
-    /// <summary>result[r·n + t] = Σ_k row_r[k]·x_t[k] for rows r0..r3 and activation rows x_t = x + t·ldx, t &lt; n.</summary>
+    /// <summary>
+    /// result[r·n + t] = Σ_k row_r[k]·x_t[k] for rows r0..r3 and activation rows x_t = x + t·ldx, t &lt; n. Where
+    /// <paramref name="next"/> is not 0, each row's block is also prefetched into L2 that many bytes further on (the same
+    /// columns of the caller's next row group; <see cref="CpuKernelTuning.NextRowsPrefetch"/>).
+    /// </summary>
     [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Quad<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result)
+    public static void Quad<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result, nint next = 0)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec* acc = stackalloc TVec[4 * MaxTokens]; // [tile][row][token in tile]
@@ -39,9 +43,11 @@ internal static unsafe class RowDots
             {
                 tile = TileSize<TOps, TVec>(n - t);
                 float* xt = x + t * ldx + k0;
-                if (tile == 4) Tile4<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t);
-                else if (tile == 2) Tile2<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, acc + 4 * t);
-                else Tile1<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, acc + 4 * t);
+                // The next row group's block is asked for once, by the first tile over this block.
+                nint ahead = t == 0 ? next : 0;
+                if (tile == 4) Tile4<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, ahead, acc + 4 * t);
+                else if (tile == 2) Tile2<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, ahead, acc + 4 * t);
+                else Tile1<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, ahead, acc + 4 * t);
             }
         }
         for (int t = 0, tile; t < n; t += tile)
@@ -64,6 +70,19 @@ internal static unsafe class RowDots
     private static int TileSize<TOps, TVec>(int left) where TOps : ISimd<TVec> where TVec : unmanaged =>
         left >= 4 && TOps.Width >= 16 ? 4 : left >= 2 ? 2 : 1;
 
+    /// <summary>A software prefetch at the <see cref="PrefetchLevel"/> given as an int (read once per block, outside the loop).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Prefetch(byte* p, int level)
+    {
+        switch (level)
+        {
+            case (int)PrefetchLevel.L1: Sse.Prefetch0(p); break;
+            case (int)PrefetchLevel.L2: Sse.Prefetch1(p); break;
+            case (int)PrefetchLevel.L3: Sse.Prefetch2(p); break;
+            default: Sse.PrefetchNonTemporal(p); break;
+        }
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Tail<TW>(byte* row, float* x, int from, int to) where TW : IWeightFormat
     {
@@ -74,19 +93,20 @@ internal static unsafe class RowDots
 
     // One token: two accumulators per row (even and odd halves) so each row has two independent FMA chains.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile1<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, TVec* acc)
+    private static void Tile1<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, nint next, TVec* acc)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
         TVec b0 = TOps.Zero, b1 = TOps.Zero, b2 = TOps.Zero, b3 = TOps.Zero;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
+        int level = (int)CpuKernelTuning.PrefetchLevel;
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1 && pf > 0)
+            if (Sse.IsSupported && TOps.Width > 1)
             {
-                Sse.Prefetch0(r0 + pf); Sse.Prefetch0(r1 + pf);
-                Sse.Prefetch0(r2 + pf); Sse.Prefetch0(r3 + pf);
+                if (pf > 0) { Prefetch(r0 + pf, level); Prefetch(r1 + pf, level); Prefetch(r2 + pf, level); Prefetch(r3 + pf, level); }
+                if (next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
             }
             TVec xe = TOps.Load(x), xo = TOps.Load(x + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
@@ -106,19 +126,20 @@ internal static unsafe class RowDots
     // Even halves for every token of a row, then odd halves: two FMAs into one accumulator back to back are fused into one
     // expression by the JIT, which then emits the 213 form plus two register copies per pair.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile2<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc)
+    private static void Tile2<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, nint next, TVec* acc)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
         float* x1 = x + ldx;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
+        int level = (int)CpuKernelTuning.PrefetchLevel;
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1 && pf > 0)
+            if (Sse.IsSupported && TOps.Width > 1)
             {
-                Sse.Prefetch0(r0 + pf); Sse.Prefetch0(r1 + pf);
-                Sse.Prefetch0(r2 + pf); Sse.Prefetch0(r3 + pf);
+                if (pf > 0) { Prefetch(r0 + pf, level); Prefetch(r1 + pf, level); Prefetch(r2 + pf, level); Prefetch(r3 + pf, level); }
+                if (next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
             }
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
@@ -135,7 +156,7 @@ internal static unsafe class RowDots
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile4<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, TVec* acc)
+    private static void Tile4<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, nint next, TVec* acc)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
     {
         TVec a00 = acc[0], a01 = acc[1], a02 = acc[2], a03 = acc[3], a10 = acc[4], a11 = acc[5], a12 = acc[6], a13 = acc[7];
@@ -143,12 +164,13 @@ internal static unsafe class RowDots
         float* x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
+        int level = (int)CpuKernelTuning.PrefetchLevel;
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1 && pf > 0)
+            if (Sse.IsSupported && TOps.Width > 1)
             {
-                Sse.Prefetch0(r0 + pf); Sse.Prefetch0(r1 + pf);
-                Sse.Prefetch0(r2 + pf); Sse.Prefetch0(r3 + pf);
+                if (pf > 0) { Prefetch(r0 + pf, level); Prefetch(r1 + pf, level); Prefetch(r2 + pf, level); Prefetch(r3 + pf, level); }
+                if (next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
             }
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TVec x2e = TOps.Load(x2), x2o = TOps.Load(x2 + TOps.Width), x3e = TOps.Load(x3), x3o = TOps.Load(x3 + TOps.Width);

@@ -37,6 +37,12 @@ public sealed class OtherCommandErrorTests : IDisposable
     public void BenchCpuExpert_BadWarmSize_ExitCode2BeforeAnyWork()
         => AssertUserError(CliHarness.Run("bench-cpu-expert", "--warm-mb", "16,lots"), "--warm-mb: 'lots' is not a positive size in MB");
 
+    [Theory]
+    [InlineData("--prefetch-level", "l1,l9", "--prefetch-level: 'l9' is not one of l1, l2, l3, nta")]
+    [InlineData("--next-rows", "0,2", "--next-rows: '2' is not 0 or 1")]
+    public void BenchCpuExpert_BadTuningList_ExitCode2BeforeCuda(string option, string value, string message)
+        => AssertUserError(CliHarness.Run("bench-cpu-expert", "--with-copies", option, value), message);
+
     [Fact]
     public void BenchCpuExpert_WarmMb_TimesTheKernelAfterEachReadAhead()
     {

@@ -5,6 +5,8 @@ using static TorchSharp.torch;
 
 namespace Fiddler.Tests.Kernels.Experts;
 
+// The environment tests set FIDDLER_KERNEL_* variables that the CLI checks at start: run apart from the in-process CLI tests.
+[Collection(Fiddler.Tests.Host.ConsoleCollection.Name)]
 public sealed unsafe class CpuKernelTuningTests
 {
     [Fact]
@@ -17,6 +19,23 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchBytes = 16384 + 64);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.ItemBytes = 8 * 1024);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.ItemBytes = 8 << 20);
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchLevel = (PrefetchLevel)7);
+        Assert.Equal(PrefetchLevel.L1, CpuKernelTuning.DefaultPrefetchLevel);
+        Assert.False(CpuKernelTuning.DefaultNextRowsPrefetch);
+    }
+
+    [Theory]
+    [InlineData("l1", PrefetchLevel.L1)]
+    [InlineData(" L2 ", PrefetchLevel.L2)]
+    [InlineData("t2", PrefetchLevel.L3)]
+    [InlineData("NTA", PrefetchLevel.NonTemporal)]
+    [InlineData("l4", null)]
+    [InlineData("", null)]
+    [InlineData(null, null)]
+    public void ParseLevel_ReadsTheNamesItPrints(string? text, PrefetchLevel? expected)
+    {
+        Assert.Equal(expected, CpuKernelTuning.ParseLevel(text));
+        if (expected is { } level) Assert.Equal(level, CpuKernelTuning.ParseLevel(CpuKernelTuning.Name(level)));
     }
 
     [Fact]
@@ -37,20 +56,23 @@ public sealed unsafe class CpuKernelTuningTests
             CpuExpertKernel.SwiGlu(pool, (float*)TensorMemory.DataPtr(x), tokens, weights, (float*)TensorMemory.DataPtr(y));
             return y;
         }
-        var saved = (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes);
+        var saved = (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch);
         try
         {
             var reference = Run();
-            foreach (var (prefetch, item) in new[] { (0, 16 * 1024), (4096, 1 << 20), (64, 48 * 1024) })
+            foreach (var (prefetch, item, level, next) in new[]
             {
-                CpuKernelTuning.PrefetchBytes = prefetch;
-                CpuKernelTuning.ItemBytes = item;
-                Assert.True((Run() == reference).all().item<bool>(), $"prefetch {prefetch}, item {item}");
+                (0, 16 * 1024, PrefetchLevel.L1, false), (4096, 1 << 20, PrefetchLevel.L2, true), (64, 48 * 1024, PrefetchLevel.L3, true),
+                (1024, 16 * 1024, PrefetchLevel.NonTemporal, true), (0, 128 * 1024, PrefetchLevel.L1, true),
+            })
+            {
+                (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch) = (prefetch, item, level, next);
+                Assert.True((Run() == reference).all().item<bool>(), $"prefetch {prefetch}, item {item}, level {level}, next rows {next}");
             }
         }
         finally
         {
-            (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes) = saved;
+            (CpuKernelTuning.PrefetchBytes, CpuKernelTuning.ItemBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch) = saved;
         }
     }
 
@@ -74,6 +96,26 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.True(after.Regions - before.Regions >= 1);
         Assert.True(after.WeightBytes - before.WeightBytes >= 3L * hidden * (intermediate + 64) * 2);
         Assert.True(after.Ms > before.Ms);
+    }
+
+    [Theory]
+    [InlineData("FIDDLER_KERNEL_PREFETCH_LEVEL", "l9", "l2")]
+    [InlineData("FIDDLER_KERNEL_NEXT_ROWS", "yes", "1")]
+    public void CheckEnvironment_AnUnknownChoice_NamesIt(string name, string bad, string good)
+    {
+        string? before = Environment.GetEnvironmentVariable(name);
+        try
+        {
+            Environment.SetEnvironmentVariable(name, bad);
+            var e = Assert.Throws<ArgumentException>(CpuKernelTuning.CheckEnvironment);
+            Assert.Contains($"{name}={bad}", e.Message);
+            Environment.SetEnvironmentVariable(name, good);
+            CpuKernelTuning.CheckEnvironment();
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(name, before);
+        }
     }
 
     [Fact]
