@@ -23,6 +23,12 @@ if abt:
           " learned CPU factor {} vs {}; hand-off {} vs {} ms".format(
               abt["threads"][0], abt["threads"][1], abt["pairs"], abt["full_tok_s"], abt["fewer_tok_s"], abt["pair_diff_pct"],
               abt["median_diff_pct"], abt["cpu_factor"][0], abt["cpu_factor"][1], abt["full_handoff_host_ms"], abt["fewer_handoff_host_ms"]))
+abk = j.get("ab_kernel")
+if abk:
+    print("  CPU kernel {} vs {} in this process, {} pairs: {} vs {} tok/s, per pair (other/configured) {} %, median {} %;"
+          " kernel {} vs {} GB/s; learned CPU factor {} vs {}".format(
+              abk["settings"][0], abk["settings"][1], abk["pairs"], abk["configured_tok_s"], abk["other_tok_s"], abk["pair_diff_pct"],
+              abk["median_diff_pct"], abk["configured_kernel_gb_s"], abk["other_kernel_gb_s"], abk["cpu_factor"][0], abk["cpu_factor"][1]))
 if j.get("actor_overhead_pct") is not None:
     print("  actors ({} CPU participants): generator {} vs actors {} tok/s (rounds {} / {}), overhead {} %; GPU memory before the rounds and after each {} GiB".format(
         j.get("actor_cpu_threads"), j.get("decode_tok_s_generator"), j.get("decode_tok_s_actors"), j.get("decode_tok_s_generator_runs"), j.get("decode_tok_s_actors_runs"),

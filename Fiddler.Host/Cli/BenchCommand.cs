@@ -48,10 +48,11 @@ public static class BenchCommand
         var abThreads = new Option<int>("--ab-cpu-threads") { Description = "After the decode windows, pairs of windows with the CPU expert pool on all its workers and on N participants, each with its own learned speeds (reports ab_cpu_threads)" };
         var batchRate = new Option<double?>("--batch-adapt-rate") { Description = "How fast prefill/beam layers learn the lanes' speeds, in (0, 1]; default 0.25; the decode layers' rate is 0.05" };
         var actorRoundsOpt = new Option<int>("--actor-rounds") { Description = "Rounds of --actors, each one direct and one actor decode (1..50, default 5)", DefaultValueFactory = _ => 5 };
-        var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads (1..50, default 6)", DefaultValueFactory = _ => 6 };
+        var abKernel = new Option<string?>("--ab-kernel") { Description = "After the decode windows, pairs of windows with the CPU expert kernel's tuning as configured and as PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB] (e.g. 2048,l1,1), each with its own learned speeds (reports ab_kernel)" };
+        var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads and --ab-kernel (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abPairsOpt, actorRoundsOpt, batchRate, noWarmup })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -78,10 +79,14 @@ public static class BenchCommand
             if (!r.GetValue(actors) && r.GetResult(actorRoundsOpt) is { Implicit: false })
                 throw new ArgumentException("--actor-rounds counts the rounds of --actors: give that too");
             if (fewerThreads < 0) throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not a positive participant count");
-            if (fewerThreads == 0 && r.GetResult(abPairsOpt) is { Implicit: false })
-                throw new ArgumentException("--ab-pairs counts the pairs of --ab-cpu-threads: give that too (--ab-balance takes its own count)");
-            if (fewerThreads > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
-                throw new ArgumentException("--ab-cpu-threads needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
+            Fiddler.Kernels.Experts.CpuKernelSettings? otherKernel = null;
+            if (r.GetValue(abKernel) is string spec)
+                try { otherKernel = Fiddler.Kernels.Experts.CpuKernelSettings.Parse(spec); }
+                catch (ArgumentException e) { throw new ArgumentException($"--ab-kernel: {e.Message}"); }
+            if (fewerThreads == 0 && otherKernel is null && r.GetResult(abPairsOpt) is { Implicit: false })
+                throw new ArgumentException("--ab-pairs counts the pairs of --ab-cpu-threads or --ab-kernel: give one of those too (--ab-balance takes its own count)");
+            if ((fewerThreads > 0 || otherKernel is not null) && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
+                throw new ArgumentException("--ab-cpu-threads and --ab-kernel need the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
             int stagingSlots = r.GetValue(slots);
             if (stagingSlots is < 1 or > 8) throw new ArgumentException($"--staging-slots: {stagingSlots} is not in 1..8");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
@@ -113,14 +118,15 @@ public static class BenchCommand
             if (r.GetValue(batchRate) is double br)
                 options = br is > 0 and <= 1 ? options with { BatchAdaptRate = br } : throw new ArgumentException($"--batch-adapt-rate: {br} is not in (0, 1]");
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
-            if ((abPairs > 0 || fewerThreads > 0) && options.GpuBudgetBytes is null)
-                throw new ArgumentException("--ab-balance and --ab-cpu-threads compare the CPU lane: give --gpu-budget");
+            if ((abPairs > 0 || fewerThreads > 0 || otherKernel is not null) && options.GpuBudgetBytes is null)
+                throw new ArgumentException("--ab-balance, --ab-cpu-threads and --ab-kernel compare the CPU lane: give --gpu-budget");
             if (fewerThreads > 0 && fewerThreads >= OffloadEngine.DefaultCpuThreads(options)) // before building: that takes minutes at full size
                 throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {OffloadEngine.DefaultCpuThreads(options)} participants");
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
-            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null, warmup: !r.GetValue(noWarmup));
+            var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null, warmup: !r.GetValue(noWarmup),
+                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null);
             if (r.GetValue(actors))
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.

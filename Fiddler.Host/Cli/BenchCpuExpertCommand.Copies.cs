@@ -18,13 +18,13 @@ public static unsafe partial class BenchCpuExpertCommand
     /// (median) and beside the copies (over a window of 24 copies, best of two).
     /// </summary>
     private static void BesideCopies(CpuWorkerPool pool, Device cuda, int h, int i, (Tensor W1, Tensor W3, Tensor W2)[] weights,
-        ExpertWeights[] kernelWeights, int n, KernelTuning[] tunings)
+        ExpertWeights[] kernelWeights, int n, CpuKernelSettings[] tunings)
     {
         var pinned = new List<PinnedRegistration>();
         void Pin(Tensor t) => pinned.Add(PinnedMemory.Pin(TensorMemory.DataPtr(t), t.NumberOfElements * t.ElementSize));
         var copySources = Enumerable.Range(0, CopiedExperts)
             .Select(e => (W1: RandomBf16(pool, i, h, 1000 + 3 * e), W3: RandomBf16(pool, i, h, 1001 + 3 * e), W2: RandomBf16(pool, h, i, 1002 + 3 * e))).ToArray();
-        var saved = KernelTuning.Current;
+        var saved = CpuKernelSettings.Current;
         try
         {
             foreach (var (w1, w3, w2) in weights.Concat(copySources)) { Pin(w1); Pin(w3); Pin(w2); }
@@ -67,25 +67,11 @@ public static unsafe partial class BenchCpuExpertCommand
         }
     }
 
-    /// <summary>One setting of <see cref="CpuKernelTuning"/>'s knobs.</summary>
-    internal readonly record struct KernelTuning(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes)
-    {
-        public static KernelTuning Current => new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes);
-
-        public void Apply()
-        {
-            CpuKernelTuning.PrefetchBytes = PrefetchBytes;
-            CpuKernelTuning.PrefetchLevel = Level;
-            CpuKernelTuning.NextRowsPrefetch = NextRows;
-            CpuKernelTuning.ItemBytes = ItemBytes;
-        }
-    }
-
     /// <summary>
     /// Every --prefetch-bytes × --prefetch-level × --next-rows × --item-kb combination, each value checked as
     /// <see cref="CpuKernelTuning"/> would.
     /// </summary>
-    internal static KernelTuning[] Tunings(string prefetchList, string levelList, string nextRowsList, string itemList)
+    internal static CpuKernelSettings[] Tunings(string prefetchList, string levelList, string nextRowsList, string itemList)
     {
         static string[] Words(string list) => list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         static int[] Parse(string list, string option) => Words(list)
@@ -100,6 +86,6 @@ public static unsafe partial class BenchCpuExpertCommand
             if (!CpuKernelTuning.ValidPrefetch(p)) throw new ArgumentException($"--prefetch-bytes: {p} is not a multiple of 64 in 0..16384");
         foreach (int kb in items)
             if (kb is < 16 or > 4096 || !CpuKernelTuning.ValidItem(kb * 1024)) throw new ArgumentException($"--item-kb: {kb} is not in 16..4096");
-        return [.. from p in prefetches from l in levels from x in nextRows from kb in items select new KernelTuning(p, l, x, kb * 1024)];
+        return [.. from p in prefetches from l in levels from x in nextRows from kb in items select new CpuKernelSettings(p, l, x, kb * 1024)];
     }
 }

@@ -3,7 +3,7 @@ using Fiddler.Actors.Engine;
 namespace Fiddler.Host.Cli;
 
 // The bench's in-process comparisons: decode through the actor runtime vs directly (--actors), the lane-order balance
-// on vs off (--ab-balance), and the CPU lane's worker count (--ab-cpu-threads).
+// on vs off (--ab-balance), the CPU lane's worker count (--ab-cpu-threads) and the CPU kernel's tuning (--ab-kernel).
 public static partial class BenchRun
 {
     /// <summary>
@@ -27,7 +27,8 @@ public static partial class BenchRun
             throw new ArgumentOutOfRangeException(nameof(actorParticipants), actorParticipants, $"must be in 1..{full} (the engine's CPU pool)");
         var router = engine.Scheduler?.Router;
         // The actor rounds are the pool's "fewer" side; the first of them starts from the direct side's speeds.
-        var sides = pool is not null && router is not null && actorParticipants is int m && m != full ? new PoolSides(router, pool, m) : null;
+        var sides = pool is not null && router is not null && actorParticipants is int m && m != full
+            ? new LearnedSides(router, fewer => pool.ActiveConcurrency = fewer ? m : full) : null;
         var rng = new Random(1);
         int[] prompt = Enumerable.Range(0, promptTokens).Select(_ => rng.Next(3, engine.Config.VocabSize)).ToArray();
         var options = new Fiddler.Kernels.Generation.GenerationOptions
@@ -52,7 +53,7 @@ public static partial class BenchRun
             {
                 try
                 {
-                    sides?.Use(useFewer: true);
+                    sides?.Use(sideB: true);
                     await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
                         prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
                     await runtime.RunAsync(prompt, warmUp);
@@ -60,7 +61,7 @@ public static partial class BenchRun
                 }
                 finally
                 {
-                    sides?.Use(useFewer: false);
+                    sides?.Use(sideB: false);
                     engine.Model.SetExpertExecutor(engine.Executor); // disposing the runtime cleared it
                 }
             }
@@ -82,9 +83,10 @@ public static partial class BenchRun
     private static double? UsedGiB(OffloadEngine engine) =>
         Fiddler.Kernels.Cuda.CudaRuntime.DeviceBytesInUse(engine.Model.Device) is long used ? Math.Round(Fiddler.Actors.Placement.MemoryBudget.ToGiB(used), 2) : null;
 
-    /// <summary>One decode window of an A/B: tok/s, the share of its gated decode layers the CPU lane ended last, and
-    /// the host's mean hand-off between layers (ms; 0 where not measured: off CUDA).</summary>
-    public readonly record struct WindowStats(double TokS, double CpuEndedLastShare, double HandoffHostMs);
+    /// <summary>One decode window of an A/B: tok/s, the share of its gated decode layers the CPU lane ended last, the
+    /// host's mean hand-off between layers (ms; 0 where not measured: off CUDA) and the SIMD kernel's own rate in its
+    /// regions (GB/s; 0 where it ran none).</summary>
+    public readonly record struct WindowStats(double TokS, double CpuEndedLastShare, double HandoffHostMs, double KernelGBps = 0);
 
     /// <summary>
     /// <c>--ab-balance N</c>: N pairs of decode windows in this process, the lane-order balance on in one window of each
@@ -157,50 +159,82 @@ public static partial class BenchRun
         ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
         int full = pool.ActiveConcurrency;
         if (fewer < 1 || fewer >= full) throw new ArgumentOutOfRangeException(nameof(fewer), fewer, $"must be in 1..{full - 1} (the pool runs on {full})");
-        var sides = new PoolSides(router, pool, fewer);
+        var sides = new LearnedSides(router, useFewer => pool.ActiveConcurrency = useFewer ? fewer : full);
         try
         {
-            sides.Use(useFewer: true);
+            sides.Use(sideB: true);
             window(); // discarded: the fewer side learns its speeds
             var (few, all, diff) = Alternate(pairs, sides.Use, window);
-            sides.Use(useFewer: false); // sets the fewer side's speeds aside (when it ran last) and puts the full side's back
-            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), router.SaveLearned().Contended[0], sides.FewerSpeeds!.Contended[0]);
+            sides.Use(sideB: false); // sets the fewer side's speeds aside (when it ran last) and puts the full side's back
+            return new ThreadsComparison(full, fewer, all, few, diff, Median(diff), router.SaveLearned().Contended[0], sides.SpeedsB!.Contended[0]);
         }
         finally { sides.Abandon(); }
     }
 
     /// <summary>
-    /// The CPU pool on all its participants or on <paramref name="fewer"/>, each side with the router's learned speeds of
-    /// its own: switching sets the current side's speeds aside and puts the other's back (the fewer side's first time
-    /// starts from the full side's).
+    /// <c>--ab-kernel SETTINGS</c>: pairs of decode windows with the CPU expert kernel's tuning as configured
+    /// (<paramref name="Configured"/>: defaults or <c>FIDDLER_KERNEL_*</c>) and as <paramref name="Other"/>, each with the
+    /// router's learned speeds of its own (the other side learns them in one discarded window first).
+    /// <paramref name="MedianDiffPct"/>: the median of the pairs' (other / configured − 1) × 100.
     /// </summary>
-    private sealed class PoolSides(Fiddler.Actors.Scheduling.ExpertRouter router, Fiddler.Kernels.Experts.CpuWorkerPool pool, int fewer)
+    public sealed record KernelComparison(Fiddler.Kernels.Experts.CpuKernelSettings Configured, Fiddler.Kernels.Experts.CpuKernelSettings Other,
+        WindowStats[] ConfiguredRuns, WindowStats[] OtherRuns, double[] PairDiffPct, double MedianDiffPct, double ConfiguredCpuFactor, double OtherCpuFactor);
+
+    /// <summary>
+    /// <paramref name="pairs"/> pairs of <paramref name="window"/>s with the kernel as configured and as
+    /// <paramref name="other"/> (other first in even pairs), each side with its own learned router speeds; the
+    /// configured tuning and its speeds are restored afterwards.
+    /// </summary>
+    public static KernelComparison CompareKernelTuning(Fiddler.Actors.Scheduling.ExpertRouter router, Fiddler.Kernels.Experts.CpuKernelSettings other,
+        int pairs, Func<WindowStats> window)
     {
-        private readonly int _full = pool.ActiveConcurrency;
-        private Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds _fullSpeeds = router.SaveLearned();
-        private bool _onFewer;
-
-        /// <summary>The fewer side's speeds as of its last switch away (null before it ran).</summary>
-        public Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? FewerSpeeds { get; private set; }
-
-        public void Use(bool useFewer)
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
+        var configured = Fiddler.Kernels.Experts.CpuKernelSettings.Current;
+        other.Apply(); // checks every knob before any window runs
+        configured.Apply();
+        var sides = new LearnedSides(router, useOther => (useOther ? other : configured).Apply());
+        try
         {
-            if (useFewer == _onFewer) return;
-            if (_onFewer) FewerSpeeds = router.SaveLearned();
-            else _fullSpeeds = router.SaveLearned();
-            pool.ActiveConcurrency = useFewer ? fewer : _full;
-            if (!useFewer) router.RestoreLearned(_fullSpeeds);
-            else if (FewerSpeeds is not null) router.RestoreLearned(FewerSpeeds);
-            _onFewer = useFewer;
+            sides.Use(sideB: true);
+            window(); // discarded: the other side learns its speeds
+            var (b, a, diff) = Alternate(pairs, sides.Use, window);
+            sides.Use(sideB: false);
+            return new KernelComparison(configured, other, a, b, diff, Median(diff), router.SaveLearned().Contended[0], sides.SpeedsB!.Contended[0]);
+        }
+        finally { sides.Abandon(); }
+    }
+
+    /// <summary>
+    /// Two settings of the CPU lane (side A as found, side B set by <paramref name="useB"/>(true)), each with the router's
+    /// learned speeds of its own: switching sets the current side's speeds aside and puts the other's back (side B's first
+    /// time starts from side A's).
+    /// </summary>
+    private sealed class LearnedSides(Fiddler.Actors.Scheduling.ExpertRouter router, Action<bool> useB)
+    {
+        private Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds _speedsA = router.SaveLearned();
+        private bool _onB;
+
+        /// <summary>Side B's speeds as of its last switch away (null before it ran).</summary>
+        public Fiddler.Actors.Scheduling.ExpertRouter.LearnedSpeeds? SpeedsB { get; private set; }
+
+        public void Use(bool sideB)
+        {
+            if (sideB == _onB) return;
+            if (_onB) SpeedsB = router.SaveLearned();
+            else _speedsA = router.SaveLearned();
+            useB(sideB);
+            if (!sideB) router.RestoreLearned(_speedsA);
+            else if (SpeedsB is not null) router.RestoreLearned(SpeedsB);
+            _onB = sideB;
         }
 
-        /// <summary>Back on all participants with the full side's speeds, the fewer side's dropped (after a failure).</summary>
+        /// <summary>Back on side A with its speeds, side B's dropped (after a failure).</summary>
         public void Abandon()
         {
-            if (!_onFewer) return;
-            pool.ActiveConcurrency = _full;
-            router.RestoreLearned(_fullSpeeds);
-            _onFewer = false;
+            if (!_onB) return;
+            useB(false);
+            router.RestoreLearned(_speedsA);
+            _onB = false;
         }
     }
 }

@@ -19,6 +19,7 @@ public static partial class BenchRun
         public Dictionary<string, double> TtftWarmS { get; init; } = [];
         public BalanceComparison? AbBalance { get; init; }
         public ThreadsComparison? AbCpuThreads { get; init; }
+        public KernelComparison? AbKernel { get; init; }
         /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
         /// its blocks, so each value is the most the process held up to that prompt.</summary>
         public Dictionary<string, double>? GpuMemoryAfterPrefillGiB { get; init; }
@@ -67,12 +68,14 @@ public static partial class BenchRun
     /// (<see cref="BalanceComparison"/>); 0: none.</param>
     /// <param name="abThreads">After those: pairs of windows with the CPU pool on all its participants and on fewer
     /// (<see cref="ThreadsComparison"/>); null: none.</param>
+    /// <param name="abKernel">After those: pairs of windows with the CPU kernel's tuning as configured and as given
+    /// (<see cref="KernelComparison"/>); null: none.</param>
     /// <param name="warmup">Run the engine's start-up warm-up first (<see cref="WarmupPlan"/>: one prompt per batch size
     /// the router learns apart, then decode steps), as <c>fiddler serve</c> does before it takes requests; TTFT is then
     /// what a server's first request of each size sees. False: only a 16-token prompt and 4 decode steps (kernels,
     /// allocator, staging slots), so each size's first prompt plans with factors learned at other sizes.</param>
     public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0,
-        (int Fewer, int Pairs)? abThreads = null, bool warmup = true)
+        (int Fewer, int Pairs)? abThreads = null, bool warmup = true, (Fiddler.Kernels.Experts.CpuKernelSettings Other, int Pairs)? abKernel = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
@@ -193,10 +196,10 @@ public static partial class BenchRun
                 ["gb_s"] = Math.Round(regionBytes / (regionMs / 1000) / 1e9, 1),
             },
         };
-        if (abPairs == 0 && abThreads is null) return result;
+        if (abPairs == 0 && abThreads is null && abKernel is null) return result;
         if (s is null)
         {
-            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads: every expert is resident, so there is no CPU lane to compare");
+            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads, --ab-kernel: every expert is resident, so there is no CPU lane to compare");
             return result;
         }
         // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the
@@ -206,12 +209,15 @@ public static partial class BenchRun
             decodeCache.Truncate(windowStart);
             next = windowToken;
             s.ResetCounters();
+            Fiddler.Kernels.Experts.CpuExpertKernel.ResetStats();
             double tokS = Window();
-            return new WindowStats(tokS, s.Router.LaneOrder.CpuLastShare, s.MeanHandoff.Mean.HostMs);
+            var (kRegions, kMs, kBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
+            return new WindowStats(tokS, s.Router.LaneOrder.CpuLastShare, s.MeanHandoff.Mean.HostMs, kRegions == 0 ? 0 : kBytes / (kMs / 1000) / 1e9);
         }
         if (abPairs > 0) result = result with { AbBalance = CompareBalance(s.Router, abPairs, AbWindow) };
         if (abThreads is { } t && engine.CpuPool is { } pool)
             result = result with { AbCpuThreads = CompareCpuThreads(s.Router, pool, t.Fewer, t.Pairs, AbWindow) };
+        if (abKernel is { } kernelAb) result = result with { AbKernel = CompareKernelTuning(s.Router, kernelAb.Other, kernelAb.Pairs, AbWindow) };
         return result;
     }
 
@@ -370,6 +376,18 @@ public static partial class BenchRun
                 ["cpu_factor"] = new[] { Math.Round(abt.FullCpuFactor, 3), Math.Round(abt.FewerCpuFactor, 3) },
                 ["full_handoff_host_ms"] = abt.FullRuns.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
                 ["fewer_handoff_host_ms"] = abt.FewerRuns.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
+            } : null,
+            ["ab_kernel"] = r.AbKernel is { } abk ? new Dictionary<string, object>
+            {
+                ["pairs"] = abk.ConfiguredRuns.Length,
+                ["settings"] = new[] { abk.Configured.ToString(), abk.Other.ToString() }, // prefetch bytes,level,next rows,item KB
+                ["configured_tok_s"] = abk.ConfiguredRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["other_tok_s"] = abk.OtherRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["pair_diff_pct"] = abk.PairDiffPct, // other / configured − 1
+                ["median_diff_pct"] = Math.Round(abk.MedianDiffPct, 2),
+                ["cpu_factor"] = new[] { Math.Round(abk.ConfiguredCpuFactor, 3), Math.Round(abk.OtherCpuFactor, 3) },
+                ["configured_kernel_gb_s"] = abk.ConfiguredRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
+                ["other_kernel_gb_s"] = abk.OtherRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
             } : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,

@@ -123,3 +123,43 @@ public static class CpuKernelTuning
         return fallback;
     }
 }
+
+/// <summary>One setting of all of <see cref="CpuKernelTuning"/>'s knobs: to apply, compare or print as a whole.</summary>
+public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes)
+{
+    /// <summary>The knobs as they are now.</summary>
+    public static CpuKernelSettings Current =>
+        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes);
+
+    /// <summary>Sets every knob (each checked by its setter).</summary>
+    public void Apply()
+    {
+        CpuKernelTuning.PrefetchBytes = PrefetchBytes;
+        CpuKernelTuning.PrefetchLevel = Level;
+        CpuKernelTuning.NextRowsPrefetch = NextRows;
+        CpuKernelTuning.ItemBytes = ItemBytes;
+    }
+
+    /// <summary>"prefetch bytes,level,next rows (0/1),item KB", as <see cref="Parse"/> reads it.</summary>
+    public override string ToString() => $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024}";
+
+    /// <summary>
+    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB]" (e.g. "2048,l1,1"); an item size left out keeps the current one. Throws
+    /// <see cref="ArgumentException"/> saying which part is wrong.
+    /// </summary>
+    public static CpuKernelSettings Parse(string text)
+    {
+        string[] parts = (text ?? "").Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length is < 3 or > 4) throw new ArgumentException($"'{text}' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB] (e.g. 2048,l1,1)");
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        int prefetch = int.TryParse(parts[0], System.Globalization.NumberStyles.Integer, inv, out int p) && CpuKernelTuning.ValidPrefetch(p) ? p
+            : throw new ArgumentException($"'{parts[0]}' is not a prefetch distance (a multiple of 64 in 0..16384 bytes)");
+        var level = CpuKernelTuning.ParseLevel(parts[1]) ?? throw new ArgumentException($"'{parts[1]}' is not a prefetch level (l1, l2, l3, nta)");
+        bool next = parts[2] switch { "0" => false, "1" => true, _ => throw new ArgumentException($"'{parts[2]}' is not a next-rows switch (0 or 1)") };
+        int item = CpuKernelTuning.ItemBytes;
+        if (parts.Length == 4)
+            item = int.TryParse(parts[3], System.Globalization.NumberStyles.Integer, inv, out int kb) && kb is >= 16 and <= 4096 ? kb * 1024
+                : throw new ArgumentException($"'{parts[3]}' is not a work-item size (16..4096 KB)");
+        return new(prefetch, level, next, item);
+    }
+}

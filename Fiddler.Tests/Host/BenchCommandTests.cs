@@ -226,11 +226,48 @@ public sealed class BenchCommandTests : IDisposable
         Assert.Contains("--ab-pairs counts the pairs of --ab-cpu-threads", pairsAlone.Err);
         var noAdapt = CliHarness.Run(Args("--ab-cpu-threads", "1", "--no-adapt"));
         Assert.Equal(2, noAdapt.ExitCode);
-        Assert.Contains("--ab-cpu-threads needs the learned router", noAdapt.Err);
+        Assert.Contains("--ab-cpu-threads and --ab-kernel need the learned router", noAdapt.Err);
         var noBudget = CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--prompt-tokens", "8", "--new-tokens", "3", "--ab-cpu-threads", "1",
             "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json")]);
         Assert.Equal(2, noBudget.ExitCode);
         Assert.Contains("give --gpu-budget", noBudget.Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
+    }
+
+    [Fact]
+    public void Bench_AbKernel_ReportsBothTuningsRestoresTheConfiguredOneAndRejectsBadSettings()
+    {
+        var before = Fiddler.Kernels.Experts.CpuKernelSettings.Current;
+        using (var json = BenchJson("--new-tokens", "3", "--ab-kernel", "2048,l2,1,64", "--ab-pairs", "2"))
+        {
+            var ab = json.RootElement.GetProperty("ab_kernel");
+            Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
+            Assert.Equal([before.ToString(), "2048,l2,1,64"], ab.GetProperty("settings").EnumerateArray().Select(x => x.GetString()));
+            Assert.All(ab.GetProperty("other_tok_s").EnumerateArray(), x => Assert.True(x.GetDouble() > 0));
+            Assert.Equal(2, ab.GetProperty("configured_tok_s").GetArrayLength());
+            Assert.Equal(2, ab.GetProperty("other_kernel_gb_s").GetArrayLength());
+            Assert.Equal(2, ab.GetProperty("pair_diff_pct").GetArrayLength());
+            Assert.Equal(2, ab.GetProperty("cpu_factor").GetArrayLength());
+        }
+        Assert.Equal(before, Fiddler.Kernels.Experts.CpuKernelSettings.Current);
+
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string[] Args(params string[] extra) => ["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8", "--new-tokens", "3", .. extra,
+            "--out", Path.Combine(_dir, "results"), "--profile", Path.Combine(_dir, "profile.json")];
+        foreach (var (spec, message) in new[]
+        {
+            ("2048,l9,1", "--ab-kernel: 'l9' is not a prefetch level"), ("100,l1,0", "--ab-kernel: '100' is not a prefetch distance"),
+            ("1024,l1", "--ab-kernel: '1024,l1' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS"), ("1024,l1,1,8", "--ab-kernel: '8' is not a work-item size"),
+            ("1024,l1,2", "--ab-kernel: '2' is not a next-rows switch"),
+        })
+        {
+            var bad = CliHarness.Run(Args("--ab-kernel", spec));
+            Assert.Equal(2, bad.ExitCode);
+            Assert.Contains(message, bad.Err);
+        }
+        var noAdapt = CliHarness.Run(Args("--ab-kernel", "1024,l1,1", "--no-adapt"));
+        Assert.Equal(2, noAdapt.ExitCode);
+        Assert.Contains("need the learned router", noAdapt.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "results")));
     }
 

@@ -98,6 +98,26 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.True(after.Ms > before.Ms);
     }
 
+    [Fact]
+    public void Settings_ParseWhatTheyPrintAndApplyAsAWhole()
+    {
+        var s = CpuKernelSettings.Parse(" 2048, L3 ,1,64");
+        Assert.Equal(new CpuKernelSettings(2048, PrefetchLevel.L3, true, 64 * 1024), s);
+        Assert.Equal("2048,l3,1,64", s.ToString());
+        Assert.Equal(s, CpuKernelSettings.Parse(s.ToString()));
+        Assert.Equal(CpuKernelTuning.ItemBytes, CpuKernelSettings.Parse("0,nta,0").ItemBytes); // item size left out: kept
+        foreach (string bad in new[] { "", "1024", "1024,l1", "1024,l1,1,64,9", "-64,l1,0", "1024,l0,0", "1024,l1,yes", "1024,l1,0,9000" })
+            Assert.Throws<ArgumentException>(() => CpuKernelSettings.Parse(bad));
+        var saved = CpuKernelSettings.Current;
+        try
+        {
+            s.Apply();
+            Assert.Equal(s, CpuKernelSettings.Current);
+            Assert.Throws<ArgumentOutOfRangeException>(() => (s with { ItemBytes = 1 }).Apply());
+        }
+        finally { saved.Apply(); }
+    }
+
     [Theory]
     [InlineData("FIDDLER_KERNEL_PREFETCH_LEVEL", "l9", "l2")]
     [InlineData("FIDDLER_KERNEL_NEXT_ROWS", "yes", "1")]
