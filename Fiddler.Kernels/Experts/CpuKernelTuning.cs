@@ -22,10 +22,11 @@ public static class CpuKernelTuning
 {
     public const int DefaultPrefetchBytes = 1024;
     public const int DefaultItemBytes = 128 * 1024;
-    // Level and next rows: on the H100 host, in-process pairs of decode windows at 24 GiB (2026-11-28), the kernel read
-    // 2-8 % faster with L3 + next rows than with L1 and no next rows in 6 of 6 pairs, decode +2.1 % median (5 of 6).
-    public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L3;
-    public const bool DefaultNextRowsPrefetch = true;
+    // Level and next rows (BENCHMARKS.md, session 12): on two H100 hosts, in-process pairs of decode windows at 24 GiB
+    // compared L3 + next rows with these defaults: +2.1 % median (6 pairs) on one, −5.1 % (8 pairs) on the other;
+    // beside copies alone, within ±5 % of them either way. No setting won, so the defaults stay as tuned before.
+    public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
+    public const bool DefaultNextRowsPrefetch = false;
 
     private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
         LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS";
@@ -48,7 +49,7 @@ public static class CpuKernelTuning
         if ((e1 ?? e2 ?? e3 ?? e4) is { } error) throw new ArgumentException(error);
     }
 
-    /// <summary>The cache level the along-the-row prefetch fills (default <see cref="PrefetchLevel.L3"/>: PREFETCHT2).</summary>
+    /// <summary>The cache level the along-the-row prefetch fills (default <see cref="PrefetchLevel.L1"/>: PREFETCHT0).</summary>
     public static PrefetchLevel PrefetchLevel
     {
         get => (PrefetchLevel)Volatile.Read(ref s_level);

@@ -20,8 +20,8 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.ItemBytes = 8 * 1024);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.ItemBytes = 8 << 20);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchLevel = (PrefetchLevel)7);
-        Assert.Equal(PrefetchLevel.L3, CpuKernelTuning.DefaultPrefetchLevel);
-        Assert.True(CpuKernelTuning.DefaultNextRowsPrefetch);
+        Assert.Equal(PrefetchLevel.L1, CpuKernelTuning.DefaultPrefetchLevel);
+        Assert.False(CpuKernelTuning.DefaultNextRowsPrefetch);
     }
 
     [Theory]
