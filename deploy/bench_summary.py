@@ -11,7 +11,7 @@ print("TTFT right after a prompt of the same length {} s; windows {}; GPU memory
 print("  warm-up {} s (prompts {}); batch factors (CPU alone, beside copies, copies, layers) {}; seed {} tok/s, ratio {}".format(
     j.get("warmup_s"), j.get("warmup_prompt_tokens"), j.get("batch_factors"), j.get("baseline_seed_decode_tok_s"), j.get("speedup_vs_seed")))
 if j.get("gc_decode") or j.get("kernel_decode"):
-    print("  decode windows: .NET GC {}; SIMD kernel regions {} (CPU lane {} GB/s)".format(j.get("gc_decode"), j.get("kernel_decode"), j.get("cpu_gb_s")))
+    print("  decode windows: .NET GC {}; SIMD kernel regions {} (CPU lane {} GB/s); CPU pool {}".format(j.get("gc_decode"), j.get("kernel_decode"), j.get("cpu_gb_s"), j.get("pool_decode")))
 ab = j.get("ab_balance")
 if ab:
     print("  balance on vs off in this process, {} pairs: on {}, off {} tok/s, per pair {} %, median {} %; CPU last {} vs {};"

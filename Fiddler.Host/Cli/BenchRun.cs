@@ -47,6 +47,8 @@ public static partial class BenchRun
         /// <summary>The SIMD kernel's parallel regions during the decode windows: count, mean time, and its own GB/s inside
         /// them (the CPU lane's rate, <c>cpu_gb_s</c>, also counts what the lane does around them).</summary>
         public Dictionary<string, double>? KernelDecode { get; init; }
+        /// <summary>The CPU pool's regions in the decode windows (<see cref="Fiddler.Kernels.Experts.CpuWorkerPool.Stats"/>).</summary>
+        public Dictionary<string, double>? PoolDecode { get; init; }
     }
 
     private const int StagedSteps = 4;
@@ -151,6 +153,7 @@ public static partial class BenchRun
         long windowStart = decodeCache.Length, windowToken = next; // where the first window began (the A/B windows do too)
         var runs = new double[decodeRepeats];
         Fiddler.Kernels.Experts.CpuExpertKernel.ResetStats();
+        engine.CpuPool?.ResetStats();
         var gc = (Gen0: GC.CollectionCount(0), Gen1: GC.CollectionCount(1), Gen2: GC.CollectionCount(2), Pause: GC.GetTotalPauseDuration(), Allocated: GC.GetTotalAllocatedBytes());
         for (int w = 0; w < decodeRepeats; w++) runs[w] = Window();
         int decodeTokens = steps * decodeRepeats;
@@ -161,6 +164,7 @@ public static partial class BenchRun
             ["allocated_kb_per_token"] = Math.Round((GC.GetTotalAllocatedBytes() - gc.Allocated) / 1024.0 / decodeTokens, 1),
         };
         var (regions, regionMs, regionBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
+        var poolStats = engine.CpuPool?.Stats;
         var s = engine.Scheduler;
         var executor = s is null ? null : ExecutorBreakdown(s, steps * decodeRepeats);
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
@@ -190,6 +194,12 @@ public static partial class BenchRun
         {
             SplitExperts = s?.SplitExperts ?? 0, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS, GcDecode = gcDecode,
+            PoolDecode = poolStats is { Regions: > 0 } ps ? new Dictionary<string, double>
+            {
+                ["regions"] = ps.Regions, ["sleep_wakes_per_region"] = Math.Round((double)ps.SleepWakes / ps.Regions, 3),
+                ["last_join_us"] = Math.Round(ps.MeanLastJoinUs, 1), ["tail_us"] = Math.Round(ps.MeanTailUs, 1),
+                ["long_tails_per_region"] = Math.Round((double)ps.LongTails / ps.Regions, 4),
+            } : null,
             KernelDecode = regions == 0 ? null : new Dictionary<string, double>
             {
                 ["regions"] = regions, ["ms_per_region"] = Math.Round(regionMs / regions, 3),
@@ -347,6 +357,7 @@ public static partial class BenchRun
                 b => new double[] { Math.Round(b.Calm, 3), Math.Round(b.Contended, 3), Math.Round(b.Transfer, 3), b.Layers }) : null,
             ["gc_decode"] = r.GcDecode,
             ["kernel_decode"] = r.KernelDecode,
+            ["pool_decode"] = r.PoolDecode,
             ["warmup_prompt_tokens"] = r.WarmupPrompts,
             ["warmup_s"] = Math.Round(r.WarmupS, 3),
             ["card"] = card,

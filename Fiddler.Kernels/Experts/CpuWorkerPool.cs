@@ -28,6 +28,10 @@ public sealed unsafe class CpuWorkerPool : IDisposable
 
     [ThreadStatic] private static CpuWorkerPool? t_runningBodyOf;
 
+    // Region statistics since the last ResetStats (see Stats): regions with workers, workers woken from their semaphore,
+    // the summed latest worker join and the summed tails (from a phase's last item handed out to its last item done).
+    private long _statRegions, _statSleepWakes, _statJoinTicks, _statTailTicks, _statLongTails;
+
     /// <param name="threads">Participants including the caller; 0 means <see cref="Environment.ProcessorCount"/>.</param>
     /// <param name="spin">How long an idle worker spins before it blocks.</param>
     public CpuWorkerPool(int threads = 0, TimeSpan? spin = null)
@@ -67,6 +71,34 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         }
     }
 
+    /// <summary>
+    /// Since the last <see cref="ResetStats"/>, over regions that had workers: how many ran; workers that had gone to sleep
+    /// (spun past their spin time) and needed a semaphore release to join; the mean delay from a region's publication to
+    /// its last worker's first item (µs); the mean tail of a region's phases, from the last item handed out to the last
+    /// item done (µs: a worker descheduled while it holds an item shows here); and phases whose tail passed 200 µs.
+    /// </summary>
+    public (long Regions, long SleepWakes, double MeanLastJoinUs, double MeanTailUs, long LongTails) Stats
+    {
+        get
+        {
+            long regions = Interlocked.Read(ref _statRegions);
+            double us = 1e6 / Stopwatch.Frequency;
+            return (regions, Interlocked.Read(ref _statSleepWakes),
+                regions == 0 ? 0 : Interlocked.Read(ref _statJoinTicks) * us / regions,
+                regions == 0 ? 0 : Interlocked.Read(ref _statTailTicks) * us / regions,
+                Interlocked.Read(ref _statLongTails));
+        }
+    }
+
+    public void ResetStats()
+    {
+        Interlocked.Exchange(ref _statRegions, 0);
+        Interlocked.Exchange(ref _statSleepWakes, 0);
+        Interlocked.Exchange(ref _statJoinTicks, 0);
+        Interlocked.Exchange(ref _statTailTicks, 0);
+        Interlocked.Exchange(ref _statLongTails, 0);
+    }
+
     /// <summary>Calls <paramref name="body"/>(i) for i in [0, count), in parallel; returns when all are done.</summary>
     /// <param name="grain">Indices claimed at a time; 0 picks about 8 claims per participant.</param>
     public void ParallelFor(int count, Action<int> body, int grain = 0) => ParallelFor(count, body, 0, null, grain);
@@ -93,6 +125,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             if (active > 1) Publish(job);
             Participate(job);
             WaitFinished(job);
+            if (active > 1) Account(job);
             if (job.Error is not null) ExceptionDispatchInfo.Throw(job.Error);
         }
     }
@@ -130,15 +163,34 @@ public sealed unsafe class CpuWorkerPool : IDisposable
 
     private void Publish(Job job)
     {
+        job.PublishedAt = Stopwatch.GetTimestamp();
         Volatile.Write(ref _job, job);
         Interlocked.Increment(ref _generation);
-        for (int i = 0; i < job.Workers; i++) Wake(_workers[i]);
+        int woken = 0;
+        for (int i = 0; i < job.Workers; i++) woken += Wake(_workers[i]) ? 1 : 0;
+        job.SleepWakes = woken;
     }
 
-    private static void Wake(Worker w)
+    private void Account(Job job)
+    {
+        Interlocked.Increment(ref _statRegions);
+        Interlocked.Add(ref _statSleepWakes, job.SleepWakes);
+        Interlocked.Add(ref _statJoinTicks, Math.Max(0, Volatile.Read(ref job.LastJoinAt) - job.PublishedAt));
+        long longTail = 200L * Stopwatch.Frequency / 1_000_000;
+        foreach (var (claimed, done) in new[] { (job.Claimed1, job.Done1At), (job.Claimed2, job.Done2At) })
+            if (claimed > 0 && done >= claimed)
+            {
+                Interlocked.Add(ref _statTailTicks, done - claimed);
+                if (done - claimed > longTail) Interlocked.Increment(ref _statLongTails);
+            }
+    }
+
+    /// <summary>Wakes a worker; true when it was asleep on its semaphore.</summary>
+    private static bool Wake(Worker w)
     {
         // Dekker pairing with WorkerLoop: the generation was bumped (full fence) before this read.
-        if (Volatile.Read(ref w.Sleeping) == 1 && Interlocked.Exchange(ref w.Sleeping, 0) == 1) w.Signal.Release();
+        if (Volatile.Read(ref w.Sleeping) == 1 && Interlocked.Exchange(ref w.Sleeping, 0) == 1) { w.Signal.Release(); return true; }
+        return false;
     }
 
     private void WorkerLoop(Worker self)
@@ -170,7 +222,13 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             if (_disposed) return;
             // Only the workers the region was published for join it (a left-out one may have been spinning, or paused
             // here since an earlier region); a region completes on item counts, not on who took part.
-            if (Volatile.Read(ref _job) is { } job && self.Index < job.Workers) Participate(job);
+            if (Volatile.Read(ref _job) is { } job && self.Index < job.Workers)
+            {
+                long joined = Stopwatch.GetTimestamp();
+                long last = Volatile.Read(ref job.LastJoinAt);
+                while (joined > last && Interlocked.CompareExchange(ref job.LastJoinAt, joined, last) != last) last = Volatile.Read(ref job.LastJoinAt);
+                Participate(job);
+            }
         }
     }
 
@@ -180,7 +238,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         t_runningBodyOf = this;
         try
         {
-            RunPhase(job, ref job.Next1.Value, ref job.Done1.Value, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0);
+            RunPhase(job, ref job.Next1.Value, ref job.Done1.Value, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0, ref job.Claimed1, ref job.Done1At);
             if (job.Count2 == 0) return;
             // Barrier: the last phase-1 items are in flight on other threads. Pure spinning (no sched_yield syscalls, which
             // cost microseconds in a VM) unless it lasts long enough to suggest the straggler needs our core.
@@ -189,12 +247,13 @@ public sealed unsafe class CpuWorkerPool : IDisposable
                 if (i < 4096) Thread.SpinWait(1);
                 else Thread.Yield();
             }
-            RunPhase(job, ref job.Next2.Value, ref job.Done2.Value, job.Count2, job.Grain2, job.Body2!, last: true);
+            RunPhase(job, ref job.Next2.Value, ref job.Done2.Value, job.Count2, job.Grain2, job.Body2!, last: true, ref job.Claimed2, ref job.Done2At);
         }
         finally { t_runningBodyOf = previous; }
     }
 
-    private static void RunPhase(Job job, ref int next, ref int done, int count, int grain, Action<int> body, bool last)
+    private static void RunPhase(Job job, ref int next, ref int done, int count, int grain, Action<int> body, bool last,
+        ref long claimedAt, ref long doneAt)
     {
         if (count == 0) return;
         while (true)
@@ -202,12 +261,17 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             int start = Interlocked.Add(ref next, grain) - grain;
             if (start >= count) return;
             int end = Math.Min(start + grain, count);
+            if (end == count) Volatile.Write(ref claimedAt, Stopwatch.GetTimestamp()); // the phase's last item handed out
             if (Volatile.Read(ref job.Error) is null)
             {
                 try { for (int i = start; i < end; i++) body(i); }
                 catch (Exception e) { Interlocked.CompareExchange(ref job.Error, e, null); }
             }
-            if (Interlocked.Add(ref done, end - start) == count && last) Finish(job);
+            if (Interlocked.Add(ref done, end - start) == count)
+            {
+                Volatile.Write(ref doneAt, Stopwatch.GetTimestamp());
+                if (last) Finish(job);
+            }
         }
     }
 
@@ -252,6 +316,10 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         public PaddedInt Next1, Done1, Next2, Done2;
         public int Finished, Waiting;
         public Exception? Error;
+        // Statistics (Stats): when the caller published it, the latest worker's join, each phase's last hand-out and end,
+        // and the workers the publication woke from their semaphores.
+        public long PublishedAt, LastJoinAt, Claimed1, Done1At, Claimed2, Done2At;
+        public int SleepWakes;
     }
 
     [StructLayout(LayoutKind.Explicit, Size = 128)]

@@ -133,4 +133,28 @@ public class CpuWorkerPoolTests
         pool.ParallelFor(100, _ => others |= Thread.CurrentThread != caller);
         Assert.False(others);
     }
+
+    [Fact]
+    public void Stats_CountSleepingWakesAndALongTail()
+    {
+        // No spinning: every worker is asleep when a region is published, so each publication wakes them all.
+        using var pool = new CpuWorkerPool(threads: 3, spin: TimeSpan.Zero);
+        pool.ParallelFor(6, _ => { }, grain: 1);
+        pool.ResetStats();
+        Thread.Sleep(20); // the workers block on their semaphores
+        // The last item runs 5 ms after the others are done: its phase's tail is ≥ 5 ms.
+        pool.ParallelFor(4, i => { if (i == 3) Thread.Sleep(5); }, 4, _ => { }, grain: 1);
+        var s = pool.Stats;
+        Assert.Equal(1, s.Regions);
+        Assert.Equal(2, s.SleepWakes);
+        Assert.True(s.MeanTailUs >= 4000, $"tail {s.MeanTailUs} µs");
+        Assert.Equal(1, s.LongTails);
+        Assert.True(s.MeanLastJoinUs >= 0);
+        pool.ResetStats();
+        Assert.Equal((0L, 0L, 0.0, 0.0, 0L), pool.Stats);
+        // A caller alone (no workers) is not a region with workers.
+        using var single = new CpuWorkerPool(threads: 1);
+        single.ParallelFor(3, _ => { });
+        Assert.Equal(0, single.Stats.Regions);
+    }
 }
