@@ -11,7 +11,7 @@
 # bench step with ("default": the flag left out). A variant cannot repeat an option already given
 # (BENCH_FLAGS, or --readback-spin-us unless SPINS=default): the CLI refuses a repeated option and the step prints FAILED. accelN: Hugging Face accelerate's offload at N GiB
 # (the same script, --mode accelerate, a truncated model scaled to 32 layers); cpuk: the CPU expert kernel's GB/s
-# beside this host's DRAM read bandwidth (bench-cpu-expert, extra flags: CPUK_FLAGS, limit CPUK_TIMEOUT s); longN: prompts of ${LONG_TOKENS:-4096} tokens (a comma
+# beside this host's DRAM read bandwidth (bench-cpu-expert, extra flags: CPUK_FLAGS, limit CPUK_TIMEOUT s, log lines shown: CPUK_TAIL); longN: prompts of ${LONG_TOKENS:-4096} tokens (a comma
 # list runs each, in that order) and 8 new tokens at N GiB (the placement reserves the longest; reports each TTFT and
 # the GPU memory held after each prefill); fit: a budget above the
 # card and the full model without a budget must stop before loading with a clear error; serve: fiddler serve on CUDA without

@@ -71,7 +71,7 @@ public static unsafe partial class BenchCpuExpertCommand
     /// Every --prefetch-bytes × --prefetch-level × --next-rows × --item-kb combination, each value checked as
     /// <see cref="CpuKernelTuning"/> would.
     /// </summary>
-    internal static CpuKernelSettings[] Tunings(string prefetchList, string levelList, string nextRowsList, string itemList)
+    private static CpuKernelSettings[] Tunings(string prefetchList, string levelList, string nextRowsList, string itemList)
     {
         static string[] Words(string list) => list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         static int[] Parse(string list, string option) => Words(list)
@@ -79,7 +79,7 @@ public static unsafe partial class BenchCpuExpertCommand
                 : throw new ArgumentException($"{option}: '{s}' is not a whole number")).ToArray();
         int[] prefetches = Parse(prefetchList, "--prefetch-bytes"), items = Parse(itemList, "--item-kb");
         var levels = Words(levelList).Select(w => CpuKernelTuning.ParseLevel(w) ?? throw new ArgumentException($"--prefetch-level: '{w}' is not one of l1, l2, l3, nta")).ToArray();
-        var nextRows = Words(nextRowsList).Select(w => w switch { "0" => false, "1" => true, _ => throw new ArgumentException($"--next-rows: '{w}' is not 0 or 1") }).ToArray();
+        var nextRows = Words(nextRowsList).Select(w => CpuKernelTuning.ParseSwitch(w) ?? throw new ArgumentException($"--next-rows: '{w}' is not 0 or 1")).ToArray();
         if (prefetches.Length == 0 || items.Length == 0 || levels.Length == 0 || nextRows.Length == 0)
             throw new ArgumentException("--prefetch-bytes, --prefetch-level, --next-rows and --item-kb need at least one value each");
         foreach (int p in prefetches)

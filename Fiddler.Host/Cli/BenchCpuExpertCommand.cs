@@ -49,6 +49,8 @@ public static unsafe partial class BenchCpuExpertCommand
                 ? Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced : throw new ArgumentException($"--isa: unknown path '{name}' (scalar, avx2, avx512)")
                 : null;
             bool copies = r.GetValue(withCopies);
+            foreach (var o in new Option[] { prefetch, level, nextRows, itemKb, libtorch })
+                if (!copies && r.GetResult(o) is { Implicit: false }) throw new ArgumentException($"{o.Name} only applies with --with-copies");
             var tunings = copies ? Tunings(r.GetValue(prefetch)!, r.GetValue(level)!, r.GetValue(nextRows)!, r.GetValue(itemKb)!) : null;
             if (copies && CudaBootstrap.ReexecIfNeeded("cuda", r.GetValue(libtorch)) is int code) return code;
             var cuda = copies ? TorchRuntime.Initialize("cuda") : null;

@@ -190,8 +190,8 @@ public static partial class BenchRun
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
         var configured = Fiddler.Kernels.Experts.CpuKernelSettings.Current;
-        other.Apply(); // checks every knob before any window runs
-        configured.Apply();
+        try { other.Apply(); } // checks every knob (all or none set) before any window runs
+        finally { configured.Apply(); }
         var sides = new LearnedSides(router, useOther => (useOther ? other : configured).Apply());
         try
         {

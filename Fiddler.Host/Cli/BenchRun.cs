@@ -196,9 +196,12 @@ public static partial class BenchRun
             Ceiling = ceiling, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS, GcDecode = gcDecode,
             PoolDecode = poolStats is { Regions: > 0 } ps ? new Dictionary<string, double>
             {
-                ["regions"] = ps.Regions, ["sleep_wakes_per_region"] = Math.Round((double)ps.SleepWakes / ps.Regions, 3),
-                ["last_join_us"] = Math.Round(ps.MeanLastJoinUs, 1), ["tail_us"] = Math.Round(ps.MeanTailUs, 1),
-                ["long_tails_per_region"] = Math.Round((double)ps.LongTails / ps.Regions, 4),
+                ["regions"] = ps.Regions,
+                ["sleep_wakes_per_region"] = Math.Round((double)ps.SleepWakes / ps.Regions, 3),
+                ["absent_workers_per_region"] = Math.Round((double)ps.AbsentWorkers / ps.Regions, 3),
+                ["last_join_us"] = Math.Round(ps.MeanLastJoinUs, 1),
+                ["phase_tail_us"] = Math.Round(ps.MeanPhaseTailUs, 1),
+                ["long_tail_phase_share"] = ps.Phases == 0 ? 0 : Math.Round((double)ps.LongTails / ps.Phases, 4),
             } : null,
             KernelDecode = regions == 0 ? null : new Dictionary<string, double>
             {

@@ -86,7 +86,8 @@ public static class CpuKernelTuning
         _ => "nta",
     };
 
-    private static bool? ParseSwitch(string? text) => text?.Trim() switch { "0" => false, "1" => true, _ => null };
+    /// <summary>"0" or "1" as the next-rows switch; null for anything else.</summary>
+    public static bool? ParseSwitch(string? text) => text?.Trim() switch { "0" => false, "1" => true, _ => null };
 
     /// <summary>Bytes ahead of the current position each weight row is prefetched (0: no software prefetch); a multiple of
     /// 64 in 0..16384. On the H100 host, alone, 1 KB gave 113-126 GB/s for one token against 102-118 GB/s without.</summary>
@@ -134,9 +135,12 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
     public static CpuKernelSettings Current =>
         new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes);
 
-    /// <summary>Sets every knob (each checked by its setter).</summary>
+    /// <summary>Sets every knob, or none: all are checked first (<see cref="ArgumentOutOfRangeException"/>).</summary>
     public void Apply()
     {
+        if (!CpuKernelTuning.ValidPrefetch(PrefetchBytes)) throw new ArgumentOutOfRangeException(nameof(PrefetchBytes), PrefetchBytes, "prefetch distance must be a multiple of 64 in 0..16384 bytes");
+        if (!Enum.IsDefined(Level)) throw new ArgumentOutOfRangeException(nameof(Level), Level, "unknown prefetch level");
+        if (!CpuKernelTuning.ValidItem(ItemBytes)) throw new ArgumentOutOfRangeException(nameof(ItemBytes), ItemBytes, "work item size must be in 16 KiB..4 MiB");
         CpuKernelTuning.PrefetchBytes = PrefetchBytes;
         CpuKernelTuning.PrefetchLevel = Level;
         CpuKernelTuning.NextRowsPrefetch = NextRows;
@@ -158,10 +162,10 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         int prefetch = int.TryParse(parts[0], System.Globalization.NumberStyles.Integer, inv, out int p) && CpuKernelTuning.ValidPrefetch(p) ? p
             : throw new ArgumentException($"'{parts[0]}' is not a prefetch distance (a multiple of 64 in 0..16384 bytes)");
         var level = CpuKernelTuning.ParseLevel(parts[1]) ?? throw new ArgumentException($"'{parts[1]}' is not a prefetch level (l1, l2, l3, nta)");
-        bool next = parts[2] switch { "0" => false, "1" => true, _ => throw new ArgumentException($"'{parts[2]}' is not a next-rows switch (0 or 1)") };
+        bool next = CpuKernelTuning.ParseSwitch(parts[2]) ?? throw new ArgumentException($"'{parts[2]}' is not a next-rows switch (0 or 1)");
         int item = CpuKernelTuning.ItemBytes;
         if (parts.Length == 4)
-            item = int.TryParse(parts[3], System.Globalization.NumberStyles.Integer, inv, out int kb) && kb is >= 16 and <= 4096 ? kb * 1024
+            item = int.TryParse(parts[3], System.Globalization.NumberStyles.Integer, inv, out int kb) && kb is > 0 and <= 4096 && CpuKernelTuning.ValidItem(kb * 1024) ? kb * 1024
                 : throw new ArgumentException($"'{parts[3]}' is not a work-item size (16..4096 KB)");
         return new(prefetch, level, next, item);
     }

@@ -28,9 +28,8 @@ public sealed unsafe class CpuWorkerPool : IDisposable
 
     [ThreadStatic] private static CpuWorkerPool? t_runningBodyOf;
 
-    // Region statistics since the last ResetStats (see Stats): regions with workers, workers woken from their semaphore,
-    // the summed latest worker join and the summed tails (from a phase's last item handed out to its last item done).
-    private long _statRegions, _statSleepWakes, _statJoinTicks, _statTailTicks, _statLongTails;
+    // Region statistics since the last ResetStats (see Stats).
+    private long _statRegions, _statSleepWakes, _statAbsent, _statJoinRegions, _statJoinTicks, _statPhases, _statTailTicks, _statLongTails;
 
     /// <param name="threads">Participants including the caller; 0 means <see cref="Environment.ProcessorCount"/>.</param>
     /// <param name="spin">How long an idle worker spins before it blocks.</param>
@@ -72,29 +71,33 @@ public sealed unsafe class CpuWorkerPool : IDisposable
     }
 
     /// <summary>
-    /// Since the last <see cref="ResetStats"/>, over regions that had workers: how many ran; workers that had gone to sleep
-    /// (spun past their spin time) and needed a semaphore release to join; the mean delay from a region's publication to
-    /// its last worker's first item (µs); the mean tail of a region's phases, from the last item handed out to the last
-    /// item done (µs: a worker descheduled while it holds an item shows here); and phases whose tail passed 200 µs.
+    /// Since the last <see cref="ResetStats"/>, over regions that had workers (<see cref="PoolStats"/>): a worker that had
+    /// gone to sleep (spun past its spin time) needs a semaphore release to join; a worker descheduled while it holds an
+    /// item shows as a long phase tail.
     /// </summary>
-    public (long Regions, long SleepWakes, double MeanLastJoinUs, double MeanTailUs, long LongTails) Stats
+    public PoolStats Stats
     {
         get
         {
-            long regions = Interlocked.Read(ref _statRegions);
             double us = 1e6 / Stopwatch.Frequency;
-            return (regions, Interlocked.Read(ref _statSleepWakes),
-                regions == 0 ? 0 : Interlocked.Read(ref _statJoinTicks) * us / regions,
-                regions == 0 ? 0 : Interlocked.Read(ref _statTailTicks) * us / regions,
-                Interlocked.Read(ref _statLongTails));
+            long joinRegions = Interlocked.Read(ref _statJoinRegions), phases = Interlocked.Read(ref _statPhases);
+            return new PoolStats(Interlocked.Read(ref _statRegions), Interlocked.Read(ref _statSleepWakes), Interlocked.Read(ref _statAbsent),
+                joinRegions == 0 ? 0 : Interlocked.Read(ref _statJoinTicks) * us / joinRegions,
+                phases, phases == 0 ? 0 : Interlocked.Read(ref _statTailTicks) * us / phases, Interlocked.Read(ref _statLongTails));
         }
     }
+
+    /// <summary>Phase tails longer than this count in <see cref="PoolStats.LongTails"/>.</summary>
+    public static readonly TimeSpan LongTail = TimeSpan.FromMicroseconds(200);
 
     public void ResetStats()
     {
         Interlocked.Exchange(ref _statRegions, 0);
         Interlocked.Exchange(ref _statSleepWakes, 0);
+        Interlocked.Exchange(ref _statAbsent, 0);
+        Interlocked.Exchange(ref _statJoinRegions, 0);
         Interlocked.Exchange(ref _statJoinTicks, 0);
+        Interlocked.Exchange(ref _statPhases, 0);
         Interlocked.Exchange(ref _statTailTicks, 0);
         Interlocked.Exchange(ref _statLongTails, 0);
     }
@@ -163,26 +166,37 @@ public sealed unsafe class CpuWorkerPool : IDisposable
 
     private void Publish(Job job)
     {
-        job.PublishedAt = Stopwatch.GetTimestamp();
+        job.Stamps.PublishedAt = Stopwatch.GetTimestamp();
         Volatile.Write(ref _job, job);
         Interlocked.Increment(ref _generation);
         int woken = 0;
         for (int i = 0; i < job.Workers; i++) woken += Wake(_workers[i]) ? 1 : 0;
-        job.SleepWakes = woken;
+        job.Stamps.SleepWakes = woken;
     }
 
     private void Account(Job job)
     {
+        ref var t = ref job.Stamps;
+        int joined = Volatile.Read(ref t.Joined);
         Interlocked.Increment(ref _statRegions);
-        Interlocked.Add(ref _statSleepWakes, job.SleepWakes);
-        Interlocked.Add(ref _statJoinTicks, Math.Max(0, Volatile.Read(ref job.LastJoinAt) - job.PublishedAt));
-        long longTail = 200L * Stopwatch.Frequency / 1_000_000;
-        foreach (var (claimed, done) in new[] { (job.Claimed1, job.Done1At), (job.Claimed2, job.Done2At) })
-            if (claimed > 0 && done >= claimed)
-            {
-                Interlocked.Add(ref _statTailTicks, done - claimed);
-                if (done - claimed > longTail) Interlocked.Increment(ref _statLongTails);
-            }
+        Interlocked.Add(ref _statSleepWakes, t.SleepWakes);
+        Interlocked.Add(ref _statAbsent, job.Workers - joined); // woken too late to find an item: not in the join mean
+        if (joined > 0)
+        {
+            Interlocked.Increment(ref _statJoinRegions);
+            Interlocked.Add(ref _statJoinTicks, Math.Max(0, Volatile.Read(ref t.LastJoinAt) - t.PublishedAt));
+        }
+        AccountPhase(Volatile.Read(ref t.Claimed1), Volatile.Read(ref t.Done1At));
+        AccountPhase(Volatile.Read(ref t.Claimed2), Volatile.Read(ref t.Done2At));
+    }
+
+    /// <summary>A phase's tail, where both ends were stamped (a phase-1 end stamped after the region was accounted is left out).</summary>
+    private void AccountPhase(long claimed, long done)
+    {
+        if (claimed == 0 || done < claimed) return;
+        Interlocked.Increment(ref _statPhases);
+        Interlocked.Add(ref _statTailTicks, done - claimed);
+        if (done - claimed > LongTail.TotalSeconds * Stopwatch.Frequency) Interlocked.Increment(ref _statLongTails);
     }
 
     /// <summary>Wakes a worker; true when it was asleep on its semaphore.</summary>
@@ -225,8 +239,10 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             if (Volatile.Read(ref _job) is { } job && self.Index < job.Workers)
             {
                 long joined = Stopwatch.GetTimestamp();
-                long last = Volatile.Read(ref job.LastJoinAt);
-                while (joined > last && Interlocked.CompareExchange(ref job.LastJoinAt, joined, last) != last) last = Volatile.Read(ref job.LastJoinAt);
+                ref long lastJoin = ref job.Stamps.LastJoinAt;
+                long last = Volatile.Read(ref lastJoin);
+                while (joined > last && Interlocked.CompareExchange(ref lastJoin, joined, last) != last) last = Volatile.Read(ref lastJoin);
+                Interlocked.Increment(ref job.Stamps.Joined);
                 Participate(job);
             }
         }
@@ -238,7 +254,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         t_runningBodyOf = this;
         try
         {
-            RunPhase(job, ref job.Next1.Value, ref job.Done1.Value, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0, ref job.Claimed1, ref job.Done1At);
+            RunPhase(job, ref job.Next1.Value, ref job.Done1.Value, job.Count1, job.Grain1, job.Body1, last: job.Count2 == 0, ref job.Stamps.Claimed1, ref job.Stamps.Done1At);
             if (job.Count2 == 0) return;
             // Barrier: the last phase-1 items are in flight on other threads. Pure spinning (no sched_yield syscalls, which
             // cost microseconds in a VM) unless it lasts long enough to suggest the straggler needs our core.
@@ -247,7 +263,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
                 if (i < 4096) Thread.SpinWait(1);
                 else Thread.Yield();
             }
-            RunPhase(job, ref job.Next2.Value, ref job.Done2.Value, job.Count2, job.Grain2, job.Body2!, last: true, ref job.Claimed2, ref job.Done2At);
+            RunPhase(job, ref job.Next2.Value, ref job.Done2.Value, job.Count2, job.Grain2, job.Body2!, last: true, ref job.Stamps.Claimed2, ref job.Stamps.Done2At);
         }
         finally { t_runningBodyOf = previous; }
     }
@@ -267,9 +283,10 @@ public sealed unsafe class CpuWorkerPool : IDisposable
                 try { for (int i = start; i < end; i++) body(i); }
                 catch (Exception e) { Interlocked.CompareExchange(ref job.Error, e, null); }
             }
+            long finishedAt = Stopwatch.GetTimestamp(); // before the count: the region may be accounted right after it
             if (Interlocked.Add(ref done, end - start) == count)
             {
-                Volatile.Write(ref doneAt, Stopwatch.GetTimestamp());
+                Volatile.Write(ref doneAt, finishedAt);
                 if (last) Finish(job);
             }
         }
@@ -316,10 +333,25 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         public PaddedInt Next1, Done1, Next2, Done2;
         public int Finished, Waiting;
         public Exception? Error;
-        // Statistics (Stats): when the caller published it, the latest worker's join, each phase's last hand-out and end,
-        // and the workers the publication woke from their semaphores.
-        public long PublishedAt, LastJoinAt, Claimed1, Done1At, Claimed2, Done2At;
-        public int SleepWakes;
+        public JobStamps Stamps;
+    }
+
+    /// <summary>
+    /// A region's statistics (<see cref="Stats"/>), on cache lines of their own (the caller spins on <c>Finished</c>):
+    /// when the caller published it, the latest worker's join and how many joined, each phase's last hand-out and end,
+    /// and the workers the publication woke from their semaphores.
+    /// </summary>
+    [StructLayout(LayoutKind.Explicit, Size = 192)]
+    private struct JobStamps
+    {
+        [FieldOffset(64)] public long PublishedAt;
+        [FieldOffset(72)] public long LastJoinAt;
+        [FieldOffset(80)] public long Claimed1;
+        [FieldOffset(88)] public long Done1At;
+        [FieldOffset(96)] public long Claimed2;
+        [FieldOffset(104)] public long Done2At;
+        [FieldOffset(112)] public int Joined;
+        [FieldOffset(116)] public int SleepWakes;
     }
 
     [StructLayout(LayoutKind.Explicit, Size = 128)]
@@ -328,3 +360,12 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         [FieldOffset(64)] public int Value;
     }
 }
+
+/// <summary>
+/// A <see cref="CpuWorkerPool"/>'s regions with workers since its stats were reset: how many; workers woken from their
+/// semaphore; workers that joined no region before it ended (woken too late); the mean delay from publication to the
+/// last joining worker (µs, over regions where one joined); phases measured and their mean tail, from the last item
+/// handed out to the last item done (µs); and phases whose tail passed <see cref="CpuWorkerPool.LongTail"/>.
+/// </summary>
+public readonly record struct PoolStats(long Regions, long SleepWakes, long AbsentWorkers, double MeanLastJoinUs, long Phases,
+    double MeanPhaseTailUs, long LongTails);

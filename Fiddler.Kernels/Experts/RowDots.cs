@@ -28,9 +28,30 @@ internal static unsafe class RowDots
     /// <paramref name="next"/> is not 0, each row's block is also prefetched into L2 that many bytes further on (the same
     /// columns of the caller's next row group; <see cref="CpuKernelTuning.NextRowsPrefetch"/>).
     /// </summary>
-    [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Quad<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result, nint next = 0)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        // The prefetch policy becomes type arguments, so the loops carry no per-step switch (a cached expert runs ~15 %
+        // slower with one at 1 token).
+        if (next != 0) QuadAt<TOps, TVec, TW, NextRowsOn>(r0, r1, r2, r3, k, x, ldx, n, result, next);
+        else QuadAt<TOps, TVec, TW, NextRowsOff>(r0, r1, r2, r3, k, x, ldx, n, result, 0);
+    }
+
+    private static void QuadAt<TOps, TVec, TW, TNext>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result, nint next)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat where TNext : struct, IFlag
+    {
+        switch (CpuKernelTuning.PrefetchLevel)
+        {
+            case PrefetchLevel.L1: QuadCore<TOps, TVec, TW, PrefetchT0, TNext>(r0, r1, r2, r3, k, x, ldx, n, result, next); break;
+            case PrefetchLevel.L2: QuadCore<TOps, TVec, TW, PrefetchT1, TNext>(r0, r1, r2, r3, k, x, ldx, n, result, next); break;
+            case PrefetchLevel.L3: QuadCore<TOps, TVec, TW, PrefetchT2, TNext>(r0, r1, r2, r3, k, x, ldx, n, result, next); break;
+            default: QuadCore<TOps, TVec, TW, PrefetchNta, TNext>(r0, r1, r2, r3, k, x, ldx, n, result, next); break;
+        }
+    }
+
+    [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void QuadCore<TOps, TVec, TW, TAhead, TNext>(byte* r0, byte* r1, byte* r2, byte* r3, int k, float* x, nint ldx, int n, float* result, nint next)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat where TAhead : struct, IPrefetchHint where TNext : struct, IFlag
     {
         TVec* acc = stackalloc TVec[4 * MaxTokens]; // [tile][row][token in tile]
         for (int i = 0; i < 4 * n; i++) acc[i] = TOps.Zero;
@@ -45,9 +66,9 @@ internal static unsafe class RowDots
                 float* xt = x + t * ldx + k0;
                 // The next row group's block is asked for once, by the first tile over this block.
                 nint ahead = t == 0 ? next : 0;
-                if (tile == 4) Tile4<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, ahead, acc + 4 * t);
-                else if (tile == 2) Tile2<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, ahead, acc + 4 * t);
-                else Tile1<TOps, TVec, TW>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, ahead, acc + 4 * t);
+                if (tile == 4) Tile4<TOps, TVec, TW, TAhead, TNext>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, ahead, acc + 4 * t);
+                else if (tile == 2) Tile2<TOps, TVec, TW, TAhead, TNext>(r0 + w, r1 + w, r2 + w, r3 + w, xt, ldx, steps, ahead, acc + 4 * t);
+                else Tile1<TOps, TVec, TW, TAhead, TNext>(r0 + w, r1 + w, r2 + w, r3 + w, xt, steps, ahead, acc + 4 * t);
             }
         }
         for (int t = 0, tile; t < n; t += tile)
@@ -70,17 +91,28 @@ internal static unsafe class RowDots
     private static int TileSize<TOps, TVec>(int left) where TOps : ISimd<TVec> where TVec : unmanaged =>
         left >= 4 && TOps.Width >= 16 ? 4 : left >= 2 ? 2 : 1;
 
-    /// <summary>A software prefetch at the <see cref="PrefetchLevel"/> given as an int (read once per block, outside the loop).</summary>
+    /// <summary>One x86 prefetch hint (<see cref="PrefetchLevel"/>), as a type argument.</summary>
+    internal interface IPrefetchHint { static abstract void At(byte* p); }
+    private struct PrefetchT0 : IPrefetchHint { public static void At(byte* p) => Sse.Prefetch0(p); }
+    private struct PrefetchT1 : IPrefetchHint { public static void At(byte* p) => Sse.Prefetch1(p); }
+    private struct PrefetchT2 : IPrefetchHint { public static void At(byte* p) => Sse.Prefetch2(p); }
+    private struct PrefetchNta : IPrefetchHint { public static void At(byte* p) => Sse.PrefetchNonTemporal(p); }
+
+    /// <summary>A switch fixed at compile time (a type argument).</summary>
+    internal interface IFlag { static abstract bool On { get; } }
+    private struct NextRowsOn : IFlag { public static bool On => true; }
+    private struct NextRowsOff : IFlag { public static bool On => false; }
+
+    /// <summary>
+    /// One step's prefetches for the four rows: <paramref name="pf"/> bytes ahead along each row at the hint's level, and
+    /// (where the policy asks and <paramref name="next"/> is set) the same columns of the next row group into L2.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Prefetch(byte* p, int level)
+    private static void PrefetchRows<TAhead, TNext>(byte* r0, byte* r1, byte* r2, byte* r3, nint pf, nint next)
+        where TAhead : struct, IPrefetchHint where TNext : struct, IFlag
     {
-        switch (level)
-        {
-            case (int)PrefetchLevel.L1: Sse.Prefetch0(p); break;
-            case (int)PrefetchLevel.L2: Sse.Prefetch1(p); break;
-            case (int)PrefetchLevel.L3: Sse.Prefetch2(p); break;
-            default: Sse.PrefetchNonTemporal(p); break;
-        }
+        if (pf > 0) { TAhead.At(r0 + pf); TAhead.At(r1 + pf); TAhead.At(r2 + pf); TAhead.At(r3 + pf); }
+        if (TNext.On && next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -93,21 +125,16 @@ internal static unsafe class RowDots
 
     // One token: two accumulators per row (even and odd halves) so each row has two independent FMA chains.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile1<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, nint next, TVec* acc)
-        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    private static void Tile1<TOps, TVec, TW, TAhead, TNext>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint steps, nint next, TVec* acc)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat where TAhead : struct, IPrefetchHint where TNext : struct, IFlag
     {
         TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
         TVec b0 = TOps.Zero, b1 = TOps.Zero, b2 = TOps.Zero, b3 = TOps.Zero;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
-        int level = (int)CpuKernelTuning.PrefetchLevel;
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1)
-            {
-                if (pf > 0) { Prefetch(r0 + pf, level); Prefetch(r1 + pf, level); Prefetch(r2 + pf, level); Prefetch(r3 + pf, level); }
-                if (next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
-            }
+            if (Sse.IsSupported && TOps.Width > 1) PrefetchRows<TAhead, TNext>(r0, r1, r2, r3, pf, next);
             TVec xe = TOps.Load(x), xo = TOps.Load(x + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
             a0 = TOps.MultiplyAdd(e, xe, a0); b0 = TOps.MultiplyAdd(o, xo, b0);
@@ -126,21 +153,16 @@ internal static unsafe class RowDots
     // Even halves for every token of a row, then odd halves: two FMAs into one accumulator back to back are fused into one
     // expression by the JIT, which then emits the 213 form plus two register copies per pair.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile2<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, nint next, TVec* acc)
-        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    private static void Tile2<TOps, TVec, TW, TAhead, TNext>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, nint next, TVec* acc)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat where TAhead : struct, IPrefetchHint where TNext : struct, IFlag
     {
         TVec a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3], a20 = acc[4], a21 = acc[5], a30 = acc[6], a31 = acc[7];
         float* x1 = x + ldx;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
-        int level = (int)CpuKernelTuning.PrefetchLevel;
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1)
-            {
-                if (pf > 0) { Prefetch(r0 + pf, level); Prefetch(r1 + pf, level); Prefetch(r2 + pf, level); Prefetch(r3 + pf, level); }
-                if (next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
-            }
+            if (Sse.IsSupported && TOps.Width > 1) PrefetchRows<TAhead, TNext>(r0, r1, r2, r3, pf, next);
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);
             a00 = TOps.MultiplyAdd(e, x0e, a00); a01 = TOps.MultiplyAdd(e, x1e, a01); a00 = TOps.MultiplyAdd(o, x0o, a00); a01 = TOps.MultiplyAdd(o, x1o, a01);
@@ -156,22 +178,17 @@ internal static unsafe class RowDots
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile4<TOps, TVec, TW>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, nint next, TVec* acc)
-        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    private static void Tile4<TOps, TVec, TW, TAhead, TNext>(byte* r0, byte* r1, byte* r2, byte* r3, float* x, nint ldx, nint steps, nint next, TVec* acc)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat where TAhead : struct, IPrefetchHint where TNext : struct, IFlag
     {
         TVec a00 = acc[0], a01 = acc[1], a02 = acc[2], a03 = acc[3], a10 = acc[4], a11 = acc[5], a12 = acc[6], a13 = acc[7];
         TVec a20 = acc[8], a21 = acc[9], a22 = acc[10], a23 = acc[11], a30 = acc[12], a31 = acc[13], a32 = acc[14], a33 = acc[15];
         float* x1 = x + ldx, x2 = x + 2 * ldx, x3 = x + 3 * ldx;
         nint wStep = 2 * TOps.Width * TW.ElementBytes;
         nint pf = CpuKernelTuning.PrefetchBytes; // software prefetch distance along each row (the hardware streamers alone fall short)
-        int level = (int)CpuKernelTuning.PrefetchLevel;
         for (nint s = 0; s < steps; s++)
         {
-            if (Sse.IsSupported && TOps.Width > 1)
-            {
-                if (pf > 0) { Prefetch(r0 + pf, level); Prefetch(r1 + pf, level); Prefetch(r2 + pf, level); Prefetch(r3 + pf, level); }
-                if (next != 0) { Sse.Prefetch1(r0 + next); Sse.Prefetch1(r1 + next); Sse.Prefetch1(r2 + next); Sse.Prefetch1(r3 + next); }
-            }
+            if (Sse.IsSupported && TOps.Width > 1) PrefetchRows<TAhead, TNext>(r0, r1, r2, r3, pf, next);
             TVec x0e = TOps.Load(x), x0o = TOps.Load(x + TOps.Width), x1e = TOps.Load(x1), x1o = TOps.Load(x1 + TOps.Width);
             TVec x2e = TOps.Load(x2), x2o = TOps.Load(x2 + TOps.Width), x3e = TOps.Load(x3), x3o = TOps.Load(x3 + TOps.Width);
             TW.Load<TOps, TVec>(r0, out var e, out var o);

@@ -43,6 +43,12 @@ public sealed class OtherCommandErrorTests : IDisposable
     public void BenchCpuExpert_BadTuningList_ExitCode2BeforeCuda(string option, string value, string message)
         => AssertUserError(CliHarness.Run("bench-cpu-expert", "--with-copies", option, value), message);
 
+    [Theory]
+    [InlineData("--next-rows", "7")]
+    [InlineData("--prefetch-bytes", "1024")]
+    public void BenchCpuExpert_TuningListWithoutCopies_ExitCode2(string option, string value)
+        => AssertUserError(CliHarness.Run("bench-cpu-expert", option, value), $"{option} only applies with --with-copies");
+
     [Fact]
     public void BenchCpuExpert_WarmMb_TimesTheKernelAfterEachReadAhead()
     {

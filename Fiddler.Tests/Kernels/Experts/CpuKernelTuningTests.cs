@@ -113,14 +113,15 @@ public sealed unsafe class CpuKernelTuningTests
         {
             s.Apply();
             Assert.Equal(s, CpuKernelSettings.Current);
-            Assert.Throws<ArgumentOutOfRangeException>(() => (s with { ItemBytes = 1 }).Apply());
+            Assert.Throws<ArgumentOutOfRangeException>(() => (s with { PrefetchBytes = 0, ItemBytes = 1 }).Apply());
+            Assert.Equal(s, CpuKernelSettings.Current); // all or none: the valid prefetch distance was not set either
         }
         finally { saved.Apply(); }
     }
 
     [Theory]
-    [InlineData("FIDDLER_KERNEL_PREFETCH_LEVEL", "l9", "l2")]
-    [InlineData("FIDDLER_KERNEL_NEXT_ROWS", "yes", "1")]
+    [InlineData("FIDDLER_KERNEL_PREFETCH_LEVEL", "l9", "l1")] // the good values are the defaults: another class that
+    [InlineData("FIDDLER_KERNEL_NEXT_ROWS", "yes", "0")]      // first touches CpuKernelTuning meanwhile starts as usual
     public void CheckEnvironment_AnUnknownChoice_NamesIt(string name, string bad, string good)
     {
         string? before = Environment.GetEnvironmentVariable(name);

@@ -137,21 +137,23 @@ public class CpuWorkerPoolTests
     [Fact]
     public void Stats_CountSleepingWakesAndALongTail()
     {
-        // No spinning: every worker is asleep when a region is published, so each publication wakes them all.
+        // No spinning: a worker that finished its last region blocks on its semaphore at once, so a later publication
+        // must wake it (at least one of the two has gone to sleep after the 20 ms pause).
         using var pool = new CpuWorkerPool(threads: 3, spin: TimeSpan.Zero);
         pool.ParallelFor(6, _ => { }, grain: 1);
         pool.ResetStats();
-        Thread.Sleep(20); // the workers block on their semaphores
-        // The last item runs 5 ms after the others are done: its phase's tail is ≥ 5 ms.
+        Thread.Sleep(20);
+        // The last phase-1 item runs 5 ms after the others are done: that phase's tail is ≥ 5 ms.
         pool.ParallelFor(4, i => { if (i == 3) Thread.Sleep(5); }, 4, _ => { }, grain: 1);
         var s = pool.Stats;
         Assert.Equal(1, s.Regions);
-        Assert.Equal(2, s.SleepWakes);
-        Assert.True(s.MeanTailUs >= 4000, $"tail {s.MeanTailUs} µs");
-        Assert.Equal(1, s.LongTails);
-        Assert.True(s.MeanLastJoinUs >= 0);
+        Assert.InRange(s.SleepWakes, 1, 2);
+        Assert.InRange(s.AbsentWorkers, 0, 2);
+        Assert.InRange(s.Phases, 1, 2);
+        Assert.True(s.MeanPhaseTailUs * s.Phases >= 4500, $"tails {s.MeanPhaseTailUs} µs over {s.Phases} phases");
+        Assert.InRange(s.LongTails, 1, 2);
         pool.ResetStats();
-        Assert.Equal((0L, 0L, 0.0, 0.0, 0L), pool.Stats);
+        Assert.Equal(new PoolStats(0, 0, 0, 0, 0, 0, 0), pool.Stats);
         // A caller alone (no workers) is not a region with workers.
         using var single = new CpuWorkerPool(threads: 1);
         single.ParallelFor(3, _ => { });
