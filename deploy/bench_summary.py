@@ -12,6 +12,11 @@ print("  warm-up {} s (prompts {}); batch factors (CPU alone, beside copies, cop
     j.get("warmup_s"), j.get("warmup_prompt_tokens"), j.get("batch_factors"), j.get("baseline_seed_decode_tok_s"), j.get("speedup_vs_seed")))
 if j.get("gc_decode") or j.get("kernel_decode"):
     print("  decode windows: .NET GC {}; SIMD kernel regions {} (CPU lane {} GB/s); CPU pool {}".format(j.get("gc_decode"), j.get("kernel_decode"), j.get("cpu_gb_s"), j.get("pool_decode")))
+hr = j.get("host_expert_read_gb_s")
+if hr:
+    print("  host experts read alone ({} experts, {} passes): min {} p10 {} median {} p90 {} max {} GB/s; pass correlation {};"
+          " probe's first 12 {} vs rest {}; by position {}".format(hr["experts"], hr["passes"], hr["min"], hr["p10"], hr["median"], hr["p90"], hr["max"],
+                                                                   hr["pass_correlation"], hr["first_12_median"], hr["rest_median"], hr["median_by_experts_in_order"]))
 ab = j.get("ab_balance")
 if ab:
     print("  balance on vs off in this process, {} pairs: on {}, off {} tok/s, per pair {} %, median {} %; CPU last {} vs {};"

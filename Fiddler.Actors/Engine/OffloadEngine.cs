@@ -209,6 +209,19 @@ public sealed class OffloadEngine : IDisposable
         return host.Length < 12 ? null : LaneCeiling.Measure(_pool, _cudaStager, host[..6], host[6..]);
     }
 
+    /// <summary>
+    /// Every host-resident expert read alone by the CPU pool, <paramref name="passes"/> times, layer by layer (see
+    /// <see cref="HostExpertReads"/>); null without a pool or host experts big enough to time.
+    /// </summary>
+    public HostExpertReads.Result? MeasureHostExpertReads(int passes = 2)
+    {
+        if (_pool is null) return null;
+        var host = Model.Model.Layers.SelectMany(l => Enumerable.Range(0, Config.NumLocalExperts)
+                .Where(e => !l.Moe.IsResident(e)).Select(e => l.Moe.Expert(e)))
+            .Select(x => HostExpert.FromTensors(x.Gate.Weight, x.Up.Weight, x.Down.Weight, requirePinned: false)).ToArray(); // reads only
+        return HostExpertReads.Measure(_pool, host, passes);
+    }
+
     /// <summary>The direct (actor-free) executor the model runs with; set it again after an actor runtime replaced it.</summary>
     public OffloadExecutor? Executor { get; private set; }
 

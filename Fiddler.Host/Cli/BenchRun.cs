@@ -49,6 +49,8 @@ public static partial class BenchRun
         public Dictionary<string, double>? KernelDecode { get; init; }
         /// <summary>The CPU pool's regions in the decode windows (<see cref="Fiddler.Kernels.Experts.CpuWorkerPool.Stats"/>).</summary>
         public Dictionary<string, double>? PoolDecode { get; init; }
+        /// <summary>Every host expert's plain read, after the windows (<see cref="Fiddler.Kernels.Offload.HostExpertReads"/>).</summary>
+        public Fiddler.Kernels.Offload.HostExpertReads.Result? HostReads { get; init; }
     }
 
     private const int StagedSteps = 4;
@@ -188,12 +190,14 @@ public static partial class BenchRun
         {
             Console.Error.WriteLine($"lane ceiling not measured: {e.Message}"); // the run's own numbers are still reported
         }
+        // Every host expert read alone, twice: does the host serve all of them like the probe's first twelve?
+        var hostReads = engine.MeasureHostExpertReads();
         double offloaded = (1 - (s?.HitRate ?? 1)) * engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes;
         var result = new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
             SplitExperts = s?.SplitExperts ?? 0, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
-            Ceiling = ceiling, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS, GcDecode = gcDecode,
+            Ceiling = ceiling, HostReads = hostReads, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS, GcDecode = gcDecode,
             PoolDecode = poolStats is { Regions: > 0 } ps ? new Dictionary<string, double>
             {
                 ["regions"] = ps.Regions,
@@ -279,6 +283,29 @@ public static partial class BenchRun
         Fiddler.Actors.Scheduling.ExpertRouter.LastLaneTarget(r.Profile.CpuMs(1) * r.CpuFactors.Contended, r.Profile.TransferMs * r.TransferFactor);
 
     /// <summary>The lane ceiling's numbers and what they mean for this run's decode.</summary>
+    /// <summary>
+    /// The host experts' read rates: spread (best of two passes per expert), how alike the two passes are, the probe's
+    /// first twelve against the rest, and the median per layer (experts are allocated layer by layer, so a slower part of
+    /// the host's memory would show as a run of layers).
+    /// </summary>
+    private static Dictionary<string, object?> HostReadsReport(Fiddler.Kernels.Offload.HostExpertReads.Result hr, int layers)
+    {
+        static double? R(double v) => double.IsNaN(v) ? null : Math.Round(v, 1); // JSON has no NaN
+        int perLayer = (int)Math.Ceiling(hr.Experts / (double)layers);
+        return new()
+        {
+            ["experts"] = hr.Experts,
+            ["passes"] = hr.PassGBps.Length,
+            ["min"] = R(hr.Quantile(0)), ["p10"] = R(hr.Quantile(0.1)), ["median"] = R(hr.Quantile(0.5)), ["p90"] = R(hr.Quantile(0.9)), ["max"] = R(hr.Quantile(1)),
+            ["pass_correlation"] = double.IsNaN(hr.PassCorrelation) ? null : Math.Round(hr.PassCorrelation, 3),
+            ["first_12_median"] = R(hr.MedianOf(0, 12)),
+            ["rest_median"] = R(hr.MedianOf(12, hr.Experts)),
+            // Host experts are listed layer by layer; a layer holds those its placement left on the host (not a fixed count).
+            ["median_by_experts_in_order"] = Enumerable.Range(0, (hr.Experts + perLayer - 1) / perLayer)
+                .Select(i => R(hr.MedianOf(i * perLayer, (i + 1) * perLayer))).ToArray(),
+        };
+    }
+
     private static Dictionary<string, object?> LaneCeilingReport(Fiddler.Kernels.Offload.LaneCeiling.Result c, Result r)
     {
         double? ceiling = r.OffloadedBytesPerToken > 0 ? c.DecodeTokS(r.OffloadedBytesPerToken) : null;
@@ -361,6 +388,7 @@ public static partial class BenchRun
             ["gc_decode"] = r.GcDecode,
             ["kernel_decode"] = r.KernelDecode,
             ["pool_decode"] = r.PoolDecode,
+            ["host_expert_read_gb_s"] = r.HostReads is { Experts: > 0 } hr ? HostReadsReport(hr, engine.Config.NumHiddenLayers) : null,
             ["warmup_prompt_tokens"] = r.WarmupPrompts,
             ["warmup_s"] = Math.Round(r.WarmupS, 3),
             ["card"] = card,
