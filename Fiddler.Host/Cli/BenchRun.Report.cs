@@ -1,8 +1,6 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Fiddler.Actors.Engine;
 using Fiddler.Actors.Placement;
-using Fiddler.Kernels.Runtime;
 using static TorchSharp.torch;
 
 namespace Fiddler.Host.Cli;

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 using Fiddler.Actors.Engine;
 using Fiddler.Actors.Placement;
 using Fiddler.Kernels.Runtime;
