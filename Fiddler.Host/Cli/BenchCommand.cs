@@ -50,9 +50,11 @@ public static class BenchCommand
         var actorRoundsOpt = new Option<int>("--actor-rounds") { Description = "Rounds of --actors, each one direct and one actor decode (1..50, default 5)", DefaultValueFactory = _ => 5 };
         var abKernel = new Option<string?>("--ab-kernel") { Description = "After the decode windows, pairs of windows with the CPU expert kernel's tuning as configured and as PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB] (e.g. 2048,l1,1), each with its own learned speeds (reports ab_kernel)" };
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads and --ab-kernel (1..50, default 6)", DefaultValueFactory = _ => 6 };
+        var noPipeline = new Option<bool>("--no-decode-pipeline") { Description = "Decode step by step: the host reads each token before it queues the next step (for comparison; the generator pipelines greedy decoding)" };
+        var abPipeline = new Option<int>("--ab-pipeline") { Description = "After the decode windows, N pairs of windows pipelined and step by step, in this process (0..50; reports ab_pipeline)" };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -72,6 +74,10 @@ public static class BenchCommand
             if (abPairs is < 0 or > 50) throw new ArgumentException($"--ab-balance: {abPairs} is not in 0..50");
             if (abPairs > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
                 throw new ArgumentException("--ab-balance needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
+            int pipelinePairs = r.GetValue(abPipeline);
+            if (pipelinePairs is < 0 or > 50) throw new ArgumentException($"--ab-pipeline: {pipelinePairs} is not in 0..50");
+            if (pipelinePairs > 0 && r.GetValue(noPipeline))
+                throw new ArgumentException("--ab-pipeline compares the decode pipeline with step-by-step decoding: leave out --no-decode-pipeline");
             int fewerThreads = r.GetValue(abThreads), threadPairs = r.GetValue(abPairsOpt);
             if (threadPairs is < 1 or > 50) throw new ArgumentException($"--ab-pairs: {threadPairs} is not in 1..50");
             int actorRounds = r.GetValue(actorRoundsOpt);
@@ -126,7 +132,7 @@ public static class BenchCommand
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null, warmup: !r.GetValue(noWarmup),
-                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null);
+                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null, decodePipeline: !r.GetValue(noPipeline), abPipeline: pipelinePairs);
             if (r.GetValue(actors))
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.

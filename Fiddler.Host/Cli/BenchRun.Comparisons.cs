@@ -3,7 +3,8 @@ using Fiddler.Actors.Engine;
 namespace Fiddler.Host.Cli;
 
 // The bench's in-process comparisons: decode through the actor runtime vs directly (--actors), the lane-order balance
-// on vs off (--ab-balance), the CPU lane's worker count (--ab-cpu-threads) and the CPU kernel's tuning (--ab-kernel).
+// on vs off (--ab-balance), the CPU lane's worker count (--ab-cpu-threads), the CPU kernel's tuning (--ab-kernel) and
+// the decode pipeline on vs off (--ab-pipeline).
 public static partial class BenchRun
 {
     /// <summary>
@@ -170,6 +171,13 @@ public static partial class BenchRun
         }
         finally { sides.Abandon(); }
     }
+
+    /// <summary>
+    /// <c>--ab-pipeline P</c>: pairs of decode windows through <see cref="Fiddler.Kernels.Generation.DecodePipeline"/> and
+    /// step by step (the host reads each token before it queues the next step), pipelined first in even pairs. Same router,
+    /// same tokens. <paramref name="MedianGainPct"/>: the median of the pairs' (pipelined / step by step − 1) × 100.
+    /// </summary>
+    public sealed record PipelineComparison(WindowStats[] PipelinedRuns, WindowStats[] SteppedRuns, double[] PairGainPct, double MedianGainPct);
 
     /// <summary>
     /// <c>--ab-kernel SETTINGS</c>: pairs of decode windows with the CPU expert kernel's tuning as configured

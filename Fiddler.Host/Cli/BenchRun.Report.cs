@@ -122,6 +122,7 @@ public static partial class BenchRun
             ["gpu_memory_after_prefill_gib"] = r.GpuMemoryAfterPrefillGiB,
             ["gpu_memory_at_start_gib"] = engine.DeviceBytesAtStart is long start ? Math.Round(MemoryBudget.ToGiB(start), 2) : null,
             ["decode_tok_s"] = Math.Round(r.DecodeTokS, 3),
+            ["decode_pipeline"] = r.DecodePipeline,
             ["decode_tok_s_runs"] = r.DecodeRuns.Select(x => Math.Round(x, 3)).ToArray(),
             ["ttft_s"] = r.TtftS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
             ["ttft_warm_s"] = r.TtftWarmS.ToDictionary(kv => kv.Key, kv => Math.Round(kv.Value, 3)),
@@ -201,6 +202,14 @@ public static partial class BenchRun
                 ["cpu_factor"] = new[] { Math.Round(abk.ConfiguredCpuFactor, 3), Math.Round(abk.OtherCpuFactor, 3) },
                 ["configured_kernel_gb_s"] = abk.ConfiguredRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
                 ["other_kernel_gb_s"] = abk.OtherRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
+            } : null,
+            ["ab_pipeline"] = r.AbPipeline is { } abp ? new Dictionary<string, object>
+            {
+                ["pairs"] = abp.PipelinedRuns.Length,
+                ["pipelined_tok_s"] = abp.PipelinedRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["stepped_tok_s"] = abp.SteppedRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["pair_gain_pct"] = abp.PairGainPct, // pipelined / stepped − 1
+                ["median_gain_pct"] = Math.Round(abp.MedianGainPct, 2),
             } : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,

@@ -19,6 +19,9 @@ public static partial class BenchRun
         public BalanceComparison? AbBalance { get; init; }
         public ThreadsComparison? AbCpuThreads { get; init; }
         public KernelComparison? AbKernel { get; init; }
+        public PipelineComparison? AbPipeline { get; init; }
+        /// <summary>Whether the decode windows ran through the decode pipeline.</summary>
+        public bool DecodePipeline { get; init; } = true;
         /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
         /// its blocks, so each value is the most the process held up to that prompt.</summary>
         public Dictionary<string, double>? GpuMemoryAfterPrefillGiB { get; init; }
@@ -59,6 +62,14 @@ public static partial class BenchRun
     public static int ContextTokens(int[] prompts, int generate, int decodeRepeats) =>
         Math.Max(prompts.Max() + 1, prompts[0] + (generate - 1) * decodeRepeats + 1 + StagedSteps);
 
+    /// <summary>The first largest logit's index (torch.argmax's choice).</summary>
+    private static long ArgMax(float[] logits)
+    {
+        int best = 0;
+        for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+
     private static double Median(IEnumerable<double> v)
     {
         var a = v.Order().ToArray();
@@ -73,12 +84,16 @@ public static partial class BenchRun
     /// (<see cref="ThreadsComparison"/>); null: none.</param>
     /// <param name="abKernel">After those: pairs of windows with the CPU kernel's tuning as configured and as given
     /// (<see cref="KernelComparison"/>); null: none.</param>
+    /// <param name="decodePipeline">Decode windows through <see cref="Fiddler.Kernels.Generation.DecodePipeline"/>, as the
+    /// generator runs greedy decoding (false: step, read the token, step).</param>
+    /// <param name="abPipeline">After the comparisons above: pairs of windows pipelined and not (<see cref="PipelineComparison"/>); 0: none.</param>
     /// <param name="warmup">Run the engine's start-up warm-up first (<see cref="WarmupPlan"/>: one prompt per batch size
     /// the router learns apart, then decode steps), as <c>fiddler serve</c> does before it takes requests; TTFT is then
     /// what a server's first request of each size sees. False: only a 16-token prompt and 4 decode steps (kernels,
     /// allocator, staging slots), so each size's first prompt plans with factors learned at other sizes.</param>
     public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0,
-        (int Fewer, int Pairs)? abThreads = null, bool warmup = true, (Fiddler.Kernels.Experts.CpuKernelSettings Other, int Pairs)? abKernel = null)
+        (int Fewer, int Pairs)? abThreads = null, bool warmup = true, (Fiddler.Kernels.Experts.CpuKernelSettings Other, int Pairs)? abKernel = null,
+        bool decodePipeline = true, int abPipeline = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
@@ -141,14 +156,25 @@ public static partial class BenchRun
         long next = first.argmax(-1).item<long>();
         first.Dispose();
         engine.Scheduler?.ResetCounters(); // the decode windows only (its prompt's prefill layers are not decode layers)
+        // A window decodes as the generator does (pipelined unless asked not to; see DecodePipeline): each step's token is
+        // the host's argmax of its logits, the next step's input the device's.
+        bool pipelined = decodePipeline;
         double Window()
         {
             var decode = Stopwatch.StartNew();
-            for (int i = 0; i < steps; i++)
+            if (pipelined)
             {
-                using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
-                next = l.argmax(-1).item<long>();
+                using var pipeline = new Fiddler.Kernels.Generation.DecodePipeline(model, decodeCache, next);
+                bool Take(float[] logits) { next = ArgMax(logits); return true; }
+                for (int i = 0; i < steps; i++) pipeline.Advance(Take);
+                pipeline.Finish(Take);
             }
+            else
+                for (int i = 0; i < steps; i++)
+                {
+                    using var l = model.Forward(tensor(new[] { next }).unsqueeze(0), decodeCache);
+                    next = l.argmax(-1).item<long>();
+                }
             return steps / decode.Elapsed.TotalSeconds;
         }
         long windowStart = decodeCache.Length, windowToken = next; // where the first window began (the A/B windows do too)
@@ -195,7 +221,7 @@ public static partial class BenchRun
         var result = new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
-            SplitExperts = s?.SplitExperts ?? 0, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
+            SplitExperts = s?.SplitExperts ?? 0, DecodePipeline = decodePipeline, TtftWarmS = ttftWarm, GpuMemoryAfterPrefillGiB = afterPrefill.Count == 0 ? null : afterPrefill, Executor = executor, TtftExecutor = ttftExecutor, DecodeRuns = runs,
             Ceiling = ceiling, HostReads = hostReads, OffloadedBytesPerToken = offloaded, WarmupPrompts = warmupPrompts, WarmupS = warmupS, GcDecode = gcDecode,
             PoolDecode = poolStats is { Regions: > 0 } ps ? new Dictionary<string, double>
             {
@@ -212,23 +238,30 @@ public static partial class BenchRun
                 ["gb_s"] = Math.Round(regionBytes / (regionMs / 1000) / 1e9, 1),
             },
         };
-        if (abPairs == 0 && abThreads is null && abKernel is null) return result;
-        if (s is null)
-        {
-            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads, --ab-kernel: every expert is resident, so there is no CPU lane to compare");
-            return result;
-        }
+        if (abPairs == 0 && abThreads is null && abKernel is null && abPipeline == 0) return result;
         // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the
         // cache needs no room beyond the run's and the placement is the same as without the comparisons.
         WindowStats AbWindow()
         {
             decodeCache.Truncate(windowStart);
             next = windowToken;
-            s.ResetCounters();
+            s?.ResetCounters();
             Fiddler.Kernels.Experts.CpuExpertKernel.ResetStats();
             double tokS = Window();
             var (kRegions, kMs, kBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
-            return new WindowStats(tokS, s.Router.LaneOrder.CpuLastShare, s.MeanHandoff.Mean.HostMs, kRegions == 0 ? 0 : kBytes / (kMs / 1000) / 1e9);
+            return new WindowStats(tokS, s?.Router.LaneOrder.CpuLastShare ?? 0, s?.MeanHandoff.Mean.HostMs ?? 0, kRegions == 0 ? 0 : kBytes / (kMs / 1000) / 1e9);
+        }
+        if (abPipeline > 0)
+        {
+            var (on, off, diff) = Alternate(abPipeline, on => pipelined = on, AbWindow);
+            pipelined = decodePipeline;
+            result = result with { AbPipeline = new PipelineComparison(on, off, diff, Median(diff)) };
+        }
+        if (abPairs == 0 && abThreads is null && abKernel is null) return result;
+        if (s is null)
+        {
+            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads, --ab-kernel: every expert is resident, so there is no CPU lane to compare");
+            return result;
         }
         if (abPairs > 0) result = result with { AbBalance = CompareBalance(s.Router, abPairs, AbWindow) };
         if (abThreads is { } t && engine.CpuPool is { } pool)

@@ -12,6 +12,12 @@ namespace Fiddler.Kernels.Generation;
 /// </summary>
 public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
 {
+    /// <summary>
+    /// Greedy decode through <see cref="DecodePipeline"/> (default): the host queues each step before it reads the token
+    /// before it. False: step, read, sample, step (the same tokens; kept for comparison).
+    /// </summary>
+    public bool Pipelined { get; init; } = true;
+
     /// <summary>Largest context this model accepts (prompt + new tokens).</summary>
     public int ContextLength => model.Config.MaxPositionEmbeddings;
 
@@ -34,13 +40,11 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
         var clock = Stopwatch.StartNew();
         TimeSpan prefill = TimeSpan.Zero;
 
-        var logits = Step(prompt.Select(i => (long)i).ToArray(), cache);
-        for (int n = 0; n < options.MaxNewTokens; n++)
+        // One token from its logits on the host: sample, stream, and say whether the generation ends with it.
+        bool ended = false;
+        bool Emit(float[] values)
         {
-            if (n == 0) { prefill = clock.Elapsed; clock.Restart(); }
-            if (cancel.IsCancellationRequested) { finish = FinishReason.Cancelled; logits.Dispose(); break; }
-            float[] values = Sampler.ToCpuFloat32(logits);
-            logits.Dispose();
+            if (cancel.IsCancellationRequested) { finish = FinishReason.Cancelled; return ended = true; }
             int id = sampler.Sample(values);
             var (topIds, topLogprobs) = options.TopLogprobs > 0 ? sampler.TopLogprobs(values, options.TopLogprobs) : ([], []);
             float logprob = LogSoftmaxAt(values, id);
@@ -52,10 +56,32 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
             text.Append(emit);
             var top = options.TopLogprobs == 0 ? [] : topIds.Zip(topLogprobs).Select(p => (p.First, p.Second)).ToArray();
             onToken?.Invoke(new GeneratedToken(id, emit, logprob, top));
-            if (isEos) { finish = FinishReason.Eos; break; }
-            if (stopped) { finish = FinishReason.Stop; break; }
-            if (n + 1 == options.MaxNewTokens) break;
-            logits = Step([id], cache);
+            if (isEos) finish = FinishReason.Eos;
+            else if (stopped) finish = FinishReason.Stop;
+            return ended = isEos || stopped || tokens.Count == options.MaxNewTokens;
+        }
+
+        using (var first = Step(prompt.Select(i => (long)i).ToArray(), cache))
+        {
+            prefill = clock.Elapsed;
+            clock.Restart();
+            Emit(Sampler.ToCpuFloat32(first));
+        }
+        if (!ended && Pipelined && options.Sampling.IsGreedy)
+        {
+            // Each step queued before the host reads the token before it (see DecodePipeline): the same tokens, without
+            // the device and the CPU pool idling at every token boundary. No step is queued past the token limit.
+            using var pipeline = new DecodePipeline(model, cache, tokens[^1]);
+            while (tokens.Count + (pipeline.Pending ? 1 : 0) < options.MaxNewTokens && pipeline.Advance(values => !Emit(values))) { }
+            pipeline.Finish(ended ? null : values => !Emit(values));
+        }
+        else
+        {
+            while (!ended)
+            {
+                using var logits = Step([tokens[^1]], cache);
+                Emit(Sampler.ToCpuFloat32(logits));
+            }
         }
         if (finish is FinishReason.Length or FinishReason.Eos)
         {

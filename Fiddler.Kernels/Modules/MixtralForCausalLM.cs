@@ -30,7 +30,16 @@ public sealed class MixtralModel : nn.Module
     public Embedding EmbedTokens => _embedTokens;
 
     /// <summary>Hidden states [B, T, D] after the final norm, for token ids [B, T] at positions start..start+T-1.</summary>
-    public Tensor Forward(Tensor ids, long start, KvCache cache)
+    public Tensor Forward(Tensor ids, long start, KvCache cache) => Forward(ids, start, cache, null, collectLanes: true)!;
+
+    /// <summary>
+    /// <see cref="Forward(Tensor, long, KvCache)"/> with two decode-pipeline options. <paramref name="abandon"/> is asked
+    /// before each layer: true stops the forward there (the lanes of the layers already queued are collected) and returns
+    /// null; the layers that ran wrote their keys at these positions, which the caller does not advance past. With
+    /// <paramref name="collectLanes"/> false the last layer's CPU lane is left running (the device waits for it, not the
+    /// host): the next forward's first layer or <see cref="CompleteExecutors"/> collects it and rethrows its failure.
+    /// </summary>
+    public Tensor? Forward(Tensor ids, long start, KvCache cache, Func<bool>? abandon, bool collectLanes)
     {
         using var scope = NewDisposeScope();
         Tensor h, cos, signedSin;
@@ -41,7 +50,15 @@ public sealed class MixtralModel : nn.Module
         }
         try
         {
-            foreach (var layer in _layers) h = layer.Forward(h, start, cos, signedSin, cache);
+            foreach (var layer in _layers)
+            {
+                if (abandon?.Invoke() == true)
+                {
+                    CompleteExecutors();
+                    return null;
+                }
+                h = layer.Forward(h, start, cos, signedSin, cache);
+            }
             h = _norm.forward(h);
         }
         catch
@@ -51,11 +68,12 @@ public sealed class MixtralModel : nn.Module
             try { CompleteExecutors(); } catch (Exception) { }
             throw;
         }
-        CompleteExecutors(); // a gated layer's CPU lane: collected (and its failure thrown) before anyone reads h
+        if (collectLanes) CompleteExecutors(); // a gated layer's CPU lane: collected (and its failure thrown) before anyone reads h
         return h.MoveToOuterDisposeScope();
     }
 
-    private void CompleteExecutors()
+    /// <summary>Collects every CPU lane still running (a no-op when none) and rethrows the first failure.</summary>
+    public void CompleteExecutors()
     {
         IExpertExecutor? last = null;
         foreach (var layer in _layers)
@@ -116,4 +134,24 @@ public sealed class MixtralForCausalLM : nn.Module
         using var head = StageTimer.Stage("lm_head");
         return _lmHead.forward(h).to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// One step queued for the device without the host waiting for it (see <see cref="Generation.DecodePipeline"/>): ids
+    /// [B, T] (on the device already, e.g. the previous step's argmax), fp32 logits [B, V] of the last position, and the
+    /// last layer's CPU lane left running (<see cref="CompleteLanes"/>). <paramref name="abandon"/> is asked before each
+    /// layer; when it says stop, the step is dropped (the cache does not advance) and the result is null.
+    /// </summary>
+    public Tensor? ForwardQueued(Tensor ids, KvCache cache, Func<bool> abandon)
+    {
+        using var scope = NewDisposeScope();
+        long start = cache.Length;
+        if (start + ids.shape[1] > cache.Capacity)
+            throw new InvalidOperationException($"context overflow: {start} cached + {ids.shape[1]} new tokens > capacity {cache.Capacity}");
+        if (_model.Forward(ids.to(Device), start, cache, abandon, collectLanes: false) is not { } h) return null;
+        cache.Advance(ids.shape[1]);
+        return _lmHead.forward(h.select(1, -1)).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Collects the CPU lanes a <see cref="ForwardQueued"/> left running; rethrows the first failure.</summary>
+    public void CompleteLanes() => _model.CompleteExecutors();
 }

@@ -1,0 +1,125 @@
+using Fiddler.Kernels.Cache;
+using Fiddler.Kernels.Cuda;
+using Fiddler.Kernels.Modules;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Fiddler.Kernels.Generation;
+
+// V=vocabulary
+
+/// <summary>
+/// Greedy decode with the host one step ahead of its own reading: each step's input is the previous step's argmax,
+/// taken on the device, so the host queues step n+1 (embedding, first layer's attention and routing) before it has
+/// read token n; token n's logits come down with a non-blocking copy and are handed out while step n+1 runs (between
+/// its layers, once they have landed). Without it every token ends with the host waiting for the last layer's CPU
+/// lane, then for the logits, and only then launching the next step's first layer while the device and the CPU pool
+/// sit idle.
+/// <para>
+/// The consumer sees every step's logits in order, on the host, and may stop: a step already queued behind a stopping
+/// token is dropped before its next layer (its lanes collected, the cache not advanced past it). The device's argmax and
+/// the host's (first maximum on ties, as <c>torch.argmax</c>) agree on every finite input; NaN logits are the
+/// consumer's to report.
+/// </para>
+/// </summary>
+public sealed class DecodePipeline : IDisposable
+{
+    private readonly MixtralForCausalLM _model;
+    private readonly KvCache _cache;
+    private Tensor _input;           // [1, 1] int64 on the device: the next step's token
+    private Tensor? _hostLogits;     // [V] fp32, page-locked on CUDA: the last queued step's logits
+    private readonly CudaEvent? _landed;
+    private bool _pending;           // _hostLogits holds (or will hold) a step's logits not yet handed out
+
+    /// <summary>A queued step's logits have not been handed out yet.</summary>
+    public bool Pending => _pending;
+
+    /// <param name="firstToken">The input of the first step (the token sampled from the prompt's logits).</param>
+    public DecodePipeline(MixtralForCausalLM model, KvCache cache, long firstToken)
+    {
+        _model = model;
+        _cache = cache;
+        _input = tensor(new[] { firstToken }, ScalarType.Int64).unsqueeze(0).to(model.Device);
+        _input.DetachFromDisposeScope();
+        if (model.Device.type == DeviceType.CUDA && CudaRuntime.IsAvailable)
+        {
+            using var pageable = empty(model.Config.VocabSize, ScalarType.Float32);
+            _hostLogits = pageable.pin_memory();
+            _hostLogits.DetachFromDisposeScope();
+            _landed = CudaEvent.CreateBlocking(model.Device.index < 0 ? 0 : model.Device.index);
+        }
+    }
+
+    /// <summary>
+    /// Queues the next step. Before that step's layers, once the previous step's logits are on the host, hands them to
+    /// <paramref name="consume"/> (at the latest after queuing the step); <paramref name="consume"/> returns false to
+    /// stop, and then the new step is dropped and this returns false.
+    /// </summary>
+    public bool Advance(Func<float[], bool> consume)
+    {
+        using var scope = NewDisposeScope();
+        bool Abandon() => _pending && (_landed is null || _landed.IsComplete) && !Hand(consume);
+        var logits = _model.ForwardQueued(_input, _cache, Abandon);
+        if (logits is null) return false;
+        if (_pending && !Hand(consume))
+        {
+            // The logits landed only after the step was queued (a slow device, or the CPU device's first layer):
+            // drop the step's position, and let its lanes end before anything is freed.
+            _model.CompleteLanes();
+            _cache.Truncate(_cache.Length - 1);
+            return false;
+        }
+        var next = logits.argmax(-1).view(1, 1);
+        next.DetachFromDisposeScope();
+        _input.Dispose();
+        _input = next;
+        if (_landed is not null)
+        {
+            _hostLogits!.copy_(logits[0], true);
+            _landed.RecordOnDefaultStream();
+        }
+        else
+        {
+            // Off CUDA every op has run by now: a copy, so that the logits outlive this step's tensors.
+            _hostLogits?.Dispose();
+            _hostLogits = logits[0].to(ScalarType.Float32, CPU, copy: true);
+            _hostLogits.DetachFromDisposeScope();
+        }
+        _pending = true;
+        return true;
+    }
+
+    /// <summary>Hands out the last step's logits (if not yet: waits for them) and collects the last CPU lane.</summary>
+    public void Finish(Func<float[], bool>? consume)
+    {
+        try
+        {
+            if (_pending && consume is not null) Hand(consume);
+        }
+        finally
+        {
+            _pending = false;
+            _model.CompleteLanes();
+        }
+    }
+
+    private bool Hand(Func<float[], bool> consume)
+    {
+        _pending = false;
+        if (_landed is not null) Runtime.HostReadback.Wait(_landed);
+        return consume(_hostLogits!.data<float>().ToArray());
+    }
+
+    public void Dispose()
+    {
+        // A step may still be queued (a failure, or the caller stopped without Finish): let its lanes end first.
+        try { _model.CompleteLanes(); } catch (Exception) { /* the step's failure was reported to the caller, or lost with it */ }
+        if (_landed is not null)
+        {
+            try { _landed.Synchronize(); } catch (CudaException) { }
+            _landed.Dispose();
+        }
+        _hostLogits?.Dispose();
+        _input.Dispose();
+    }
+}

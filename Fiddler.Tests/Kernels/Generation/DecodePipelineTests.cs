@@ -1,0 +1,175 @@
+using System.Text.Json;
+using Xunit;
+using Fiddler.Kernels.Generation;
+using Fiddler.Kernels.Loading;
+using Fiddler.Kernels.Offload;
+using Fiddler.Kernels.Sampling;
+using Fiddler.Kernels.Verification;
+using Fiddler.Tests.Support;
+using static TorchSharp.torch;
+using Generator = Fiddler.Kernels.Generation.Generator;
+
+namespace Fiddler.Tests.Kernels.Generation;
+
+/// <summary>
+/// The pipelined greedy decode (<see cref="DecodePipeline"/>, the generator's default) against step-by-step decoding:
+/// the same tokens, log-probabilities, stops and errors, on every kind of plan.
+/// </summary>
+public sealed class DecodePipelineTests : IDisposable
+{
+    private readonly string _dir = TinyCheckpoint.TempDir();
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static string Fixture(string name) => Path.Combine(AppContext.BaseDirectory, "Fixtures", name);
+
+    private static GenerationOptions Greedy(int tokens) => new() { MaxNewTokens = tokens, Sampling = SamplingOptions.Greedy, StopOnEos = false };
+
+    private static (int[] Tokens, float[] Logprobs, FinishReason Finish) Generate(Fiddler.Kernels.Modules.MixtralForCausalLM model, bool pipelined,
+        int[] prompt, GenerationOptions options)
+    {
+        var logprobs = new List<float>();
+        var result = new Generator(model, null) { Pipelined = pipelined }.Run(prompt, options, t => { if (t.Id >= 0) logprobs.Add(t.Logprob); });
+        return (result.Tokens, [.. logprobs], result.Finish);
+    }
+
+    public static TheoryData<string> Routes() => ["cpu", "transfer", "split", "mixed"];
+
+    [Theory]
+    [MemberData(nameof(Routes))]
+    public void Pipelined_OffloadedPlan_SameTokensAndLogprobsAsStepByStep(string route)
+    {
+        string dir = Fixture("tiny-gqa4-top3");
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
+            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (l, e) => (l + e) % 2 == 0)));
+        using var stager = new CopyStager(2, config.HiddenSize, config.IntermediateSize, ScalarType.Float32, CPU);
+        var scheduler = new PlanParity.ForcedScheduler((l, w) => route switch
+        {
+            "cpu" => ExpertRoute.Cpu,
+            "transfer" => ExpertRoute.Transfer,
+            "split" => ExpertRoute.Split(0.5),
+            _ => (l + w.Expert) % 3 == 0 ? ExpertRoute.Transfer : (l + w.Expert) % 3 == 1 ? ExpertRoute.Split(0.25) : ExpertRoute.Cpu,
+        });
+        using var executor = new OffloadExecutor(scheduler, new TorchCpuBackend(), stager);
+        loaded.Model.SetExpertExecutor(executor);
+        int[] prompt = [3, 14, 15, 92, 65];
+
+        var stepped = Generate(loaded.Model, pipelined: false, prompt, Greedy(10));
+        var pipelined = Generate(loaded.Model, pipelined: true, prompt, Greedy(10));
+
+        Assert.Equal(10, stepped.Tokens.Length);
+        Assert.Equal(stepped.Tokens, pipelined.Tokens);
+        Assert.Equal(stepped.Logprobs, pipelined.Logprobs);
+        Assert.Equal(FinishReason.Length, pipelined.Finish);
+        if (route != "transfer") Assert.Contains(scheduler.Observed, o => o.CpuTokens > 0);
+        if (route != "cpu") Assert.Contains(scheduler.Observed, o => o.TransferredBytes > 0);
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Pipelined_FewTokens_ExactlyThatMany(int tokens)
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        var stepped = Generate(loaded.Model, pipelined: false, [5, 6, 7], Greedy(tokens));
+        var pipelined = Generate(loaded.Model, pipelined: true, [5, 6, 7], Greedy(tokens));
+        Assert.Equal(tokens, pipelined.Tokens.Length);
+        Assert.Equal(stepped.Tokens, pipelined.Tokens);
+    }
+
+    [Fact]
+    public void Pipelined_EosMidway_StopsAtTheSameTokenAsStepByStep()
+    {
+        // An EOS id that greedy decoding first reaches on its third token or later.
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        int[] prompt = [9, 8, 7, 6];
+        int[] free;
+        using (var probe = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32)))
+            free = Generate(probe.Model, pipelined: false, prompt, Greedy(12)).Tokens;
+        int k = Enumerable.Range(2, free.Length - 2).First(i => !free[..i].Contains(free[i]));
+        var config = TinyCheckpoint.Config() with { EosTokenIdRaw = JsonDocument.Parse(free[k].ToString()).RootElement };
+        TinyCheckpoint.Write(_dir, config);
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        var options = Greedy(12) with { StopOnEos = true };
+
+        var stepped = Generate(loaded.Model, pipelined: false, prompt, options);
+        var pipelined = Generate(loaded.Model, pipelined: true, prompt, options);
+
+        Assert.Equal(FinishReason.Eos, stepped.Finish);
+        Assert.Equal(FinishReason.Eos, pipelined.Finish);
+        Assert.Equal(free[..(k + 1)], pipelined.Tokens);
+        Assert.Equal(stepped.Tokens, pipelined.Tokens);
+    }
+
+    [Fact]
+    public void Advance_ConsumerStops_StepDroppedAndCacheHoldsOnlyTheConsumedTokens()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        using var noGrad = no_grad();
+        using var cache = loaded.Model.NewCache(32);
+        using (loaded.Model.Forward(tensor(new long[] { 1, 2, 3 }).unsqueeze(0), cache)) { }
+        Assert.Equal(3, cache.Length);
+
+        using var pipeline = new DecodePipeline(loaded.Model, cache, 4);
+        int handed = 0;
+        bool Consume(float[] logits) => ++handed < 2; // stop at the second step's logits
+        Assert.True(pipeline.Advance(Consume));        // step 1 queued (input 4)
+        Assert.True(pipeline.Advance(Consume));        // step 1's logits handed out, step 2 queued
+        Assert.Equal(5, cache.Length);
+        Assert.False(pipeline.Advance(Consume));       // step 2's logits stop it: step 3 is dropped
+        Assert.Equal(2, handed);
+        Assert.Equal(5, cache.Length);                 // the prompt, the first token and step 2's input; not step 3's
+        Assert.False(pipeline.Pending);
+        pipeline.Finish(Consume);                      // nothing left to hand out
+        Assert.Equal(2, handed);
+    }
+
+    [Fact]
+    public void Pipelined_Cancelled_StopsWithCancelledAndKeepsWhatWasStreamed()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        using var cts = new CancellationTokenSource();
+        int seen = 0;
+        var result = new Generator(loaded.Model, null).Run([1, 2], Greedy(20), t => { if (++seen == 3) cts.Cancel(); }, cts.Token);
+        Assert.Equal(FinishReason.Cancelled, result.Finish);
+        Assert.Equal(3, result.Tokens.Length);
+    }
+
+    private sealed class FailingBackend : ICpuExpertBackend
+    {
+        public int Calls;
+        public int FailAt { get; init; }
+        public string Name => "failing";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs)
+        {
+            if (Interlocked.Increment(ref Calls) == FailAt) throw new InvalidOperationException("CPU expert failed on purpose");
+            new TorchCpuBackend().Run(jobs);
+        }
+    }
+
+    [Fact]
+    public void Pipelined_LastLayerLaneFailsMidDecode_ErrorSurfacesAndTheNextGenerationWorks()
+    {
+        string dir = Fixture("tiny-mha-top1");
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
+            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
+        // Every layer of every step has one CPU lane: fail a decode step's last layer (the lane a pipelined step leaves running).
+        var failing = new FailingBackend { FailAt = config.NumHiddenLayers * 3 };
+        using (var executor = new OffloadExecutor(scheduler, failing, null))
+        {
+            loaded.Model.SetExpertExecutor(executor);
+            var e = Assert.Throws<InvalidOperationException>(() => new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6)));
+            Assert.Contains("on purpose", e.Message);
+        }
+        using var healthy = new OffloadExecutor(scheduler, new TorchCpuBackend(), null);
+        loaded.Model.SetExpertExecutor(healthy);
+        Assert.Equal(6, new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6)).Tokens.Length);
+    }
+}
