@@ -34,6 +34,10 @@ if abk:
           " kernel {} vs {} GB/s; learned CPU factor {} vs {}".format(
               abk["settings"][0], abk["settings"][1], abk["pairs"], abk["configured_tok_s"], abk["other_tok_s"], abk["pair_diff_pct"],
               abk["median_diff_pct"], abk["configured_kernel_gb_s"], abk["other_kernel_gb_s"], abk["cpu_factor"][0], abk["cpu_factor"][1]))
+abp = j.get("ab_pipeline")
+if abp:
+    print("  decode pipeline on vs off in this process, {} pairs: {} vs {} tok/s, per pair (on/off) {} %, median {} %".format(
+        abp["pairs"], abp["pipelined_tok_s"], abp["stepped_tok_s"], abp["pair_gain_pct"], abp["median_gain_pct"]))
 if j.get("actor_overhead_pct") is not None:
     print("  actors ({} CPU participants): generator {} vs actors {} tok/s (rounds {} / {}), overhead {} %; GPU memory before the rounds and after each {} GiB".format(
         j.get("actor_cpu_threads"), j.get("decode_tok_s_generator"), j.get("decode_tok_s_actors"), j.get("decode_tok_s_generator_runs"), j.get("decode_tok_s_actors_runs"),

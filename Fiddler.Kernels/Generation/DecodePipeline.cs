@@ -22,7 +22,7 @@ namespace Fiddler.Kernels.Generation;
 /// consumer's to report.
 /// </para>
 /// </summary>
-public sealed class DecodePipeline : IDisposable
+public sealed unsafe class DecodePipeline : IDisposable
 {
     private readonly MixtralForCausalLM _model;
     private readonly KvCache _cache;
@@ -30,6 +30,8 @@ public sealed class DecodePipeline : IDisposable
     private Tensor? _hostLogits;     // [V] fp32, page-locked on CUDA: the last queued step's logits
     private readonly CudaEvent? _landed;
     private bool _pending;           // _hostLogits holds (or will hold) a step's logits not yet handed out
+    private readonly float[] _values; // what the consumer gets: reused (a fresh 128 KB array per token would land on the
+                                      // large-object heap and bring full collections into the decode loop)
 
     /// <summary>A queued step's logits have not been handed out yet.</summary>
     public bool Pending => _pending;
@@ -39,6 +41,7 @@ public sealed class DecodePipeline : IDisposable
     {
         _model = model;
         _cache = cache;
+        _values = new float[model.Config.VocabSize];
         _input = tensor(new[] { firstToken }, ScalarType.Int64).unsqueeze(0).to(model.Device);
         _input.DetachFromDisposeScope();
         if (model.Device.type == DeviceType.CUDA && CudaRuntime.IsAvailable)
@@ -53,7 +56,8 @@ public sealed class DecodePipeline : IDisposable
     /// <summary>
     /// Queues the next step. Before that step's layers, once the previous step's logits are on the host, hands them to
     /// <paramref name="consume"/> (at the latest after queuing the step); <paramref name="consume"/> returns false to
-    /// stop, and then the new step is dropped and this returns false.
+    /// stop, and then the new step is dropped and this returns false. The array handed out is valid during the call
+    /// only: the pipeline reuses it.
     /// </summary>
     public bool Advance(Func<float[], bool> consume)
     {
@@ -107,7 +111,8 @@ public sealed class DecodePipeline : IDisposable
     {
         _pending = false;
         if (_landed is not null) Runtime.HostReadback.Wait(_landed);
-        return consume(_hostLogits!.data<float>().ToArray());
+        new ReadOnlySpan<float>((void*)Runtime.TensorMemory.DataPtr(_hostLogits!), _values.Length).CopyTo(_values);
+        return consume(_values);
     }
 
     public void Dispose()
