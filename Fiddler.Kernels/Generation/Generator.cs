@@ -61,11 +61,14 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
             return ended = isEos || stopped || tokens.Count == options.MaxNewTokens;
         }
 
+        // One buffer for every token's logits on the host (a fresh one per token would be a large-object-heap array).
+        var values = new float[model.Config.VocabSize];
         using (var first = Step(prompt.Select(i => (long)i).ToArray(), cache))
         {
             prefill = clock.Elapsed;
             clock.Restart();
-            Emit(Sampler.ToCpuFloat32(first));
+            Sampler.ToCpuFloat32(first, values);
+            Emit(values);
         }
         if (!ended && Pipelined && options.Sampling.IsGreedy)
         {
@@ -80,7 +83,8 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
             while (!ended)
             {
                 using var logits = Step([tokens[^1]], cache);
-                Emit(Sampler.ToCpuFloat32(logits));
+                Sampler.ToCpuFloat32(logits, values);
+                Emit(values);
             }
         }
         if (finish is FinishReason.Length or FinishReason.Eos)

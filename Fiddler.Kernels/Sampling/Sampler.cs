@@ -17,6 +17,12 @@ namespace Fiddler.Kernels.Sampling;
 public sealed class Sampler
 {
     private readonly Xoshiro256StarStar _rng;
+    // Scratch reused from token to token: at a 32000-token vocabulary each is a large-object-heap array (≥ 85 KB), and
+    // allocating them per token brought full collections into decoding.
+    private double[] _weights = [];
+    private float[] _sorted = [];
+    private bool[] _kept = [];
+    private readonly List<Candidate> _candidates = [];
 
     /// <exception cref="ArgumentException">Invalid options.</exception>
     public Sampler(SamplingOptions options)
@@ -52,7 +58,8 @@ public sealed class Sampler
 
         int v = logits.Length;
         float max = MaxChecked(logits);
-        var weights = new double[v];
+        if (_weights.Length != v) _weights = new double[v];
+        var weights = _weights;
         if (float.IsPositiveInfinity(max))
         {
             // Degenerate: all mass on the +inf entries, equally.
@@ -75,7 +82,7 @@ public sealed class Sampler
         int k = Options.TopK;
         if (k > 0 && k < v)
         {
-            float kth = KthLargest(logits, k);
+            float kth = KthLargest(logits, k, ref _sorted);
             for (int i = 0; i < v; i++)
             {
                 if (logits[i] < kth)
@@ -87,7 +94,7 @@ public sealed class Sampler
 
         if (Options.TopP < 1)
         {
-            ApplyTopP(weights, Options.TopP);
+            ApplyTopP(weights, Options.TopP, _candidates, ref _kept);
         }
 
         double total = 0;
@@ -179,6 +186,25 @@ public sealed class Sampler
     /// <summary>Copies logits of shape [V] (or [1, ..., 1, V]) from any device/dtype into a CPU float32 array.</summary>
     public static float[] ToCpuFloat32(Tensor logits)
     {
+        var values = new float[CheckedLength(logits)];
+        ToCpuFloat32(logits, values);
+        return values;
+    }
+
+    /// <summary>As <see cref="ToCpuFloat32(Tensor)"/>, into <paramref name="values"/> (exactly V long), which a decode loop
+    /// can reuse from token to token.</summary>
+    public static void ToCpuFloat32(Tensor logits, float[] values)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        long n = CheckedLength(logits);
+        if (values.Length != n) throw new ArgumentException($"Expected a buffer of {n} values, got {values.Length}.", nameof(values));
+        using var scope = torch.NewDisposeScope();
+        var cpu = logits.detach().reshape(n).cpu().to_type(ScalarType.Float32).contiguous();
+        cpu.data<float>().CopyTo(values);
+    }
+
+    private static long CheckedLength(Tensor logits)
+    {
         ArgumentNullException.ThrowIfNull(logits);
         using var scope = torch.NewDisposeScope();
         long n = logits.numel();
@@ -191,8 +217,7 @@ public sealed class Sampler
         {
             throw new ArgumentException($"Expected floating-point logits, got {logits.dtype}.", nameof(logits));
         }
-        var cpu = logits.detach().reshape(n).cpu().to_type(ScalarType.Float32).contiguous();
-        return cpu.data<float>().ToArray();
+        return n;
     }
 
     /// <summary>Index of the largest logit (first one on ties).</summary>
@@ -242,14 +267,15 @@ public sealed class Sampler
         return max;
     }
 
-    /// <summary>The k-th largest logit (1-based k, 0 &lt; k &lt; V).</summary>
-    private static float KthLargest(ReadOnlySpan<float> logits, int k)
+    /// <summary>The k-th largest logit (1-based k, 0 &lt; k &lt; V); <paramref name="scratch"/>: a reusable sort buffer.</summary>
+    private static float KthLargest(ReadOnlySpan<float> logits, int k, ref float[] scratch)
     {
         if (k > 64)
         {
-            var copy = logits.ToArray();
-            Array.Sort(copy);
-            return copy[copy.Length - k];
+            if (scratch.Length != logits.Length) scratch = new float[logits.Length];
+            logits.CopyTo(scratch);
+            Array.Sort(scratch);
+            return scratch[scratch.Length - k];
         }
 
         // Keep the k largest seen so far, sorted descending; cheap for the usual small k.
@@ -277,7 +303,7 @@ public sealed class Sampler
     /// <remarks>Only tokens above a threshold are sorted: the tokens with weight ≥ t form a prefix of the sorted
     /// order, so once their sum reaches the target the nucleus lies inside them. The threshold starts at
     /// max·1e-4 and drops until that holds (at worst t = 0, all tokens). Same result as sorting everything.</remarks>
-    private static void ApplyTopP(double[] weights, float p)
+    private static void ApplyTopP(double[] weights, float p, List<Candidate> candidates, ref bool[] kept)
     {
         double total = 0;
         double maxW = 0;
@@ -288,7 +314,6 @@ public sealed class Sampler
         }
         double target = p * total;
 
-        var candidates = new List<Candidate>();
         for (double t = maxW * 1e-4; ; t = t > 1e-300 ? t * 1e-4 : 0)
         {
             candidates.Clear();
@@ -321,7 +346,8 @@ public sealed class Sampler
             }
         }
 
-        var kept = new bool[weights.Length];
+        if (kept.Length != weights.Length) kept = new bool[weights.Length];
+        else Array.Clear(kept);
         for (int j = 0; j < keep; j++)
         {
             kept[candidates[j].Id] = true;

@@ -276,4 +276,34 @@ public sealed class SamplerTests
         Assert.False(o.IsGreedy);
         Assert.True(SamplingOptions.Greedy.IsGreedy);
     }
+
+    [Theory]
+    [InlineData(0, 1.0f)]    // temperature only
+    [InlineData(50, 0.9f)]   // small top-k, top-p
+    [InlineData(200, 0.95f)] // top-k above the small-k path, top-p
+    public void Sample_Mixtral32kVocabulary_AllocatesNothingLargePerToken(int topK, float topP)
+    {
+        // A decode loop samples once per token: after the first call the sampler's scratch is reused, so a token costs
+        // a few small objects at most, never a 32000-entry array (those land on the large-object heap and bring full
+        // collections into decoding).
+        var sampler = new Sampler(new SamplingOptions(0.8f, topK, topP, 7));
+        float[] logits = RandomLogits(3, 32000);
+        var values = new float[32000];
+        using var tensorLogits = tensor(logits);
+        sampler.Sample(logits);
+        Sampler.ToCpuFloat32(tensorLogits, values);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 10; i++) sampler.Sample(logits);
+        long perToken = (GC.GetAllocatedBytesForCurrentThread() - before) / 10;
+        Assert.True(perToken < 1024, $"{perToken} bytes allocated per sampled token");
+        Assert.Equal(logits, values);
+    }
+
+    [Fact]
+    public void ToCpuFloat32_IntoBufferOfWrongLength_Throws()
+    {
+        using var t = tensor(new float[] { 1, 2, 3 });
+        var e = Assert.Throws<ArgumentException>(() => Sampler.ToCpuFloat32(t, new float[4]));
+        Assert.Contains("3 values", e.Message);
+    }
 }
