@@ -34,6 +34,13 @@ if abk:
           " kernel {} vs {} GB/s; learned CPU factor {} vs {}".format(
               abk["settings"][0], abk["settings"][1], abk["pairs"], abk["configured_tok_s"], abk["other_tok_s"], abk["pair_diff_pct"],
               abk["median_diff_pct"], abk["configured_kernel_gb_s"], abk["other_kernel_gb_s"], abk["cpu_factor"][0], abk["cpu_factor"][1]))
+if j.get("read_scales"):
+    print("  read scales at start: {}".format(j.get("read_scales")))
+abs_ = j.get("ab_read_scales")
+if abs_:
+    print("  read scales on vs off in this process, {} pairs: {} vs {} tok/s, per pair (on/off) {} %, median {} %; kernel {} vs {} GB/s; learned CPU factor {} vs {}".format(
+        abs_["pairs"], abs_["with_tok_s"], abs_["without_tok_s"], abs_["pair_gain_pct"], abs_["median_gain_pct"],
+        abs_["with_kernel_gb_s"], abs_["without_kernel_gb_s"], abs_["cpu_factor"][0], abs_["cpu_factor"][1]))
 abp = j.get("ab_pipeline")
 if abp:
     print("  decode pipeline on vs off in this process, {} pairs: {} vs {} tok/s, per pair (on/off) {} %, median {} %".format(

@@ -61,5 +61,11 @@ public sealed record EngineOptions
     /// hosts it won 6, median +0.9 % decode (within the hosts' noise), and cut the hand-off between layers by a third
     /// (2026-11-27, BENCHMARKS.md session 8); false for comparison.</summary>
     public bool BalanceLastLane { get; init; } = true;
+
+    /// <summary>
+    /// At start, read every host expert's weights (twice, ~2 s for Mixtral at 24 GiB) and route by how fast this host's
+    /// memory serves each (see <see cref="Scheduling.HostReadScales"/>). On by default.
+    /// </summary>
+    public bool ExpertReadScales { get; init; } = true;
     public int? Layers { get; init; }
 }

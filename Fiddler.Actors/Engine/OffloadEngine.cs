@@ -80,7 +80,15 @@ public sealed class OffloadEngine : IDisposable
         var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan, DeviceBytesAtStart = atStart };
         try
         {
-            if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts) engine.AttachExecutor(o, shape, dtype, log);
+            if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts)
+            {
+                engine.AttachExecutor(o, shape, dtype, log);
+                if (o.ExpertReadScales && engine.MeasureReadScales() is { } scales)
+                {
+                    engine.Scheduler!.ReadScales = scales;
+                    log($"host expert reads: {scales} (GB/s); the router plans each expert's CPU time by it");
+                }
+            }
             return engine;
         }
         catch
@@ -213,14 +221,29 @@ public sealed class OffloadEngine : IDisposable
     /// Every host-resident expert read alone by the CPU pool, <paramref name="passes"/> times, layer by layer (see
     /// <see cref="HostExpertReads"/>); null without a pool or host experts big enough to time.
     /// </summary>
-    public HostExpertReads.Result? MeasureHostExpertReads(int passes = 2)
+    public HostExpertReads.Result? MeasureHostExpertReads(int passes = 2) =>
+        _pool is null ? null : HostExpertReads.Measure(_pool, HostExperts().Select(h => h.Memory).ToArray(), passes);
+
+    /// <summary>
+    /// Every host expert read twice (<see cref="MeasureHostExpertReads"/>), each at its better pass, as the router's
+    /// <see cref="HostReadScales"/>; null without a pool or experts big enough to time.
+    /// </summary>
+    public HostReadScales? MeasureReadScales()
     {
         if (_pool is null) return null;
-        var host = Model.Model.Layers.SelectMany(l => Enumerable.Range(0, Config.NumLocalExperts)
-                .Where(e => !l.Moe.IsResident(e)).Select(e => l.Moe.Expert(e)))
-            .Select(x => HostExpert.FromTensors(x.Gate.Weight, x.Up.Weight, x.Down.Weight, requirePinned: false)).ToArray(); // reads only
-        return HostExpertReads.Measure(_pool, host, passes);
+        var host = HostExperts();
+        if (HostExpertReads.Measure(_pool, host.Select(h => h.Memory).ToArray(), passes: 2) is not { Experts: > 0 } reads) return null;
+        double[] best = reads.Best;
+        return new HostReadScales(Config.NumHiddenLayers, Config.NumLocalExperts,
+            host.Select((h, i) => (h.Layer, h.Expert, best[i])).ToArray());
     }
+
+    /// <summary>The host-resident experts, layer by layer, with their weights' memory (read-only use: not required pinned).</summary>
+    private (int Layer, int Expert, HostExpert Memory)[] HostExperts() =>
+        Model.Model.Layers.SelectMany(l => Enumerable.Range(0, Config.NumLocalExperts).Where(e => !l.Moe.IsResident(e))
+                .Select(e => (l.Moe.Layer, e, l.Moe.Expert(e))))
+            .Select(x => (x.Item1, x.e, HostExpert.FromTensors(x.Item3.Gate.Weight, x.Item3.Up.Weight, x.Item3.Down.Weight, requirePinned: false)))
+            .ToArray();
 
     /// <summary>The direct (actor-free) executor the model runs with; set it again after an actor runtime replaced it.</summary>
     public OffloadExecutor? Executor { get; private set; }

@@ -88,9 +88,25 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
         }
     }
 
+    private HostReadScales? _readScales;
+
+    /// <summary>
+    /// Each host expert's read-speed scale (see <see cref="HostReadScales"/>), used when <see cref="UseReadScales"/>; null:
+    /// every expert at the calibrated speed.
+    /// </summary>
+    public HostReadScales? ReadScales
+    {
+        get => Volatile.Read(ref _readScales);
+        set => Volatile.Write(ref _readScales, value);
+    }
+
+    /// <summary>Whether plans use <see cref="ReadScales"/> (on by default; <c>bench --ab-read-scales</c> switches it between windows).</summary>
+    public bool UseReadScales { get; set; } = true;
+
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
     {
-        var plan = Router.Decide(work.Select(w => new ExpertLoad(w.Expert, w.Tokens, w.Resident)).ToArray());
+        var scales = UseReadScales ? ReadScales : null;
+        var plan = Router.Decide(work.Select(w => new ExpertLoad(w.Expert, w.Tokens, w.Resident, w.Resident ? 1 : scales?.Of(layer, w.Expert) ?? 1)).ToArray());
         lock (_lastPlan) _lastPlan[layer] = plan;
         return plan.Decisions.Select(d => d.Placement switch
         {

@@ -89,22 +89,36 @@ public sealed partial class ExpertRouter
             if (e.Tokens < 1) throw new ArgumentException($"expert {e.Expert} has {e.Tokens} tokens; route only chosen experts");
             if (!seen.Add(e.Expert)) throw new ArgumentException($"expert {e.Expert} appears twice in one layer");
             if (!e.Resident)
-                misses.Add(new(i, e.Expert, Profile.CpuMs(e.Tokens) + Profile.ActivationRoundTrip.Ms(e.Tokens), Profile.GpuExpert.Ms(e.Tokens)));
+                misses.Add(new(i, e.Expert, Profile.CpuMs(e.Tokens) * MemoryScale(e) + Profile.ActivationRoundTrip.Ms(e.Tokens), Profile.GpuExpert.Ms(e.Tokens)));
         }
         misses.Sort((a, b) => a.GpuMs != b.GpuMs ? b.GpuMs.CompareTo(a.GpuMs) : a.Expert.CompareTo(b.Expert));
         return misses.ToArray();
     }
 
+    /// <summary>
+    /// The expert's memory-speed scale where the CPU kernel streams its weights (decode-sized batches: the calibrated
+    /// time is a memory read); larger batches are bound by compute, and keep the calibrated time.
+    /// </summary>
+    private static double MemoryScale(ExpertLoad e)
+    {
+        if (!(e.CpuScale > 0) || double.IsInfinity(e.CpuScale))
+            throw new ArgumentException($"expert {e.Expert}: CPU scale {e.CpuScale} is not a positive number");
+        return e.Tokens <= LearnedMaxTokens ? e.CpuScale : 1;
+    }
+
     private double[] ResidentGpuMs(IReadOnlyList<ExpertLoad> experts) =>
         experts.Where(e => e.Resident).OrderBy(e => e.Expert).Select(e => Profile.GpuExpert.Ms(e.Tokens)).ToArray();
 
-    /// <summary>Every split, in mask order; ties keep the one with fewer transfers, then the first found.</summary>
+    /// <summary>
+    /// Every split, in mask order; ties keep the one with fewer transfers, then the shorter CPU lane (the slower-to-read
+    /// expert streams: a split of it, tried next, can then take CPU time off the layer), then the first found.
+    /// </summary>
     private bool[] ExactSplit(IReadOnlyList<ExpertLoad> experts, Miss[] misses, int regime)
     {
         int n = misses.Length;
         double[] resident = ResidentGpuMs(experts);
         Span<double> staged = stackalloc double[n];
-        double best = double.PositiveInfinity;
+        double best = double.PositiveInfinity, bestCpu = double.PositiveInfinity;
         int bestMask = 0, bestCount = int.MaxValue;
         for (int mask = 0; mask < 1 << n; mask++)
         {
@@ -116,8 +130,8 @@ public sealed partial class ExpertRouter
             if (cpu > best + Eps) continue;
             double makespan = Math.Max(CpuLane(cpu, m > 0, regime), GpuLane.Simulate(resident, staged[..m], TransferMs(regime, cpuWork: m < n), Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
-            if (makespan < best - Eps || (makespan <= best + Eps && count < bestCount))
-                (best, bestMask, bestCount) = (makespan, mask, count);
+            if (makespan < best - Eps || (makespan <= best + Eps && (count < bestCount || (count == bestCount && cpu < bestCpu - Eps))))
+                (best, bestMask, bestCount, bestCpu) = (makespan, mask, count, cpu);
         }
         return Enumerable.Range(0, n).Select(i => (bestMask & (1 << i)) != 0).ToArray();
     }

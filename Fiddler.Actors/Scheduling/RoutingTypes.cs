@@ -65,8 +65,13 @@ public sealed record RouterOptions(RoutingMode Mode = RoutingMode.Auto, int Stag
     public static RouterOptions Default { get; } = new();
 }
 
-/// <summary>One chosen expert of a layer: its id, how many tokens chose it, and whether its weights are on the GPU.</summary>
-public readonly record struct ExpertLoad(int Expert, int Tokens, bool Resident);
+/// <summary>
+/// One chosen expert of a layer: its id, how many tokens chose it, and whether its weights are on the GPU.
+/// <paramref name="CpuScale"/>: how much longer than the calibrated expert its weights take to read on this host (its
+/// host memory's speed, see <see cref="HostReadScales"/>; 1 where not measured); applies where the CPU kernel is bound by
+/// memory (decode-sized batches).
+/// </summary>
+public readonly record struct ExpertLoad(int Expert, int Tokens, bool Resident, double CpuScale = 1);
 
 /// <summary>The router's decision for one expert, with its predicted timeline (ms from the start of the layer).</summary>
 /// <param name="PredictedMs">The expert's own work: GPU compute; CPU compute + activation round trip; or transfer + GPU compute.</param>

@@ -52,9 +52,11 @@ public static class BenchCommand
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads and --ab-kernel (1..50, default 6)", DefaultValueFactory = _ => 6 };
         var noPipeline = new Option<bool>("--no-decode-pipeline") { Description = "Decode step by step: the host reads each token before it queues the next step (for comparison; the generator pipelines greedy decoding)" };
         var abPipeline = new Option<int>("--ab-pipeline") { Description = "After the decode windows, N pairs of windows pipelined and step by step, in this process (0..50; reports ab_pipeline)" };
+        var noReadScales = new Option<bool>("--no-read-scales") { Description = "Do not read every host expert at start to plan each one's CPU time by this host's memory speed (for comparison)" };
+        var abReadScales = new Option<int>("--ab-read-scales") { Description = "After the decode windows, N pairs of windows routing with and without the host experts' read-speed scales, each with its own learned speeds (0..50; reports ab_read_scales)" };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -78,6 +80,12 @@ public static class BenchCommand
             if (pipelinePairs is < 0 or > 50) throw new ArgumentException($"--ab-pipeline: {pipelinePairs} is not in 0..50");
             if (pipelinePairs > 0 && r.GetValue(noPipeline))
                 throw new ArgumentException("--ab-pipeline compares the decode pipeline with step-by-step decoding: leave out --no-decode-pipeline");
+            int scalePairs = r.GetValue(abReadScales);
+            if (scalePairs is < 0 or > 50) throw new ArgumentException($"--ab-read-scales: {scalePairs} is not in 0..50");
+            if (scalePairs > 0 && r.GetValue(noReadScales))
+                throw new ArgumentException("--ab-read-scales compares routing with and without the read-speed scales: leave out --no-read-scales");
+            if (scalePairs > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
+                throw new ArgumentException("--ab-read-scales needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
             int fewerThreads = r.GetValue(abThreads), threadPairs = r.GetValue(abPairsOpt);
             if (threadPairs is < 1 or > 50) throw new ArgumentException($"--ab-pairs: {threadPairs} is not in 1..50");
             int actorRounds = r.GetValue(actorRoundsOpt);
@@ -114,6 +122,7 @@ public static class BenchCommand
                 DedicatedLaneThread = !r.GetValue(poolLane),
                 SpinKernelGate = r.GetValue(spinGate),
                 BalanceLastLane = !r.GetValue(noBalance),
+                ExpertReadScales = !r.GetValue(noReadScales),
                 Merge = r.GetValue(merge) switch
                 {
                     "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,
@@ -124,15 +133,15 @@ public static class BenchCommand
             if (r.GetValue(batchRate) is double br)
                 options = br is > 0 and <= 1 ? options with { BatchAdaptRate = br } : throw new ArgumentException($"--batch-adapt-rate: {br} is not in (0, 1]");
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
-            if ((abPairs > 0 || fewerThreads > 0 || otherKernel is not null) && options.GpuBudgetBytes is null)
-                throw new ArgumentException("--ab-balance, --ab-cpu-threads and --ab-kernel compare the CPU lane: give --gpu-budget");
+            if ((abPairs > 0 || fewerThreads > 0 || otherKernel is not null || scalePairs > 0) && options.GpuBudgetBytes is null)
+                throw new ArgumentException("--ab-balance, --ab-cpu-threads, --ab-kernel and --ab-read-scales compare the CPU lane: give --gpu-budget");
             if (fewerThreads > 0 && fewerThreads >= OffloadEngine.DefaultCpuThreads(options)) // before building: that takes minutes at full size
                 throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {OffloadEngine.DefaultCpuThreads(options)} participants");
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null, warmup: !r.GetValue(noWarmup),
-                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null, decodePipeline: !r.GetValue(noPipeline), abPipeline: pipelinePairs);
+                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null, decodePipeline: !r.GetValue(noPipeline), abPipeline: pipelinePairs, abReadScales: scalePairs);
             if (r.GetValue(actors))
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.

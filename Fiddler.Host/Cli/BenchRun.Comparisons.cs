@@ -4,7 +4,7 @@ namespace Fiddler.Host.Cli;
 
 // The bench's in-process comparisons: decode through the actor runtime vs directly (--actors), the lane-order balance
 // on vs off (--ab-balance), the CPU lane's worker count (--ab-cpu-threads), the CPU kernel's tuning (--ab-kernel) and
-// the decode pipeline on vs off (--ab-pipeline).
+// the decode pipeline on vs off (--ab-pipeline) and routing by the host experts' read speeds or not (--ab-read-scales).
 public static partial class BenchRun
 {
     /// <summary>
@@ -178,6 +178,34 @@ public static partial class BenchRun
     /// same tokens. <paramref name="MedianGainPct"/>: the median of the pairs' (pipelined / step by step − 1) × 100.
     /// </summary>
     public sealed record PipelineComparison(WindowStats[] PipelinedRuns, WindowStats[] SteppedRuns, double[] PairGainPct, double MedianGainPct);
+
+    /// <summary>
+    /// <c>--ab-read-scales P</c>: pairs of decode windows routing with the host experts' read-speed scales
+    /// (<see cref="Fiddler.Actors.Scheduling.HostReadScales"/>) and without, each with its own learned router speeds (the
+    /// side without learns them in one discarded window first). <paramref name="MedianGainPct"/>: the median of the pairs'
+    /// (with / without − 1) × 100.
+    /// </summary>
+    public sealed record ReadScalesComparison(WindowStats[] WithRuns, WindowStats[] WithoutRuns, double[] PairGainPct, double MedianGainPct,
+        double WithCpuFactor, double WithoutCpuFactor);
+
+    /// <summary>
+    /// <paramref name="pairs"/> pairs of <paramref name="window"/>s with <paramref name="scheduler"/>'s read-speed scales on
+    /// and off (on first in even pairs), each side with its own learned speeds; the scales are back on afterwards.
+    /// </summary>
+    public static ReadScalesComparison CompareReadScales(RouterScheduler scheduler, int pairs, Func<WindowStats> window)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairs, 1);
+        var sides = new LearnedSides(scheduler.Router, without => scheduler.UseReadScales = !without);
+        try
+        {
+            sides.Use(sideB: true);
+            window(); // discarded: the side without scales learns its speeds
+            var (with, without, gain) = Alternate(pairs, useWith => sides.Use(sideB: !useWith), window);
+            sides.Use(sideB: false);
+            return new ReadScalesComparison(with, without, gain, Median(gain), scheduler.Router.SaveLearned().Contended[0], sides.SpeedsB!.Contended[0]);
+        }
+        finally { sides.Abandon(); }
+    }
 
     /// <summary>
     /// <c>--ab-kernel SETTINGS</c>: pairs of decode windows with the CPU expert kernel's tuning as configured

@@ -161,6 +161,12 @@ public static partial class BenchRun
             ["kernel_decode"] = r.KernelDecode,
             ["pool_decode"] = r.PoolDecode,
             ["host_expert_read_gb_s"] = r.HostReads is { Experts: > 0 } hr ? HostReadsReport(hr, engine.Config.NumHiddenLayers) : null,
+            // What the router planned by (measured at start; see HostReadScales): null when it was off or nothing could be timed.
+            ["read_scales"] = engine.Scheduler?.ReadScales is { } rs ? new Dictionary<string, object>
+            {
+                ["experts"] = rs.Measured, ["median_gb_s"] = Math.Round(rs.ReferenceRate, 1), ["slowest"] = Math.Round(rs.Slowest, 3),
+                ["slow_share"] = Math.Round(rs.SlowShare, 3), // experts at ≥ 1.2 × the median's read time
+            } : null,
             ["warmup_prompt_tokens"] = r.WarmupPrompts,
             ["warmup_s"] = Math.Round(r.WarmupS, 3),
             ["card"] = card,
@@ -210,6 +216,17 @@ public static partial class BenchRun
                 ["stepped_tok_s"] = abp.SteppedRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
                 ["pair_gain_pct"] = abp.PairGainPct, // pipelined / stepped − 1
                 ["median_gain_pct"] = Math.Round(abp.MedianGainPct, 2),
+            } : null,
+            ["ab_read_scales"] = r.AbReadScales is { } abs ? new Dictionary<string, object>
+            {
+                ["pairs"] = abs.WithRuns.Length,
+                ["with_tok_s"] = abs.WithRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["without_tok_s"] = abs.WithoutRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
+                ["pair_gain_pct"] = abs.PairGainPct, // with / without − 1
+                ["median_gain_pct"] = Math.Round(abs.MedianGainPct, 2),
+                ["cpu_factor"] = new[] { Math.Round(abs.WithCpuFactor, 3), Math.Round(abs.WithoutCpuFactor, 3) },
+                ["with_kernel_gb_s"] = abs.WithRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
+                ["without_kernel_gb_s"] = abs.WithoutRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
             } : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,

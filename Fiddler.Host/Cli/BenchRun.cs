@@ -20,6 +20,7 @@ public static partial class BenchRun
         public ThreadsComparison? AbCpuThreads { get; init; }
         public KernelComparison? AbKernel { get; init; }
         public PipelineComparison? AbPipeline { get; init; }
+        public ReadScalesComparison? AbReadScales { get; init; }
         /// <summary>Whether the decode windows ran through the decode pipeline.</summary>
         public bool DecodePipeline { get; init; } = true;
         /// <summary>GPU GiB in use after each prompt's prefill (CUDA), in the order the prompts ran: libtorch's cache keeps
@@ -87,13 +88,15 @@ public static partial class BenchRun
     /// <param name="decodePipeline">Decode windows through <see cref="Fiddler.Kernels.Generation.DecodePipeline"/>, as the
     /// generator runs greedy decoding (false: step, read the token, step).</param>
     /// <param name="abPipeline">After the comparisons above: pairs of windows pipelined and not (<see cref="PipelineComparison"/>); 0: none.</param>
+    /// <param name="abReadScales">After those: pairs of windows routing with and without the host experts' read-speed
+    /// scales (<see cref="ReadScalesComparison"/>); 0: none.</param>
     /// <param name="warmup">Run the engine's start-up warm-up first (<see cref="WarmupPlan"/>: one prompt per batch size
     /// the router learns apart, then decode steps), as <c>fiddler serve</c> does before it takes requests; TTFT is then
     /// what a server's first request of each size sees. False: only a 16-token prompt and 4 decode steps (kernels,
     /// allocator, staging slots), so each size's first prompt plans with factors learned at other sizes.</param>
     public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0,
         (int Fewer, int Pairs)? abThreads = null, bool warmup = true, (Fiddler.Kernels.Experts.CpuKernelSettings Other, int Pairs)? abKernel = null,
-        bool decodePipeline = true, int abPipeline = 0)
+        bool decodePipeline = true, int abPipeline = 0, int abReadScales = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
@@ -238,7 +241,7 @@ public static partial class BenchRun
                 ["gb_s"] = Math.Round(regionBytes / (regionMs / 1000) / 1e9, 1),
             },
         };
-        if (abPairs == 0 && abThreads is null && abKernel is null && abPipeline == 0) return result;
+        if (abPairs == 0 && abThreads is null && abKernel is null && abPipeline == 0 && abReadScales == 0) return result;
         // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the
         // cache needs no room beyond the run's and the placement is the same as without the comparisons.
         WindowStats AbWindow()
@@ -257,11 +260,16 @@ public static partial class BenchRun
             pipelined = decodePipeline;
             result = result with { AbPipeline = new PipelineComparison(on, off, diff, Median(diff)) };
         }
-        if (abPairs == 0 && abThreads is null && abKernel is null) return result;
+        if (abPairs == 0 && abThreads is null && abKernel is null && abReadScales == 0) return result;
         if (s is null)
         {
-            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads, --ab-kernel: every expert is resident, so there is no CPU lane to compare");
+            Console.Error.WriteLine("--ab-balance, --ab-cpu-threads, --ab-kernel, --ab-read-scales: every expert is resident, so there is no CPU lane to compare");
             return result;
+        }
+        if (abReadScales > 0)
+        {
+            if (s.ReadScales is null) Console.Error.WriteLine("--ab-read-scales: no host expert could be timed, so there are no scales to compare");
+            else result = result with { AbReadScales = CompareReadScales(s, abReadScales, AbWindow) };
         }
         if (abPairs > 0) result = result with { AbBalance = CompareBalance(s.Router, abPairs, AbWindow) };
         if (abThreads is { } t && engine.CpuPool is { } pool)

@@ -241,6 +241,40 @@ public sealed partial class ExpertRouterTests
     }
 
     [Fact]
+    public void Decide_OneMissOnSlowMemory_StreamsItAndTheCpuTakesTheFastOne()
+    {
+        // Expert 6 sits in memory the CPU reads 2× slower (7.8 ms, above a stream's 6.6). Whole experts: the lower id would
+        // stream on a tie (above); with the scales the slow one streams and the CPU gets the fast one.
+        var router = Router(Host(cpu1: 3.9));
+        var plan = router.Decide([new ExpertLoad(6, 1, false, CpuScale: 2), Miss(2)]);
+        Assert.Equal(ExpertPlacement.Transfer, plan.For(6).Placement);
+        Assert.Equal(ExpertPlacement.Cpu, plan.For(2).Placement);
+        Assert.Equal(3.9, plan.CpuLaneMs, 9);
+
+        // Split allowed, 1.6× slower: the slow expert is the one divided, and the layer cannot end sooner than with both fast.
+        var split = SplitRouter(Host(cpu1: 3.9)).Decide([new ExpertLoad(6, 1, false, CpuScale: 1.6), Miss(2)]);
+        Assert.Equal(ExpertPlacement.Cpu, split.For(2).Placement);
+        Assert.Equal(ExpertPlacement.Split, split.For(6).Placement);
+        var unscaled = SplitRouter(Host(cpu1: 3.9)).Decide([Miss(6), Miss(2)]);
+        Assert.True(split.MakespanMs > unscaled.MakespanMs, "a slower expert cannot make the layer faster");
+        RouterInvariants.Check(split, Host(cpu1: 3.9), 2, cpuScales: new Dictionary<int, double> { [6] = 1.6 });
+        // 3.9 + (1 − t)·6.24 = 6.6·t: the slow expert's rows split where the lanes meet.
+        Assert.Equal(6.6 * (3.9 + 6.24) / (6.24 + 6.6), split.MakespanMs, 6);
+    }
+
+    [Fact]
+    public void Decide_ScaleAppliesToMemoryBoundBatchesOnly()
+    {
+        // At 64 tokens the CPU expert is bound by compute: the slow memory does not change the plan.
+        var router = Router(Host(cpu1: 3.9));
+        var plain = router.Decide([Miss(6, tokens: 64), Miss(2, tokens: 64)]);
+        var scaled = router.Decide([new ExpertLoad(6, 64, false, CpuScale: 1.6), Miss(2, tokens: 64)]);
+        Assert.Equal(plain.Decisions.Select(d => d.Placement), scaled.Decisions.Select(d => d.Placement));
+        Assert.Equal(plain.MakespanMs, scaled.MakespanMs, 9);
+        Assert.Throws<ArgumentException>(() => router.Decide([new ExpertLoad(6, 1, false, CpuScale: 0)]));
+    }
+
+    [Fact]
     public void Decide_OneMissCpuFasterThanTransfer_SplitsItAcrossBothLanes()
     {
         // CPU 2.9 ms vs transfer 6.6: t·6.6 = (1 − t)·2.9 → t = 2.9/9.5; the layer takes 2.015 ms instead of 2.9.

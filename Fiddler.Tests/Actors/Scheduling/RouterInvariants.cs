@@ -16,8 +16,10 @@ internal static class RouterInvariants
         return held.Length == 0 ? 0 : held.Max(h => held.Count(o => o.StartMs <= h.StartMs + Eps && o.FinishMs > h.StartMs + Eps));
     }
 
-    public static void Check(LayerPlan plan, HardwareProfile host, int slots, double contention = 1)
+    /// <param name="cpuScales">Experts' read-speed scales (<see cref="ExpertLoad.CpuScale"/>; others 1), which apply at ≤ 4 tokens.</param>
+    public static void Check(LayerPlan plan, HardwareProfile host, int slots, double contention = 1, IReadOnlyDictionary<int, double>? cpuScales = null)
     {
+        double Scale(ExpertDecision d) => d.Tokens <= 4 && cpuScales is not null && cpuScales.TryGetValue(d.Expert, out double x) ? x : 1;
         bool copies = plan.Decisions.Any(d => d.Placement is ExpertPlacement.Transfer or ExpertPlacement.Split);
         double factor = copies ? contention : 1;
         double splitCpuMs = 0;
@@ -32,7 +34,7 @@ internal static class RouterInvariants
                     Assert.Equal(gpu, d.FinishMs - d.ComputeStartMs, 9);
                     break;
                 case ExpertPlacement.Cpu:
-                    Assert.Equal((host.CpuMs(d.Tokens) + host.ActivationRoundTrip.Ms(d.Tokens)) * factor, d.PredictedMs, 9);
+                    Assert.Equal((host.CpuMs(d.Tokens) * Scale(d) + host.ActivationRoundTrip.Ms(d.Tokens)) * factor, d.PredictedMs, 9);
                     Assert.Equal(d.PredictedMs, d.FinishMs - d.StartMs, 9);
                     Assert.Equal(host.CpuPrefersTorch(d.Tokens), d.CpuViaTorch);
                     break;
@@ -46,7 +48,7 @@ internal static class RouterInvariants
                     double t = 1 - d.CpuShare;
                     Assert.True(d.ComputeStartMs >= d.StartMs + t * host.TransferMs - Eps, "split compute before its weights arrived");
                     Assert.True(d.FinishMs >= d.ComputeStartMs + t * gpu - Eps);
-                    splitCpuMs = (d.CpuShare * host.CpuMs(d.Tokens) + host.ActivationRoundTrip.Ms(d.Tokens)) * factor;
+                    splitCpuMs = (d.CpuShare * host.CpuMs(d.Tokens) * Scale(d) + host.ActivationRoundTrip.Ms(d.Tokens)) * factor;
                     break;
             }
         }
