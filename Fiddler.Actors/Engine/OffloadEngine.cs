@@ -85,8 +85,11 @@ public sealed class OffloadEngine : IDisposable
                 engine.AttachExecutor(o, shape, dtype, log);
                 if (o.ExpertReadScales && engine.MeasureReadScales() is { } scales)
                 {
-                    engine.Scheduler!.ReadScales = scales;
-                    log($"host expert reads: {scales} (GB/s); the router plans each expert's CPU time by it");
+                    engine.ReadScales = scales;
+                    if (scales.Uneven) engine.Scheduler!.ReadScales = scales;
+                    log($"host expert reads: {scales} (GB/s); " + (scales.Uneven
+                        ? "the router plans each expert's CPU time by its read speed"
+                        : "the router keeps the calibrated time for every expert"));
                 }
             }
             return engine;
@@ -244,6 +247,10 @@ public sealed class OffloadEngine : IDisposable
                 .Select(e => (l.Moe.Layer, e, l.Moe.Expert(e))))
             .Select(x => (x.Item1, x.e, HostExpert.FromTensors(x.Item3.Gate.Weight, x.Item3.Up.Weight, x.Item3.Down.Weight, requirePinned: false)))
             .ToArray();
+
+    /// <summary>The host experts' read speeds measured at start (null: not measured); the router plans by them where
+    /// they are <see cref="HostReadScales.Uneven"/> (<see cref="RouterScheduler.ReadScales"/>).</summary>
+    public HostReadScales? ReadScales { get; private set; }
 
     /// <summary>The direct (actor-free) executor the model runs with; set it again after an actor runtime replaced it.</summary>
     public OffloadExecutor? Executor { get; private set; }

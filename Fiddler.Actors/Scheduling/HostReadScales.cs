@@ -6,7 +6,7 @@ namespace Fiddler.Actors.Scheduling;
 /// with slower DRAM (measured on lent H100 hosts: a third of the experts at ~80 GB/s against ~125 for the rest, the same
 /// experts slow in every pass), and a decode layer's CPU lane on such an expert takes that much longer. With the scales
 /// the router gives the slow ones to the PCIe lane and keeps the fast ones for the CPU (<see cref="ExpertLoad.CpuScale"/>).
-/// On a host whose memory reads alike the scales stay near 1 and change nothing.
+/// The engine plans by them only where the host's memory is <see cref="Uneven"/>; elsewhere they would be two passes' noise.
 /// </summary>
 public sealed class HostReadScales
 {
@@ -46,6 +46,16 @@ public sealed class HostReadScales
     /// <summary>An expert at least this much slower than the median counts as slow in <see cref="SlowShare"/>.</summary>
     public const double SlowAbove = 1.2;
 
+    /// <summary>The <see cref="SlowShare"/> from which the host's memory counts as uneven (<see cref="Uneven"/>).</summary>
+    public const double UnevenFromShare = 0.05;
+
+    /// <summary>
+    /// Whether enough experts read slowly for the scales to be worth planning by: on the lent H100 hosts whose memory
+    /// read alike, at most 1 % of the experts were 1.2× slower than the median (two passes' noise); on one whose memory
+    /// did not, about a third. Below this the engine leaves the router on the calibrated time, as before.
+    /// </summary>
+    public bool Uneven => SlowShare >= UnevenFromShare;
+
     /// <summary>The median read rate of the measured experts, in the unit given (the scale-1 speed).</summary>
     public double ReferenceRate { get; }
 
@@ -63,5 +73,5 @@ public sealed class HostReadScales
         (uint)layer < (uint)_scale.Length && (uint)expert < (uint)_scale[layer].Length ? _scale[layer][expert] : 1;
 
     public override string ToString() =>
-        $"{Measured} host experts, median {ReferenceRate:0.#}, slowest ×{Slowest:0.##}, {SlowShare:P0} at ≥ ×{SlowAbove}";
+        $"{Measured} host experts, median {ReferenceRate:0.#}, slowest ×{Slowest:0.##}, {SlowShare:P0} at ≥ ×{SlowAbove} ({(Uneven ? "uneven" : "even")})";
 }

@@ -161,11 +161,13 @@ public static partial class BenchRun
             ["kernel_decode"] = r.KernelDecode,
             ["pool_decode"] = r.PoolDecode,
             ["host_expert_read_gb_s"] = r.HostReads is { Experts: > 0 } hr ? HostReadsReport(hr, engine.Config.NumHiddenLayers) : null,
-            // What the router planned by (measured at start; see HostReadScales): null when it was off or nothing could be timed.
-            ["read_scales"] = engine.Scheduler?.ReadScales is { } rs ? new Dictionary<string, object>
+            // The host experts' read speeds measured at start (see HostReadScales): null when off or nothing could be timed;
+            // "planned_by" whether the router used them (the host's memory uneven).
+            ["read_scales"] = engine.ReadScales is { } rs ? new Dictionary<string, object>
             {
                 ["experts"] = rs.Measured, ["median_gb_s"] = Math.Round(rs.ReferenceRate, 1), ["slowest"] = Math.Round(rs.Slowest, 3),
                 ["slow_share"] = Math.Round(rs.SlowShare, 3), // experts at ≥ 1.2 × the median's read time
+                ["planned_by"] = engine.Scheduler?.ReadScales is not null,
             } : null,
             ["warmup_prompt_tokens"] = r.WarmupPrompts,
             ["warmup_s"] = Math.Round(r.WarmupS, 3),

@@ -268,7 +268,7 @@ public static partial class BenchRun
         }
         if (abReadScales > 0)
         {
-            if (s.ReadScales is null) Console.Error.WriteLine("--ab-read-scales: no host expert could be timed, so there are no scales to compare");
+            if (s.ReadScales is null) Console.Error.WriteLine("--ab-read-scales: the router plans without read scales here (none measured, or this host's memory reads evenly: see read_scales), so there is nothing to compare");
             else result = result with { AbReadScales = CompareReadScales(s, abReadScales, AbWindow) };
         }
         if (abPairs > 0) result = result with { AbBalance = CompareBalance(s.Router, abPairs, AbWindow) };

@@ -21,6 +21,16 @@ public sealed class HostReadScalesTests
     }
 
     [Fact]
+    public void Uneven_OnlyWhenAtLeastFivePercentReadSlowly()
+    {
+        // 40 experts: one 1.3× slower is 2.5 % (noise-sized); three are 7.5 %.
+        (int, int, double)[] Rates(int slow) => [.. Enumerable.Range(0, 40).Select(i => (i / 8, i % 8, i < slow ? 100.0 : 130.0))];
+        Assert.False(new HostReadScales(5, 8, Rates(1)).Uneven);
+        Assert.True(new HostReadScales(5, 8, Rates(3)).Uneven);
+        Assert.Contains("uneven", new HostReadScales(5, 8, Rates(3)).ToString());
+    }
+
+    [Fact]
     public void Scales_OutlierIsClamped()
     {
         var s = new HostReadScales(1, 3, [(0, 0, 1), (0, 1, 100), (0, 2, 1000)]);
