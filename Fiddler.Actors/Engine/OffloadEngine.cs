@@ -83,14 +83,8 @@ public sealed class OffloadEngine : IDisposable
             if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts)
             {
                 engine.AttachExecutor(o, shape, dtype, log);
-                if (o.ExpertReadScales && engine.MeasureReadScales() is { } scales)
-                {
-                    engine.ReadScales = scales;
-                    if (scales.Uneven) engine.Scheduler!.ReadScales = scales;
-                    log($"host expert reads: {scales} (GB/s); " + (scales.Uneven
-                        ? "the router plans each expert's CPU time by its read speed"
-                        : "the router keeps the calibrated time for every expert"));
-                }
+                // Only where the router chooses between the lanes (--routing cpu or transfer has nothing to choose).
+                if (o.ExpertReadScales && o.Routing == RoutingMode.Auto) engine.ApplyReadScales(log);
             }
             return engine;
         }
@@ -239,6 +233,27 @@ public sealed class OffloadEngine : IDisposable
         double[] best = reads.Best;
         return new HostReadScales(Config.NumHiddenLayers, Config.NumLocalExperts,
             host.Select((h, i) => (h.Layer, h.Expert, best[i])).ToArray());
+    }
+
+    /// <summary>
+    /// Measures the host experts' read speeds and, where the host's memory is uneven, has the router plan by them. A
+    /// failed measurement is logged and leaves the router on calibrated times: the engine works without it.
+    /// </summary>
+    private void ApplyReadScales(Action<string> log)
+    {
+        HostReadScales? scales;
+        try { scales = MeasureReadScales(); }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or CudaException)
+        {
+            log($"host expert reads: not measured ({e.Message}); the router keeps the calibrated time for every expert");
+            return;
+        }
+        if (scales is null) return;
+        ReadScales = scales;
+        if (scales.Uneven) Scheduler!.ReadScales = scales;
+        log($"host expert reads: {scales} (GB/s); " + (scales.Uneven
+            ? "the router plans each expert's CPU time by its read speed"
+            : "the router keeps the calibrated time for every expert"));
     }
 
     /// <summary>The host-resident experts, layer by layer, with their weights' memory (read-only use: not required pinned).</summary>

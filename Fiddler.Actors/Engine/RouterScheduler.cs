@@ -101,7 +101,13 @@ public sealed class RouterScheduler(ExpertRouter router) : IExpertScheduler
     }
 
     /// <summary>Whether plans use <see cref="ReadScales"/> (on by default; <c>bench --ab-read-scales</c> switches it between windows).</summary>
-    public bool UseReadScales { get; set; } = true;
+    public bool UseReadScales
+    {
+        get => Volatile.Read(ref _useReadScales);
+        set => Volatile.Write(ref _useReadScales, value);
+    }
+
+    private bool _useReadScales = true;
 
     public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
     {

@@ -87,7 +87,8 @@ public static partial class BenchRun
     /// (<see cref="KernelComparison"/>); null: none.</param>
     /// <param name="decodePipeline">Decode windows through <see cref="Fiddler.Kernels.Generation.DecodePipeline"/>, as the
     /// generator runs greedy decoding (false: step, read the token, step).</param>
-    /// <param name="abPipeline">After the comparisons above: pairs of windows pipelined and not (<see cref="PipelineComparison"/>); 0: none.</param>
+    /// <param name="abPipeline">After the decode windows, before the comparisons below: pairs of windows pipelined and not
+    /// (<see cref="PipelineComparison"/>); 0: none.</param>
     /// <param name="abReadScales">After those: pairs of windows routing with and without the host experts' read-speed
     /// scales (<see cref="ReadScalesComparison"/>); 0: none.</param>
     /// <param name="warmup">Run the engine's start-up warm-up first (<see cref="WarmupPlan"/>: one prompt per batch size
@@ -252,7 +253,7 @@ public static partial class BenchRun
             Fiddler.Kernels.Experts.CpuExpertKernel.ResetStats();
             double tokS = Window();
             var (kRegions, kMs, kBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
-            return new WindowStats(tokS, s?.Router.LaneOrder.CpuLastShare ?? 0, s?.MeanHandoff.Mean.HostMs ?? 0, kRegions == 0 ? 0 : kBytes / (kMs / 1000) / 1e9);
+            return new WindowStats(tokS, s?.Router.LaneOrder.CpuLastShare ?? 0, s?.MeanHandoff.Mean.HostMs ?? 0, kRegions == 0 || kMs <= 0 ? 0 : kBytes / (kMs / 1000) / 1e9);
         }
         if (abPipeline > 0)
         {

@@ -33,6 +33,14 @@ public sealed unsafe class DecodePipeline : IDisposable
     private readonly float[] _values; // what the consumer gets: reused (a fresh 128 KB array per token would land on the
                                       // large-object heap and bring full collections into the decode loop)
 
+    /// <summary>
+    /// Test seam: replaces "the previous logits have landed" (the CUDA event; always true without one), to play a device
+    /// far behind the host on the CPU device: the step is then dropped between layers or after it was queued whole.
+    /// </summary>
+    internal Func<bool>? LandedProbe { get; init; }
+
+    private bool Landed => LandedProbe?.Invoke() ?? _landed is null || _landed.IsComplete;
+
     /// <summary>A queued step's logits have not been handed out yet.</summary>
     public bool Pending => _pending;
 
@@ -42,14 +50,21 @@ public sealed unsafe class DecodePipeline : IDisposable
         _model = model;
         _cache = cache;
         _values = new float[model.Config.VocabSize];
-        _input = tensor(new[] { firstToken }, ScalarType.Int64).unsqueeze(0).to(model.Device);
-        _input.DetachFromDisposeScope();
+        using var scope = NewDisposeScope();
+        _input = tensor(new[] { firstToken }, ScalarType.Int64).unsqueeze(0).to(model.Device).DetachFromDisposeScope();
         if (model.Device.type == DeviceType.CUDA && CudaRuntime.IsAvailable)
         {
-            using var pageable = empty(model.Config.VocabSize, ScalarType.Float32);
-            _hostLogits = pageable.pin_memory();
-            _hostLogits.DetachFromDisposeScope();
-            _landed = CudaEvent.CreateBlocking(model.Device.index < 0 ? 0 : model.Device.index);
+            try
+            {
+                _hostLogits = empty(model.Config.VocabSize, ScalarType.Float32).pin_memory().DetachFromDisposeScope();
+                _landed = CudaEvent.CreateBlocking(model.Device.index < 0 ? 0 : model.Device.index);
+            }
+            catch
+            {
+                _hostLogits?.Dispose();
+                _input.Dispose();
+                throw;
+            }
         }
     }
 
@@ -57,21 +72,32 @@ public sealed unsafe class DecodePipeline : IDisposable
     /// Queues the next step. Before that step's layers, once the previous step's logits are on the host, hands them to
     /// <paramref name="consume"/> (at the latest after queuing the step); <paramref name="consume"/> returns false to
     /// stop, and then the new step is dropped and this returns false. The array handed out is valid during the call
-    /// only: the pipeline reuses it.
+    /// only: the pipeline reuses it. <paramref name="consume"/> runs inside the model's forward (between two layers):
+    /// tensors it makes are freed when the forward returns.
     /// </summary>
     public bool Advance(Func<float[], bool> consume)
     {
         using var scope = NewDisposeScope();
-        bool Abandon() => _pending && (_landed is null || _landed.IsComplete) && !Hand(consume);
+        bool Abandon() => _pending && Landed && !Hand(consume);
         var logits = _model.ForwardQueued(_input, _cache, Abandon);
         if (logits is null) return false;
-        if (_pending && !Hand(consume))
+        if (_pending)
         {
-            // The logits landed only after the step was queued (a slow device, or the CPU device's first layer):
-            // drop the step's position, and let its lanes end before anything is freed.
-            _model.CompleteLanes();
-            _cache.Truncate(_cache.Length - 1);
-            return false;
+            // The previous logits landed only after the whole step was queued (a device far behind the host): hand them
+            // out now. On a stop, or when the consumer throws, the step is dropped: its lanes end before anything is
+            // freed, and the cache goes back to before its position.
+            bool go;
+            try { go = Hand(consume); }
+            catch
+            {
+                Drop();
+                throw;
+            }
+            if (!go)
+            {
+                Drop();
+                return false;
+            }
         }
         var next = logits.argmax(-1).view(1, 1);
         next.DetachFromDisposeScope();
@@ -84,7 +110,8 @@ public sealed unsafe class DecodePipeline : IDisposable
         }
         else
         {
-            // Off CUDA every op has run by now: a copy, so that the logits outlive this step's tensors.
+            // Without CUDA events (the CPU device, or no CUDA runtime) the synchronous copy to the host is the wait: a
+            // copy, so that the logits outlive this step's tensors.
             _hostLogits?.Dispose();
             _hostLogits = logits[0].to(ScalarType.Float32, CPU, copy: true);
             _hostLogits.DetachFromDisposeScope();
@@ -100,11 +127,21 @@ public sealed unsafe class DecodePipeline : IDisposable
         {
             if (_pending && consume is not null) Hand(consume);
         }
-        finally
+        catch
         {
-            _pending = false;
-            _model.CompleteLanes();
+            // The consumer's failure is the one to report; the lanes still end before anything is freed.
+            try { _model.CompleteLanes(); } catch (Exception) { }
+            throw;
         }
+        finally { _pending = false; }
+        _model.CompleteLanes();
+    }
+
+    /// <summary>Drops a fully queued step: its lanes end, and the cache forgets its position.</summary>
+    private void Drop()
+    {
+        try { _model.CompleteLanes(); }
+        finally { _cache.Truncate(_cache.Length - 1); }
     }
 
     private bool Hand(Func<float[], bool> consume)

@@ -75,8 +75,8 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
             // Each step queued before the host reads the token before it (see DecodePipeline): the same tokens, without
             // the device and the CPU pool idling at every token boundary. No step is queued past the token limit.
             using var pipeline = new DecodePipeline(model, cache, tokens[^1]);
-            while (tokens.Count + (pipeline.Pending ? 1 : 0) < options.MaxNewTokens && pipeline.Advance(values => !Emit(values))) { }
-            pipeline.Finish(ended ? null : values => !Emit(values));
+            while (tokens.Count + (pipeline.Pending ? 1 : 0) < options.MaxNewTokens && pipeline.Advance(logits => !Emit(logits))) { }
+            pipeline.Finish(ended ? null : logits => !Emit(logits));
         }
         else
         {

@@ -149,6 +149,7 @@ public sealed class MixtralForCausalLM : nn.Module
             throw new InvalidOperationException($"context overflow: {start} cached + {ids.shape[1]} new tokens > capacity {cache.Capacity}");
         if (_model.Forward(ids.to(Device), start, cache, abandon, collectLanes: false) is not { } h) return null;
         cache.Advance(ids.shape[1]);
+        using var head = StageTimer.Stage("lm_head");
         return _lmHead.forward(h.select(1, -1)).to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 

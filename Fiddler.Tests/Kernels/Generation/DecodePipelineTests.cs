@@ -172,4 +172,73 @@ public sealed class DecodePipelineTests : IDisposable
         loaded.Model.SetExpertExecutor(healthy);
         Assert.Equal(6, new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6)).Tokens.Length);
     }
+
+    /// <summary>
+    /// Decodes through the pipeline with the logits landing when <paramref name="landed"/> says (null: at once, as on the
+    /// CPU device), stopping at the <paramref name="stopAt"/>-th step's logits; the tokens and where the cache ended.
+    /// </summary>
+    private static (List<long> Tokens, long CacheLength) Pipelined(Fiddler.Kernels.Modules.MixtralForCausalLM model, int stopAt, Func<bool>? landed)
+    {
+        using var noGrad = no_grad();
+        using var cache = model.NewCache(32);
+        long first;
+        using (var prefill = model.Forward(tensor(new long[] { 3, 14, 15 }).unsqueeze(0), cache)) first = prefill.argmax(-1).item<long>();
+        var tokens = new List<long> { first };
+        bool Consume(float[] logits)
+        {
+            tokens.Add(Array.IndexOf(logits, logits.Max()));
+            return tokens.Count < stopAt;
+        }
+        using (var pipeline = new DecodePipeline(model, cache, first) { LandedProbe = landed })
+        {
+            while (pipeline.Advance(Consume)) { }
+            pipeline.Finish(null);
+        }
+        return (tokens, cache.Length);
+    }
+
+    [Fact]
+    public void Advance_LogitsLandBetweenLayersOrAfterTheStep_SameTokensAndCacheAsAtOnce()
+    {
+        // On CUDA the previous token's logits land while the next step's first layer runs (the step is dropped between
+        // layers, after layer 0's CPU lane was started), or after the whole step was queued (dropped whole). The CPU
+        // device always has them at once; the probe plays the other two.
+        string dir = Fixture("tiny-gqa4-top3");
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
+            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
+        using var executor = new OffloadExecutor(scheduler, new TorchCpuBackend(), null);
+        loaded.Model.SetExpertExecutor(executor);
+
+        var atOnce = Pipelined(loaded.Model, stopAt: 5, landed: null);
+        int checks = 0;
+        var betweenLayers = Pipelined(loaded.Model, stopAt: 5, landed: () => ++checks % 2 == 0); // lands at the second check
+        var afterStep = Pipelined(loaded.Model, stopAt: 5, landed: () => false);
+
+        Assert.Equal(5, atOnce.Tokens.Count);
+        Assert.Equal(atOnce.Tokens, betweenLayers.Tokens);
+        Assert.Equal(atOnce.Tokens, afterStep.Tokens);
+        // The prompt and every token but the last (which stopped it) are in the cache, whichever way the step was dropped.
+        Assert.Equal(3 + 4, atOnce.CacheLength);
+        Assert.Equal(atOnce.CacheLength, betweenLayers.CacheLength);
+        Assert.Equal(atOnce.CacheLength, afterStep.CacheLength);
+        Assert.True(checks > 0);
+    }
+
+    [Fact]
+    public void Advance_ConsumerThrowsAfterTheStepWasQueued_StepDroppedAndErrorSurfaces()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        using var noGrad = no_grad();
+        using var cache = loaded.Model.NewCache(32);
+        using (loaded.Model.Forward(tensor(new long[] { 1, 2 }).unsqueeze(0), cache)) { }
+        using var pipeline = new DecodePipeline(loaded.Model, cache, 4) { LandedProbe = () => false };
+        Assert.True(pipeline.Advance(_ => true)); // step 1 queued
+        Assert.Equal(3, cache.Length);
+        var e = Assert.Throws<InvalidOperationException>(() => pipeline.Advance(_ => throw new InvalidOperationException("consumer failed")));
+        Assert.Equal("consumer failed", e.Message);
+        Assert.Equal(3, cache.Length); // step 2 was queued whole, then dropped
+    }
 }
