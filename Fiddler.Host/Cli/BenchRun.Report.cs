@@ -174,62 +174,26 @@ public static partial class BenchRun
             ["card"] = card,
             ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
             ["decode_tok_s_generator"] = r.GeneratorTokS is double g ? Math.Round(g, 3) : null,
-            ["ab_balance"] = r.AbBalance is { } abb ? new Dictionary<string, object>
-            {
-                ["pairs"] = abb.On.Length,
-                ["lane_balance_at_start"] = Math.Round(abb.BalanceAtStart, 3),
-                ["on_tok_s"] = abb.On.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["off_tok_s"] = abb.Off.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["pair_diff_pct"] = abb.PairDiffPct,
-                ["median_diff_pct"] = Math.Round(abb.MedianDiffPct, 2),
-                ["on_cpu_ended_last"] = abb.On.Select(x => Math.Round(x.CpuEndedLastShare, 3)).ToArray(),
-                ["off_cpu_ended_last"] = abb.Off.Select(x => Math.Round(x.CpuEndedLastShare, 3)).ToArray(),
-                ["on_handoff_host_ms"] = abb.On.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
-                ["off_handoff_host_ms"] = abb.Off.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
-            } : null,
-            ["ab_cpu_threads"] = r.AbCpuThreads is { } abt ? new Dictionary<string, object>
-            {
-                ["pairs"] = abt.FullRuns.Length,
-                ["threads"] = new[] { abt.Full, abt.Fewer },
-                ["full_tok_s"] = abt.FullRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["fewer_tok_s"] = abt.FewerRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["pair_diff_pct"] = abt.PairDiffPct, // fewer / full − 1
-                ["median_diff_pct"] = Math.Round(abt.MedianDiffPct, 2),
-                ["cpu_factor"] = new[] { Math.Round(abt.FullCpuFactor, 3), Math.Round(abt.FewerCpuFactor, 3) },
-                ["full_handoff_host_ms"] = abt.FullRuns.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
-                ["fewer_handoff_host_ms"] = abt.FewerRuns.Select(x => Math.Round(x.HandoffHostMs, 3)).ToArray(),
-            } : null,
-            ["ab_kernel"] = r.AbKernel is { } abk ? new Dictionary<string, object>
-            {
-                ["pairs"] = abk.ConfiguredRuns.Length,
-                ["settings"] = new[] { abk.Configured.ToString(), abk.Other.ToString() }, // prefetch bytes,level,next rows,item KB
-                ["configured_tok_s"] = abk.ConfiguredRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["other_tok_s"] = abk.OtherRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["pair_diff_pct"] = abk.PairDiffPct, // other / configured − 1
-                ["median_diff_pct"] = Math.Round(abk.MedianDiffPct, 2),
-                ["cpu_factor"] = new[] { Math.Round(abk.ConfiguredCpuFactor, 3), Math.Round(abk.OtherCpuFactor, 3) },
-                ["configured_kernel_gb_s"] = abk.ConfiguredRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
-                ["other_kernel_gb_s"] = abk.OtherRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
-            } : null,
-            ["ab_pipeline"] = r.AbPipeline is { } abp ? new Dictionary<string, object>
-            {
-                ["pairs"] = abp.PipelinedRuns.Length,
-                ["pipelined_tok_s"] = abp.PipelinedRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["stepped_tok_s"] = abp.SteppedRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["pair_gain_pct"] = abp.PairGainPct, // pipelined / stepped − 1
-                ["median_gain_pct"] = Math.Round(abp.MedianGainPct, 2),
-            } : null,
-            ["ab_read_scales"] = r.AbReadScales is { } abs ? new Dictionary<string, object>
-            {
-                ["pairs"] = abs.WithRuns.Length,
-                ["with_tok_s"] = abs.WithRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["without_tok_s"] = abs.WithoutRuns.Select(x => Math.Round(x.TokS, 3)).ToArray(),
-                ["pair_gain_pct"] = abs.PairGainPct, // with / without − 1
-                ["median_gain_pct"] = Math.Round(abs.MedianGainPct, 2),
-                ["cpu_factor"] = new[] { Math.Round(abs.WithCpuFactor, 3), Math.Round(abs.WithoutCpuFactor, 3) },
-                ["with_kernel_gb_s"] = abs.WithRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
-                ["without_kernel_gb_s"] = abs.WithoutRuns.Select(x => Math.Round(x.KernelGBps, 1)).ToArray(),
-            } : null,
+            ["ab_balance"] = r.AbBalance is { } abb ? AbSides("on", abb.On, "off", abb.Off, "diff", abb.PairDiffPct, abb.MedianDiffPct,
+                ("lane_balance_at_start", Math.Round(abb.BalanceAtStart, 3)),
+                ("on_cpu_ended_last", Round(abb.On, x => x.CpuEndedLastShare, 3)), ("off_cpu_ended_last", Round(abb.Off, x => x.CpuEndedLastShare, 3)),
+                ("on_handoff_host_ms", Round(abb.On, x => x.HandoffHostMs, 3)), ("off_handoff_host_ms", Round(abb.Off, x => x.HandoffHostMs, 3))) : null,
+            // pair_diff_pct: fewer / full − 1
+            ["ab_cpu_threads"] = r.AbCpuThreads is { } abt ? AbSides("full", abt.FullRuns, "fewer", abt.FewerRuns, "diff", abt.PairDiffPct, abt.MedianDiffPct,
+                ("threads", new[] { abt.Full, abt.Fewer }),
+                ("cpu_factor", new[] { Math.Round(abt.FullCpuFactor, 3), Math.Round(abt.FewerCpuFactor, 3) }),
+                ("full_handoff_host_ms", Round(abt.FullRuns, x => x.HandoffHostMs, 3)), ("fewer_handoff_host_ms", Round(abt.FewerRuns, x => x.HandoffHostMs, 3))) : null,
+            // pair_diff_pct: other / configured − 1; settings: prefetch bytes,level,next rows,item KB
+            ["ab_kernel"] = r.AbKernel is { } abk ? AbSides("configured", abk.ConfiguredRuns, "other", abk.OtherRuns, "diff", abk.PairDiffPct, abk.MedianDiffPct,
+                ("settings", new[] { abk.Configured.ToString(), abk.Other.ToString() }),
+                ("cpu_factor", new[] { Math.Round(abk.ConfiguredCpuFactor, 3), Math.Round(abk.OtherCpuFactor, 3) }),
+                ("configured_kernel_gb_s", Round(abk.ConfiguredRuns, x => x.KernelGBps, 1)), ("other_kernel_gb_s", Round(abk.OtherRuns, x => x.KernelGBps, 1))) : null,
+            // pair_gain_pct: pipelined / stepped − 1
+            ["ab_pipeline"] = r.AbPipeline is { } abp ? AbSides("pipelined", abp.PipelinedRuns, "stepped", abp.SteppedRuns, "gain", abp.PairGainPct, abp.MedianGainPct) : null,
+            // pair_gain_pct: with / without − 1
+            ["ab_read_scales"] = r.AbReadScales is { } abs ? AbSides("with", abs.WithRuns, "without", abs.WithoutRuns, "gain", abs.PairGainPct, abs.MedianGainPct,
+                ("cpu_factor", new[] { Math.Round(abs.WithCpuFactor, 3), Math.Round(abs.WithoutCpuFactor, 3) }),
+                ("with_kernel_gb_s", Round(abs.WithRuns, x => x.KernelGBps, 1)), ("without_kernel_gb_s", Round(abs.WithoutRuns, x => x.KernelGBps, 1))) : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,
             // Rounds alternate the order (direct first in even rounds, actors first in odd ones).
@@ -243,4 +207,24 @@ public static partial class BenchRun
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
         };
     }
+
+    /// <summary>An in-process A/B's JSON: the pairs, each side's tok/s per window (<c>{a}_tok_s</c>, <c>{b}_tok_s</c>), each
+    /// pair's and the median percentage (<c>pair_{pct}_pct</c>, <c>median_{pct}_pct</c>), then the A/B's own fields.</summary>
+    private static Dictionary<string, object> AbSides(string a, WindowStats[] aRuns, string b, WindowStats[] bRuns, string pct, double[] pairPct,
+        double medianPct, params (string Key, object Value)[] extra)
+    {
+        var d = new Dictionary<string, object>
+        {
+            ["pairs"] = aRuns.Length,
+            [$"{a}_tok_s"] = Round(aRuns, x => x.TokS, 3),
+            [$"{b}_tok_s"] = Round(bRuns, x => x.TokS, 3),
+            [$"pair_{pct}_pct"] = pairPct,
+            [$"median_{pct}_pct"] = Math.Round(medianPct, 2),
+        };
+        foreach (var (key, value) in extra) d.Add(key, value);
+        return d;
+    }
+
+    private static double[] Round(WindowStats[] runs, Func<WindowStats, double> field, int digits) =>
+        runs.Select(x => Math.Round(field(x), digits)).ToArray();
 }

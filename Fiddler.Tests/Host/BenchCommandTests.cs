@@ -85,6 +85,46 @@ public sealed class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void Bench_AbPipeline_AlternatesPipelinedAndSteppedWindows()
+    {
+        using var json = BenchJson("--new-tokens", "3", "--ab-pipeline", "2");
+        var root = json.RootElement;
+        var ab = root.GetProperty("ab_pipeline");
+        Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
+        double[] on = ab.GetProperty("pipelined_tok_s").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        double[] off = ab.GetProperty("stepped_tok_s").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        double[] gain = ab.GetProperty("pair_gain_pct").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+        Assert.All(on.Concat(off), x => Assert.True(x > 0));
+        for (int i = 0; i < 2; i++) Assert.Equal((on[i] / off[i] - 1) * 100, gain[i], 0.1);
+        Assert.True(root.GetProperty("decode_pipeline").GetBoolean());
+        using var stepped = BenchJson("--new-tokens", "3", "--no-decode-pipeline");
+        Assert.False(stepped.RootElement.GetProperty("decode_pipeline").GetBoolean());
+        Assert.Equal(JsonValueKind.Null, stepped.RootElement.GetProperty("ab_pipeline").ValueKind);
+    }
+
+    [Fact]
+    public void Bench_PipelineAndReadScaleOptions_ContradictionsAreClearErrors()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        CliResult Run(params string[] flags) => CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", .. flags,
+            "--out", Path.Combine(_dir, "refused"), "--profile", Path.Combine(_dir, "profile.json")]);
+        Assert.Contains("leave out --no-decode-pipeline", Run("--ab-pipeline", "2", "--no-decode-pipeline").Err);
+        Assert.Contains("--ab-pipeline: 51 is not in 0..50", Run("--ab-pipeline", "51").Err);
+        Assert.Contains("leave out --no-read-scales", Run("--ab-read-scales", "2", "--no-read-scales").Err);
+        Assert.Contains("--ab-read-scales needs the learned router", Run("--ab-read-scales", "2", "--routing", "cpu").Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "refused")));
+    }
+
+    [Fact]
+    public void Bench_AbReadScales_OnFixtureTooSmallToTime_SaysSoAndReportsNoComparison()
+    {
+        // The fixture's expert matrices are under the 1 MiB a read is timed in: nothing measured, nothing to compare.
+        using var json = BenchJson("--new-tokens", "3", "--ab-read-scales", "2");
+        Assert.Equal(JsonValueKind.Null, json.RootElement.GetProperty("read_scales").ValueKind);
+        Assert.Equal(JsonValueKind.Null, json.RootElement.GetProperty("ab_read_scales").ValueKind);
+    }
+
+    [Fact]
     public void Bench_AbBalance_AlternatesBothSettingsInOneProcessAndRestoresTheDefault()
     {
         // Three pairs: the last window runs with the balance off, so the restored default is seen in the JSON.
