@@ -38,8 +38,8 @@ if j.get("read_scales"):
     print("  read scales at start: {}".format(j.get("read_scales")))
 abs_ = j.get("ab_read_scales")
 if abs_:
-    print("  read scales on vs off in this process, {} pairs: {} vs {} tok/s, per pair (on/off) {} %, median {} %; kernel {} vs {} GB/s; learned CPU factor {} vs {}".format(
-        abs_["pairs"], abs_["with_tok_s"], abs_["without_tok_s"], abs_["pair_gain_pct"], abs_["median_gain_pct"],
+    print("  read scales on vs off in this process{}, {} pairs: {} vs {} tok/s, per pair (on/off) {} %, median {} %; kernel {} vs {} GB/s; learned CPU factor {} vs {}".format(
+        " (forced: the engine does not plan by them on this host)" if abs_.get("forced") else "", abs_["pairs"], abs_["with_tok_s"], abs_["without_tok_s"], abs_["pair_gain_pct"], abs_["median_gain_pct"],
         abs_["with_kernel_gb_s"], abs_["without_kernel_gb_s"], abs_["cpu_factor"][0], abs_["cpu_factor"][1]))
 abp = j.get("ab_pipeline")
 if abp:

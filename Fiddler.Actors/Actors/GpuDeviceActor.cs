@@ -1,5 +1,6 @@
 using Akka.Actor;
 using Fiddler.Actors.Protocols;
+using Fiddler.Actors.Runtime;
 using Fiddler.Kernels.Generation;
 
 namespace Fiddler.Actors.Actors;
@@ -12,12 +13,15 @@ namespace Fiddler.Actors.Actors;
 /// </summary>
 public sealed class GpuDeviceActor : ReceiveActor
 {
-    public GpuDeviceActor(Generator generator)
+    /// <param name="stats">The offloading executor's scheduler bridge, whose observations this actor's generations mark as
+    /// counted or not (<see cref="Generate.CountInStats"/>); null without offloading.</param>
+    public GpuDeviceActor(Generator generator, ActorScheduler? stats = null)
     {
         Receive<Generate>(m =>
         {
             try
             {
+                if (stats is not null) stats.CountInStats = m.CountInStats;
                 var result = generator.Run(m.Prompt, m.Options, t => m.Tokens.TryWrite(t), m.Cancel);
                 m.Tokens.TryComplete();
                 Sender.Tell(new GenerationCompleted(result));
@@ -27,10 +31,14 @@ public sealed class GpuDeviceActor : ReceiveActor
                 m.Tokens.TryComplete(e);
                 Sender.Tell(new GenerationFailed(e));
             }
+            finally
+            {
+                if (stats is not null) stats.CountInStats = true;
+            }
         });
     }
 
     /// <summary>Runs on the pinned dispatcher declared in akka.hocon.</summary>
-    public static Props Props(Generator generator) =>
-        Akka.Actor.Props.Create(() => new GpuDeviceActor(generator)).WithDispatcher("fiddler.gpu-dispatcher");
+    public static Props Props(Generator generator, ActorScheduler? stats = null) =>
+        Akka.Actor.Props.Create(() => new GpuDeviceActor(generator, stats)).WithDispatcher("fiddler.gpu-dispatcher");
 }

@@ -27,7 +27,7 @@ public sealed class RouterActor : ReceiveActor
         Receive<LayerObserved>(m =>
         {
             scheduler.Observe(m.Observation);
-            layerActors[m.Observation.Layer].Tell(m);
+            if (m.Counted) layerActors[m.Observation.Layer].Tell(m);
         });
         Receive<GetLayerStats>(_ => Sender.Tell(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, TimeSpan.FromSeconds(5)).Result).ToArray()));
         Receive<ResetLayerStats>(_ =>

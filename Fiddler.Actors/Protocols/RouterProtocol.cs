@@ -11,8 +11,9 @@ public sealed record DecideLayer(int Layer, IReadOnlyList<ExpertWork> Work, Task
 /// <summary>The router's answer: one route per work item, same order.</summary>
 public sealed record LayerRoutes(int Layer, IReadOnlyList<ExpertRoute> Routes);
 
-/// <summary>What a layer took; the router accounts it and forwards it to that layer's actor.</summary>
-public sealed record LayerObserved(LayerObservation Observation);
+/// <summary>What a layer took; the router accounts it and forwards it to that layer's actor when <paramref name="Counted"/>
+/// (false: a generation left out of the statistics, see <see cref="Generate.CountInStats"/>).</summary>
+public sealed record LayerObserved(LayerObservation Observation, bool Counted = true);
 
 /// <summary>Asks a layer actor for its running statistics.</summary>
 public sealed record GetLayerStats

@@ -26,7 +26,14 @@ public sealed class ActorScheduler(IActorRef router, TimeSpan timeout) : IExpert
         }
     }
 
-    public void Observe(LayerObservation observation) => router.Tell(new LayerObserved(observation));
+    /// <summary>
+    /// Whether the layers observed now count in the layer actors' statistics. Set by the GPU device actor around a
+    /// generation (<see cref="Generate.CountInStats"/>) on its thread, the one every observation comes from: the
+    /// router's mailbox then gets them in the order this thread sent them.
+    /// </summary>
+    public bool CountInStats { get; set; } = true;
+
+    public void Observe(LayerObservation observation) => router.Tell(new LayerObserved(observation, CountInStats));
 }
 
 /// <summary>The executor's CPU backend, served by the CPU worker pool actor.</summary>

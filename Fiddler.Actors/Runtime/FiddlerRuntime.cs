@@ -44,26 +44,29 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         var system = ActorSystem.Create("fiddler", config ?? DefaultConfig());
         IActorRef? router = null;
         OffloadExecutor? executor = null;
+        ActorScheduler? scheduler = null;
         if (offload is { } o)
         {
             router = system.ActorOf(RouterActor.Props(o.Scheduler, model.Config.NumHiddenLayers), "router");
             var pool = system.ActorOf(CpuWorkerPoolActor.Props(o.Cpu), "cpu-pool");
-            executor = new OffloadExecutor(new ActorScheduler(router, CallTimeout), new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, merge,
+            scheduler = new ActorScheduler(router, CallTimeout);
+            executor = new OffloadExecutor(scheduler, new ActorCpuBackend(pool, o.Cpu.Name, CallTimeout), o.Stager, merge,
                 prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
             model.SetExpertExecutor(executor);
         }
-        var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer)), "gpu-device");
+        var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer), scheduler), "gpu-device");
         return new FiddlerRuntime(system, device, router, model) { _executor = executor };
     }
 
     /// <summary>Streams the generated tokens; throws the engine's exception (e.g. ArgumentException for a bad request).</summary>
+    /// <param name="countInStats">False leaves this generation's layers out of <see cref="LayerStatsAsync"/> (a health probe).</param>
     public async IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] prompt, GenerationOptions options,
-        [EnumeratorCancellation] CancellationToken cancel = default)
+        [EnumeratorCancellation] CancellationToken cancel = default, bool countInStats = true)
     {
         var channel = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         // A consumer that stops reading early stops the generation too (within one decode step).
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-        var done = _device.Ask<object>(new Generate(prompt, options, channel.Writer, stop.Token), Timeout.InfiniteTimeSpan);
+        var done = _device.Ask<object>(new Generate(prompt, options, channel.Writer, stop.Token, countInStats), Timeout.InfiniteTimeSpan);
         try
         {
             await foreach (var token in channel.Reader.ReadAllAsync(CancellationToken.None)) yield return token;

@@ -186,7 +186,12 @@ public static partial class BenchRun
     /// (with / without − 1) × 100.
     /// </summary>
     public sealed record ReadScalesComparison(WindowStats[] WithRuns, WindowStats[] WithoutRuns, double[] PairGainPct, double MedianGainPct,
-        double WithCpuFactor, double WithoutCpuFactor);
+        double WithCpuFactor, double WithoutCpuFactor)
+    {
+        /// <summary>The engine itself does not plan by the scales on this host (its memory reads evenly by
+        /// <see cref="Fiddler.Actors.Scheduling.HostReadScales.Uneven"/>); the side with them used them for the comparison only.</summary>
+        public bool Forced { get; init; }
+    }
 
     /// <summary>
     /// <paramref name="pairs"/> pairs of <paramref name="window"/>s with <paramref name="scheduler"/>'s read-speed scales on

@@ -193,7 +193,8 @@ public static partial class BenchRun
             // pair_gain_pct: with / without − 1
             ["ab_read_scales"] = r.AbReadScales is { } abs ? AbSides("with", abs.WithRuns, "without", abs.WithoutRuns, "gain", abs.PairGainPct, abs.MedianGainPct,
                 ("cpu_factor", new[] { Math.Round(abs.WithCpuFactor, 3), Math.Round(abs.WithoutCpuFactor, 3) }),
-                ("with_kernel_gb_s", Round(abs.WithRuns, x => x.KernelGBps, 1)), ("without_kernel_gb_s", Round(abs.WithoutRuns, x => x.KernelGBps, 1))) : null,
+                ("with_kernel_gb_s", Round(abs.WithRuns, x => x.KernelGBps, 1)), ("without_kernel_gb_s", Round(abs.WithoutRuns, x => x.KernelGBps, 1)),
+                ("forced", abs.Forced)) : null,
             ["decode_tok_s_actors"] = r.ActorsTokS is double a ? Math.Round(a, 3) : null,
             ["actor_overhead_pct"] = r.ActorOverheadPct is double pct ? Math.Round(pct, 2) : null,
             // Rounds alternate the order (direct first in even rounds, actors first in odd ones).

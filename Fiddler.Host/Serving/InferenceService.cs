@@ -39,14 +39,15 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
     private readonly CancellationTokenSource _abort = new();
     private readonly EngineHealth _health;
 
-    /// <param name="engine">Defaults to <paramref name="runtime"/>'s <see cref="FiddlerRuntime.GenerateAsync"/>.</param>
+    /// <param name="engine">Defaults to <paramref name="runtime"/>'s <see cref="FiddlerRuntime.GenerateAsync"/> (the health probe's
+    /// then leaves the layer statistics alone); a given one also runs the probe.</param>
     public InferenceService(FiddlerRuntime runtime, HfTokenizer? tokenizer, ChatFormatter? chat, InferenceServiceOptions options,
         EngineCall? engine = null)
     {
         ArgumentNullException.ThrowIfNull(runtime);
         ArgumentException.ThrowIfNullOrWhiteSpace(options.ModelId);
         var config = runtime.Model.Config;
-        _engine = engine ?? runtime.GenerateAsync;
+        _engine = engine ?? ((p, o, c) => runtime.GenerateAsync(p, o, c));
         _tokenizer = tokenizer;
         _chat = chat;
         _queue = new RequestQueue(options.QueueSize);
@@ -54,7 +55,8 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         if (tokenizer?.EosId is int eos) _eos.Add(eos);
         int probeToken = tokenizer?.BosId ?? config.BosTokenId ?? 0;
         if (probeToken < 0 || probeToken >= config.VocabSize) probeToken = 0;
-        _health = new EngineHealth(_engine, probeToken, _abort);
+        // The probe's layers stay out of /metrics' layer statistics: those count what clients asked for.
+        _health = new EngineHealth(engine ?? ((p, o, c) => runtime.GenerateAsync(p, o, c, countInStats: false)), probeToken, _abort);
         if (options.MaxContext is < 2) throw new ArgumentException($"the context cap must be at least 2 tokens, got {options.MaxContext}");
         int context = Math.Min(config.MaxPositionEmbeddings, options.MaxContext ?? int.MaxValue);
         Model = new ServedModel(options.ModelId, context, config.VocabSize, chat?.Name, options.Created);

@@ -157,7 +157,7 @@ public static class ServeCommand
     /// <summary>
     /// The offloading engine's start-up warm-up (<see cref="WarmupPlan"/>) through the actor runtime that will serve:
     /// one prompt per batch size the router learns apart, decode steps after the first; then the per-layer statistics
-    /// start over, so the warm-up's steps do not count in /metrics (the start-up health probe's, which runs after, do).
+    /// start over, so the warm-up's steps do not count in /metrics (nor do the start-up health probe's, which runs after: it generates uncounted).
     /// A failure here fails start-up (the same path would fail every request).
     /// </summary>
     public static async Task WarmUpAsync(FiddlerRuntime runtime, Fiddler.Kernels.Config.MixtralConfig config, int context, CancellationToken stop)

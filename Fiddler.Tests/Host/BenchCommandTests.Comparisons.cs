@@ -47,6 +47,27 @@ public sealed partial class BenchCommandTests
     }
 
     [Fact]
+    public void Bench_AbReadScales_OnExpertsBigEnoughToTime_ComparesEvenWhereTheEngineDoesNotPlanByThem()
+    {
+        // fp32 experts of 512 × 1024 (2 MiB matrices: timed); a 24 MiB budget keeps all 8 in host memory.
+        string model = Path.Combine(_dir, "timed-model");
+        Fiddler.Tests.Support.TinyCheckpoint.Write(model, Fiddler.Tests.Support.TinyCheckpoint.Config() with { HiddenSize = 512, IntermediateSize = 1024 });
+        string outDir = Path.Combine(_dir, "results-read-scales");
+        var r = CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--gpu-budget", "24MiB", "--prompt-tokens", "8", "--new-tokens", "3",
+            "--ab-read-scales", "2", "--out", outDir, "--profile", Path.Combine(_dir, "profile-timed.json")]);
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
+        using var json = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        var scales = json.RootElement.GetProperty("read_scales");
+        Assert.Equal(8, scales.GetProperty("experts").GetInt32());
+        bool planned = scales.GetProperty("planned_by").GetBoolean(); // after the comparison: the engine's own choice again
+        var ab = json.RootElement.GetProperty("ab_read_scales");
+        Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
+        Assert.Equal(!planned, ab.GetProperty("forced").GetBoolean());
+        Assert.All(ab.GetProperty("with_tok_s").EnumerateArray().Concat(ab.GetProperty("without_tok_s").EnumerateArray()), x => Assert.True(x.GetDouble() > 0));
+        if (!planned) Assert.Contains("the side with them plans by them for the comparison", r.Err);
+    }
+
+    [Fact]
     public void Bench_AbBalance_AlternatesBothSettingsInOneProcessAndRestoresTheDefault()
     {
         // Three pairs: the last window runs with the balance off, so the restored default is seen in the JSON.

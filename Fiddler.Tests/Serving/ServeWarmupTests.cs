@@ -51,6 +51,28 @@ public sealed class ServeWarmupTests : IDisposable
     }
 
     [Fact]
+    public async Task StartupProbe_LeavesTheLayerStatsAlone_RouterStillLearns_RequestsCount()
+    {
+        using var engine = HostExpertsEngine();
+        var scheduler = engine.Scheduler!;
+        await using var runtime = FiddlerRuntime.Start(engine.Model, null, (scheduler, engine.Cpu!, engine.Stager));
+        await using var service = new InferenceService(runtime, null, null, new InferenceServiceOptions("tiny", 4));
+
+        await service.StartAsync();
+
+        Assert.True(service.Health.Ready);
+        int layers = engine.Config.NumHiddenLayers;
+        Assert.Equal(layers, scheduler.Router.LayerStats.Count); // the probe's one prefill token went through the router
+        Assert.All(await runtime.LayerStatsAsync(), s => Assert.Equal(0, s.Steps));
+        // A generation asked for uncounted, then a counted one: only the second counts.
+        await foreach (var _ in runtime.GenerateAsync([5, 6], new Fiddler.Kernels.Generation.GenerationOptions { MaxNewTokens = 3, StopOnEos = false },
+                           countInStats: false)) { }
+        await foreach (var _ in runtime.GenerateAsync([5, 6, 7], new Fiddler.Kernels.Generation.GenerationOptions { MaxNewTokens = 2, StopOnEos = false })) { }
+        Assert.All(await runtime.LayerStatsAsync(), s => Assert.Equal(2, s.Steps));
+        Assert.Equal(layers * (1 + 3 + 2), scheduler.Router.LayerStats.Count);
+    }
+
+    [Fact]
     public async Task WarmUpAsync_StopRequested_EndsWithoutRunningThePrompts()
     {
         using var engine = HostExpertsEngine();
