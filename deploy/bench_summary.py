@@ -49,3 +49,6 @@ if j.get("actor_overhead_pct") is not None:
     print("  actors ({} CPU participants): generator {} vs actors {} tok/s (rounds {} / {}), overhead {} %; GPU memory before the rounds and after each {} GiB".format(
         j.get("actor_cpu_threads"), j.get("decode_tok_s_generator"), j.get("decode_tok_s_actors"), j.get("decode_tok_s_generator_runs"), j.get("decode_tok_s_actors_runs"),
         j.get("actor_overhead_pct"), j.get("gpu_memory_actor_rounds_gib")))
+    aps = j.get("actor_path_ms_per_layer")
+    if aps:
+        print("  per layer, direct vs actors (ms): " + ", ".join("{} {} / {}".format(k, aps["direct"][k], aps["actors"][k]) for k in aps["direct"]))

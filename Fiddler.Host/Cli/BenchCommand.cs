@@ -152,6 +152,7 @@ public static class BenchCommand
                 {
                     GeneratorTokS = cmp.Direct, ActorsTokS = cmp.Actors, ActorOverheadPct = cmp.OverheadPct, GeneratorRuns = cmp.DirectRuns, ActorRuns = cmp.ActorRuns,
                     ActorRoundsMemoryGiB = cmp.MemoryGiB, ActorCpuParticipants = cmp.ActorParticipants,
+                    ActorPathStages = engine.Scheduler is null ? null : (cmp.DirectStages, cmp.ActorStages),
                 };
             }
             var report = BenchRun.Report(engine, options, result, r.GetValue(baseline), GpuName());

@@ -44,6 +44,9 @@ public static partial class BenchRun
         // drift to whichever runs second. The median of the per-round ratios is robust to one disturbed run.
         var direct = new double[rounds];
         var actors = new double[rounds];
+        var directStages = new PathStages[rounds];
+        var actorStages = new PathStages[rounds];
+        var scheduler = engine.Scheduler;
         // GPU memory in use before the rounds and after each: whether the rounds' excess over the bench's own use grows
         // round by round (something kept per runtime or per GPU thread) or comes once (a cache of another size).
         var memory = new double?[rounds + 1];
@@ -58,7 +61,12 @@ public static partial class BenchRun
                     await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
                         prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
                     await runtime.RunAsync(prompt, warmUp);
+                    scheduler?.ResetCounters();
                     actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
+                    // The run's last observations were told to the router before it ended: an ask queued behind them
+                    // returns once the router has accounted them all.
+                    await runtime.LayerStatsAsync();
+                    actorStages[round] = PathStages.Of(scheduler);
                 }
                 finally
                 {
@@ -69,7 +77,9 @@ public static partial class BenchRun
             void Direct()
             {
                 engine.Model.SetExpertExecutor(engine.Executor);
+                scheduler?.ResetCounters();
                 direct[round] = generator.Run(prompt, options).DecodeTokensPerSecond;
+                directStages[round] = PathStages.Of(scheduler);
             }
             if (round % 2 == 0) { Direct(); await Actors(); }
             else { await Actors(); Direct(); }
@@ -78,7 +88,31 @@ public static partial class BenchRun
         engine.Model.SetExpertExecutor(engine.Executor);
         double overhead = Median(direct.Zip(actors, (d, a) => (d / a - 1) * 100));
         return new ActorComparison(Median(direct), Median(actors), overhead, direct, actors, memory,
-            pool is null ? null : sides is not null ? actorParticipants!.Value : full);
+            pool is null ? null : sides is not null ? actorParticipants!.Value : full)
+        { DirectStages = PathStages.Median(directStages), ActorStages = PathStages.Median(actorStages) };
+    }
+
+    /// <summary>
+    /// One run's host-side stages per layer, ms (means over the run's layers with offloaded experts, its prefill included):
+    /// deciding the routes (through the actors: the router actor's round trip), starting the CPU lane, the CPU lane
+    /// (through the actors: from the message to the CPU-pool actor to the lane's end), the host's hand-off from the CPU
+    /// lane's end to the next routing, and the whole layer. Where these differ between the paths is where the actors cost.
+    /// </summary>
+    public readonly record struct PathStages(double DecideMs, double LaneStartMs, double CpuLaneMs, double HandoffHostMs, double LayerMs)
+    {
+        public static PathStages Of(RouterScheduler? s)
+        {
+            if (s is null) return default;
+            var t = s.MeanTimings;
+            var (layerMs, cpuLaneMs, _) = s.MeanLayer;
+            return new(t.DecideMs, t.CpuStartMs, cpuLaneMs, s.MeanHandoff.Mean.HostMs, layerMs);
+        }
+
+        /// <summary>Each stage's median over the runs.</summary>
+        public static PathStages Median(PathStages[] runs) => runs.Length == 0 ? default : new(
+            BenchRun.Median(runs.Select(r => r.DecideMs)), BenchRun.Median(runs.Select(r => r.LaneStartMs)),
+            BenchRun.Median(runs.Select(r => r.CpuLaneMs)), BenchRun.Median(runs.Select(r => r.HandoffHostMs)),
+            BenchRun.Median(runs.Select(r => r.LayerMs)));
     }
 
     private static double? UsedGiB(OffloadEngine engine) =>
@@ -102,7 +136,12 @@ public static partial class BenchRun
     /// GPU memory in use (GiB; null off CUDA) before the first round and after each, and the CPU pool's participants in
     /// the actor rounds (null without a pool).</summary>
     public sealed record ActorComparison(double Direct, double Actors, double OverheadPct, double[] DirectRuns, double[] ActorRuns,
-        double?[] MemoryGiB, int? ActorParticipants);
+        double?[] MemoryGiB, int? ActorParticipants)
+    {
+        /// <summary>The median host-side stages per layer of each path's runs (see <see cref="PathStages"/>).</summary>
+        public PathStages DirectStages { get; init; }
+        public PathStages ActorStages { get; init; }
+    }
 
     /// <summary>
     /// <c>--ab-cpu-threads N</c>: pairs of decode windows with the CPU expert pool on all its participants

@@ -203,6 +203,11 @@ public static partial class BenchRun
             // GPU memory in use before the first round and after each (one direct and one actor decode per round).
             ["gpu_memory_actor_rounds_gib"] = r.ActorRoundsMemoryGiB,
             ["actor_cpu_threads"] = r.ActorCpuParticipants, // the CPU pool's participants in the actor rounds (cpu_threads: the direct path's)
+            // Where the actors cost: each path's host-side stages per layer, ms (medians over the rounds).
+            ["actor_path_ms_per_layer"] = r.ActorPathStages is { } ps ? new Dictionary<string, object>
+            {
+                ["direct"] = Stages(ps.Direct), ["actors"] = Stages(ps.Actors),
+            } : null,
             ["lane_ceiling"] = r.Ceiling is { } c ? LaneCeilingReport(c, r) : null,
             ["baseline_seed_decode_tok_s"] = baseline,
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
@@ -211,6 +216,12 @@ public static partial class BenchRun
 
     /// <summary>An in-process A/B's JSON: the pairs, each side's tok/s per window (<c>{a}_tok_s</c>, <c>{b}_tok_s</c>), each
     /// pair's and the median percentage (<c>pair_{pct}_pct</c>, <c>median_{pct}_pct</c>), then the A/B's own fields.</summary>
+    private static Dictionary<string, double> Stages(PathStages p) => new()
+    {
+        ["decide"] = Math.Round(p.DecideMs, 4), ["until_cpu_lane_starts"] = Math.Round(p.LaneStartMs, 4), ["cpu_lane"] = Math.Round(p.CpuLaneMs, 4),
+        ["handoff_host"] = Math.Round(p.HandoffHostMs, 4), ["layer"] = Math.Round(p.LayerMs, 4),
+    };
+
     private static Dictionary<string, object> AbSides(string a, WindowStats[] aRuns, string b, WindowStats[] bRuns, string pct, double[] pairPct,
         double medianPct, params (string Key, object Value)[] extra)
     {

@@ -35,6 +35,8 @@ public static partial class BenchRun
         public double[]? ActorRuns { get; init; }
         public double?[]? ActorRoundsMemoryGiB { get; init; }
         public int? ActorCpuParticipants { get; init; }
+        /// <summary>The host-side stages per layer of the direct and the actor rounds (medians), with offloading.</summary>
+        public (PathStages Direct, PathStages Actors)? ActorPathStages { get; init; }
         /// <summary>Each decode window's tok/s, in order (<see cref="DecodeTokS"/> is their median).</summary>
         public double[] DecodeRuns { get; init; } = [];
         /// <summary>This host's lane ceiling, measured after the decode windows (null off CUDA).</summary>

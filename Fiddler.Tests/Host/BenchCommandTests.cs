@@ -138,6 +138,15 @@ public sealed partial class BenchCommandTests : IDisposable
         var memory = root.GetProperty("gpu_memory_actor_rounds_gib").EnumerateArray().ToArray();
         Assert.Equal(6, memory.Length); // before the rounds and after each
         Assert.All(memory, m => Assert.Equal(JsonValueKind.Null, m.ValueKind)); // CPU device
+        // Each path's host-side stages per layer: every layer of the fixture has host experts, so each path decided and
+        // ran a CPU lane in every layer.
+        var stages = root.GetProperty("actor_path_ms_per_layer");
+        foreach (var path in new[] { "direct", "actors" })
+        {
+            var p = stages.GetProperty(path);
+            foreach (var stage in new[] { "decide", "cpu_lane", "layer" }) Assert.True(p.GetProperty(stage).GetDouble() > 0, $"{path}.{stage}");
+            Assert.True(p.GetProperty("layer").GetDouble() >= p.GetProperty("cpu_lane").GetDouble(), path);
+        }
 
         using var three = BenchJson("--new-tokens", "3", "--actors", "--actor-rounds", "3");
         Assert.Equal(3, three.RootElement.GetProperty("decode_tok_s_actors_runs").GetArrayLength());
@@ -159,6 +168,7 @@ public sealed partial class BenchCommandTests : IDisposable
         Assert.True(whole.ExitCode == 0, $"exit {whole.ExitCode}: {whole.Err}");
         using var noPool = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
         Assert.Equal(JsonValueKind.Null, noPool.RootElement.GetProperty("actor_cpu_threads").ValueKind);
+        Assert.Equal(JsonValueKind.Null, noPool.RootElement.GetProperty("actor_path_ms_per_layer").ValueKind);
         Assert.True(noPool.RootElement.GetProperty("decode_tok_s_actors").GetDouble() > 0);
     }
 
