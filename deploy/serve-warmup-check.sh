@@ -53,6 +53,8 @@ for variant in warmup no-warmup; do
   # probe's own generation is not counted (it would add one more pass).
   if [ "${reply#* }" = "length 2" ]; then
     check "$variant: layer steps are the request's only (2 passes x $layers layers)" "$("$py" -c 'import sys; print(int(float(sys.argv[1] or 0)))' "${steps:-}" 2>/dev/null)" $((2 * layers))
+  else
+    echo "skipped $variant: the exact layer-step count (the completion ended '${reply#* }', not at its 2-token limit)"
   fi
   declare "steps_${variant//-/_}=${steps:-none}"
   kill -TERM $pid; wait $pid; check "$variant: exit after SIGTERM" $? 0; pid=""

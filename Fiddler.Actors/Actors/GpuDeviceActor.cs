@@ -1,6 +1,5 @@
 using Akka.Actor;
 using Fiddler.Actors.Protocols;
-using Fiddler.Actors.Runtime;
 using Fiddler.Kernels.Generation;
 
 namespace Fiddler.Actors.Actors;
@@ -13,15 +12,15 @@ namespace Fiddler.Actors.Actors;
 /// </summary>
 public sealed class GpuDeviceActor : ReceiveActor
 {
-    /// <param name="stats">The offloading executor's scheduler bridge, whose observations this actor's generations mark as
-    /// counted or not (<see cref="Generate.CountInStats"/>); null without offloading.</param>
-    public GpuDeviceActor(Generator generator, ActorScheduler? stats = null)
+    /// <param name="countInStats">Marks the observations of the layers run from now on as counted or not (the offloading
+    /// executor's scheduler bridge, for <see cref="Generate.CountInStats"/>); null without offloading.</param>
+    public GpuDeviceActor(Generator generator, Action<bool>? countInStats = null)
     {
         Receive<Generate>(m =>
         {
             try
             {
-                if (stats is not null) stats.CountInStats = m.CountInStats;
+                countInStats?.Invoke(m.CountInStats);
                 var result = generator.Run(m.Prompt, m.Options, t => m.Tokens.TryWrite(t), m.Cancel);
                 m.Tokens.TryComplete();
                 Sender.Tell(new GenerationCompleted(result));
@@ -33,12 +32,12 @@ public sealed class GpuDeviceActor : ReceiveActor
             }
             finally
             {
-                if (stats is not null) stats.CountInStats = true;
+                countInStats?.Invoke(true);
             }
         });
     }
 
     /// <summary>Runs on the pinned dispatcher declared in akka.hocon.</summary>
-    public static Props Props(Generator generator, ActorScheduler? stats = null) =>
-        Akka.Actor.Props.Create(() => new GpuDeviceActor(generator, stats)).WithDispatcher("fiddler.gpu-dispatcher");
+    public static Props Props(Generator generator, Action<bool>? countInStats = null) =>
+        Akka.Actor.Props.Create(() => new GpuDeviceActor(generator, countInStats)).WithDispatcher("fiddler.gpu-dispatcher");
 }

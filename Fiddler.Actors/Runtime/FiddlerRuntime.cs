@@ -54,14 +54,18 @@ public sealed class FiddlerRuntime : IAsyncDisposable
                 prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
             model.SetExpertExecutor(executor);
         }
-        var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer), scheduler), "gpu-device");
+        var device = system.ActorOf(GpuDeviceActor.Props(new Generator(model, tokenizer), scheduler is null ? null : counted => scheduler.CountInStats = counted), "gpu-device");
         return new FiddlerRuntime(system, device, router, model) { _executor = executor };
     }
 
     /// <summary>Streams the generated tokens; throws the engine's exception (e.g. ArgumentException for a bad request).</summary>
-    /// <param name="countInStats">False leaves this generation's layers out of <see cref="LayerStatsAsync"/> (a health probe).</param>
-    public async IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] prompt, GenerationOptions options,
-        [EnumeratorCancellation] CancellationToken cancel = default, bool countInStats = true)
+    public IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] prompt, GenerationOptions options, CancellationToken cancel = default) =>
+        GenerateAsync(prompt, options, countInStats: true, cancel);
+
+    /// <summary>As <see cref="GenerateAsync(int[], GenerationOptions, CancellationToken)"/>; <paramref name="countInStats"/>
+    /// false leaves this generation's layers out of <see cref="LayerStatsAsync"/> (a health probe).</summary>
+    public async IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] prompt, GenerationOptions options, bool countInStats,
+        [EnumeratorCancellation] CancellationToken cancel = default)
     {
         var channel = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         // A consumer that stops reading early stops the generation too (within one decode step).

@@ -61,6 +61,9 @@ public static partial class BenchRun
                     await using var runtime = Fiddler.Actors.Runtime.FiddlerRuntime.Start(engine.Model, null, offload, merge: merge,
                         prefetchRows: prefetchRows, spinKernelGate: spinKernelGate);
                     await runtime.RunAsync(prompt, warmUp);
+                    // As below: the warm-up's last observations may still be in the router's mailbox; an ask queued
+                    // behind them returns once they are accounted, so the reset leaves none of them for the measured run.
+                    await runtime.LayerStatsAsync();
                     scheduler?.ResetCounters();
                     actors[round] = (await runtime.RunAsync(prompt, options)).DecodeTokensPerSecond;
                     // The run's last observations were told to the router before it ended: an ask queued behind them
@@ -96,23 +99,24 @@ public static partial class BenchRun
     /// One run's host-side stages per layer, ms (means over the run's layers with offloaded experts, its prefill included):
     /// deciding the routes (through the actors: the router actor's round trip), starting the CPU lane, the CPU lane
     /// (through the actors: from the message to the CPU-pool actor to the lane's end), the host's hand-off from the CPU
-    /// lane's end to the next routing, and the whole layer. Where these differ between the paths is where the actors cost.
+    /// lane's end to the next routing, and the whole layer; and how many layers were timed (the same on both paths: every
+    /// layer of the run, counted once). Where these differ between the paths is where the actors cost.
     /// </summary>
-    public readonly record struct PathStages(double DecideMs, double LaneStartMs, double CpuLaneMs, double HandoffHostMs, double LayerMs)
+    public readonly record struct PathStages(double DecideMs, double LaneStartMs, double CpuLaneMs, double HandoffHostMs, double LayerMs, long Layers)
     {
         public static PathStages Of(RouterScheduler? s)
         {
             if (s is null) return default;
             var t = s.MeanTimings;
-            var (layerMs, cpuLaneMs, _) = s.MeanLayer;
-            return new(t.DecideMs, t.CpuStartMs, cpuLaneMs, s.MeanHandoff.Mean.HostMs, layerMs);
+            var (layerMs, cpuLaneMs, layers) = s.MeanLayer;
+            return new(t.DecideMs, t.CpuStartMs, cpuLaneMs, s.MeanHandoff.Mean.HostMs, layerMs, layers);
         }
 
         /// <summary>Each stage's median over the runs.</summary>
         public static PathStages Median(PathStages[] runs) => runs.Length == 0 ? default : new(
             BenchRun.Median(runs.Select(r => r.DecideMs)), BenchRun.Median(runs.Select(r => r.LaneStartMs)),
             BenchRun.Median(runs.Select(r => r.CpuLaneMs)), BenchRun.Median(runs.Select(r => r.HandoffHostMs)),
-            BenchRun.Median(runs.Select(r => r.LayerMs)));
+            BenchRun.Median(runs.Select(r => r.LayerMs)), (long)BenchRun.Median(runs.Select(r => (double)r.Layers)));
     }
 
     private static double? UsedGiB(OffloadEngine engine) =>
@@ -230,6 +234,34 @@ public static partial class BenchRun
         /// <summary>The engine itself does not plan by the scales on this host (its memory reads evenly by
         /// <see cref="Fiddler.Actors.Scheduling.HostReadScales.Uneven"/>); the side with them used them for the comparison only.</summary>
         public bool Forced { get; init; }
+    }
+
+    /// <summary>
+    /// <c>--ab-read-scales</c> on the engine's scheduler: where it plans by read scales, <see cref="CompareReadScales(RouterScheduler, int, Func{WindowStats})"/>.
+    /// Where it does not (the host reads evenly by <see cref="Fiddler.Actors.Scheduling.HostReadScales.Uneven"/>) but
+    /// <paramref name="measured"/> scales exist, the side with them plans by those for the comparison (how the gate's
+    /// threshold is checked, <see cref="ReadScalesComparison.Forced"/>); afterwards the engine plans without them again,
+    /// with the speeds it had learned without them. Null (said through <paramref name="log"/>) when none were measured.
+    /// </summary>
+    public static ReadScalesComparison? CompareReadScales(RouterScheduler scheduler, Fiddler.Actors.Scheduling.HostReadScales? measured, int pairs,
+        Func<WindowStats> window, Action<string> log)
+    {
+        var enginePlans = scheduler.ReadScales;
+        if (enginePlans is null && measured is null)
+        {
+            log("--ab-read-scales: no read scales were measured (experts too small to time, or the measurement failed: see the log above), so there is nothing to compare");
+            return null;
+        }
+        if (enginePlans is not null) return CompareReadScales(scheduler, pairs, window);
+        log($"--ab-read-scales: the engine does not plan by read scales on this host ({measured}); the side with them plans by them for the comparison");
+        var learned = scheduler.Router.SaveLearned();
+        scheduler.ReadScales = measured;
+        try { return CompareReadScales(scheduler, pairs, window) with { Forced = true }; }
+        finally
+        {
+            scheduler.ReadScales = null;
+            scheduler.Router.RestoreLearned(learned);
+        }
     }
 
     /// <summary>

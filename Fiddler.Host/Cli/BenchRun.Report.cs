@@ -214,14 +214,15 @@ public static partial class BenchRun
         };
     }
 
-    /// <summary>An in-process A/B's JSON: the pairs, each side's tok/s per window (<c>{a}_tok_s</c>, <c>{b}_tok_s</c>), each
-    /// pair's and the median percentage (<c>pair_{pct}_pct</c>, <c>median_{pct}_pct</c>), then the A/B's own fields.</summary>
+    /// <summary>One path's stages of <c>--actors</c> (<see cref="PathStages"/>) in the JSON: ms per layer, and the layers timed.</summary>
     private static Dictionary<string, double> Stages(PathStages p) => new()
     {
         ["decide"] = Math.Round(p.DecideMs, 4), ["until_cpu_lane_starts"] = Math.Round(p.LaneStartMs, 4), ["cpu_lane"] = Math.Round(p.CpuLaneMs, 4),
-        ["handoff_host"] = Math.Round(p.HandoffHostMs, 4), ["layer"] = Math.Round(p.LayerMs, 4),
+        ["handoff_host"] = Math.Round(p.HandoffHostMs, 4), ["layer"] = Math.Round(p.LayerMs, 4), ["layers"] = p.Layers,
     };
 
+    /// <summary>An in-process A/B's JSON: the pairs, each side's tok/s per window (<c>{a}_tok_s</c>, <c>{b}_tok_s</c>), each
+    /// pair's and the median percentage (<c>pair_{pct}_pct</c>, <c>median_{pct}_pct</c>), then the A/B's own fields.</summary>
     private static Dictionary<string, object> AbSides(string a, WindowStats[] aRuns, string b, WindowStats[] bRuns, string pct, double[] pairPct,
         double medianPct, params (string Key, object Value)[] extra)
     {

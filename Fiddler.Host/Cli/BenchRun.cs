@@ -271,20 +271,8 @@ public static partial class BenchRun
         }
         if (abReadScales > 0)
         {
-            // A host under the gate (HostReadScales.Uneven) still gets its comparison: the side with scales plans by the
-            // measured ones for the windows (how the gate's threshold is checked), then the engine's choice is back.
-            var enginePlans = s.ReadScales;
-            if (enginePlans is null && engine.ReadScales is { } measured)
-            {
-                Console.Error.WriteLine($"--ab-read-scales: the engine does not plan by read scales on this host ({measured}); the side with them plans by them for the comparison");
-                s.ReadScales = measured;
-            }
-            try
-            {
-                if (s.ReadScales is null) Console.Error.WriteLine("--ab-read-scales: no read scales were measured (experts too small to time, or --no-read-scales), so there is nothing to compare");
-                else result = result with { AbReadScales = CompareReadScales(s, abReadScales, AbWindow) with { Forced = enginePlans is null } };
-            }
-            finally { s.ReadScales = enginePlans; }
+            var abs = CompareReadScales(s, engine.ReadScales, abReadScales, AbWindow, Console.Error.WriteLine);
+            if (abs is not null) result = result with { AbReadScales = abs };
         }
         if (abPairs > 0) result = result with { AbBalance = CompareBalance(s.Router, abPairs, AbWindow) };
         if (abThreads is { } t && engine.CpuPool is { } pool)

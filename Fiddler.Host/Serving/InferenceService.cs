@@ -47,7 +47,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(runtime);
         ArgumentException.ThrowIfNullOrWhiteSpace(options.ModelId);
         var config = runtime.Model.Config;
-        _engine = engine ?? ((p, o, c) => runtime.GenerateAsync(p, o, c));
+        _engine = engine ?? runtime.GenerateAsync;
         _tokenizer = tokenizer;
         _chat = chat;
         _queue = new RequestQueue(options.QueueSize);
@@ -56,7 +56,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         int probeToken = tokenizer?.BosId ?? config.BosTokenId ?? 0;
         if (probeToken < 0 || probeToken >= config.VocabSize) probeToken = 0;
         // The probe's layers stay out of /metrics' layer statistics: those count what clients asked for.
-        _health = new EngineHealth(engine ?? ((p, o, c) => runtime.GenerateAsync(p, o, c, countInStats: false)), probeToken, _abort);
+        _health = new EngineHealth(engine ?? ((p, o, c) => runtime.GenerateAsync(p, o, countInStats: false, c)), probeToken, _abort);
         if (options.MaxContext is < 2) throw new ArgumentException($"the context cap must be at least 2 tokens, got {options.MaxContext}");
         int context = Math.Min(config.MaxPositionEmbeddings, options.MaxContext ?? int.MaxValue);
         Model = new ServedModel(options.ModelId, context, config.VocabSize, chat?.Name, options.Created);

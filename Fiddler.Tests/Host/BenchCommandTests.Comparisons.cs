@@ -127,6 +127,48 @@ public sealed partial class BenchCommandTests
     }
 
     [Fact]
+    public void CompareReadScales_WhereTheEngineDoesNotPlanByThem_ForcesThemThenRestoresTheEnginesPlanAndSpeeds()
+    {
+        var router = new Fiddler.Actors.Scheduling.ExpertRouter(Fiddler.Tests.Actors.Scheduling.HardwareProfileTests.H100());
+        var scheduler = new Fiddler.Actors.Engine.RouterScheduler(router);
+        var measured = new Fiddler.Actors.Scheduling.HostReadScales(2, 4, [(0, 1, 100), (1, 2, 120)]);
+        var before = router.SaveLearned();
+        var log = new List<string>();
+        var seen = new List<bool>(); // whether a window planned by scales
+        double factor = 1.5;
+        Fiddler.Host.Cli.BenchRun.WindowStats Window()
+        {
+            seen.Add(scheduler.UseReadScales && scheduler.ReadScales is not null);
+            // Each window teaches the router something of its own.
+            var now = router.SaveLearned();
+            router.RestoreLearned(now with { Contended = now.Contended.Select(_ => factor += 0.1).ToArray() });
+            return new(5, 0.5, 0.3);
+        }
+
+        var forced = Fiddler.Host.Cli.BenchRun.CompareReadScales(scheduler, measured, 2, Window, log.Add);
+
+        Assert.NotNull(forced);
+        Assert.True(forced.Forced);
+        Assert.Equal([false, true, false, false, true], seen); // the discarded window without, then with first in even pairs
+        Assert.Contains(log, l => l.Contains("the side with them plans by them for the comparison"));
+        // The engine plans without scales again, on the speeds it had learned without them.
+        Assert.Null(scheduler.ReadScales);
+        Assert.Equal(before.Contended, router.SaveLearned().Contended);
+
+        // Where the engine plans by them: not forced, and they stay in use.
+        scheduler.ReadScales = measured;
+        var planned = Fiddler.Host.Cli.BenchRun.CompareReadScales(scheduler, measured, 1, Window, log.Add);
+        Assert.False(planned!.Forced);
+        Assert.Same(measured, scheduler.ReadScales);
+        Assert.True(scheduler.UseReadScales);
+
+        // Nothing measured: nothing to compare, and said so.
+        scheduler.ReadScales = null;
+        Assert.Null(Fiddler.Host.Cli.BenchRun.CompareReadScales(scheduler, null, 1, Window, log.Add));
+        Assert.Contains(log, l => l.Contains("no read scales were measured"));
+    }
+
+    [Fact]
     public void CompareCpuThreads_AlternatesParticipantsEachWithItsOwnLearnedSpeedsAndRestores()
     {
         var router = new Fiddler.Actors.Scheduling.ExpertRouter(Fiddler.Tests.Actors.Scheduling.HardwareProfileTests.H100(),

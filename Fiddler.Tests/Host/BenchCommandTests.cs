@@ -139,13 +139,16 @@ public sealed partial class BenchCommandTests : IDisposable
         Assert.Equal(6, memory.Length); // before the rounds and after each
         Assert.All(memory, m => Assert.Equal(JsonValueKind.Null, m.ValueKind)); // CPU device
         // Each path's host-side stages per layer: every layer of the fixture has host experts, so each path decided and
-        // ran a CPU lane in every layer.
+        // ran a CPU lane in every layer; and each counted exactly its own run's layers (none of a warm-up's or of the
+        // other path's): the prefill and 3 decode steps of 4 new tokens (the pipeline never queues past the last token).
         var stages = root.GetProperty("actor_path_ms_per_layer");
+        int layers = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3", "config.json")).NumHiddenLayers;
         foreach (var path in new[] { "direct", "actors" })
         {
             var p = stages.GetProperty(path);
             foreach (var stage in new[] { "decide", "cpu_lane", "layer" }) Assert.True(p.GetProperty(stage).GetDouble() > 0, $"{path}.{stage}");
             Assert.True(p.GetProperty("layer").GetDouble() >= p.GetProperty("cpu_lane").GetDouble(), path);
+            Assert.Equal(4 * layers, p.GetProperty("layers").GetDouble());
         }
 
         using var three = BenchJson("--new-tokens", "3", "--actors", "--actor-rounds", "3");

@@ -62,6 +62,7 @@ public sealed class ServeWarmupTests : IDisposable
 
         Assert.True(service.Health.Ready);
         int layers = engine.Config.NumHiddenLayers;
+        Assert.All(await runtime.LayerStatsAsync(), s => Assert.Equal(0, s.Steps)); // also: the router has accounted the probe
         Assert.Equal(layers, scheduler.Router.LayerStats.Count); // the probe's one prefill token went through the router
         Assert.All(await runtime.LayerStatsAsync(), s => Assert.Equal(0, s.Steps));
         // A generation asked for uncounted, then a counted one: only the second counts.

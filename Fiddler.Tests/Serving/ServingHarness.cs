@@ -63,7 +63,7 @@ public sealed class ServingHarness : IAsyncDisposable
     {
         var loaded = ModelLoader.Load(ModelDir, new LoadOptions(CPU));
         var runtime = FiddlerRuntime.Start(loaded.Model, loaded.Tokenizer);
-        EngineCall engine = (p, o, c) => runtime.GenerateAsync(p, o, c);
+        EngineCall engine = runtime.GenerateAsync;
         var service = new InferenceService(runtime, loaded.Tokenizer, chatTemplate ? ChatTemplates.Load(ModelDir) : null,
             new InferenceServiceOptions(ModelId, queueSize) { MaxContext = maxContext }, wrap?.Invoke(engine) ?? engine);
         // As ServeCommand: the poller outlives the server, and the server wraps the engine in the telemetry decorator.
