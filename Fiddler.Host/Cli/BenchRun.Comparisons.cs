@@ -96,7 +96,7 @@ public static partial class BenchRun
     }
 
     /// <summary>
-    /// One run's host-side stages per layer, ms (means over the run's layers with offloaded experts, its prefill included):
+    /// One run's host-side stages per layer, ms (means over the layers the executor timed, the run's prefill included):
     /// deciding the routes (through the actors: the router actor's round trip), starting the CPU lane, the CPU lane
     /// (through the actors: from the message to the CPU-pool actor to the lane's end), the host's hand-off from the CPU
     /// lane's end to the next routing, and the whole layer; and how many layers were timed (the same on both paths: every
