@@ -52,3 +52,9 @@ if j.get("actor_overhead_pct") is not None:
     aps = j.get("actor_path_ms_per_layer")
     if aps:
         print("  per layer, direct vs actors (ms): " + ", ".join("{} {} / {}".format(k, aps["direct"][k], aps["actors"][k]) for k in aps["direct"]))
+cw = j.get("ceiling_windows")
+if cw:
+    print("  ceiling windows ({} rounds): tok/s vs ceiling r {}, kernel vs probe r {}; tok/s {}, ceiling {}, fraction {}, kernel of probe {}".format(
+        len(cw["rounds"]), cw.get("tok_s_vs_ceiling_r"), cw.get("kernel_vs_probe_r"), cw.get("tok_s"), cw.get("ceiling_tok_s"), cw.get("fraction"), cw.get("kernel_of_probe")))
+    print("    per round (tok/s, ceiling, fraction, kernel GB/s, probe read beside copies GB/s, alone GB/s): " + "; ".join(
+        "{} {} {} {} {} {}".format(r["tok_s"], r["ceiling_tok_s"], r["fraction"], r["kernel_gb_s"], r["cpu_read_with_h2d_gb_s"], r["cpu_read_gb_s"]) for r in cw["rounds"]))

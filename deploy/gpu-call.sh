@@ -17,10 +17,11 @@
 # card and the full model without a budget must stop before loading with a clear error; serve: fiddler serve on CUDA without
 # a budget or --max-context caps the served context by the GPU memory left (deploy/serve-check.sh); servewarm: fiddler serve
 # with a budget runs its start-up warm-up before listening and leaves it out of /metrics (deploy/serve-warmup-check.sh); selftest: fiddler cuda-selftest (streams,
-# events, staging, the host signal and the latencies of a layer's hand-off).
+# events, staging, the host signal and the latencies of a layer's hand-off); host: what the lent machine is (CPU model,
+# sockets, cores and caches as the guest sees them, hypervisor, memory, the GPU's PCIe link) into host.log.
 set -uo pipefail
 for step in ${STEPS:-verify}; do # every step checked before anything runs
-  [[ $step =~ ^(verify|selftest|serve|servewarm|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (verify, selftest, serve, servewarm, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
+  [[ $step =~ ^(host|verify|selftest|serve|servewarm|fit|decode|cpuk|seed[0-9]+|accel[0-9]+|long[0-9]+|b[0-9]+(\+[A-Za-z0-9_]+)?)$ ]] || { echo "unknown step '$step' (host, verify, selftest, serve, servewarm, fit, decode, cpuk, seedN, accelN, longN, bN or bN+variant with N whole GiB)" >&2; exit 2; }
   if [[ $step == *+* ]]; then v="FLAGS_${step#*+}"; e="ENV_${step#*+}"; [ -n "${!v:-}${!e:-}" ] || { echo "step '$step': \$$v and \$$e are empty" >&2; exit 2; }
     for word in ${!e:-}; do [[ $word =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || { echo "step '$step': \$$e: '$word' is not NAME=VALUE" >&2; exit 2; }; done; fi
 done
@@ -40,6 +41,10 @@ settle() { [ "${SETTLE:-0}" = 1 ] || return 0; sync; echo 1 > /proc/sys/vm/compa
 for step in ${STEPS:-verify}; do
   echo "=== $step $(date -u +%H:%M:%S)"
   case $step in
+    host)   { lscpu; echo; grep -m1 MemTotal /proc/meminfo; echo "virt: $(systemd-detect-virt 2>/dev/null || echo unknown)"
+              nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total --format=csv
+              nvidia-smi topo -m; } > "$res/host.log" 2>&1
+            grep -E "Model name|Socket|Core|Thread|L3|NUMA node0|Hypervisor|MemTotal|virt:" "$res/host.log" | tr -s ' ' ;;
     verify) timeout 150 $f verify --fixtures "$root/Fiddler.Tests/Fixtures" --device cuda --plans > "$res/verify.log" 2>&1
             echo "verify rc=$?"; grep -E "plans|PASS|FAIL|pass|fail" "$res/verify.log" | tail -5 ;;
     decode) for s in ${SPINS:-default}; do

@@ -54,9 +54,10 @@ public static class BenchCommand
         var abPipeline = new Option<int>("--ab-pipeline") { Description = "After the decode windows, N pairs of windows pipelined and step by step, in this process (0..50; reports ab_pipeline)" };
         var noReadScales = new Option<bool>("--no-read-scales") { Description = "Do not read every host expert at start to plan each one's CPU time by this host's memory speed (for comparison)" };
         var abReadScales = new Option<int>("--ab-read-scales") { Description = "After the decode windows, N pairs of windows routing with and without the host experts' read-speed scales, each with its own learned speeds (0..50; reports ab_read_scales)" };
+        var ceilingWindowsOpt = new Option<int>("--ceiling-windows") { Description = "After the decode windows, N more windows each followed by the host's lane-ceiling probe, to see whether the decode rate follows the DRAM share the host gives at that moment (0..50; CUDA; reports ceiling_windows)" };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales, ceilingWindowsOpt })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -86,6 +87,8 @@ public static class BenchCommand
                 throw new ArgumentException("--ab-read-scales compares routing with and without the read-speed scales: leave out --no-read-scales");
             if (scalePairs > 0 && (r.GetValue(noAdapt) || r.GetValue(routing) is "cpu" or "transfer"))
                 throw new ArgumentException("--ab-read-scales needs the learned router with both lanes: not with --no-adapt, --routing cpu or --routing transfer");
+            int ceilingWindows = r.GetValue(ceilingWindowsOpt);
+            if (ceilingWindows is < 0 or > 50) throw new ArgumentException($"--ceiling-windows: {ceilingWindows} is not in 0..50");
             int fewerThreads = r.GetValue(abThreads), threadPairs = r.GetValue(abPairsOpt);
             if (threadPairs is < 1 or > 50) throw new ArgumentException($"--ab-pairs: {threadPairs} is not in 1..50");
             int actorRounds = r.GetValue(actorRoundsOpt);
@@ -135,13 +138,16 @@ public static class BenchCommand
             if (r.GetValue(profile) is { } pf) options = options with { ProfilePath = pf };
             if ((abPairs > 0 || fewerThreads > 0 || otherKernel is not null || scalePairs > 0) && options.GpuBudgetBytes is null)
                 throw new ArgumentException("--ab-balance, --ab-cpu-threads, --ab-kernel and --ab-read-scales compare the CPU lane: give --gpu-budget");
+            if (ceilingWindows > 0 && options.GpuBudgetBytes is null)
+                throw new ArgumentException("--ceiling-windows probes the lanes that move host experts: give --gpu-budget");
             if (fewerThreads > 0 && fewerThreads >= OffloadEngine.DefaultCpuThreads(options)) // before building: that takes minutes at full size
                 throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {OffloadEngine.DefaultCpuThreads(options)} participants");
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
             var result = BenchRun.Run(engine, prompts, generate, decodeRepeats, abPairs, fewerThreads > 0 ? (fewerThreads, threadPairs) : null, warmup: !r.GetValue(noWarmup),
-                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null, decodePipeline: !r.GetValue(noPipeline), abPipeline: pipelinePairs, abReadScales: scalePairs);
+                abKernel: otherKernel is { } ok ? (ok, threadPairs) : null, decodePipeline: !r.GetValue(noPipeline), abPipeline: pipelinePairs, abReadScales: scalePairs,
+                ceilingWindows: ceilingWindows);
             if (r.GetValue(actors))
             {
                 // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.

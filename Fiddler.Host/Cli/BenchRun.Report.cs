@@ -209,6 +209,8 @@ public static partial class BenchRun
                 ["direct"] = Stages(ps.Direct), ["actors"] = Stages(ps.Actors),
             } : null,
             ["lane_ceiling"] = r.Ceiling is { } c ? LaneCeilingReport(c, r) : null,
+            // --ceiling-windows: decode windows, each followed by the lane-ceiling probe (is the run's speed the host's?).
+            ["ceiling_windows"] = r.CeilingRounds is { } cw ? CeilingWindowsReport(cw) : null,
             ["baseline_seed_decode_tok_s"] = baseline,
             ["speedup_vs_seed"] = baseline is double bs && bs > 0 ? Math.Round(r.DecodeTokS / bs, 2) : null,
         };

@@ -56,6 +56,8 @@ public static partial class BenchRun
         public Dictionary<string, double>? PoolDecode { get; init; }
         /// <summary>Every host expert's plain read, after the windows (<see cref="Fiddler.Kernels.Offload.HostExpertReads"/>).</summary>
         public Fiddler.Kernels.Offload.HostExpertReads.Result? HostReads { get; init; }
+        /// <summary><c>--ceiling-windows</c>: decode windows each followed by a lane-ceiling probe.</summary>
+        public CeilingWindows? CeilingRounds { get; init; }
     }
 
     private const int StagedSteps = 4;
@@ -99,10 +101,11 @@ public static partial class BenchRun
     /// allocator, staging slots), so each size's first prompt plans with factors learned at other sizes.</param>
     public static Result Run(OffloadEngine engine, int[] prompts, int generate, int decodeRepeats = 1, int abPairs = 0,
         (int Fewer, int Pairs)? abThreads = null, bool warmup = true, (Fiddler.Kernels.Experts.CpuKernelSettings Other, int Pairs)? abKernel = null,
-        bool decodePipeline = true, int abPipeline = 0, int abReadScales = 0)
+        bool decodePipeline = true, int abPipeline = 0, int abReadScales = 0, int ceilingWindows = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(decodeRepeats, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(abPairs);
+        ArgumentOutOfRangeException.ThrowIfNegative(ceilingWindows);
         var model = engine.Model;
         using var noGrad = no_grad();
         var rng = new Random(0);
@@ -244,7 +247,7 @@ public static partial class BenchRun
                 ["gb_s"] = Math.Round(regionBytes / (regionMs / 1000) / 1e9, 1),
             },
         };
-        if (abPairs == 0 && abThreads is null && abKernel is null && abPipeline == 0 && abReadScales == 0) return result;
+        if (abPairs == 0 && abThreads is null && abKernel is null && abPipeline == 0 && abReadScales == 0 && ceilingWindows == 0) return result;
         // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the
         // cache needs no room beyond the run's and the placement is the same as without the comparisons.
         WindowStats AbWindow()
@@ -257,6 +260,13 @@ public static partial class BenchRun
             var (kRegions, kMs, kBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
             return new WindowStats(tokS, s?.Router.LaneOrder.CpuLastShare ?? 0, s?.MeanHandoff.Mean.HostMs ?? 0, kRegions == 0 || kMs <= 0 ? 0 : kBytes / (kMs / 1000) / 1e9);
         }
+        // Before the A/Bs, on the engine as configured: each window, then the ceiling right after it.
+        if (ceilingWindows > 0)
+            result = result with
+            {
+                CeilingRounds = MeasureCeilingWindows(ceilingWindows, AbWindow, () => s?.HitRate ?? 1,
+                    (double)engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes, engine.MeasureLaneCeiling, Console.Error.WriteLine),
+            };
         if (abPipeline > 0)
         {
             var (on, off, diff) = Alternate(abPipeline, on => pipelined = on, AbWindow);

@@ -38,6 +38,41 @@ public sealed partial class BenchCommandTests
     }
 
     [Fact]
+    public void Bench_CeilingWindows_OffCuda_RunsTheWindowsAndSaysTheProbeNeedsCuda()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string outDir = Path.Combine(_dir, "results-ceiling");
+        var r = CliHarness.Run(["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8", "--new-tokens", "3",
+            "--ceiling-windows", "3", "--out", outDir, "--profile", Path.Combine(_dir, "profile.json")]);
+        Assert.True(r.ExitCode == 0, $"exit {r.ExitCode}: {r.Err}");
+        Assert.Contains("no lane ceiling could be measured", r.Err);
+        using var json = JsonDocument.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(outDir, "*.json"))));
+        var cw = json.RootElement.GetProperty("ceiling_windows");
+        var rounds = cw.GetProperty("rounds").EnumerateArray().ToArray();
+        Assert.Equal(3, rounds.Length);
+        Assert.All(rounds, x =>
+        {
+            Assert.True(x.GetProperty("tok_s").GetDouble() > 0);
+            Assert.InRange(x.GetProperty("offloaded_gb_per_token").GetDouble(), 0, 1);
+            Assert.Equal(JsonValueKind.Null, x.GetProperty("ceiling_tok_s").ValueKind);
+        });
+        Assert.Equal(JsonValueKind.Null, cw.GetProperty("tok_s_vs_ceiling_r").ValueKind);
+        Assert.Equal(JsonValueKind.Null, cw.GetProperty("fraction").ValueKind);
+    }
+
+    [Fact]
+    public void Bench_CeilingWindows_BadValuesAreClearErrors()
+    {
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        CliResult Run(params string[] flags) => CliHarness.Run(["bench", "--model", model, "--device", "cpu", .. flags,
+            "--out", Path.Combine(_dir, "refused-ceiling"), "--profile", Path.Combine(_dir, "profile.json")]);
+        Assert.Contains("--ceiling-windows: 51 is not in 0..50", Run("--gpu-budget", "1MiB", "--ceiling-windows", "51").Err);
+        Assert.Contains("--ceiling-windows: -1 is not in 0..50", Run("--gpu-budget", "1MiB", "--ceiling-windows", "-1").Err);
+        Assert.Contains("--ceiling-windows probes the lanes that move host experts: give --gpu-budget", Run("--ceiling-windows", "2").Err);
+        Assert.False(Directory.Exists(Path.Combine(_dir, "refused-ceiling")));
+    }
+
+    [Fact]
     public void Bench_AbReadScales_OnFixtureTooSmallToTime_SaysSoAndReportsNoComparison()
     {
         // The fixture's expert matrices are under the 1 MiB a read is timed in: nothing measured, nothing to compare.
