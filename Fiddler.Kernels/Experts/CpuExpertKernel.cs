@@ -158,6 +158,16 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.Hidden * TW.ElementBytes;
         int begin = item * p.GateRows, end = Math.Min(begin + p.GateRows, p.Intermediate);
+        if (p.Tokens == 1 && CpuKernelTuning.SequentialRows)
+        {
+            // One row of w1 and of w3 at a time: two streams, each contiguous through the item.
+            for (int i = begin; i < end; i++)
+            {
+                RowDots.Rows1<TOps, TVec, TW>(p.W1 + i * rowBytes, p.W3 + i * rowBytes, p.Hidden, p.Xp, out float g, out float u);
+                p.H[KernelIndex(i, p.Intermediate, p.Width)] = Silu(g) * u;
+            }
+            return;
+        }
         nint nextPair = CpuKernelTuning.NextRowsPrefetch ? 2 * rowBytes : 0; // rows i+2, i+3: the item's next pair
         for (int i = begin; i < end; i += 2)
         {
@@ -186,6 +196,16 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.W2Stride * TW.ElementBytes;
         int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
+        if (p.Tokens == 1 && CpuKernelTuning.SequentialRows)
+        {
+            // One row at a time: one stream through the item (contiguous unless the rows are a split's first columns).
+            for (int j = begin; j < end; j++)
+            {
+                RowDots.Rows1<TOps, TVec, TW>(p.W2 + j * rowBytes, null, p.Intermediate, p.H, out float d, out _);
+                p.Y[j] = d;
+            }
+            return;
+        }
         nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? 4 * rowBytes : 0; // rows j+4..j+7: the item's next four
         for (int j = begin; j < end; j += 4)
         {

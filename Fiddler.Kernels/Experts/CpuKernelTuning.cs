@@ -10,13 +10,13 @@ public enum PrefetchLevel
 }
 
 /// <summary>
-/// Four knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
-/// and into which cache level, whether it also prefetches the next row group, and how many weight bytes one work item
-/// covers. The defaults were tuned with the kernel alone on the H100 host; the engine runs it beside PCIe copies that
+/// Five knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
+/// and into which cache level, whether it also prefetches the next row group, how many weight bytes one work item
+/// covers, and whether a one-token expert walks its rows one at a time. The defaults were tuned with the kernel alone on the H100 host; the engine runs it beside PCIe copies that
 /// read the same DRAM, which <c>fiddler bench-cpu-expert --with-copies</c> sweeps. Read once per row block and per call,
 /// so set them between calls (tests, benchmarks), not while a kernel runs. <c>FIDDLER_KERNEL_PREFETCH_BYTES</c>,
-/// <c>FIDDLER_KERNEL_PREFETCH_LEVEL</c> (l1, l2, l3, nta), <c>FIDDLER_KERNEL_NEXT_ROWS</c> (0, 1) and
-/// <c>FIDDLER_KERNEL_ITEM_KB</c> set them at start-up (an A/B of whole runs).
+/// <c>FIDDLER_KERNEL_PREFETCH_LEVEL</c> (l1, l2, l3, nta), <c>FIDDLER_KERNEL_NEXT_ROWS</c> (0, 1),
+/// <c>FIDDLER_KERNEL_ITEM_KB</c> and <c>FIDDLER_KERNEL_SEQUENTIAL_ROWS</c> (0, 1) set them at start-up (an A/B of whole runs).
 /// </summary>
 public static class CpuKernelTuning
 {
@@ -27,13 +27,16 @@ public static class CpuKernelTuning
     // beside copies alone, within ±5 % of them either way. No setting won, so the defaults stay as tuned before.
     public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
     public const bool DefaultNextRowsPrefetch = false;
+    public const bool DefaultSequentialRows = false;
 
     private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
-        LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS";
+        LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS",
+        SequentialVariable = "FIDDLER_KERNEL_SEQUENTIAL_ROWS";
     private static int s_prefetchBytes = FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out _);
     private static int s_itemBytes = FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out _);
     private static int s_level = (int)(ParseLevel(Environment.GetEnvironmentVariable(LevelVariable)) ?? DefaultPrefetchLevel);
     private static bool s_nextRows = ParseSwitch(Environment.GetEnvironmentVariable(NextRowsVariable)) ?? DefaultNextRowsPrefetch;
+    private static bool s_sequential = ParseSwitch(Environment.GetEnvironmentVariable(SequentialVariable)) ?? DefaultSequentialRows;
 
     /// <summary>
     /// Throws <see cref="ArgumentException"/> naming the variable when one of the <c>FIDDLER_KERNEL_*</c> variables is set
@@ -43,10 +46,12 @@ public static class CpuKernelTuning
     {
         FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out string? e1);
         FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out string? e2);
-        string? level = Environment.GetEnvironmentVariable(LevelVariable), next = Environment.GetEnvironmentVariable(NextRowsVariable);
+        string? level = Environment.GetEnvironmentVariable(LevelVariable), next = Environment.GetEnvironmentVariable(NextRowsVariable),
+            sequential = Environment.GetEnvironmentVariable(SequentialVariable);
         string? e3 = !string.IsNullOrWhiteSpace(level) && ParseLevel(level) is null ? $"{LevelVariable}={level} is not one of l1, l2, l3, nta" : null;
         string? e4 = !string.IsNullOrWhiteSpace(next) && ParseSwitch(next) is null ? $"{NextRowsVariable}={next} is not 0 or 1" : null;
-        if ((e1 ?? e2 ?? e3 ?? e4) is { } error) throw new ArgumentException(error);
+        string? e5 = !string.IsNullOrWhiteSpace(sequential) && ParseSwitch(sequential) is null ? $"{SequentialVariable}={sequential} is not 0 or 1" : null;
+        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5) is { } error) throw new ArgumentException(error);
     }
 
     /// <summary>The cache level the along-the-row prefetch fills (default <see cref="PrefetchLevel.L1"/>: PREFETCHT0).</summary>
@@ -65,6 +70,18 @@ public static class CpuKernelTuning
     {
         get => Volatile.Read(ref s_nextRows);
         set => Volatile.Write(ref s_nextRows, value);
+    }
+
+    /// <summary>
+    /// Whether a one-token expert walks its rows one at a time (one row of w1 and w3 side by side, then one row of w2), so
+    /// each thread streams two contiguous runs through its item, and the prefetch along a row runs on into the next row;
+    /// otherwise (the default) it reads two gate/up rows or four down rows side by side, four streams that each restart
+    /// every row. More tokens always take the four-row path (its weight loads serve several tokens).
+    /// </summary>
+    public static bool SequentialRows
+    {
+        get => Volatile.Read(ref s_sequential);
+        set => Volatile.Write(ref s_sequential, value);
     }
 
     /// <summary>l1, l2, l3 or nta (any case) as a level; null for anything else.</summary>
@@ -129,11 +146,11 @@ public static class CpuKernelTuning
 }
 
 /// <summary>One setting of all of <see cref="CpuKernelTuning"/>'s knobs: to apply, compare or print as a whole.</summary>
-public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes)
+public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SequentialRows = false)
 {
     /// <summary>The knobs as they are now.</summary>
     public static CpuKernelSettings Current =>
-        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes);
+        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes, CpuKernelTuning.SequentialRows);
 
     /// <summary>Sets every knob, or none: all are checked first (<see cref="ArgumentOutOfRangeException"/>).</summary>
     public void Apply()
@@ -145,28 +162,36 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         CpuKernelTuning.PrefetchLevel = Level;
         CpuKernelTuning.NextRowsPrefetch = NextRows;
         CpuKernelTuning.ItemBytes = ItemBytes;
+        CpuKernelTuning.SequentialRows = SequentialRows;
     }
 
-    /// <summary>"prefetch bytes,level,next rows (0/1),item KB", as <see cref="Parse"/> reads it.</summary>
-    public override string ToString() => $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024}";
+    /// <summary>"prefetch bytes,level,next rows (0/1),item KB", then ",seq" where one-token rows are walked one at a time
+    /// (<see cref="CpuKernelTuning.SequentialRows"/>), as <see cref="Parse"/> reads it.</summary>
+    public override string ToString() => $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024}{(SequentialRows ? ",seq" : "")}";
 
     /// <summary>
-    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB]" (e.g. "2048,l1,1"); an item size left out keeps the current one. Throws
-    /// <see cref="ArgumentException"/> saying which part is wrong.
+    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,seq"); an item size left out keeps
+    /// the current one; ROWS is "seq" (<see cref="CpuKernelTuning.SequentialRows"/>) or "pairs" (the default, also when left
+    /// out). Throws <see cref="ArgumentException"/> saying which part is wrong.
     /// </summary>
     public static CpuKernelSettings Parse(string text)
     {
         string[] parts = (text ?? "").Split(',', StringSplitOptions.TrimEntries);
-        if (parts.Length is < 3 or > 4) throw new ArgumentException($"'{text}' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB] (e.g. 2048,l1,1)");
+        if (parts.Length is < 3 or > 5) throw new ArgumentException($"'{text}' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]] (e.g. 2048,l1,1)");
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         int prefetch = int.TryParse(parts[0], System.Globalization.NumberStyles.Integer, inv, out int p) && CpuKernelTuning.ValidPrefetch(p) ? p
             : throw new ArgumentException($"'{parts[0]}' is not a prefetch distance (a multiple of 64 in 0..16384 bytes)");
         var level = CpuKernelTuning.ParseLevel(parts[1]) ?? throw new ArgumentException($"'{parts[1]}' is not a prefetch level (l1, l2, l3, nta)");
         bool next = CpuKernelTuning.ParseSwitch(parts[2]) ?? throw new ArgumentException($"'{parts[2]}' is not a next-rows switch (0 or 1)");
         int item = CpuKernelTuning.ItemBytes;
-        if (parts.Length == 4)
+        if (parts.Length >= 4)
             item = int.TryParse(parts[3], System.Globalization.NumberStyles.Integer, inv, out int kb) && kb is > 0 and <= 4096 && CpuKernelTuning.ValidItem(kb * 1024) ? kb * 1024
                 : throw new ArgumentException($"'{parts[3]}' is not a work-item size (16..4096 KB)");
-        return new(prefetch, level, next, item);
+        bool sequential = parts.Length < 5 ? false : parts[4].ToLowerInvariant() switch
+        {
+            "seq" => true, "pairs" => false,
+            _ => throw new ArgumentException($"'{parts[4]}' is not a row order (seq or pairs)"),
+        };
+        return new(prefetch, level, next, item, sequential);
     }
 }

@@ -86,6 +86,88 @@ internal static unsafe class RowDots
         }
     }
 
+    /// <summary>
+    /// One token, one or two rows read side by side (<paramref name="r1"/> null: one): d0 = r0·x, d1 = r1·x, with
+    /// <paramref name="x"/> in the weight format's order. For <see cref="CpuKernelTuning.SequentialRows"/>: a caller that
+    /// walks consecutive rows keeps each stream contiguous, so the prefetch along a row runs on into the next one.
+    /// </summary>
+    public static void Rows1<TOps, TVec, TW>(byte* r0, byte* r1, int k, float* x, out float d0, out float d1)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
+    {
+        switch (CpuKernelTuning.PrefetchLevel)
+        {
+            case PrefetchLevel.L1: Rows1Core<TOps, TVec, TW, PrefetchT0>(r0, r1, k, x, out d0, out d1); break;
+            case PrefetchLevel.L2: Rows1Core<TOps, TVec, TW, PrefetchT1>(r0, r1, k, x, out d0, out d1); break;
+            case PrefetchLevel.L3: Rows1Core<TOps, TVec, TW, PrefetchT2>(r0, r1, k, x, out d0, out d1); break;
+            default: Rows1Core<TOps, TVec, TW, PrefetchNta>(r0, r1, k, x, out d0, out d1); break;
+        }
+    }
+
+    // Two steps per iteration, even and odd halves apart: four independent FMA chains per row.
+    [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows1Core<TOps, TVec, TW, TAhead>(byte* r0, byte* r1, int k, float* x, out float d0, out float d1)
+        where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat where TAhead : struct, IPrefetchHint
+    {
+        int step = 2 * TOps.Width, kVec = k - k % step;
+        nint wStep = step * TW.ElementBytes;
+        nint pf = CpuKernelTuning.PrefetchBytes;
+        bool prefetch = Sse.IsSupported && TOps.Width > 1 && pf > 0;
+        byte* p0 = r0, p1 = r1;
+        float* xp = x;
+        TVec a0 = TOps.Zero, b0 = TOps.Zero, c0 = TOps.Zero, e0 = TOps.Zero;
+        TVec a1 = TOps.Zero, b1 = TOps.Zero, c1 = TOps.Zero, e1 = TOps.Zero;
+        int s = 0;
+        if (r1 != null)
+        {
+            for (; s + 2 * step <= kVec; s += 2 * step)
+            {
+                if (prefetch) for (nint q = 0; q < 2 * wStep; q += 64) { TAhead.At(p0 + pf + q); TAhead.At(p1 + pf + q); }
+                TVec x0 = TOps.Load(xp), x1 = TOps.Load(xp + TOps.Width), x2 = TOps.Load(xp + step), x3 = TOps.Load(xp + step + TOps.Width);
+                TW.Load<TOps, TVec>(p0, out var e, out var o);
+                a0 = TOps.MultiplyAdd(e, x0, a0); b0 = TOps.MultiplyAdd(o, x1, b0);
+                TW.Load<TOps, TVec>(p1, out e, out o);
+                a1 = TOps.MultiplyAdd(e, x0, a1); b1 = TOps.MultiplyAdd(o, x1, b1);
+                TW.Load<TOps, TVec>(p0 + wStep, out e, out o);
+                c0 = TOps.MultiplyAdd(e, x2, c0); e0 = TOps.MultiplyAdd(o, x3, e0);
+                TW.Load<TOps, TVec>(p1 + wStep, out e, out o);
+                c1 = TOps.MultiplyAdd(e, x2, c1); e1 = TOps.MultiplyAdd(o, x3, e1);
+                p0 += 2 * wStep; p1 += 2 * wStep; xp += 2 * step;
+            }
+            for (; s < kVec; s += step)
+            {
+                TVec x0 = TOps.Load(xp), x1 = TOps.Load(xp + TOps.Width);
+                TW.Load<TOps, TVec>(p0, out var e, out var o);
+                a0 = TOps.MultiplyAdd(e, x0, a0); b0 = TOps.MultiplyAdd(o, x1, b0);
+                TW.Load<TOps, TVec>(p1, out e, out o);
+                a1 = TOps.MultiplyAdd(e, x0, a1); b1 = TOps.MultiplyAdd(o, x1, b1);
+                p0 += wStep; p1 += wStep; xp += step;
+            }
+            d1 = TOps.Sum(TOps.Add(TOps.Add(a1, b1), TOps.Add(c1, e1))) + Tail<TW>(r1, x, kVec, k);
+        }
+        else
+        {
+            for (; s + 2 * step <= kVec; s += 2 * step)
+            {
+                if (prefetch) for (nint q = 0; q < 2 * wStep; q += 64) TAhead.At(p0 + pf + q);
+                TVec x0 = TOps.Load(xp), x1 = TOps.Load(xp + TOps.Width), x2 = TOps.Load(xp + step), x3 = TOps.Load(xp + step + TOps.Width);
+                TW.Load<TOps, TVec>(p0, out var e, out var o);
+                a0 = TOps.MultiplyAdd(e, x0, a0); b0 = TOps.MultiplyAdd(o, x1, b0);
+                TW.Load<TOps, TVec>(p0 + wStep, out e, out o);
+                c0 = TOps.MultiplyAdd(e, x2, c0); e0 = TOps.MultiplyAdd(o, x3, e0);
+                p0 += 2 * wStep; xp += 2 * step;
+            }
+            for (; s < kVec; s += step)
+            {
+                TVec x0 = TOps.Load(xp), x1 = TOps.Load(xp + TOps.Width);
+                TW.Load<TOps, TVec>(p0, out var e, out var o);
+                a0 = TOps.MultiplyAdd(e, x0, a0); b0 = TOps.MultiplyAdd(o, x1, b0);
+                p0 += wStep; xp += step;
+            }
+            d1 = 0;
+        }
+        d0 = TOps.Sum(TOps.Add(TOps.Add(a0, b0), TOps.Add(c0, e0))) + Tail<TW>(r0, x, kVec, k);
+    }
+
     // 4 rows × 4 tokens = 16 accumulators + 8 activation + 2 weight vectors: fits AVX-512's 32 registers, not AVX2's 16.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int TileSize<TOps, TVec>(int left) where TOps : ISimd<TVec> where TVec : unmanaged =>
