@@ -150,7 +150,7 @@ public static unsafe class CpuExpertKernel
         else Down<TOps, TVec, TW>(ref p, item - p.DownItemStart);
     }
 
-    // Rows i, i+1 of w1 and w3 → h[t, i], h[t, i+1] = silu(w1·x)·(w3·x), stored in kernel order for phase 2.
+    // Two rows of w1 and w3 at a time → h[t, i], h[t, i1] = silu(w1·x)·(w3·x), stored in kernel order for phase 2.
     [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void GateUp<TOps, TVec, TW>(ref JobPlan p, int item)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
@@ -158,26 +158,20 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.Hidden * TW.ElementBytes;
         int begin = item * p.GateRows, end = Math.Min(begin + p.GateRows, p.Intermediate);
-        if (p.Tokens == 1 && CpuKernelTuning.SequentialRows)
+        nint nextPair = CpuKernelTuning.NextRowsPrefetch ? (CpuKernelTuning.SpreadRows ? 1 : 2) * rowBytes : 0; // each stream's next row
+        // Adjacent rows (the default): rows i, i+1 side by side, so two of the four streams start cold at every pair.
+        // Spread: rows i and i + half side by side, each stream walking its half of the item contiguously.
+        int half = CpuKernelTuning.SpreadRows ? (end - begin + 1) / 2 : 1, stride = CpuKernelTuning.SpreadRows ? 1 : 2;
+        int last = CpuKernelTuning.SpreadRows ? begin + half : end;
+        for (int i = begin; i < last; i += stride)
         {
-            // One row of w1 and of w3 at a time: two streams, each contiguous through the item.
-            for (int i = begin; i < end; i++)
-            {
-                RowDots.Rows1<TOps, TVec, TW>(p.W1 + i * rowBytes, p.W3 + i * rowBytes, p.Hidden, p.Xp, out float g, out float u);
-                p.H[KernelIndex(i, p.Intermediate, p.Width)] = Silu(g) * u;
-            }
-            return;
-        }
-        nint nextPair = CpuKernelTuning.NextRowsPrefetch ? 2 * rowBytes : 0; // rows i+2, i+3: the item's next pair
-        for (int i = begin; i < end; i += 2)
-        {
-            int i1 = Math.Min(i + 1, end - 1); // odd tail: compute row i twice, keep it once
+            int i1 = Math.Min(i + half, end - 1); // past the end (odd tail): compute row i1 again, same value
             byte* g0 = p.W1 + i * rowBytes, u0 = p.W3 + i * rowBytes, g1 = p.W1 + i1 * rowBytes, u1 = p.W3 + i1 * rowBytes;
             int h0 = KernelIndex(i, p.Intermediate, p.Width), h1 = KernelIndex(i1, p.Intermediate, p.Width);
             for (int t0 = 0; t0 < p.Tokens; t0 += RowDots.MaxTokens)
             {
                 int n = Math.Min(RowDots.MaxTokens, p.Tokens - t0);
-                RowDots.Quad<TOps, TVec, TW>(g0, u0, g1, u1, p.Hidden, p.Xp + t0 * p.LdX, p.LdX, n, r, t0 == 0 && i + 2 < end ? nextPair : 0);
+                RowDots.Quad<TOps, TVec, TW>(g0, u0, g1, u1, p.Hidden, p.Xp + t0 * p.LdX, p.LdX, n, r, t0 == 0 && i + stride < last ? nextPair : 0);
                 for (int t = 0; t < n; t++)
                 {
                     float* h = p.H + (t0 + t) * p.LdH;
@@ -188,7 +182,7 @@ public static unsafe class CpuExpertKernel
         }
     }
 
-    // Rows j..j+3 of w2 → y[t, j..j+3].
+    // Four rows of w2 at a time → y[t, row].
     [SkipLocalsInit, MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Down<TOps, TVec, TW>(ref JobPlan p, int item)
         where TOps : ISimd<TVec> where TVec : unmanaged where TW : IWeightFormat
@@ -196,31 +190,26 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.W2Stride * TW.ElementBytes;
         int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
-        if (p.Tokens == 1 && CpuKernelTuning.SequentialRows)
+        nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? (CpuKernelTuning.SpreadRows ? 1 : 4) * rowBytes : 0; // each stream's next row
+        // Adjacent rows (the default): rows j..j+3 side by side. Spread: rows j, j+q, j+2q, j+3q, each stream walking its
+        // quarter of the item contiguously (where w2's rows are whole: a split's rows are its first columns only).
+        int q = CpuKernelTuning.SpreadRows ? (end - begin + 3) / 4 : 1, stride = CpuKernelTuning.SpreadRows ? 1 : 4;
+        int stop = CpuKernelTuning.SpreadRows ? begin + q : end;
+        for (int j = begin; j < stop; j += stride)
         {
-            // One row at a time: one stream through the item (contiguous unless the rows are a split's first columns).
-            for (int j = begin; j < end; j++)
-            {
-                RowDots.Rows1<TOps, TVec, TW>(p.W2 + j * rowBytes, null, p.Intermediate, p.H, out float d, out _);
-                p.Y[j] = d;
-            }
-            return;
-        }
-        nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? 4 * rowBytes : 0; // rows j+4..j+7: the item's next four
-        for (int j = begin; j < end; j += 4)
-        {
-            int rows = Math.Min(4, end - j);
+            // Row j + k·q for k < 4, those at or past the end replaced by the last one in range (computed again, not kept).
+            int rows = Math.Min(4, (end - 1 - j) / q + 1);
             byte* w = p.W2 + j * rowBytes;
-            byte* last = w + (rows - 1) * rowBytes; // short tail: repeat the last row
-            byte* r1 = rows > 1 ? w + rowBytes : last, r2 = rows > 2 ? w + 2 * rowBytes : last, r3 = last;
+            byte* last = w + (rows - 1) * q * rowBytes;
+            byte* r1 = rows > 1 ? w + q * rowBytes : last, r2 = rows > 2 ? w + 2 * q * rowBytes : last, r3 = last;
             for (int t0 = 0; t0 < p.Tokens; t0 += RowDots.MaxTokens)
             {
                 int n = Math.Min(RowDots.MaxTokens, p.Tokens - t0);
-                RowDots.Quad<TOps, TVec, TW>(w, r1, r2, r3, p.Intermediate, p.H + t0 * p.LdH, p.LdH, n, r, t0 == 0 && j + 4 < end ? nextQuad : 0);
+                RowDots.Quad<TOps, TVec, TW>(w, r1, r2, r3, p.Intermediate, p.H + t0 * p.LdH, p.LdH, n, r, t0 == 0 && j + stride < stop ? nextQuad : 0);
                 for (int t = 0; t < n; t++)
                 {
                     float* y = p.Y + (long)(t0 + t) * p.Hidden + j;
-                    for (int q = 0; q < rows; q++) y[q] = r[q * n + t];
+                    for (int k = 0; k < rows; k++) y[k * q] = r[k * n + t];
                 }
             }
         }

@@ -12,11 +12,11 @@ public enum PrefetchLevel
 /// <summary>
 /// Five knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
 /// and into which cache level, whether it also prefetches the next row group, how many weight bytes one work item
-/// covers, and whether a one-token expert walks its rows one at a time. The defaults were tuned with the kernel alone on the H100 host; the engine runs it beside PCIe copies that
+/// covers, and which rows an item reads side by side. The defaults were tuned with the kernel alone on the H100 host; the engine runs it beside PCIe copies that
 /// read the same DRAM, which <c>fiddler bench-cpu-expert --with-copies</c> sweeps. Read once per row block and per call,
 /// so set them between calls (tests, benchmarks), not while a kernel runs. <c>FIDDLER_KERNEL_PREFETCH_BYTES</c>,
 /// <c>FIDDLER_KERNEL_PREFETCH_LEVEL</c> (l1, l2, l3, nta), <c>FIDDLER_KERNEL_NEXT_ROWS</c> (0, 1),
-/// <c>FIDDLER_KERNEL_ITEM_KB</c> and <c>FIDDLER_KERNEL_SEQUENTIAL_ROWS</c> (0, 1) set them at start-up (an A/B of whole runs).
+/// <c>FIDDLER_KERNEL_ITEM_KB</c> and <c>FIDDLER_KERNEL_SPREAD_ROWS</c> (0, 1) set them at start-up (an A/B of whole runs).
 /// </summary>
 public static class CpuKernelTuning
 {
@@ -27,16 +27,16 @@ public static class CpuKernelTuning
     // beside copies alone, within ±5 % of them either way. No setting won, so the defaults stay as tuned before.
     public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
     public const bool DefaultNextRowsPrefetch = false;
-    public const bool DefaultSequentialRows = false;
+    public const bool DefaultSpreadRows = false;
 
     private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
         LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS",
-        SequentialVariable = "FIDDLER_KERNEL_SEQUENTIAL_ROWS";
+        SpreadVariable = "FIDDLER_KERNEL_SPREAD_ROWS";
     private static int s_prefetchBytes = FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out _);
     private static int s_itemBytes = FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out _);
     private static int s_level = (int)(ParseLevel(Environment.GetEnvironmentVariable(LevelVariable)) ?? DefaultPrefetchLevel);
     private static bool s_nextRows = ParseSwitch(Environment.GetEnvironmentVariable(NextRowsVariable)) ?? DefaultNextRowsPrefetch;
-    private static bool s_sequential = ParseSwitch(Environment.GetEnvironmentVariable(SequentialVariable)) ?? DefaultSequentialRows;
+    private static bool s_spread = ParseSwitch(Environment.GetEnvironmentVariable(SpreadVariable)) ?? DefaultSpreadRows;
 
     /// <summary>
     /// Throws <see cref="ArgumentException"/> naming the variable when one of the <c>FIDDLER_KERNEL_*</c> variables is set
@@ -47,10 +47,10 @@ public static class CpuKernelTuning
         FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out string? e1);
         FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out string? e2);
         string? level = Environment.GetEnvironmentVariable(LevelVariable), next = Environment.GetEnvironmentVariable(NextRowsVariable),
-            sequential = Environment.GetEnvironmentVariable(SequentialVariable);
+            spread = Environment.GetEnvironmentVariable(SpreadVariable);
         string? e3 = !string.IsNullOrWhiteSpace(level) && ParseLevel(level) is null ? $"{LevelVariable}={level} is not one of l1, l2, l3, nta" : null;
         string? e4 = !string.IsNullOrWhiteSpace(next) && ParseSwitch(next) is null ? $"{NextRowsVariable}={next} is not 0 or 1" : null;
-        string? e5 = !string.IsNullOrWhiteSpace(sequential) && ParseSwitch(sequential) is null ? $"{SequentialVariable}={sequential} is not 0 or 1" : null;
+        string? e5 = !string.IsNullOrWhiteSpace(spread) && ParseSwitch(spread) is null ? $"{SpreadVariable}={spread} is not 0 or 1" : null;
         if ((e1 ?? e2 ?? e3 ?? e4 ?? e5) is { } error) throw new ArgumentException(error);
     }
 
@@ -73,15 +73,16 @@ public static class CpuKernelTuning
     }
 
     /// <summary>
-    /// Whether a one-token expert walks its rows one at a time (one row of w1 and w3 side by side, then one row of w2), so
-    /// each thread streams two contiguous runs through its item, and the prefetch along a row runs on into the next row;
-    /// otherwise (the default) it reads two gate/up rows or four down rows side by side, four streams that each restart
-    /// every row. More tokens always take the four-row path (its weight loads serve several tokens).
+    /// Which rows a work item reads side by side. Off (the default): adjacent ones (rows i, i+1 of w1 and w3; rows j..j+3 of
+    /// w2), so at every new group of rows some of the four streams start where no prefetch reached. On: the item's rows are
+    /// cut into two runs (gate/up) or four (down) walked side by side, so each of the four streams stays contiguous through
+    /// its run and the prefetch along a row runs on into the next row. Same arithmetic per row either way (bit-identical).
+    /// (Walking one row at a time, two streams per thread, lost 3.7-6.2 % on the H100 host: BENCHMARKS.md, session 15.)
     /// </summary>
-    public static bool SequentialRows
+    public static bool SpreadRows
     {
-        get => Volatile.Read(ref s_sequential);
-        set => Volatile.Write(ref s_sequential, value);
+        get => Volatile.Read(ref s_spread);
+        set => Volatile.Write(ref s_spread, value);
     }
 
     /// <summary>l1, l2, l3 or nta (any case) as a level; null for anything else.</summary>
@@ -146,11 +147,11 @@ public static class CpuKernelTuning
 }
 
 /// <summary>One setting of all of <see cref="CpuKernelTuning"/>'s knobs: to apply, compare or print as a whole.</summary>
-public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SequentialRows = false)
+public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SpreadRows = false)
 {
     /// <summary>The knobs as they are now.</summary>
     public static CpuKernelSettings Current =>
-        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes, CpuKernelTuning.SequentialRows);
+        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes, CpuKernelTuning.SpreadRows);
 
     /// <summary>Sets every knob, or none: all are checked first (<see cref="ArgumentOutOfRangeException"/>).</summary>
     public void Apply()
@@ -162,17 +163,17 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         CpuKernelTuning.PrefetchLevel = Level;
         CpuKernelTuning.NextRowsPrefetch = NextRows;
         CpuKernelTuning.ItemBytes = ItemBytes;
-        CpuKernelTuning.SequentialRows = SequentialRows;
+        CpuKernelTuning.SpreadRows = SpreadRows;
     }
 
-    /// <summary>"prefetch bytes,level,next rows (0/1),item KB", then ",seq" where one-token rows are walked one at a time
-    /// (<see cref="CpuKernelTuning.SequentialRows"/>), as <see cref="Parse"/> reads it.</summary>
-    public override string ToString() => $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024}{(SequentialRows ? ",seq" : "")}";
+    /// <summary>"prefetch bytes,level,next rows (0/1),item KB", then ",spread" where an item's rows are read as runs
+    /// (<see cref="CpuKernelTuning.SpreadRows"/>), as <see cref="Parse"/> reads it.</summary>
+    public override string ToString() => $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024}{(SpreadRows ? ",spread" : "")}";
 
     /// <summary>
-    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,seq"); an item size left out keeps
-    /// the current one; ROWS is "seq" (<see cref="CpuKernelTuning.SequentialRows"/>) or "pairs" (the default, also when left
-    /// out). Throws <see cref="ArgumentException"/> saying which part is wrong.
+    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,spread"); an item size left out
+    /// keeps the current one; ROWS is "spread" (<see cref="CpuKernelTuning.SpreadRows"/>) or "adjacent" (the default, also
+    /// when left out). Throws <see cref="ArgumentException"/> saying which part is wrong.
     /// </summary>
     public static CpuKernelSettings Parse(string text)
     {
@@ -187,11 +188,11 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         if (parts.Length >= 4)
             item = int.TryParse(parts[3], System.Globalization.NumberStyles.Integer, inv, out int kb) && kb is > 0 and <= 4096 && CpuKernelTuning.ValidItem(kb * 1024) ? kb * 1024
                 : throw new ArgumentException($"'{parts[3]}' is not a work-item size (16..4096 KB)");
-        bool sequential = parts.Length < 5 ? false : parts[4].ToLowerInvariant() switch
+        bool spread = parts.Length >= 5 && parts[4].ToLowerInvariant() switch
         {
-            "seq" => true, "pairs" => false,
-            _ => throw new ArgumentException($"'{parts[4]}' is not a row order (seq or pairs)"),
+            "spread" => true, "adjacent" => false,
+            _ => throw new ArgumentException($"'{parts[4]}' is not a row order (spread or adjacent)"),
         };
-        return new(prefetch, level, next, item, sequential);
+        return new(prefetch, level, next, item, spread);
     }
 }
