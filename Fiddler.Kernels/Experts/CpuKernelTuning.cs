@@ -21,13 +21,16 @@ public enum PrefetchLevel
 public static class CpuKernelTuning
 {
     public const int DefaultPrefetchBytes = 1024;
-    public const int DefaultItemBytes = 128 * 1024;
+    // Item size and spread rows (BENCHMARKS.md, session 15): in-process pairs of decode windows at 24 GiB on the H100 host,
+    // 512 KB items with spread rows against 128 KB adjacent: +3.98 % median (6 pairs, the kernel faster in all six);
+    // 128 KB spread: +2.41 %. Walking one row at a time instead lost 3.7-6.2 %.
+    public const int DefaultItemBytes = 512 * 1024;
     // Level and next rows (BENCHMARKS.md, session 12): on two H100 hosts, in-process pairs of decode windows at 24 GiB
     // compared L3 + next rows with these defaults: +2.1 % median (6 pairs) on one, −5.1 % (8 pairs) on the other;
     // beside copies alone, within ±5 % of them either way. No setting won, so the defaults stay as tuned before.
     public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
     public const bool DefaultNextRowsPrefetch = false;
-    public const bool DefaultSpreadRows = false;
+    public const bool DefaultSpreadRows = true;
 
     private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
         LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS",
@@ -73,10 +76,11 @@ public static class CpuKernelTuning
     }
 
     /// <summary>
-    /// Which rows a work item reads side by side. Off (the default): adjacent ones (rows i, i+1 of w1 and w3; rows j..j+3 of
+    /// Which rows a work item reads side by side. Off: adjacent ones (rows i, i+1 of w1 and w3; rows j..j+3 of
     /// w2), so at every new group of rows some of the four streams start where no prefetch reached. On: the item's rows are
     /// cut into two runs (gate/up) or four (down) walked side by side, so each of the four streams stays contiguous through
-    /// its run and the prefetch along a row runs on into the next row. Same arithmetic per row either way (bit-identical).
+    /// its run and the prefetch along a row runs on into the next row (the default). Same arithmetic per row either way
+    /// (bit-identical).
     /// (Walking one row at a time, two streams per thread, lost 3.7-6.2 % on the H100 host: BENCHMARKS.md, session 15.)
     /// </summary>
     public static bool SpreadRows

@@ -13,7 +13,7 @@ public sealed unsafe class CpuKernelTuningTests
     public void Setters_CheckTheirRanges()
     {
         Assert.Equal(1024, CpuKernelTuning.DefaultPrefetchBytes);
-        Assert.Equal(128 * 1024, CpuKernelTuning.DefaultItemBytes);
+        Assert.Equal(512 * 1024, CpuKernelTuning.DefaultItemBytes);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchBytes = 100);   // not a multiple of 64
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchBytes = -64);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchBytes = 16384 + 64);
@@ -22,7 +22,7 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.PrefetchLevel = (PrefetchLevel)7);
         Assert.Equal(PrefetchLevel.L1, CpuKernelTuning.DefaultPrefetchLevel);
         Assert.False(CpuKernelTuning.DefaultNextRowsPrefetch);
-        Assert.False(CpuKernelTuning.DefaultSpreadRows);
+        Assert.True(CpuKernelTuning.DefaultSpreadRows);
     }
 
     [Theory]
