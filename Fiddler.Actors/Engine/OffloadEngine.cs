@@ -170,7 +170,8 @@ public sealed class OffloadEngine : IDisposable
         Stager = _cudaStager is not null
             ? Own(new CudaWeightStager(_cudaStager))
             : Own(new CopyStager(o.StagingSlots, Config.HiddenSize, Config.IntermediateSize, dtype, o.Device));
-        var key = HardwareKey.ForThisHost(CudaRuntime.DeviceLabel(o.Device), shape, dtype.ToString(), pool.Concurrency);
+        var key = HardwareKey.ForThisHost(CudaRuntime.DeviceLabel(o.Device), shape, dtype.ToString(), pool.Concurrency,
+            Fiddler.Kernels.Experts.CpuKernelSettings.Current.ToString());
         Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key, out string? mismatch);
         if (Profile is null)
         {

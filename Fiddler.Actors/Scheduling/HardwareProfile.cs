@@ -6,7 +6,8 @@ using Fiddler.Actors.Placement;
 namespace Fiddler.Actors.Scheduling;
 
 /// <summary>
-/// What a calibration is valid for: the same CPU, core count, CPU expert workers, GPU, model shape and dtype. Any
+/// What a calibration is valid for: the same CPU, core count, CPU expert workers and kernel settings, GPU, model shape
+/// and dtype. Any
 /// difference means the measured times may not hold, so the cache is ignored and the host is calibrated again (a file
 /// from before a field existed reads it as 0 or null, so it is recalibrated too).
 /// </summary>
@@ -16,15 +17,17 @@ public sealed record HardwareKey(
     [property: JsonPropertyName("gpu_name")] string GpuName,
     [property: JsonPropertyName("model_shape")] string ModelShapeHash,
     [property: JsonPropertyName("dtype")] string Dtype,
-    [property: JsonPropertyName("cpu_threads")] int CpuThreads = 0)
+    [property: JsonPropertyName("cpu_threads")] int CpuThreads = 0,
+    [property: JsonPropertyName("cpu_kernel")] string? CpuKernel = null)
 {
     /// <summary>
     /// The key for this process's CPU (/proc/cpuinfo "model name", logical cores), the CPU expert pool's participants
-    /// (<paramref name="cpuThreads"/>: the CPU expert's time depends on them) and the given GPU (its name: see
-    /// <c>CudaRuntime.DeviceLabel</c>) and model.
+    /// (<paramref name="cpuThreads"/>: the CPU expert's time depends on them), the CPU expert kernel's settings
+    /// (<paramref name="cpuKernel"/>, <c>CpuKernelSettings.ToString()</c>: its layout and prefetch move its speed by
+    /// several per cent) and the given GPU (its name: see <c>CudaRuntime.DeviceLabel</c>) and model.
     /// </summary>
-    public static HardwareKey ForThisHost(string gpuName, ModelShape shape, string dtype, int cpuThreads) =>
-        new(LocalCpuModel(), Environment.ProcessorCount, gpuName, shape.Fingerprint, dtype, cpuThreads);
+    public static HardwareKey ForThisHost(string gpuName, ModelShape shape, string dtype, int cpuThreads, string cpuKernel) =>
+        new(LocalCpuModel(), Environment.ProcessorCount, gpuName, shape.Fingerprint, dtype, cpuThreads, cpuKernel);
 
     /// <summary>The CPU's marketing name where Linux exposes it, else the architecture (e.g. "Arm64").</summary>
     public static string LocalCpuModel()
@@ -122,6 +125,7 @@ public sealed record HardwareProfile(
         Field("cpu_model", k.CpuModel, expected.CpuModel);
         Field("cpu_cores", k.CpuCores, expected.CpuCores);
         Field("cpu_threads", k.CpuThreads, expected.CpuThreads);
+        Field("cpu_kernel", k.CpuKernel ?? "none", expected.CpuKernel ?? "none");
         Field("gpu_name", k.GpuName, expected.GpuName);
         Field("model_shape", k.ModelShapeHash, expected.ModelShapeHash);
         Field("dtype", k.Dtype, expected.Dtype);

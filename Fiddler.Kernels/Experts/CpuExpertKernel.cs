@@ -16,7 +16,9 @@ public enum CpuIsa
 /// fp32 throughout: HF MixtralBlockSparseTop2MLP's math on the stored weights, without bf16 rounding between the ops.
 /// Decode is memory-bound (one weight byte feeds ≤ 16 multiply-adds), so the design is about reading each weight once:
 /// phase 1 splits the intermediate rows of w1 and w3 across threads (each item streams w1 and w3 rows side by side and
-/// writes silu(g)·u), a completion barrier, then phase 2 splits the hidden rows of w2. All tokens of an expert are
+/// writes silu(g)·u), a completion barrier, then phase 2 splits the hidden rows of w2. An item's four streams each walk
+/// a contiguous run of its rows (<see cref="CpuKernelTuning.SpreadRows"/>), so a prefetch along one row runs on into
+/// the next and no stream restarts cold at every row. All tokens of an expert are
 /// computed from the same weight load (<see cref="RowDots"/>). Scratch (activations in kernel order, the intermediate
 /// h) belongs to the pool.
 /// </summary>
