@@ -7,8 +7,7 @@ namespace Fiddler.Actors.Scheduling;
 
 /// <summary>
 /// What a calibration is valid for: the same CPU, core count, CPU expert workers and kernel settings, GPU, model shape
-/// and dtype. Any
-/// difference means the measured times may not hold, so the cache is ignored and the host is calibrated again (a file
+/// and dtype. Any difference means the measured times may not hold, so the cache is ignored and the host is calibrated again (a file
 /// from before a field existed reads it as 0 or null, so it is recalibrated too).
 /// </summary>
 public sealed record HardwareKey(

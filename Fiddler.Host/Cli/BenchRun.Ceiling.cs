@@ -34,7 +34,8 @@ public static partial class BenchRun
         /// <summary>Pearson r of the windows' tok/s against their ceilings; null with fewer than three measured rounds or no spread.</summary>
         public double? Correlation => Pearson(Measured.Select(r => r.Window.TokS).ToArray(), Measured.Select(r => r.CeilingTokS!.Value).ToArray());
 
-        /// <summary>Pearson r of the kernel's GB/s against the probe's read beside copies, per round (same conditions as <see cref="Correlation"/>).</summary>
+        /// <summary>Pearson r of the kernel's GB/s against the probe's read beside copies, over the rounds that have both; null
+        /// with fewer than three such rounds or no spread.</summary>
         public double? KernelCorrelation
         {
             get

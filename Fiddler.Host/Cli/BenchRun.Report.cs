@@ -145,6 +145,8 @@ public static partial class BenchRun
             ["readback_spin_us"] = Fiddler.Kernels.Runtime.HostReadback.SpinMicroseconds,
             ["host_huge_pages_gib"] = Fiddler.Kernels.Runtime.HugePages.ProcessHugeBytes() is long hp ? Math.Round(hp / (double)(1L << 30), 2) : null,
             ["cpu_threads"] = OffloadEngine.DefaultCpuThreads(o),
+            // The CPU kernel's settings as configured (prefetch bytes,level,next rows,item KB,row order; the A/Bs restore them).
+            ["cpu_kernel"] = Fiddler.Kernels.Experts.CpuKernelSettings.Current.ToString(),
             ["cpu_factors"] = engine.Scheduler is { } sch ? new[] { Math.Round(sch.Router.CpuFactors.Calm, 3), Math.Round(sch.Router.CpuFactors.Contended, 3) } : null,
             ["transfer_factor"] = engine.Scheduler is { } sct ? Math.Round(sct.Router.TransferFactor, 3) : null,
             ["balance_last_lane"] = engine.Scheduler?.Router.BalanceLastLane ?? o.BalanceLastLane, // as the router runs it

@@ -16,8 +16,8 @@ public enum CpuIsa
 /// fp32 throughout: HF MixtralBlockSparseTop2MLP's math on the stored weights, without bf16 rounding between the ops.
 /// Decode is memory-bound (one weight byte feeds ≤ 16 multiply-adds), so the design is about reading each weight once:
 /// phase 1 splits the intermediate rows of w1 and w3 across threads (each item streams w1 and w3 rows side by side and
-/// writes silu(g)·u), a completion barrier, then phase 2 splits the hidden rows of w2. An item's four streams each walk
-/// a contiguous run of its rows (<see cref="CpuKernelTuning.SpreadRows"/>), so a prefetch along one row runs on into
+/// writes silu(g)·u), a completion barrier, then phase 2 splits the hidden rows of w2. By default an item's four streams
+/// each walk a contiguous run of its rows (<see cref="CpuKernelTuning.SpreadRows"/>), so a prefetch along one row runs on into
 /// the next and no stream restarts cold at every row. All tokens of an expert are
 /// computed from the same weight load (<see cref="RowDots"/>). Scratch (activations in kernel order, the intermediate
 /// h) belongs to the pool.
@@ -160,11 +160,12 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.Hidden * TW.ElementBytes;
         int begin = item * p.GateRows, end = Math.Min(begin + p.GateRows, p.Intermediate);
-        nint nextPair = CpuKernelTuning.NextRowsPrefetch ? (CpuKernelTuning.SpreadRows ? 1 : 2) * rowBytes : 0; // each stream's next row
         // Adjacent rows: rows i, i+1 side by side, so two of the four streams start cold at every pair.
         // Spread (the default): rows i and i + half side by side, each stream walking its half of the item contiguously.
-        int half = CpuKernelTuning.SpreadRows ? (end - begin + 1) / 2 : 1, stride = CpuKernelTuning.SpreadRows ? 1 : 2;
-        int last = CpuKernelTuning.SpreadRows ? begin + half : end;
+        bool spread = CpuKernelTuning.SpreadRows; // read once: the item's bounds below must agree
+        int half = spread ? (end - begin + 1) / 2 : 1, stride = spread ? 1 : 2;
+        int last = spread ? begin + half : end;
+        nint nextPair = CpuKernelTuning.NextRowsPrefetch ? stride * rowBytes : 0; // each stream's next row
         for (int i = begin; i < last; i += stride)
         {
             int i1 = Math.Min(i + half, end - 1); // past the end (odd tail): compute row i1 again, same value
@@ -192,11 +193,12 @@ public static unsafe class CpuExpertKernel
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.W2Stride * TW.ElementBytes;
         int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
-        nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? (CpuKernelTuning.SpreadRows ? 1 : 4) * rowBytes : 0; // each stream's next row
         // Adjacent rows: rows j..j+3 side by side. Spread (the default): rows j, j+q, j+2q, j+3q, each stream walking its
         // quarter of the item contiguously (where w2's rows are whole: a split's rows are its first columns only).
-        int q = CpuKernelTuning.SpreadRows ? (end - begin + 3) / 4 : 1, stride = CpuKernelTuning.SpreadRows ? 1 : 4;
-        int stop = CpuKernelTuning.SpreadRows ? begin + q : end;
+        bool spread = CpuKernelTuning.SpreadRows; // read once: the item's bounds below must agree
+        int q = spread ? (end - begin + 3) / 4 : 1, stride = spread ? 1 : 4;
+        int stop = spread ? begin + q : end;
+        nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? stride * rowBytes : 0; // each stream's next row
         for (int j = begin; j < stop; j += stride)
         {
             // Row j + k·q for k < 4, those at or past the end replaced by the last one in range (computed again, not kept).
@@ -272,8 +274,8 @@ public static unsafe class CpuExpertKernel
             scratchFloats += (long)p.LdX * job.Tokens;
             p.HOffset = scratchFloats;
             scratchFloats += (long)p.LdH * job.Tokens;
-            // Items of ~ItemBytes (CpuKernelTuning; the default's last items of a phase cost ~1 % of a decode region on the
-            // H100 host, 78 µs against 30 µs with 128 KB items, which the longer runs more than repay), but at least 8
+            // Items of ~ItemBytes (CpuKernelTuning; with the default a phase's last items cost ~1 % of a decode region on the
+            // H100 host, tails of 60-84 µs against 29-78 µs with 128 KB items, which the longer runs more than repay), but at least 8
             // per thread when the expert is small (tests, small models).
             long itemBytes = CpuKernelTuning.ItemBytes;
             long gateRowBytes = 2L * w.Hidden * w.ElementBytes, downRowBytes = (long)w.Intermediate * w.ElementBytes;

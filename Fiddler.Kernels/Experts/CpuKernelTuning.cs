@@ -12,8 +12,9 @@ public enum PrefetchLevel
 /// <summary>
 /// Five knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
 /// and into which cache level, whether it also prefetches the next row group, how many weight bytes one work item
-/// covers, and which rows an item reads side by side. The defaults were tuned with the kernel alone on the H100 host; the engine runs it beside PCIe copies that
-/// read the same DRAM, which <c>fiddler bench-cpu-expert --with-copies</c> sweeps. Read once per row block and per call,
+/// covers, and which rows an item reads side by side. The first four were tuned with the kernel alone on the H100 host,
+/// the item size and row order in the engine; the engine runs the kernel beside PCIe copies that read the same DRAM,
+/// which <c>fiddler bench-cpu-expert --with-copies</c> sweeps. Read once per row block and per call,
 /// so set them between calls (tests, benchmarks), not while a kernel runs. <c>FIDDLER_KERNEL_PREFETCH_BYTES</c>,
 /// <c>FIDDLER_KERNEL_PREFETCH_LEVEL</c> (l1, l2, l3, nta), <c>FIDDLER_KERNEL_NEXT_ROWS</c> (0, 1),
 /// <c>FIDDLER_KERNEL_ITEM_KB</c> and <c>FIDDLER_KERNEL_SPREAD_ROWS</c> (0, 1) set them at start-up (an A/B of whole runs).
@@ -108,6 +109,12 @@ public static class CpuKernelTuning
         _ => "nta",
     };
 
+    /// <summary>"spread" (true) or "adjacent" (false), any case, as <see cref="SpreadRows"/>; null for anything else.</summary>
+    public static bool? ParseRowOrder(string? text) => text?.Trim().ToLowerInvariant() switch { "spread" => true, "adjacent" => false, _ => null };
+
+    /// <summary>The row order's name as <see cref="ParseRowOrder"/> reads it.</summary>
+    public static string RowOrderName(bool spread) => spread ? "spread" : "adjacent";
+
     /// <summary>"0" or "1" as the next-rows switch; null for anything else.</summary>
     public static bool? ParseSwitch(string? text) => text?.Trim() switch { "0" => false, "1" => true, _ => null };
 
@@ -151,7 +158,7 @@ public static class CpuKernelTuning
 }
 
 /// <summary>One setting of all of <see cref="CpuKernelTuning"/>'s knobs: to apply, compare or print as a whole.</summary>
-public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SpreadRows = false)
+public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SpreadRows)
 {
     /// <summary>The knobs as they are now.</summary>
     public static CpuKernelSettings Current =>
@@ -170,14 +177,13 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         CpuKernelTuning.SpreadRows = SpreadRows;
     }
 
-    /// <summary>"prefetch bytes,level,next rows (0/1),item KB", then ",spread" where an item's rows are read as runs
-    /// (<see cref="CpuKernelTuning.SpreadRows"/>), as <see cref="Parse"/> reads it.</summary>
-    public override string ToString() => $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024}{(SpreadRows ? ",spread" : "")}";
+    /// <summary>"prefetch bytes,level,next rows (0/1),item KB,row order (spread/adjacent)", as <see cref="Parse"/> reads it.</summary>
+    public override string ToString() =>
+        $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024},{CpuKernelTuning.RowOrderName(SpreadRows)}";
 
     /// <summary>
-    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,spread"); an item size left out
-    /// keeps the current one; ROWS is "spread" (<see cref="CpuKernelTuning.SpreadRows"/>) or "adjacent" (the default, also
-    /// when left out). Throws <see cref="ArgumentException"/> saying which part is wrong.
+    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,adjacent"); an item size or row
+    /// order left out keeps the current one; ROWS is "spread" or "adjacent" (<see cref="CpuKernelTuning.SpreadRows"/>). Throws <see cref="ArgumentException"/> saying which part is wrong.
     /// </summary>
     public static CpuKernelSettings Parse(string text)
     {
@@ -192,11 +198,8 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         if (parts.Length >= 4)
             item = int.TryParse(parts[3], System.Globalization.NumberStyles.Integer, inv, out int kb) && kb is > 0 and <= 4096 && CpuKernelTuning.ValidItem(kb * 1024) ? kb * 1024
                 : throw new ArgumentException($"'{parts[3]}' is not a work-item size (16..4096 KB)");
-        bool spread = parts.Length >= 5 && parts[4].ToLowerInvariant() switch
-        {
-            "spread" => true, "adjacent" => false,
-            _ => throw new ArgumentException($"'{parts[4]}' is not a row order (spread or adjacent)"),
-        };
+        bool spread = parts.Length < 5 ? CpuKernelTuning.SpreadRows
+            : CpuKernelTuning.ParseRowOrder(parts[4]) ?? throw new ArgumentException($"'{parts[4]}' is not a row order (spread or adjacent)");
         return new(prefetch, level, next, item, spread);
     }
 }

@@ -24,19 +24,21 @@ public sealed class BenchCeilingWindowsTests
     [Fact]
     public void Rounds_WindowsThatFollowTheirCeilings_CorrelateWithASteadyFraction()
     {
-        // Each probe's concurrent rate 120, 100, 130 GB/s; the windows run at 0.8 of each ceiling; hit rate 0.25 in all.
+        // Each probe's concurrent rate 120, 100, 130 GB/s; each window's hit rate 0.2, 0.25, 0.3 (read after that window,
+        // before its probe); the windows run at 0.8 of each ceiling.
         double[] concurrent = [120, 100, 130];
-        double Ceiling(int i) => concurrent[i] * 1e9 / (0.75 * ExpertBytesPerToken);
+        double Miss(int i) => 0.8 - 0.05 * i;
+        double Ceiling(int i) => concurrent[i] * 1e9 / (Miss(i) * ExpertBytesPerToken);
         int window = 0, probe = 0;
         var cw = BenchRun.MeasureCeilingWindows(3,
             () => new BenchRun.WindowStats(0.8 * Ceiling(window), 0.6, 0.3, KernelGBps: 80 + 2 * window++),
-            () => 0.25, ExpertBytesPerToken,
+            () => { Assert.Equal(window, probe + 1); return 1 - Miss(window - 1); }, ExpertBytesPerToken,
             () => { double read = 80 + 2 * probe; return new LaneCeiling.Result(110, 54, read, concurrent[probe++] - read, 200); },
             _ => Assert.Fail("nothing to log"));
         Assert.Equal(3, cw.Rounds.Length);
         for (int i = 0; i < 3; i++)
         {
-            Assert.Equal(0.75 * ExpertBytesPerToken, cw.Rounds[i].OffloadedBytesPerToken, 1);
+            Assert.Equal(Miss(i) * ExpertBytesPerToken, cw.Rounds[i].OffloadedBytesPerToken, 1);
             Assert.Equal(Ceiling(i), cw.Rounds[i].CeilingTokS!.Value, 9);
             Assert.Equal(0.8, cw.Rounds[i].Fraction!.Value, 9);
             Assert.Equal(1, cw.Rounds[i].KernelOfProbe!.Value, 9);

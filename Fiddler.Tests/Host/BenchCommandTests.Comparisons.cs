@@ -298,11 +298,12 @@ public sealed partial class BenchCommandTests
     public void Bench_AbKernel_ReportsBothTuningsRestoresTheConfiguredOneAndRejectsBadSettings()
     {
         var before = Fiddler.Kernels.Experts.CpuKernelSettings.Current;
-        using (var json = BenchJson("--new-tokens", "3", "--ab-kernel", "2048,l2,1,64", "--ab-pairs", "2"))
+        using (var json = BenchJson("--new-tokens", "3", "--ab-kernel", "2048,l2,1,64,adjacent", "--ab-pairs", "2"))
         {
             var ab = json.RootElement.GetProperty("ab_kernel");
             Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
-            Assert.Equal([before.ToString(), "2048,l2,1,64"], ab.GetProperty("settings").EnumerateArray().Select(x => x.GetString()));
+            Assert.Equal([before.ToString(), "2048,l2,1,64,adjacent"], ab.GetProperty("settings").EnumerateArray().Select(x => x.GetString()));
+            Assert.Equal(before.ToString(), json.RootElement.GetProperty("cpu_kernel").GetString()); // the configured one, restored
             Assert.All(ab.GetProperty("other_tok_s").EnumerateArray(), x => Assert.True(x.GetDouble() > 0));
             Assert.Equal(2, ab.GetProperty("configured_tok_s").GetArrayLength());
             Assert.Equal(2, ab.GetProperty("other_kernel_gb_s").GetArrayLength());
@@ -317,7 +318,7 @@ public sealed partial class BenchCommandTests
         foreach (var (spec, message) in new[]
         {
             ("2048,l9,1", "--ab-kernel: 'l9' is not a prefetch level"), ("100,l1,0", "--ab-kernel: '100' is not a prefetch distance"),
-            ("1024,l1", "--ab-kernel: '1024,l1' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS"), ("1024,l1,1,8", "--ab-kernel: '8' is not a work-item size"),
+            ("1024,l1", "--ab-kernel: '1024,l1' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS"), ("1024,l1,0,64,diagonal", "--ab-kernel: 'diagonal' is not a row order"), ("1024,l1,1,8", "--ab-kernel: '8' is not a work-item size"),
             ("1024,l1,2", "--ab-kernel: '2' is not a next-rows switch"),
         })
         {

@@ -40,11 +40,13 @@ public sealed class OtherCommandErrorTests : IDisposable
     [Theory]
     [InlineData("--prefetch-level", "l1,l9", "--prefetch-level: 'l9' is not one of l1, l2, l3, nta")]
     [InlineData("--next-rows", "0,2", "--next-rows: '2' is not 0 or 1")]
+    [InlineData("--rows", "spread,zigzag", "--rows: 'zigzag' is not spread or adjacent")]
     public void BenchCpuExpert_BadTuningList_ExitCode2BeforeCuda(string option, string value, string message)
         => AssertUserError(CliHarness.Run("bench-cpu-expert", "--with-copies", option, value), message);
 
     [Theory]
     [InlineData("--next-rows", "7")]
+    [InlineData("--rows", "adjacent")]
     [InlineData("--prefetch-bytes", "1024")]
     public void BenchCpuExpert_TuningListWithoutCopies_ExitCode2(string option, string value)
         => AssertUserError(CliHarness.Run("bench-cpu-expert", option, value), $"{option} only applies with --with-copies");

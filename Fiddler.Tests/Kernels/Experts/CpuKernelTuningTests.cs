@@ -87,9 +87,10 @@ public sealed unsafe class CpuKernelTuningTests
             return; // this CPU lacks the path (CI's runners have AVX2 at least; the H100 host AVX-512)
         using var pool = new CpuWorkerPool(threads: 3);
         using var scope = NewDisposeScope();
-        // 1000 hidden: a tail past the last whole vector block; the slice of 998 rows: a w2 row stride longer than its rows.
-        // Items of 16 KB hold 4 gate rows and 2 down rows here, 40 KB odd counts (10 gate rows, 9-10 down rows, short last items).
-        const int hidden = 1000, intermediate = 1100, slice = 998;
+        // 1003 hidden: a tail past the last whole vector block and odd down items; the slice of 997 rows: a w2 row stride
+        // longer than its rows and an odd last gate item. Across the item sizes and formats, the last items of a phase hold
+        // 1, 5 or 7 gate rows and 3, 7, 11 or 35 down rows: the paths for an odd pair and for fewer than four rows.
+        const int hidden = 1003, intermediate = 1100, slice = 997;
         var saved = CpuKernelSettings.Current;
         try
         {
@@ -158,15 +159,17 @@ public sealed unsafe class CpuKernelTuningTests
     public void Settings_ParseWhatTheyPrintAndApplyAsAWhole()
     {
         var s = CpuKernelSettings.Parse(" 2048, L3 ,1,64");
-        Assert.Equal(new CpuKernelSettings(2048, PrefetchLevel.L3, true, 64 * 1024), s);
-        Assert.Equal("2048,l3,1,64", s.ToString());
+        Assert.Equal(new CpuKernelSettings(2048, PrefetchLevel.L3, true, 64 * 1024, CpuKernelTuning.SpreadRows), s); // row order left out: kept
+        Assert.Equal($"2048,l3,1,64,{CpuKernelTuning.RowOrderName(CpuKernelTuning.SpreadRows)}", s.ToString());
         Assert.Equal(s, CpuKernelSettings.Parse(s.ToString()));
         Assert.Equal(CpuKernelTuning.ItemBytes, CpuKernelSettings.Parse("0,nta,0").ItemBytes); // item size left out: kept
         var spread = CpuKernelSettings.Parse("1024,l1,0,512,SPREAD");
         Assert.Equal(new CpuKernelSettings(1024, PrefetchLevel.L1, false, 512 * 1024, SpreadRows: true), spread);
         Assert.Equal("1024,l1,0,512,spread", spread.ToString());
         Assert.Equal(spread, CpuKernelSettings.Parse(spread.ToString()));
-        Assert.False(CpuKernelSettings.Parse("1024,l1,0,512,adjacent").SpreadRows);
+        var adjacent = CpuKernelSettings.Parse("1024,l1,0,128,adjacent");
+        Assert.False(adjacent.SpreadRows);
+        Assert.Equal("1024,l1,0,128,adjacent", adjacent.ToString());
         Assert.Contains("'zig' is not a row order", Assert.Throws<ArgumentException>(() => CpuKernelSettings.Parse("1024,l1,0,512,zig")).Message);
         foreach (string bad in new[] { "", "1024", "1024,l1", "1024,l1,1,64,9", "-64,l1,0", "1024,l0,0", "1024,l1,yes", "1024,l1,0,9000", "1024,l1,0,64,spread,1" })
             Assert.Throws<ArgumentException>(() => CpuKernelSettings.Parse(bad));
@@ -177,8 +180,9 @@ public sealed unsafe class CpuKernelTuningTests
             Assert.Equal(s, CpuKernelSettings.Current);
             spread.Apply();
             Assert.True(CpuKernelTuning.SpreadRows);
-            s.Apply();
+            adjacent.Apply();
             Assert.False(CpuKernelTuning.SpreadRows);
+            s.Apply();
             Assert.Throws<ArgumentOutOfRangeException>(() => (s with { PrefetchBytes = 0, ItemBytes = 1 }).Apply());
             Assert.Equal(s, CpuKernelSettings.Current); // all or none: the valid prefetch distance was not set either
         }
@@ -188,7 +192,7 @@ public sealed unsafe class CpuKernelTuningTests
     [Theory]
     [InlineData("FIDDLER_KERNEL_PREFETCH_LEVEL", "l9", "l1")] // the good values are the defaults: another class that
     [InlineData("FIDDLER_KERNEL_NEXT_ROWS", "yes", "0")]      // first touches CpuKernelTuning meanwhile starts as usual
-    [InlineData("FIDDLER_KERNEL_SPREAD_ROWS", "on", "0")]
+    [InlineData("FIDDLER_KERNEL_SPREAD_ROWS", "on", "1")]
     public void CheckEnvironment_AnUnknownChoice_NamesIt(string name, string bad, string good)
     {
         string? before = Environment.GetEnvironmentVariable(name);
