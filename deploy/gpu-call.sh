@@ -92,5 +92,8 @@ print("TTFT", j["ttft_s"], "s; GPU memory", j.get("gpu_memory_used_gib"), "GiB, 
             done ;;
   esac
 done
+# The latency models the benches planned with: the shipped file, or a recalibration when its key (CPU, workers, kernel
+# settings, GPU, model) did not match. Only a profile keyed by the default kernel settings should replace the shipped one.
+"$py" -c 'import json,sys; k=json.load(open(sys.argv[1]))["key"]; print("profile.json key: cpu_threads", k.get("cpu_threads"), "cpu_kernel", k.get("cpu_kernel"))' "$res/profile.json" 2>/dev/null
 date -u
 tar -czf "$OUT/results.tgz" -C "$OUT" results
