@@ -77,12 +77,12 @@ public static class CpuKernelTuning
     }
 
     /// <summary>
-    /// Which rows a work item reads side by side. Off: adjacent ones (rows i, i+1 of w1 and w3; rows j..j+3 of
-    /// w2), so at every new group of rows some of the four streams start where no prefetch reached. On: the item's rows are
-    /// cut into two runs (gate/up) or four (down) walked side by side, so each of the four streams stays contiguous through
-    /// its run and the prefetch along a row runs on into the next row (the default). Same arithmetic per row either way
-    /// (bit-identical).
-    /// (Walking one row at a time, two streams per thread, lost 3.7-6.2 % on the H100 host: BENCHMARKS.md, session 15.)
+    /// Which rows a work item reads side by side. On (the default): the item's rows are cut into two runs (gate/up) or
+    /// four (down) walked side by side, so each of the four streams stays contiguous through its run and the prefetch
+    /// along a row runs on into the next row. Off: adjacent rows (rows i, i+1 of w1 and w3; rows j..j+3 of w2), so at
+    /// every new group of rows some of the four streams start where no prefetch reached. Same arithmetic per row either
+    /// way (bit-identical). Walking one row at a time, two streams per thread, lost 3.7-6.2 % on the H100 host
+    /// (BENCHMARKS.md, session 15).
     /// </summary>
     public static bool SpreadRows
     {
@@ -183,7 +183,8 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
 
     /// <summary>
     /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,adjacent"); an item size or row
-    /// order left out keeps the current one; ROWS is "spread" or "adjacent" (<see cref="CpuKernelTuning.SpreadRows"/>). Throws <see cref="ArgumentException"/> saying which part is wrong.
+    /// order left out keeps the current one; ROWS is "spread" or "adjacent" (<see cref="CpuKernelTuning.SpreadRows"/>).
+    /// Throws <see cref="ArgumentException"/> saying which part is wrong.
     /// </summary>
     public static CpuKernelSettings Parse(string text)
     {
