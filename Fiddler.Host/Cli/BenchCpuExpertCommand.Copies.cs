@@ -36,7 +36,7 @@ public static unsafe partial class BenchCpuExpertCommand
             Console.WriteLine($"beside host→GPU copies ({CopiedExperts} experts cycled through 2 slots, {CopiesPerWindow} per window):");
             Console.WriteLine($"  plain read (the lane-ceiling probe): alone {probe.CpuReadGBps:F1} GB/s, beside copies {probe.CpuReadWithCopyGBps:F1} GB/s; " +
                 $"copies alone {probe.CopyGBps:F1}, beside the read {probe.CopyWithCpuReadGBps:F1} GB/s");
-            Console.WriteLine($"{"prefetch B",11} {"level",6} {"next rows",10} {"item KB",8} {"rows",9} {"alone ms",9} {"GB/s",7} {"beside GB/s",12} {"copies GB/s",12} {"of read beside",15}");
+            Console.WriteLine($"{"prefetch B",11} {"level",6} {"next rows",10} {"item KB",8} {"rows",9} {"tail KB",8} {"alone ms",9} {"GB/s",7} {"beside GB/s",12} {"copies GB/s",12} {"of read beside",15}");
             long expertBytes = 3L * h * i * sizeof(ushort);
             var x = randn(1, h);
             var y = empty(1, h);
@@ -56,7 +56,7 @@ public static unsafe partial class BenchCpuExpertCommand
                     });
                     if (work > beside) (beside, copyRate) = (work, copyGBps);
                 }
-                Console.WriteLine($"{tuning.PrefetchBytes,11} {CpuKernelTuning.Name(tuning.Level),6} {(tuning.NextRows ? "yes" : "no"),10} {tuning.ItemBytes / 1024,8} {CpuKernelTuning.RowOrderName(tuning.SpreadRows),9} {aloneMs,9:F3} {expertBytes / aloneMs / 1e6,7:F1} {beside,12:F1} {copyRate,12:F1} {beside / probe.CpuReadWithCopyGBps,14:P0}");
+                Console.WriteLine($"{tuning.PrefetchBytes,11} {CpuKernelTuning.Name(tuning.Level),6} {(tuning.NextRows ? "yes" : "no"),10} {tuning.ItemBytes / 1024,8} {CpuKernelTuning.RowOrderName(tuning.SpreadRows),9} {tuning.TailItemBytes / 1024,8} {aloneMs,9:F3} {expertBytes / aloneMs / 1e6,7:F1} {beside,12:F1} {copyRate,12:F1} {beside / probe.CpuReadWithCopyGBps,14:P0}");
             }
         }
         finally
@@ -68,25 +68,28 @@ public static unsafe partial class BenchCpuExpertCommand
     }
 
     /// <summary>
-    /// Every --prefetch-bytes × --prefetch-level × --next-rows × --item-kb × --rows combination, each value checked as
-    /// <see cref="CpuKernelTuning"/> would.
+    /// Every --prefetch-bytes × --prefetch-level × --next-rows × --item-kb × --rows × --tail-kb combination, each value
+    /// checked as <see cref="CpuKernelTuning"/> would.
     /// </summary>
-    private static CpuKernelSettings[] Tunings(string prefetchList, string levelList, string nextRowsList, string itemList, string rowsList)
+    private static CpuKernelSettings[] Tunings(string prefetchList, string levelList, string nextRowsList, string itemList, string rowsList, string tailList)
     {
         static string[] Words(string list) => list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         static int[] Parse(string list, string option) => Words(list)
             .Select(s => int.TryParse(s, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int v) ? v
                 : throw new ArgumentException($"{option}: '{s}' is not a whole number")).ToArray();
-        int[] prefetches = Parse(prefetchList, "--prefetch-bytes"), items = Parse(itemList, "--item-kb");
+        int[] prefetches = Parse(prefetchList, "--prefetch-bytes"), items = Parse(itemList, "--item-kb"), tails = Parse(tailList, "--tail-kb");
         var levels = Words(levelList).Select(w => CpuKernelTuning.ParseLevel(w) ?? throw new ArgumentException($"--prefetch-level: '{w}' is not one of l1, l2, l3, nta")).ToArray();
         var nextRows = Words(nextRowsList).Select(w => CpuKernelTuning.ParseSwitch(w) ?? throw new ArgumentException($"--next-rows: '{w}' is not 0 or 1")).ToArray();
         var spread = Words(rowsList).Select(w => CpuKernelTuning.ParseRowOrder(w) ?? throw new ArgumentException($"--rows: '{w}' is not spread or adjacent")).ToArray();
-        if (prefetches.Length == 0 || items.Length == 0 || levels.Length == 0 || nextRows.Length == 0 || spread.Length == 0)
-            throw new ArgumentException("--prefetch-bytes, --prefetch-level, --next-rows, --item-kb and --rows need at least one value each");
+        if (prefetches.Length == 0 || items.Length == 0 || levels.Length == 0 || nextRows.Length == 0 || spread.Length == 0 || tails.Length == 0)
+            throw new ArgumentException("--prefetch-bytes, --prefetch-level, --next-rows, --item-kb, --rows and --tail-kb need at least one value each");
         foreach (int p in prefetches)
             if (!CpuKernelTuning.ValidPrefetch(p)) throw new ArgumentException($"--prefetch-bytes: {p} is not a multiple of 64 in 0..16384");
         foreach (int kb in items)
             if (kb is < 16 or > 4096 || !CpuKernelTuning.ValidItem(kb * 1024)) throw new ArgumentException($"--item-kb: {kb} is not in 16..4096");
-        return [.. from p in prefetches from l in levels from x in nextRows from kb in items from sp in spread select new CpuKernelSettings(p, l, x, kb * 1024, sp)];
+        foreach (int kb in tails)
+            if (kb is < 0 or > 4096 || !CpuKernelTuning.ValidTail(kb * 1024)) throw new ArgumentException($"--tail-kb: {kb} is not 0 or in 16..4096");
+        return [.. from p in prefetches from l in levels from x in nextRows from kb in items from sp in spread from tail in tails
+            select new CpuKernelSettings(p, l, x, kb * 1024, sp, tail * 1024)];
     }
 }

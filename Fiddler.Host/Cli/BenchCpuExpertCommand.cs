@@ -27,16 +27,17 @@ public static unsafe partial class BenchCpuExpertCommand
         var isa = new Option<string?>("--isa") { Description = "Force a kernel path: scalar, avx2, avx512" };
         var noTorch = new Option<bool>("--no-torch") { Description = "Skip the libtorch comparison" };
         var sliceRows = new Option<string?>("--slice-rows") { Description = "Split slices, comma-separated intermediate rows K: the kernel on rows [0, K) of each expert (w2 columns strided, as a CPU/GPU split runs it) beside a contiguous expert of K rows" };
-        var withCopies = new Option<bool>("--with-copies") { Description = "Also run the 1-token kernel while expert copies stream host→GPU (CUDA), as in the engine's decode lanes, for each --prefetch-bytes × --prefetch-level × --next-rows × --item-kb × --rows setting" };
+        var withCopies = new Option<bool>("--with-copies") { Description = "Also run the 1-token kernel while expert copies stream host→GPU (CUDA), as in the engine's decode lanes, for each --prefetch-bytes × --prefetch-level × --next-rows × --item-kb × --rows × --tail-kb setting" };
         var prefetch = new Option<string>("--prefetch-bytes") { Description = "With --with-copies: kernel prefetch distances to compare, comma-separated bytes", DefaultValueFactory = _ => CpuKernelTuning.DefaultPrefetchBytes.ToString(System.Globalization.CultureInfo.InvariantCulture) };
         var level = new Option<string>("--prefetch-level") { Description = "With --with-copies: prefetch cache levels to compare, comma-separated (l1, l2, l3, nta)", DefaultValueFactory = _ => CpuKernelTuning.Name(CpuKernelTuning.DefaultPrefetchLevel) };
         var nextRows = new Option<string>("--next-rows") { Description = "With --with-copies: next-row-group prefetch off/on to compare, comma-separated (0, 1)", DefaultValueFactory = _ => CpuKernelTuning.DefaultNextRowsPrefetch ? "1" : "0" };
         var itemKb = new Option<string>("--item-kb") { Description = "With --with-copies: kernel work-item sizes to compare, comma-separated KB", DefaultValueFactory = _ => (CpuKernelTuning.DefaultItemBytes / 1024).ToString(System.Globalization.CultureInfo.InvariantCulture) };
         var rows = new Option<string>("--rows") { Description = "With --with-copies: row orders to compare, comma-separated (spread: each item's rows as contiguous runs side by side; adjacent: neighbouring rows)", DefaultValueFactory = _ => CpuKernelTuning.DefaultSpreadRows ? "spread" : "adjacent" };
+        var tailKb = new Option<string>("--tail-kb") { Description = "With --with-copies: sizes of the items at each phase's end to compare, comma-separated KB (0: off)", DefaultValueFactory = _ => (CpuKernelTuning.DefaultTailItemBytes / 1024).ToString(System.Globalization.CultureInfo.InvariantCulture) };
         var libtorch = new Option<string?>("--libtorch") { Description = "With --with-copies: folder of a CUDA libtorch (default: python3's torch)" };
         var warmMb = new Option<string?>("--warm-mb") { Description = "Cache warming, comma-separated MB: before each timed 1-token call, read that many MB of the expert's first w1 and w3 rows (untimed); shows what reading ahead into the CPU caches saves the kernel" };
         var command = new Command("bench-cpu-expert", "CPU expert kernel: ms per expert and GB/s against DRAM read bandwidth and libtorch");
-        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows, withCopies, prefetch, level, nextRows, itemKb, rows, libtorch }) command.Add(o);
+        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows, withCopies, prefetch, level, nextRows, itemKb, rows, tailKb, libtorch }) command.Add(o);
         command.SetAction(r =>
         {
             // Every option is checked before any work (and before a re-exec for CUDA).
@@ -50,9 +51,9 @@ public static unsafe partial class BenchCpuExpertCommand
                 ? Enum.TryParse<CpuIsa>(name, ignoreCase: true, out var forced) ? forced : throw new ArgumentException($"--isa: unknown path '{name}' (scalar, avx2, avx512)")
                 : null;
             bool copies = r.GetValue(withCopies);
-            foreach (var o in new Option[] { prefetch, level, nextRows, itemKb, rows, libtorch })
+            foreach (var o in new Option[] { prefetch, level, nextRows, itemKb, rows, tailKb, libtorch })
                 if (!copies && r.GetResult(o) is { Implicit: false }) throw new ArgumentException($"{o.Name} only applies with --with-copies");
-            var tunings = copies ? Tunings(r.GetValue(prefetch)!, r.GetValue(level)!, r.GetValue(nextRows)!, r.GetValue(itemKb)!, r.GetValue(rows)!) : null;
+            var tunings = copies ? Tunings(r.GetValue(prefetch)!, r.GetValue(level)!, r.GetValue(nextRows)!, r.GetValue(itemKb)!, r.GetValue(rows)!, r.GetValue(tailKb)!) : null;
             if (copies && CudaBootstrap.ReexecIfNeeded("cuda", r.GetValue(libtorch)) is int code) return code;
             var cuda = copies ? TorchRuntime.Initialize("cuda") : null;
             if (forcedIsa is not null) CpuExpertKernel.ForceIsa = forcedIsa;

@@ -86,11 +86,15 @@ public static unsafe class CpuExpertKernel
         {
             var plans = new JobPlan[jobs.Length];
             long scratchFloats = 0;
+            int lastWithWork = -1;
             for (int j = 0; j < jobs.Length; j++)
             {
                 Validate(jobs[j], j);
                 plans[j] = JobPlan.Create(jobs[j], width, pool.Concurrency, ref scratchFloats);
+                if (jobs[j].Tokens > 0) lastWithWork = j;
             }
+            // Both phases end in the last job with tokens: its last rows go out as small items (CpuKernelTuning.TailItemBytes).
+            if (lastWithWork >= 0) plans[lastWithWork].CutTail(CpuKernelTuning.TailItemBytes, pool.ActiveConcurrency);
             float* scratch = (float*)pool.Scratch((nuint)scratchFloats * sizeof(float));
             int gateItems = 0, downItems = 0;
             for (int j = 0; j < plans.Length; j++)
@@ -159,7 +163,7 @@ public static unsafe class CpuExpertKernel
     {
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.Hidden * TW.ElementBytes;
-        int begin = item * p.GateRows, end = Math.Min(begin + p.GateRows, p.Intermediate);
+        var (begin, end) = p.Gate.Rows(item, p.Intermediate);
         // Adjacent rows: rows i, i+1 side by side, so two of the four streams start cold at every pair.
         // Spread (the default): rows i and i + half side by side, each stream walking its half of the item contiguously.
         bool spread = CpuKernelTuning.SpreadRows; // read once: the item's bounds below must agree
@@ -192,7 +196,7 @@ public static unsafe class CpuExpertKernel
     {
         float* r = stackalloc float[4 * RowDots.MaxTokens];
         nint rowBytes = (nint)p.W2Stride * TW.ElementBytes;
-        int begin = item * p.DownRows, end = Math.Min(begin + p.DownRows, p.Hidden);
+        var (begin, end) = p.Down.Rows(item, p.Hidden);
         // Adjacent rows: rows j..j+3 side by side. Spread (the default): rows j, j+q, j+2q, j+3q, each stream walking its
         // quarter of the item contiguously (where w2's rows are whole: a split's rows are its first columns only).
         bool spread = CpuKernelTuning.SpreadRows; // read once: the item's bounds below must agree
@@ -255,7 +259,10 @@ public static unsafe class CpuExpertKernel
         public int Hidden, Intermediate, W2Stride, Tokens, Width, LdX, LdH;
         public WeightType Type;
         public long XpOffset, HOffset;
-        public int GateRows, DownRows, GateItems, DownItems, GateItemStart, DownItemStart;
+        public ItemSplit Gate, Down;
+        public int GateItemStart, DownItemStart;
+        public readonly int GateItems => Gate.Items;
+        public readonly int DownItems => Down.Items;
 
         public static JobPlan Create(in ExpertJob job, int width, int threads, ref long scratchFloats)
         {
@@ -279,13 +286,53 @@ public static unsafe class CpuExpertKernel
             // per thread when the expert is small (tests, small models).
             long itemBytes = CpuKernelTuning.ItemBytes;
             long gateRowBytes = 2L * w.Hidden * w.ElementBytes, downRowBytes = (long)w.Intermediate * w.ElementBytes;
-            p.GateRows = RoundUp((int)Math.Clamp(Math.Min(itemBytes / gateRowBytes, w.Intermediate / (8L * threads)), 2, int.MaxValue / 2), 2);
-            p.DownRows = RoundUp((int)Math.Clamp(Math.Min(itemBytes / downRowBytes, w.Hidden / (8L * threads)), 4, int.MaxValue / 4), 4);
-            p.GateItems = job.Tokens == 0 ? 0 : (w.Intermediate + p.GateRows - 1) / p.GateRows;
-            p.DownItems = job.Tokens == 0 ? 0 : (w.Hidden + p.DownRows - 1) / p.DownRows;
+            int gateRows = RoundUp((int)Math.Clamp(Math.Min(itemBytes / gateRowBytes, w.Intermediate / (8L * threads)), 2, int.MaxValue / 2), 2);
+            int downRows = RoundUp((int)Math.Clamp(Math.Min(itemBytes / downRowBytes, w.Hidden / (8L * threads)), 4, int.MaxValue / 4), 4);
+            p.Gate = ItemSplit.Uniform(job.Tokens == 0 ? 0 : w.Intermediate, gateRows);
+            p.Down = ItemSplit.Uniform(job.Tokens == 0 ? 0 : w.Hidden, downRows);
             return p;
         }
 
+        /// <summary>This job ends both phases: the rows one full item per participant would cover go out as items of
+        /// ~<paramref name="tailBytes"/> (0, or not below the item size: no change).</summary>
+        public void CutTail(int tailBytes, int participants)
+        {
+            if (tailBytes <= 0) return;
+            int elementBytes = Type switch { WeightType.F32 => 4, _ => 2 };
+            Gate = Gate.WithTail(Intermediate, participants, Math.Max(2, RoundUp((int)(tailBytes / (2L * Hidden * elementBytes)), 2)));
+            Down = Down.WithTail(Hidden, participants, Math.Max(4, RoundUp((int)(tailBytes / ((long)Intermediate * elementBytes)), 4)));
+        }
+
         private static int RoundUp(int v, int m) => (v + m - 1) / m * m;
+    }
+
+    /// <summary>
+    /// How one phase of one job cuts its rows into work items: <see cref="Big"/> items of <see cref="BigRows"/> rows,
+    /// then items of <see cref="SmallRows"/> rows to the end (the phase's tail).
+    /// </summary>
+    internal readonly record struct ItemSplit(int Big, int BigRows, int SmallRows, int Items)
+    {
+        public static ItemSplit Uniform(int rows, int itemRows)
+        {
+            int items = (rows + itemRows - 1) / itemRows;
+            return new(items, itemRows, itemRows, items);
+        }
+
+        /// <summary>The rows of <paramref name="participants"/> full items or more (less than one more) at the end, cut into
+        /// items of <paramref name="smallRows"/>; unchanged when those are not smaller.</summary>
+        public ItemSplit WithTail(int rows, int participants, int smallRows)
+        {
+            if (Items == 0 || smallRows >= BigRows) return this;
+            int big = Math.Max(0, (rows - participants * BigRows) / BigRows);
+            int tailRows = rows - big * BigRows;
+            return new(big, BigRows, smallRows, big + (tailRows + smallRows - 1) / smallRows);
+        }
+
+        /// <summary>Rows [begin, end) of item <paramref name="item"/>.</summary>
+        public (int Begin, int End) Rows(int item, int rows)
+        {
+            int begin = item < Big ? item * BigRows : Big * BigRows + (item - Big) * SmallRows;
+            return (begin, Math.Min(begin + (item < Big ? BigRows : SmallRows), rows));
+        }
     }
 }

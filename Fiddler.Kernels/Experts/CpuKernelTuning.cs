@@ -10,14 +10,15 @@ public enum PrefetchLevel
 }
 
 /// <summary>
-/// Five knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
+/// Six knobs of <see cref="CpuExpertKernel"/>, process-wide: how far ahead along each weight row the kernel prefetches
 /// and into which cache level, whether it also prefetches the next row group, how many weight bytes one work item
-/// covers, and which rows an item reads side by side. The first four were tuned with the kernel alone on the H100 host,
+/// covers, which rows an item reads side by side, and how small the items at a phase's end are. The first four were tuned with the kernel alone on the H100 host,
 /// the item size and row order in the engine; the engine runs the kernel beside PCIe copies that read the same DRAM,
 /// which <c>fiddler bench-cpu-expert --with-copies</c> sweeps. Read once per row block and per call,
 /// so set them between calls (tests, benchmarks), not while a kernel runs. <c>FIDDLER_KERNEL_PREFETCH_BYTES</c>,
 /// <c>FIDDLER_KERNEL_PREFETCH_LEVEL</c> (l1, l2, l3, nta), <c>FIDDLER_KERNEL_NEXT_ROWS</c> (0, 1),
-/// <c>FIDDLER_KERNEL_ITEM_KB</c> and <c>FIDDLER_KERNEL_SPREAD_ROWS</c> (0, 1) set them at start-up (an A/B of whole runs).
+/// <c>FIDDLER_KERNEL_ITEM_KB</c>, <c>FIDDLER_KERNEL_SPREAD_ROWS</c> (0, 1) and <c>FIDDLER_KERNEL_TAIL_KB</c> (0: off) set them
+/// at start-up (an A/B of whole runs).
 /// </summary>
 public static class CpuKernelTuning
 {
@@ -32,15 +33,19 @@ public static class CpuKernelTuning
     public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
     public const bool DefaultNextRowsPrefetch = false;
     public const bool DefaultSpreadRows = true;
+    // Tail items (session 16): with 512 KB items a phase's last item took 60-84 µs to finish after it was handed out on the
+    // H100 host (against 20-30 µs with 128 KB items), while the other threads had nothing left to claim.
+    public const int DefaultTailItemBytes = 128 * 1024;
 
     private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
         LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS",
-        SpreadVariable = "FIDDLER_KERNEL_SPREAD_ROWS";
+        SpreadVariable = "FIDDLER_KERNEL_SPREAD_ROWS", TailVariable = "FIDDLER_KERNEL_TAIL_KB";
     private static int s_prefetchBytes = FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out _);
     private static int s_itemBytes = FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out _);
     private static int s_level = (int)(ParseLevel(Environment.GetEnvironmentVariable(LevelVariable)) ?? DefaultPrefetchLevel);
     private static bool s_nextRows = ParseSwitch(Environment.GetEnvironmentVariable(NextRowsVariable)) ?? DefaultNextRowsPrefetch;
     private static bool s_spread = ParseSwitch(Environment.GetEnvironmentVariable(SpreadVariable)) ?? DefaultSpreadRows;
+    private static int s_tailBytes = FromEnvironment(TailVariable, DefaultTailItemBytes, 1024, ValidTail, out _);
 
     /// <summary>
     /// Throws <see cref="ArgumentException"/> naming the variable when one of the <c>FIDDLER_KERNEL_*</c> variables is set
@@ -50,12 +55,13 @@ public static class CpuKernelTuning
     {
         FromEnvironment(PrefetchVariable, DefaultPrefetchBytes, 1, ValidPrefetch, out string? e1);
         FromEnvironment(ItemVariable, DefaultItemBytes, 1024, ValidItem, out string? e2);
+        FromEnvironment(TailVariable, DefaultTailItemBytes, 1024, ValidTail, out string? e6);
         string? level = Environment.GetEnvironmentVariable(LevelVariable), next = Environment.GetEnvironmentVariable(NextRowsVariable),
             spread = Environment.GetEnvironmentVariable(SpreadVariable);
         string? e3 = !string.IsNullOrWhiteSpace(level) && ParseLevel(level) is null ? $"{LevelVariable}={level} is not one of l1, l2, l3, nta" : null;
         string? e4 = !string.IsNullOrWhiteSpace(next) && ParseSwitch(next) is null ? $"{NextRowsVariable}={next} is not 0 or 1" : null;
         string? e5 = !string.IsNullOrWhiteSpace(spread) && ParseSwitch(spread) is null ? $"{SpreadVariable}={spread} is not 0 or 1" : null;
-        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5) is { } error) throw new ArgumentException(error);
+        if ((e1 ?? e2 ?? e3 ?? e4 ?? e5 ?? e6) is { } error) throw new ArgumentException(error);
     }
 
     /// <summary>The cache level the along-the-row prefetch fills (default <see cref="PrefetchLevel.L1"/>: PREFETCHT0).</summary>
@@ -136,6 +142,22 @@ public static class CpuKernelTuning
             : throw new ArgumentOutOfRangeException(nameof(value), value, "work item size must be in 16 KiB..4 MiB"));
     }
 
+    /// <summary>
+    /// Weight bytes per work item at the end of each phase of a region (0: off, every item <see cref="ItemBytes"/>): the
+    /// last expert's rows that one full-size item per participant would cover are cut into items of this size, so when
+    /// nothing is left to claim the threads still busy are at most one small item from done. Takes effect only below
+    /// <see cref="ItemBytes"/>; the same arithmetic per row either way (bit-identical).
+    /// </summary>
+    public static int TailItemBytes
+    {
+        get => Volatile.Read(ref s_tailBytes);
+        set => Volatile.Write(ref s_tailBytes, ValidTail(value) ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "tail item size must be 0 (off) or in 16 KiB..4 MiB"));
+    }
+
+    /// <summary>Whether <paramref name="v"/> is a tail item size <see cref="TailItemBytes"/> takes (0 or a work-item size).</summary>
+    public static bool ValidTail(int v) => v == 0 || ValidItem(v);
+
     /// <summary>Whether <paramref name="v"/> is a prefetch distance <see cref="PrefetchBytes"/> takes.</summary>
     public static bool ValidPrefetch(int v) => v is >= 0 and <= 16384 && v % 64 == 0;
 
@@ -152,17 +174,18 @@ public static class CpuKernelTuning
         if (int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int v)
             && (long)v * unit is var scaled && scaled is >= 0 and <= int.MaxValue && valid((int)scaled))
             return (int)scaled;
-        error = $"{name}={text} is out of range ({(unit == 1 ? "a multiple of 64 in 0..16384 bytes" : "16..4096 KB")})";
+        error = $"{name}={text} is out of range ({(unit == 1 ? "a multiple of 64 in 0..16384 bytes" : name == TailVariable ? "0 or 16..4096 KB" : "16..4096 KB")})";
         return fallback;
     }
 }
 
 /// <summary>One setting of all of <see cref="CpuKernelTuning"/>'s knobs: to apply, compare or print as a whole.</summary>
-public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SpreadRows)
+public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SpreadRows, int TailItemBytes)
 {
     /// <summary>The knobs as they are now.</summary>
     public static CpuKernelSettings Current =>
-        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes, CpuKernelTuning.SpreadRows);
+        new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes, CpuKernelTuning.SpreadRows,
+            CpuKernelTuning.TailItemBytes);
 
     /// <summary>Sets every knob, or none: all are checked first (<see cref="ArgumentOutOfRangeException"/>).</summary>
     public void Apply()
@@ -170,26 +193,30 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
         if (!CpuKernelTuning.ValidPrefetch(PrefetchBytes)) throw new ArgumentOutOfRangeException(nameof(PrefetchBytes), PrefetchBytes, "prefetch distance must be a multiple of 64 in 0..16384 bytes");
         if (!Enum.IsDefined(Level)) throw new ArgumentOutOfRangeException(nameof(Level), Level, "unknown prefetch level");
         if (!CpuKernelTuning.ValidItem(ItemBytes)) throw new ArgumentOutOfRangeException(nameof(ItemBytes), ItemBytes, "work item size must be in 16 KiB..4 MiB");
+        if (!CpuKernelTuning.ValidTail(TailItemBytes)) throw new ArgumentOutOfRangeException(nameof(TailItemBytes), TailItemBytes, "tail item size must be 0 (off) or in 16 KiB..4 MiB");
         CpuKernelTuning.PrefetchBytes = PrefetchBytes;
         CpuKernelTuning.PrefetchLevel = Level;
         CpuKernelTuning.NextRowsPrefetch = NextRows;
         CpuKernelTuning.ItemBytes = ItemBytes;
         CpuKernelTuning.SpreadRows = SpreadRows;
+        CpuKernelTuning.TailItemBytes = TailItemBytes;
     }
 
-    /// <summary>"prefetch bytes,level,next rows (0/1),item KB,row order (spread/adjacent)", as <see cref="Parse"/> reads it.</summary>
+    /// <summary>"prefetch bytes,level,next rows (0/1),item KB,row order (spread/adjacent),tail item KB (0: off)", as
+    /// <see cref="Parse"/> reads it.</summary>
     public override string ToString() =>
-        $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024},{CpuKernelTuning.RowOrderName(SpreadRows)}";
+        $"{PrefetchBytes},{CpuKernelTuning.Name(Level)},{(NextRows ? 1 : 0)},{ItemBytes / 1024},{CpuKernelTuning.RowOrderName(SpreadRows)},{TailItemBytes / 1024}";
 
     /// <summary>
-    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]]" (e.g. "2048,l1,1" or "1024,l1,0,512,adjacent"); an item size or row
-    /// order left out keeps the current one; ROWS is "spread" or "adjacent" (<see cref="CpuKernelTuning.SpreadRows"/>).
+    /// "PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS[,TAIL_KB]]]" (e.g. "2048,l1,1" or "1024,l1,0,512,adjacent,0"); an item
+    /// size, row order or tail item size left out keeps the current one; ROWS is "spread" or "adjacent"
+    /// (<see cref="CpuKernelTuning.SpreadRows"/>), TAIL_KB 0 (off) or 16..4096 (<see cref="CpuKernelTuning.TailItemBytes"/>).
     /// Throws <see cref="ArgumentException"/> saying which part is wrong.
     /// </summary>
     public static CpuKernelSettings Parse(string text)
     {
         string[] parts = (text ?? "").Split(',', StringSplitOptions.TrimEntries);
-        if (parts.Length is < 3 or > 5) throw new ArgumentException($"'{text}' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS]] (e.g. 2048,l1,1)");
+        if (parts.Length is < 3 or > 6) throw new ArgumentException($"'{text}' is not PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS[,TAIL_KB]]] (e.g. 2048,l1,1)");
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         int prefetch = int.TryParse(parts[0], System.Globalization.NumberStyles.Integer, inv, out int p) && CpuKernelTuning.ValidPrefetch(p) ? p
             : throw new ArgumentException($"'{parts[0]}' is not a prefetch distance (a multiple of 64 in 0..16384 bytes)");
@@ -201,6 +228,10 @@ public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel
                 : throw new ArgumentException($"'{parts[3]}' is not a work-item size (16..4096 KB)");
         bool spread = parts.Length < 5 ? CpuKernelTuning.SpreadRows
             : CpuKernelTuning.ParseRowOrder(parts[4]) ?? throw new ArgumentException($"'{parts[4]}' is not a row order (spread or adjacent)");
-        return new(prefetch, level, next, item, spread);
+        int tail = CpuKernelTuning.TailItemBytes;
+        if (parts.Length >= 6)
+            tail = int.TryParse(parts[5], System.Globalization.NumberStyles.Integer, inv, out int tkb) && tkb is >= 0 and <= 4096 && CpuKernelTuning.ValidTail(tkb * 1024) ? tkb * 1024
+                : throw new ArgumentException($"'{parts[5]}' is not a tail item size (0 for off, or 16..4096 KB)");
+        return new(prefetch, level, next, item, spread, tail);
     }
 }

@@ -302,7 +302,7 @@ public sealed partial class BenchCommandTests
         {
             var ab = json.RootElement.GetProperty("ab_kernel");
             Assert.Equal(2, ab.GetProperty("pairs").GetInt32());
-            Assert.Equal([before.ToString(), "2048,l2,1,64,adjacent"], ab.GetProperty("settings").EnumerateArray().Select(x => x.GetString()));
+            Assert.Equal([before.ToString(), $"2048,l2,1,64,adjacent,{Fiddler.Kernels.Experts.CpuKernelTuning.TailItemBytes / 1024}"], ab.GetProperty("settings").EnumerateArray().Select(x => x.GetString()));
             Assert.Equal(before.ToString(), json.RootElement.GetProperty("cpu_kernel").GetString()); // the configured one, restored
             Assert.All(ab.GetProperty("other_tok_s").EnumerateArray(), x => Assert.True(x.GetDouble() > 0));
             Assert.Equal(2, ab.GetProperty("configured_tok_s").GetArrayLength());

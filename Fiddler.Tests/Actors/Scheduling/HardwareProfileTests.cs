@@ -99,11 +99,11 @@ public sealed class HardwareProfileTests : IDisposable
     public void ForThisHost_UsesShapeFingerprintAndCores()
     {
         var shape = new Fiddler.Actors.Placement.ModelShape(2, 4, 32, 48, 96, 4, 2, 8, 4, false);
-        var key = HardwareKey.ForThisHost("cpu", shape, "float32", cpuThreads: 7, cpuKernel: "1024,l1,0,512,spread");
+        var key = HardwareKey.ForThisHost("cpu", shape, "float32", cpuThreads: 7, cpuKernel: "1024,l1,0,512,spread,128");
         Assert.Equal(shape.Fingerprint, key.ModelShapeHash);
         Assert.Equal(Environment.ProcessorCount, key.CpuCores);
         Assert.Equal(7, key.CpuThreads);
-        Assert.Equal("1024,l1,0,512,spread", key.CpuKernel);
+        Assert.Equal("1024,l1,0,512,spread,128", key.CpuKernel);
         Assert.False(string.IsNullOrWhiteSpace(key.CpuModel));
         Assert.Equal("cpu", Fiddler.Kernels.Cuda.CudaRuntime.DeviceLabel(TorchSharp.torch.CPU));
     }
@@ -137,8 +137,8 @@ public sealed class HardwareProfileTests : IDisposable
         var keyed = Key with { CpuThreads = 15, CpuKernel = "1024,l1,0,128" };
         H100(keyed).Save(PathOf("k.json"));
         Assert.NotNull(HardwareProfile.LoadIfMatches(PathOf("k.json"), keyed));
-        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("k.json"), keyed with { CpuKernel = "1024,l1,0,512,spread" }, out string? why));
-        Assert.Equal("cpu_kernel (1024,l1,0,128, not 1024,l1,0,512,spread)", why);
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("k.json"), keyed with { CpuKernel = "1024,l1,0,512,spread,128" }, out string? why));
+        Assert.Equal("cpu_kernel (1024,l1,0,128, not 1024,l1,0,512,spread,128)", why);
         // A cache from before the field: none recorded, so it matches no engine.
         var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(PathOf("k.json")))!;
         json["key"]!.AsObject().Remove("cpu_kernel");

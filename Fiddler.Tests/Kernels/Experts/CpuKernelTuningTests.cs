@@ -23,6 +23,39 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.Equal(PrefetchLevel.L1, CpuKernelTuning.DefaultPrefetchLevel);
         Assert.False(CpuKernelTuning.DefaultNextRowsPrefetch);
         Assert.True(CpuKernelTuning.DefaultSpreadRows);
+        Assert.Equal(128 * 1024, CpuKernelTuning.DefaultTailItemBytes);
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.TailItemBytes = 8 * 1024);
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.TailItemBytes = -1);
+        Assert.True(CpuKernelTuning.ValidTail(0));
+    }
+
+    [Fact]
+    public void ItemSplit_TailCutsTheLastItemsSmallAndCoversEveryRowOnce()
+    {
+        // A Mixtral gate phase: 14336 rows in items of 32 (512 KB), 16 participants, tail items of 8 rows (128 KB).
+        var uniform = CpuExpertKernel.ItemSplit.Uniform(14336, 32);
+        Assert.Equal(448, uniform.Items);
+        var tailed = uniform.WithTail(14336, participants: 16, smallRows: 8);
+        Assert.Equal(432, tailed.Big); // 16 full items' rows left at the end...
+        Assert.Equal(432 + 64, tailed.Items); // ...as 64 items of 8 rows
+        foreach (var (split, rows) in new[] { (tailed, 14336), (CpuExpertKernel.ItemSplit.Uniform(4096, 20).WithTail(4096, 16, 4), 4096),
+            (CpuExpertKernel.ItemSplit.Uniform(100, 12).WithTail(100, 16, 4), 100), (CpuExpertKernel.ItemSplit.Uniform(1003, 36).WithTail(1003, 3, 8), 1003) })
+        {
+            int next = 0;
+            for (int item = 0; item < split.Items; item++)
+            {
+                var (begin, end) = split.Rows(item, rows);
+                Assert.Equal(next, begin);
+                Assert.True(end > begin, $"{split}: item {item} is empty");
+                Assert.True(end - begin <= (item < split.Big ? split.BigRows : split.SmallRows));
+                next = end;
+            }
+            Assert.Equal(rows, next);
+        }
+        // Fewer rows than one item per participant: all small. Small items not smaller, or no rows: unchanged.
+        Assert.Equal(0, CpuExpertKernel.ItemSplit.Uniform(100, 12).WithTail(100, 16, 4).Big);
+        Assert.Equal(uniform, uniform.WithTail(14336, 16, 32));
+        Assert.Equal(0, CpuExpertKernel.ItemSplit.Uniform(0, 32).WithTail(0, 16, 8).Items);
     }
 
     [Theory]
@@ -89,7 +122,8 @@ public sealed unsafe class CpuKernelTuningTests
         using var scope = NewDisposeScope();
         // 1003 hidden: a tail past the last whole vector block and odd down items; the slice of 997 rows: a w2 row stride
         // longer than its rows and an odd last gate item. Across the item sizes and formats, the last items of a phase hold
-        // 1, 5 or 7 gate rows and 3, 7, 11 or 35 down rows: the paths for an odd pair and for fewer than four rows.
+        // 1, 5 or 7 gate rows and 3, 7, 11 or 35 down rows: the paths for an odd pair and for fewer than four rows. Each is
+        // also run with small tail items, which cut the phases' last rows differently again.
         const int hidden = 1003, intermediate = 1100, slice = 997;
         var saved = CpuKernelSettings.Current;
         try
@@ -106,10 +140,10 @@ public sealed unsafe class CpuKernelTuningTests
                     var weights = new ExpertWeights((void*)TensorMemory.DataPtr(w1), (void*)TensorMemory.DataPtr(w3), (void*)TensorMemory.DataPtr(w2),
                         hidden, rows, type, w2Stride: intermediate);
                     var x = randn(tokens, hidden);
-                    Tensor Run(bool spread)
+                    Tensor Run(bool spread, int tailKb = 0)
                     {
                         var y = full(tokens, hidden, float.NaN); // every output must be written
-                        (saved with { ItemBytes = itemKb * 1024, NextRows = next, SpreadRows = spread }).Apply();
+                        (saved with { ItemBytes = itemKb * 1024, NextRows = next, SpreadRows = spread, TailItemBytes = tailKb * 1024 }).Apply();
                         CpuExpertKernel.ForceIsa = isa;
                         try { CpuExpertKernel.SwiGlu(pool, (float*)TensorMemory.DataPtr(x), tokens, weights, (float*)TensorMemory.DataPtr(y)); }
                         finally { CpuExpertKernel.ForceIsa = null; }
@@ -120,6 +154,13 @@ public sealed unsafe class CpuKernelTuningTests
                     string what = $"{dtype} rows {rows} tokens {tokens} item {itemKb} KB next {next}";
                     Assert.False(spread.isnan().any().item<bool>(), what + ": an output left unwritten");
                     Assert.True((spread == adjacent).all().item<bool>(), what);
+                    // Tail items of 16 KB (4 gate rows of the 16-bit formats, fewer than the items of 40 and 128 KB hold).
+                    foreach (bool order in new[] { true, false })
+                    {
+                        var tailed = Run(order, tailKb: 16);
+                        Assert.False(tailed.isnan().any().item<bool>(), what + $": an output left unwritten with tail items ({CpuKernelTuning.RowOrderName(order)})");
+                        Assert.True((tailed == adjacent).all().item<bool>(), what + $": tail items ({CpuKernelTuning.RowOrderName(order)})");
+                    }
                     if (tokens == 1 && itemKb == 40 && !next)
                     {
                         // And both are the expert: the same math in fp32 by libtorch.
@@ -159,19 +200,23 @@ public sealed unsafe class CpuKernelTuningTests
     public void Settings_ParseWhatTheyPrintAndApplyAsAWhole()
     {
         var s = CpuKernelSettings.Parse(" 2048, L3 ,1,64");
-        Assert.Equal(new CpuKernelSettings(2048, PrefetchLevel.L3, true, 64 * 1024, CpuKernelTuning.SpreadRows), s); // row order left out: kept
-        Assert.Equal($"2048,l3,1,64,{CpuKernelTuning.RowOrderName(CpuKernelTuning.SpreadRows)}", s.ToString());
+        Assert.Equal(new CpuKernelSettings(2048, PrefetchLevel.L3, true, 64 * 1024, CpuKernelTuning.SpreadRows, CpuKernelTuning.TailItemBytes), s); // left out: kept
+        Assert.Equal($"2048,l3,1,64,{CpuKernelTuning.RowOrderName(CpuKernelTuning.SpreadRows)},{CpuKernelTuning.TailItemBytes / 1024}", s.ToString());
         Assert.Equal(s, CpuKernelSettings.Parse(s.ToString()));
         Assert.Equal(CpuKernelTuning.ItemBytes, CpuKernelSettings.Parse("0,nta,0").ItemBytes); // item size left out: kept
-        var spread = CpuKernelSettings.Parse("1024,l1,0,512,SPREAD");
-        Assert.Equal(new CpuKernelSettings(1024, PrefetchLevel.L1, false, 512 * 1024, SpreadRows: true), spread);
-        Assert.Equal("1024,l1,0,512,spread", spread.ToString());
+        var spread = CpuKernelSettings.Parse("1024,l1,0,512,SPREAD,128");
+        Assert.Equal(new CpuKernelSettings(1024, PrefetchLevel.L1, false, 512 * 1024, SpreadRows: true, TailItemBytes: 128 * 1024), spread);
+        Assert.Equal("1024,l1,0,512,spread,128", spread.ToString());
         Assert.Equal(spread, CpuKernelSettings.Parse(spread.ToString()));
-        var adjacent = CpuKernelSettings.Parse("1024,l1,0,128,adjacent");
+        var adjacent = CpuKernelSettings.Parse("1024,l1,0,128,adjacent,0");
         Assert.False(adjacent.SpreadRows);
-        Assert.Equal("1024,l1,0,128,adjacent", adjacent.ToString());
+        Assert.Equal(0, adjacent.TailItemBytes);
+        Assert.Equal("1024,l1,0,128,adjacent,0", adjacent.ToString());
+        Assert.Equal(CpuKernelTuning.TailItemBytes, CpuKernelSettings.Parse("1024,l1,0,128,adjacent").TailItemBytes); // tail left out: kept
         Assert.Contains("'zig' is not a row order", Assert.Throws<ArgumentException>(() => CpuKernelSettings.Parse("1024,l1,0,512,zig")).Message);
-        foreach (string bad in new[] { "", "1024", "1024,l1", "1024,l1,1,64,9", "-64,l1,0", "1024,l0,0", "1024,l1,yes", "1024,l1,0,9000", "1024,l1,0,64,spread,1" })
+        Assert.Contains("'1' is not a tail item size", Assert.Throws<ArgumentException>(() => CpuKernelSettings.Parse("1024,l1,0,64,spread,1")).Message);
+        foreach (string bad in new[] { "", "1024", "1024,l1", "1024,l1,1,64,9", "-64,l1,0", "1024,l0,0", "1024,l1,yes", "1024,l1,0,9000",
+            "1024,l1,0,64,spread,1", "1024,l1,0,64,spread,-16", "1024,l1,0,64,spread,8192", "1024,l1,0,64,spread,128,x" })
             Assert.Throws<ArgumentException>(() => CpuKernelSettings.Parse(bad));
         var saved = CpuKernelSettings.Current;
         try
@@ -184,6 +229,7 @@ public sealed unsafe class CpuKernelTuningTests
             Assert.False(CpuKernelTuning.SpreadRows);
             s.Apply();
             Assert.Throws<ArgumentOutOfRangeException>(() => (s with { PrefetchBytes = 0, ItemBytes = 1 }).Apply());
+            Assert.Throws<ArgumentOutOfRangeException>(() => (s with { PrefetchBytes = 0, TailItemBytes = 1024 }).Apply());
             Assert.Equal(s, CpuKernelSettings.Current); // all or none: the valid prefetch distance was not set either
         }
         finally { saved.Apply(); }
@@ -227,6 +273,26 @@ public sealed unsafe class CpuKernelTuningTests
         finally
         {
             Environment.SetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB", before);
+        }
+    }
+
+    [Fact]
+    public void CheckEnvironment_ATailOutOfRange_NamesItAndTakesZero()
+    {
+        string? before = Environment.GetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB");
+        try
+        {
+            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", "8");
+            var e = Assert.Throws<ArgumentException>(CpuKernelTuning.CheckEnvironment);
+            Assert.Contains("FIDDLER_KERNEL_TAIL_KB=8 is out of range (0 or 16..4096 KB)", e.Message);
+            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", "0");
+            CpuKernelTuning.CheckEnvironment();
+            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", "128");
+            CpuKernelTuning.CheckEnvironment();
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", before);
         }
     }
 }
