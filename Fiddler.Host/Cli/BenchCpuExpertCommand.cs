@@ -34,10 +34,11 @@ public static unsafe partial class BenchCpuExpertCommand
         var itemKb = new Option<string>("--item-kb") { Description = "With --with-copies: kernel work-item sizes to compare, comma-separated KB", DefaultValueFactory = _ => (CpuKernelTuning.DefaultItemBytes / 1024).ToString(System.Globalization.CultureInfo.InvariantCulture) };
         var rows = new Option<string>("--rows") { Description = "With --with-copies: row orders to compare, comma-separated (spread: each item's rows as contiguous runs side by side; adjacent: neighbouring rows)", DefaultValueFactory = _ => CpuKernelTuning.DefaultSpreadRows ? "spread" : "adjacent" };
         var tailKb = new Option<string>("--tail-kb") { Description = "With --with-copies: sizes of the items at each phase's end to compare, comma-separated KB (0: off)", DefaultValueFactory = _ => (CpuKernelTuning.DefaultTailItemBytes / 1024).ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        var hugePages = new Option<bool>("--huge-pages") { Description = "Advise the experts' memory into 2 MiB transparent huge pages before it is filled (MADV_HUGEPAGE, as FIDDLER_HUGE_PAGES=1 does for the engine's host experts)" };
         var libtorch = new Option<string?>("--libtorch") { Description = "With --with-copies: folder of a CUDA libtorch (default: python3's torch)" };
         var warmMb = new Option<string?>("--warm-mb") { Description = "Cache warming, comma-separated MB: before each timed 1-token call, read that many MB of the expert's first w1 and w3 rows (untimed); shows what reading ahead into the CPU caches saves the kernel" };
         var command = new Command("bench-cpu-expert", "CPU expert kernel: ms per expert and GB/s against DRAM read bandwidth and libtorch");
-        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows, withCopies, prefetch, level, nextRows, itemKb, rows, tailKb, libtorch }) command.Add(o);
+        foreach (var o in new Option[] { hidden, intermediate, tokens, threads, iterations, experts, bandwidthGb, isa, noTorch, warmMb, sliceRows, withCopies, prefetch, level, nextRows, itemKb, rows, tailKb, hugePages, libtorch }) command.Add(o);
         command.SetAction(r =>
         {
             // Every option is checked before any work (and before a re-exec for CUDA).
@@ -73,11 +74,13 @@ public static unsafe partial class BenchCpuExpertCommand
             using var scope = NewDisposeScope();
             set_num_threads(pool.Concurrency);
             var clock = Stopwatch.StartNew();
+            t_huge = r.GetValue(hugePages);
             var weights = Enumerable.Range(0, count).Select(e => (
                 W1: RandomBf16(pool, i, h, 3 * e), W3: RandomBf16(pool, i, h, 3 * e + 1), W2: RandomBf16(pool, h, i, 3 * e + 2))).ToArray();
             var kernelWeights = weights.Select(w => new ExpertWeights((void*)TensorMemory.DataPtr(w.W1), (void*)TensorMemory.DataPtr(w.W3),
                 (void*)TensorMemory.DataPtr(w.W2), h, i, WeightType.BF16)).ToArray();
-            Console.WriteLine($"random weights: {clock.Elapsed.TotalSeconds:F1} s");
+            Console.WriteLine($"random weights: {clock.Elapsed.TotalSeconds:F1} s; huge pages {(t_huge ? "advised" : "not advised")}, " +
+                $"{(Fiddler.Kernels.Runtime.HugePages.ProcessHugeBytes() is long hb ? $"{hb / (double)(1L << 30):F1} GiB" : "unknown")} of the process in them");
 
             Console.WriteLine();
             Console.WriteLine($"{"tokens",6} {"kernel ms",10} {"GB/s",7} {"of DRAM",8} {"torch ms",9} {"torch GB/s",11} {"speed-up",9}");
@@ -195,10 +198,13 @@ public static unsafe partial class BenchCpuExpertCommand
     }
 
     /// <summary>Uniform in [−0.05, 0.05), rounded to bf16 (xorshift per 1 MiB chunk: libtorch's randn takes minutes for GBs).</summary>
+    [ThreadStatic] private static bool t_huge; // --huge-pages, for RandomBf16 on the command's thread
+
     private static Tensor RandomBf16(CpuWorkerPool pool, long rows, long cols, int seed)
     {
         var t = empty(rows, cols, dtype: ScalarType.BFloat16);
         ushort* p = (ushort*)TensorMemory.DataPtr(t);
+        if (t_huge) Fiddler.Kernels.Runtime.HugePages.Advise((nint)p, rows * cols * sizeof(ushort)); // before the fill touches it
         long n = rows * cols, chunk = 1 << 20;
         pool.ParallelFor((int)((n + chunk - 1) / chunk), c =>
         {

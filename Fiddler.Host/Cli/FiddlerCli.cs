@@ -36,6 +36,7 @@ public static class FiddlerCli
             return CliErrors.Run(() =>
             {
                 Fiddler.Kernels.Experts.CpuKernelTuning.CheckEnvironment();
+                Fiddler.Kernels.Runtime.HugePages.CheckEnvironment();
                 var parsed = CreateRoot().Parse(args);
                 if (parsed.Errors.Count > 0)
                 {

@@ -24,6 +24,7 @@ public static class HostPinning
         if (bytes >= MinBytes && CudaRuntime.IsAvailable)
         {
             IntPtr p = TensorMemory.DataPtr(t);
+            if (HugePages.AdviseHostTensors) HugePages.Advise(p, bytes); // before registering faults the pages in
             try
             {
                 PinnedMemory.Register(p, bytes);
