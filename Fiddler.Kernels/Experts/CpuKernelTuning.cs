@@ -33,9 +33,11 @@ public static class CpuKernelTuning
     public const PrefetchLevel DefaultPrefetchLevel = PrefetchLevel.L1;
     public const bool DefaultNextRowsPrefetch = false;
     public const bool DefaultSpreadRows = true;
-    // Tail items (session 16): with 512 KB items a phase's last item took 60-84 µs to finish after it was handed out on the
-    // H100 host (against 20-30 µs with 128 KB items), while the other threads had nothing left to claim.
-    public const int DefaultTailItemBytes = 128 * 1024;
+    // Tail items (session 16): with 512 KB items a phase's last item takes 60-84 µs to finish after it is handed out on the
+    // H100 host (20-30 µs with 128 KB items). 128 KB tail items lost on two H100 hosts, in-process pairs of decode windows
+    // at 24 GiB: off against on +1.84 % and +3.69 % median (6 pairs each; the kernel faster off in 5 and 4 of 6). The
+    // threads still reading take the bandwidth the idle ones leave, so the tail costs less than it seems. Off.
+    public const int DefaultTailItemBytes = 0;
 
     private const string PrefetchVariable = "FIDDLER_KERNEL_PREFETCH_BYTES", ItemVariable = "FIDDLER_KERNEL_ITEM_KB",
         LevelVariable = "FIDDLER_KERNEL_PREFETCH_LEVEL", NextRowsVariable = "FIDDLER_KERNEL_NEXT_ROWS",

@@ -23,7 +23,7 @@ public sealed unsafe class CpuKernelTuningTests
         Assert.Equal(PrefetchLevel.L1, CpuKernelTuning.DefaultPrefetchLevel);
         Assert.False(CpuKernelTuning.DefaultNextRowsPrefetch);
         Assert.True(CpuKernelTuning.DefaultSpreadRows);
-        Assert.Equal(128 * 1024, CpuKernelTuning.DefaultTailItemBytes);
+        Assert.Equal(0, CpuKernelTuning.DefaultTailItemBytes);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.TailItemBytes = 8 * 1024);
         Assert.Throws<ArgumentOutOfRangeException>(() => CpuKernelTuning.TailItemBytes = -1);
         Assert.True(CpuKernelTuning.ValidTail(0));
