@@ -12,6 +12,10 @@ print("  warm-up {} s (prompts {}); batch factors (CPU alone, beside copies, cop
     j.get("warmup_s"), j.get("warmup_prompt_tokens"), j.get("batch_factors"), j.get("baseline_seed_decode_tok_s"), j.get("speedup_vs_seed")))
 if j.get("gc_decode") or j.get("kernel_decode"):
     print("  decode windows: .NET GC {}; SIMD kernel regions {} (CPU lane {} GB/s); CPU pool {}".format(j.get("gc_decode"), j.get("kernel_decode"), j.get("cpu_gb_s"), j.get("pool_decode")))
+kd = j.get("kernel_decode") or {}
+if "huge_page_gb_s" in kd:
+    print("  kernel in the same windows: experts in huge pages {} GB/s ({} regions), on 4 KiB pages {} GB/s ({} regions)".format(
+        kd["huge_page_gb_s"], kd["huge_page_regions"], kd["small_page_gb_s"], kd["small_page_regions"]))
 hr = j.get("host_expert_read_gb_s")
 if hr:
     print("  host experts read alone ({} experts, {} passes): min {} p10 {} median {} p90 {} max {} GB/s; pass correlation {};"

@@ -76,6 +76,27 @@ public static partial class BenchRun
         };
     }
 
+    /// <summary>
+    /// The kernel's regions in the decode windows; where some read experts in huge pages (<c>FIDDLER_HUGE_PAGES</c>), their
+    /// rate apart from the others' (with <c>even</c>, both kinds in the same windows, layer after layer).
+    /// </summary>
+    public static Dictionary<string, double> KernelDecodeReport(long regions, double ms, long bytes, long hugeRegions, double hugeMs, long hugeBytes)
+    {
+        static double Rate(long b, double m) => m <= 0 ? 0 : Math.Round(b / (m / 1000) / 1e9, 1);
+        var report = new Dictionary<string, double>
+        {
+            ["regions"] = regions, ["ms_per_region"] = Math.Round(ms / regions, 3), ["gb_s"] = Rate(bytes, ms),
+        };
+        if (hugeRegions > 0)
+        {
+            report["huge_page_regions"] = hugeRegions;
+            report["huge_page_gb_s"] = Rate(hugeBytes, hugeMs);
+            report["small_page_regions"] = regions - hugeRegions;
+            report["small_page_gb_s"] = Rate(bytes - hugeBytes, ms - hugeMs);
+        }
+        return report;
+    }
+
     /// <summary>The lane ceiling's numbers and what they mean for this run's decode.</summary>
     private static Dictionary<string, object?> LaneCeilingReport(Fiddler.Kernels.Offload.LaneCeiling.Result c, Result r)
     {

@@ -200,6 +200,7 @@ public static partial class BenchRun
             ["allocated_kb_per_token"] = Math.Round((GC.GetTotalAllocatedBytes() - gc.Allocated) / 1024.0 / decodeTokens, 1),
         };
         var (regions, regionMs, regionBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
+        var (hugeRegions, hugeMs, hugeBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.HugePageStats;
         var poolStats = engine.CpuPool?.Stats;
         var s = engine.Scheduler;
         var executor = s is null ? null : ExecutorBreakdown(s, steps * decodeRepeats);
@@ -241,11 +242,7 @@ public static partial class BenchRun
                 ["phase_tail_us"] = Math.Round(ps.MeanPhaseTailUs, 1),
                 ["long_tail_phase_share"] = ps.Phases == 0 ? 0 : Math.Round((double)ps.LongTails / ps.Phases, 4),
             } : null,
-            KernelDecode = regions == 0 ? null : new Dictionary<string, double>
-            {
-                ["regions"] = regions, ["ms_per_region"] = Math.Round(regionMs / regions, 3),
-                ["gb_s"] = Math.Round(regionBytes / (regionMs / 1000) / 1e9, 1),
-            },
+            KernelDecode = regions == 0 ? null : KernelDecodeReport(regions, regionMs, regionBytes, hugeRegions, hugeMs, hugeBytes),
         };
         if (abPairs == 0 && abThreads is null && abKernel is null && abPipeline == 0 && abReadScales == 0 && ceilingWindows == 0) return result;
         // Last, after every number above was taken: each window rewinds the cache to where the first one began, so the

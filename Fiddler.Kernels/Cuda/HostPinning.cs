@@ -17,14 +17,15 @@ public static class HostPinning
     private static readonly ConcurrentDictionary<IntPtr, long> Registered = new();
 
     /// <summary>A page-locked tensor of the given shape: registered in place when large, else torch's pin_memory.</summary>
-    public static Tensor Empty(long[] shape, ScalarType dtype)
+    /// <param name="hugePages">Advise the memory into 2 MiB pages before it is registered (<see cref="HugePages"/>).</param>
+    public static Tensor Empty(long[] shape, ScalarType dtype, bool hugePages = false)
     {
         var t = empty(shape, dtype, CPU);
         long bytes = t.NumberOfElements * t.ElementSize;
         if (bytes >= MinBytes && CudaRuntime.IsAvailable)
         {
             IntPtr p = TensorMemory.DataPtr(t);
-            if (HugePages.AdviseHostTensors) HugePages.Advise(p, bytes); // before registering faults the pages in
+            if (hugePages) HugePages.Advise(p, bytes); // before registering faults the pages in
             try
             {
                 PinnedMemory.Register(p, bytes);
@@ -43,7 +44,11 @@ public static class HostPinning
         {
             if (p.device_type != DeviceType.CPU) continue;
             IntPtr ptr = TensorMemory.DataPtr(p);
-            if (Registered.TryRemove(ptr, out _)) PinnedMemory.Unregister(ptr);
+            if (Registered.TryRemove(ptr, out long bytes))
+            {
+                PinnedMemory.Unregister(ptr);
+                HugePages.Forget(ptr, bytes);
+            }
         }
     }
 }

@@ -44,6 +44,7 @@ public static unsafe class CpuExpertKernel
     }
 
     private static long s_regions, s_regionTicks, s_regionBytes;
+    private static long s_hugeRegions, s_hugeTicks, s_hugeBytes;
 
     /// <summary>
     /// Since the last <see cref="ResetStats"/>: parallel regions run (<see cref="SwiGluMany"/> calls), the time spent in
@@ -53,11 +54,22 @@ public static unsafe class CpuExpertKernel
     public static (long Regions, double Ms, long WeightBytes) Stats =>
         (Interlocked.Read(ref s_regions), Interlocked.Read(ref s_regionTicks) * 1000.0 / System.Diagnostics.Stopwatch.Frequency, Interlocked.Read(ref s_regionBytes));
 
+    /// <summary>
+    /// The part of <see cref="Stats"/> from regions whose first expert's weights lie in memory advised into huge pages
+    /// (<see cref="Runtime.HugePages.IsAdvised"/>); with <c>FIDDLER_HUGE_PAGES=even</c> a run's regions split between
+    /// both kinds layer by layer, so the two rates compare within one run.
+    /// </summary>
+    public static (long Regions, double Ms, long WeightBytes) HugePageStats =>
+        (Interlocked.Read(ref s_hugeRegions), Interlocked.Read(ref s_hugeTicks) * 1000.0 / System.Diagnostics.Stopwatch.Frequency, Interlocked.Read(ref s_hugeBytes));
+
     public static void ResetStats()
     {
         Interlocked.Exchange(ref s_regions, 0);
         Interlocked.Exchange(ref s_regionTicks, 0);
         Interlocked.Exchange(ref s_regionBytes, 0);
+        Interlocked.Exchange(ref s_hugeRegions, 0);
+        Interlocked.Exchange(ref s_hugeTicks, 0);
+        Interlocked.Exchange(ref s_hugeBytes, 0);
     }
 
     /// <summary>Several experts (a layer's CPU share) in one parallel region: all gate/up rows, barrier, all down rows.</summary>
@@ -65,13 +77,27 @@ public static unsafe class CpuExpertKernel
     {
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
         long bytes = 0;
-        foreach (var j in jobs) bytes += j.Tokens == 0 ? 0 : j.Weights.Bytes;
+        bool huge = false, first = true;
+        foreach (var j in jobs)
+        {
+            if (j.Tokens == 0) continue;
+            bytes += j.Weights.Bytes;
+            if (first && Runtime.HugePages.AnyAdvised) huge = Runtime.HugePages.IsAdvised((nint)j.Weights.W1);
+            first = false;
+        }
         try { SwiGluRegion(pool, jobs); }
         finally
         {
+            long ticks = System.Diagnostics.Stopwatch.GetTimestamp() - start;
             Interlocked.Increment(ref s_regions);
-            Interlocked.Add(ref s_regionTicks, System.Diagnostics.Stopwatch.GetTimestamp() - start);
+            Interlocked.Add(ref s_regionTicks, ticks);
             Interlocked.Add(ref s_regionBytes, bytes);
+            if (huge)
+            {
+                Interlocked.Increment(ref s_hugeRegions);
+                Interlocked.Add(ref s_hugeTicks, ticks);
+                Interlocked.Add(ref s_hugeBytes, bytes);
+            }
         }
     }
 

@@ -11,9 +11,9 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
 
-    public Linear(long inFeatures, long outFeatures, ScalarType dtype, Device device, bool pinned = false) : base(nameof(Linear))
+    public Linear(long inFeatures, long outFeatures, ScalarType dtype, Device device, bool pinned = false, bool hugePages = false) : base(nameof(Linear))
     {
-        _weight = Weights.Empty([outFeatures, inFeatures], dtype, device, pinned);
+        _weight = Weights.Empty([outFeatures, inFeatures], dtype, device, pinned, hugePages);
         RegisterComponents();
     }
 
@@ -36,9 +36,10 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
 public static class Weights
 {
     /// <param name="pinned">Page-locked host memory (CPU only): what CUDA copies and CPU experts want.</param>
-    public static Parameter Empty(long[] shape, ScalarType dtype, Device device, bool pinned = false)
+    /// <param name="hugePages">With <paramref name="pinned"/>: in 2 MiB pages (<see cref="Runtime.HugePages"/>).</param>
+    public static Parameter Empty(long[] shape, ScalarType dtype, Device device, bool pinned = false, bool hugePages = false)
     {
         if (!pinned || device.type != DeviceType.CPU) return new(torch.empty(shape, dtype, device), requires_grad: false);
-        return new(Cuda.HostPinning.Empty(shape, dtype), requires_grad: false);
+        return new(Cuda.HostPinning.Empty(shape, dtype, hugePages), requires_grad: false);
     }
 }

@@ -24,7 +24,8 @@ public sealed class MixtralBlockSparseTop2MLP : nn.Module<Tensor, Tensor>
     /// <param name="pinned">Page-locked host memory (host experts on a CUDA machine).</param>
     /// <param name="fused">Store w1 and w3 as one [2I, H] weight (experts computed with <see cref="forward"/>); false for
     /// host experts, whose weights the CPU kernel and the weight copies read separately. Pinned weights are never fused.</param>
-    public MixtralBlockSparseTop2MLP(MixtralConfig c, ScalarType dtype, Device device, bool pinned = false, bool fused = true)
+    /// <param name="hugePages">With <paramref name="pinned"/>: in 2 MiB pages (<see cref="Runtime.HugePages"/>).</param>
+    public MixtralBlockSparseTop2MLP(MixtralConfig c, ScalarType dtype, Device device, bool pinned = false, bool fused = true, bool hugePages = false)
         : base(nameof(MixtralBlockSparseTop2MLP))
     {
         _intermediate = c.IntermediateSize;
@@ -37,10 +38,10 @@ public sealed class MixtralBlockSparseTop2MLP : nn.Module<Tensor, Tensor>
         }
         else
         {
-            _gate = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device, pinned);
-            _up = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device, pinned);
+            _gate = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device, pinned, hugePages);
+            _up = new Linear(c.HiddenSize, c.IntermediateSize, dtype, device, pinned, hugePages);
         }
-        _down = new Linear(c.IntermediateSize, c.HiddenSize, dtype, device, pinned);
+        _down = new Linear(c.IntermediateSize, c.HiddenSize, dtype, device, pinned, hugePages);
         RegisterComponents();
     }
 

@@ -31,7 +31,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
         {
             _resident[e] = residency?.IsResident(layer, e) ?? true;
             _experts.Add(_resident[e] ? new MixtralBlockSparseTop2MLP(c, dtype, device)
-                : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory, fused: false));
+                : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory, fused: false, hugePages: HugePages.ForLayer(layer)));
         }
         _topK = c.NumExpertsPerTok;
         ExpectedHostExperts = (double)_topK * _resident.Count(r => !r) / _resident.Length;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Fiddler.Kernels.Config;
 using Fiddler.Kernels.Modules;
+using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -23,7 +24,8 @@ public static class Calibration
     {
         using var noGrad = no_grad();
         bool pin = device.type == DeviceType.CUDA;
-        var host = Enumerable.Range(0, hostExperts).Select(_ => new MixtralBlockSparseTop2MLP(c, dtype, CPU, pin, fused: false)).ToArray();
+        var host = Enumerable.Range(0, hostExperts).Select(_ => new MixtralBlockSparseTop2MLP(c, dtype, CPU, pin, fused: false,
+            hugePages: HugePages.Policy == HugePagePolicy.All)).ToArray();
         using var onDevice = new MixtralBlockSparseTop2MLP(c, dtype, device);
         foreach (var p in host.SelectMany(e => e.parameters()).Concat(onDevice.parameters())) p.normal_(0, 0.02);
         try
