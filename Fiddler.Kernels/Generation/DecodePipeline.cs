@@ -78,7 +78,19 @@ public sealed unsafe class DecodePipeline : IDisposable
     public bool Advance(Func<float[], bool> consume)
     {
         using var scope = NewDisposeScope();
-        bool Abandon() => _pending && Landed && !Hand(consume);
+        bool beforeFirstLayer = true;
+        bool Abandon()
+        {
+            bool first = beforeFirstLayer;
+            beforeFirstLayer = false;
+            if (!_pending || !Landed) return false;
+            // Before the first layer the previous step's last CPU lane is still uncollected, and its logits are only right
+            // if it succeeded (a failed lane's rows were merged all the same, so the device never waits forever). It has
+            // ended, since its logits landed after it: collecting it costs no wait, and throws its failure before anyone
+            // reads them. Later, the first layer has collected it.
+            if (first) _model.CompleteLanes();
+            return !Hand(consume);
+        }
         var logits = _model.ForwardQueued(_input, _cache, Abandon);
         if (logits is null) return false;
         if (_pending)
@@ -120,21 +132,17 @@ public sealed unsafe class DecodePipeline : IDisposable
         return true;
     }
 
-    /// <summary>Hands out the last step's logits (if not yet: waits for them) and collects the last CPU lane.</summary>
+    /// <summary>Collects the last step's CPU lanes (rethrowing a failure), then hands out its logits (if not yet: waits
+    /// for them).</summary>
     public void Finish(Func<float[], bool>? consume)
     {
         try
         {
+            // First the lanes: the last step's logits are only right if every one of its lanes succeeded.
+            _model.CompleteLanes();
             if (_pending && consume is not null) Hand(consume);
         }
-        catch
-        {
-            // The consumer's failure is the one to report; the lanes still end before anything is freed.
-            try { _model.CompleteLanes(); } catch (Exception) { }
-            throw;
-        }
         finally { _pending = false; }
-        _model.CompleteLanes();
     }
 
     /// <summary>Drops a fully queued step: its lanes end, and the cache forgets its position.</summary>
