@@ -15,7 +15,7 @@ if j.get("gc_decode") or j.get("kernel_decode"):
 kd = j.get("kernel_decode") or {}
 if "huge_page_gb_s" in kd:
     print("  kernel in the same windows: experts in huge pages {} GB/s ({} regions), on 4 KiB pages {} GB/s ({} regions)".format(
-        kd["huge_page_gb_s"], kd["huge_page_regions"], kd["small_page_gb_s"], kd["small_page_regions"]))
+        kd["huge_page_gb_s"], kd["huge_page_regions"], kd.get("small_page_gb_s", "-"), kd.get("small_page_regions", 0)))
 hr = j.get("host_expert_read_gb_s")
 if hr:
     print("  host experts read alone ({} experts, {} passes): min {} p10 {} median {} p90 {} max {} GB/s; pass correlation {};"

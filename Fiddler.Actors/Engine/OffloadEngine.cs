@@ -171,7 +171,7 @@ public sealed class OffloadEngine : IDisposable
             ? Own(new CudaWeightStager(_cudaStager))
             : Own(new CopyStager(o.StagingSlots, Config.HiddenSize, Config.IntermediateSize, dtype, o.Device));
         var key = HardwareKey.ForThisHost(CudaRuntime.DeviceLabel(o.Device), shape, dtype.ToString(), pool.Concurrency,
-            Fiddler.Kernels.Experts.CpuKernelSettings.Current.ToString());
+            Fiddler.Kernels.Experts.CpuKernelSettings.ProfileKey);
         Profile = HardwareProfile.LoadIfMatches(o.ProfilePath, key, out string? mismatch);
         if (Profile is null)
         {

@@ -197,9 +197,9 @@ public static unsafe partial class BenchCpuExpertCommand
         finally { NativeMemory.AlignedFree(buffer); }
     }
 
-    /// <summary>Uniform in [−0.05, 0.05), rounded to bf16 (xorshift per 1 MiB chunk: libtorch's randn takes minutes for GBs).</summary>
     [ThreadStatic] private static bool t_huge; // --huge-pages, for RandomBf16 on the command's thread
 
+    /// <summary>Uniform in [−0.05, 0.05), rounded to bf16 (xorshift per 1 MiB chunk: libtorch's randn takes minutes for GBs).</summary>
     private static Tensor RandomBf16(CpuWorkerPool pool, long rows, long cols, int seed)
     {
         var t = empty(rows, cols, dtype: ScalarType.BFloat16);

@@ -91,8 +91,11 @@ public static partial class BenchRun
         {
             report["huge_page_regions"] = hugeRegions;
             report["huge_page_gb_s"] = Rate(hugeBytes, hugeMs);
-            report["small_page_regions"] = regions - hugeRegions;
-            report["small_page_gb_s"] = Rate(bytes - hugeBytes, ms - hugeMs);
+            if (regions > hugeRegions)
+            {
+                report["small_page_regions"] = regions - hugeRegions;
+                report["small_page_gb_s"] = Rate(bytes - hugeBytes, ms - hugeMs);
+            }
         }
         return report;
     }

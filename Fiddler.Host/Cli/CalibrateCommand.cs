@@ -51,7 +51,7 @@ public static class CalibrateCommand
             var points = Calibration.Measure(c, dt, dev, new SimdCpuBackend(pool), new TorchCpuBackend(dev.type == DeviceType.CUDA ? pool.Concurrency : 0), stager, [1, 2, 4, 8, 16, 32, 64, 128, 256]);
             var shape = OffloadEngine.ShapeOf(c, dt);
             var profile = HardwareProfiles.FromCalibration(HardwareKey.ForThisHost(Fiddler.Kernels.Cuda.CudaRuntime.DeviceLabel(dev), shape, dt.ToString(), pool.Concurrency,
-                Fiddler.Kernels.Experts.CpuKernelSettings.Current.ToString()), points);
+                Fiddler.Kernels.Experts.CpuKernelSettings.ProfileKey), points);
             Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(r.GetValue(outFile)!))!);
             profile.Save(r.GetValue(outFile)!);
             Console.WriteLine("tokens   cpu simd ms   cpu torch ms   device ms   round trip ms");

@@ -32,7 +32,11 @@ public static class HostPinning
                 Registered[p] = bytes;
                 return t;
             }
-            catch (CudaException) { } // e.g. a page already registered: fall back to a copy into the pinned pool
+            catch (CudaException)
+            {
+                // e.g. a page already registered: fall back to a copy into the pinned pool (this memory is then freed)
+                if (hugePages) HugePages.Forget(p, bytes);
+            }
         }
         using (t) return t.pin_memory();
     }

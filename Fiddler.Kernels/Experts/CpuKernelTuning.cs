@@ -184,6 +184,12 @@ public static class CpuKernelTuning
 /// <summary>One setting of all of <see cref="CpuKernelTuning"/>'s knobs: to apply, compare or print as a whole.</summary>
 public readonly record struct CpuKernelSettings(int PrefetchBytes, PrefetchLevel Level, bool NextRows, int ItemBytes, bool SpreadRows, int TailItemBytes)
 {
+    /// <summary>
+    /// What a latency-model profile records about the CPU kernel (<c>HardwareKey.CpuKernel</c>): the knobs as they are
+    /// now, and ",huge-pages" where calibration's host experts sit in huge pages (<see cref="Runtime.HugePagePolicy.All"/>).
+    /// </summary>
+    public static string ProfileKey => Current.ToString() + (Runtime.HugePages.Policy == Runtime.HugePagePolicy.All ? ",huge-pages" : "");
+
     /// <summary>The knobs as they are now.</summary>
     public static CpuKernelSettings Current =>
         new(CpuKernelTuning.PrefetchBytes, CpuKernelTuning.PrefetchLevel, CpuKernelTuning.NextRowsPrefetch, CpuKernelTuning.ItemBytes, CpuKernelTuning.SpreadRows,

@@ -87,8 +87,17 @@ public sealed unsafe class DecodePipeline : IDisposable
             // Before the first layer the previous step's last CPU lane is still uncollected, and its logits are only right
             // if it succeeded (a failed lane's rows were merged all the same, so the device never waits forever). It has
             // ended, since its logits landed after it: collecting it costs no wait, and throws its failure before anyone
-            // reads them. Later, the first layer has collected it.
-            if (first) _model.CompleteLanes();
+            // reads them. Later, the first layer has collected it. (Collected here, its layer's observation is reported
+            // before the next layer's routing is read, so it carries no hand-off timing: telemetry only.)
+            if (first)
+            {
+                try { _model.CompleteLanes(); }
+                catch
+                {
+                    _pending = false; // never handed out, not even by a Finish after the error
+                    throw;
+                }
+            }
             return !Hand(consume);
         }
         var logits = _model.ForwardQueued(_input, _cache, Abandon);

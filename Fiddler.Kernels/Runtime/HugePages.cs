@@ -101,7 +101,8 @@ public static partial class HugePages
     /// <summary>
     /// Advises huge pages (MADV_HUGEPAGE) for the whole 2 MiB pages inside [p, p + bytes); with THP "madvise" the
     /// kernel then backs them with huge pages at first touch. Must come before the memory is touched or page-locked.
-    /// False where unsupported or refused.
+    /// False where unsupported or refused. On success the whole [p, p + bytes) counts as advised for
+    /// <see cref="IsAdvised"/> (a large tensor starts a little past a 2 MiB boundary: its first bytes are on a small page).
     /// </summary>
     public static bool Advise(nint p, long bytes)
     {
@@ -117,8 +118,9 @@ public static partial class HugePages
         catch (EntryPointNotFoundException) { return false; }
         lock (s_advised)
         {
-            int at = s_advised.FindIndex(r => r.Start > (nint)start);
-            s_advised.Insert(at < 0 ? s_advised.Count : at, ((nint)start, (nint)end));
+            s_advised.RemoveAll(r => r.Start < p + (nint)bytes && r.End > p); // a stale range this memory now reuses
+            int at = s_advised.FindIndex(r => r.Start > p);
+            s_advised.Insert(at < 0 ? s_advised.Count : at, (p, p + (nint)bytes));
             s_anyAdvised = true;
         }
         return true;

@@ -28,12 +28,16 @@ public unsafe class HugePagesTests
             // Where the kernel has transparent huge pages, a range holding whole 2 MiB pages is accepted.
             if (OperatingSystem.IsLinux() && File.Exists("/sys/kernel/mm/transparent_hugepage/enabled"))
             {
-                Assert.True(HugePages.Advise((nint)block + 4096, 3 * huge));
+                // As a large tensor's memory: 64 bytes past a 2 MiB boundary. Its whole range counts as advised.
+                Assert.True(HugePages.Advise((nint)block + 64, 3 * huge));
                 Assert.True(HugePages.AnyAdvised);
-                Assert.True(HugePages.IsAdvised((nint)block + huge));           // the whole pages inside...
-                Assert.True(HugePages.IsAdvised((nint)block + 3 * huge - 1));
-                Assert.False(HugePages.IsAdvised((nint)block + 4096));          // ...not the partial ones around them
-                Assert.False(HugePages.IsAdvised((nint)block + 3 * huge));
+                Assert.True(HugePages.IsAdvised((nint)block + 64));
+                Assert.True(HugePages.IsAdvised((nint)block + 3 * huge + 63));
+                Assert.False(HugePages.IsAdvised((nint)block + 63));
+                Assert.False(HugePages.IsAdvised((nint)block + 3 * huge + 64));
+                // Advised again (memory reused after a free without Forget): the overlapping range is replaced, not kept.
+                Assert.True(HugePages.Advise((nint)block, 4 * huge));
+                Assert.True(HugePages.IsAdvised((nint)block));
             }
         }
         finally
@@ -77,7 +81,7 @@ public unsafe class HugePagesTests
         const int hidden = 1024, intermediate = 1024; // bf16: each matrix exactly one 2 MiB page
         const long huge = 2L << 20;
         using var pool = new Fiddler.Kernels.Experts.CpuWorkerPool(threads: 2);
-        byte* block = (byte*)NativeMemory.AlignedAlloc((nuint)(6 * huge), (nuint)huge);
+        byte* block = (byte*)NativeMemory.AlignedAlloc((nuint)(7 * huge), (nuint)huge) + 64; // as a tensor: just past a boundary
         float* x = (float*)NativeMemory.AlignedAlloc(hidden * sizeof(float), 64), y = (float*)NativeMemory.AlignedAlloc(hidden * sizeof(float), 64);
         try
         {
@@ -97,7 +101,7 @@ public unsafe class HugePagesTests
         finally
         {
             HugePages.Forget((nint)block, 6 * huge);
-            NativeMemory.AlignedFree(block);
+            NativeMemory.AlignedFree(block - 64);
             NativeMemory.AlignedFree(x);
             NativeMemory.AlignedFree(y);
         }
@@ -114,6 +118,26 @@ public unsafe class HugePagesTests
         Assert.Equal(4, split["huge_page_regions"]);
         Assert.Equal(88.2, split["small_page_gb_s"]);  // 3 GB in 34 ms
         Assert.Equal(6, split["small_page_regions"]);
+        var allHuge = Fiddler.Host.Cli.BenchRun.KernelDecodeReport(10, 50, 5_000_000_000, 10, 50, 5_000_000_000);
+        Assert.Equal(100, allHuge["huge_page_gb_s"]);
+        Assert.False(allHuge.ContainsKey("small_page_gb_s")); // no region on small pages: no rate for them
+    }
+
+    [Fact]
+    public void ProfileKey_NamesHugePagesOnlyWhenCalibrationUsesThem()
+    {
+        var before = HugePages.Policy;
+        try
+        {
+            string settings = Fiddler.Kernels.Experts.CpuKernelSettings.Current.ToString();
+            HugePages.Policy = HugePagePolicy.Off;
+            Assert.Equal(settings, Fiddler.Kernels.Experts.CpuKernelSettings.ProfileKey);
+            HugePages.Policy = HugePagePolicy.EvenLayers; // calibration's experts stay on small pages
+            Assert.Equal(settings, Fiddler.Kernels.Experts.CpuKernelSettings.ProfileKey);
+            HugePages.Policy = HugePagePolicy.All;
+            Assert.Equal(settings + ",huge-pages", Fiddler.Kernels.Experts.CpuKernelSettings.ProfileKey);
+        }
+        finally { HugePages.Policy = before; }
     }
 
     [Fact]
