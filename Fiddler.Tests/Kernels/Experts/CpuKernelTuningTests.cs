@@ -256,43 +256,24 @@ public sealed unsafe class CpuKernelTuningTests
         }
     }
 
-    [Fact]
-    public void CheckEnvironment_AVariableOutOfRange_NamesIt()
+    [Theory]
+    [InlineData("FIDDLER_KERNEL_ITEM_KB", "2", "FIDDLER_KERNEL_ITEM_KB=2 is out of range (16..4096 KB)", "256")]
+    [InlineData("FIDDLER_KERNEL_ITEM_KB", "lots", "FIDDLER_KERNEL_ITEM_KB=lots", "512")]
+    [InlineData("FIDDLER_KERNEL_TAIL_KB", "8", "FIDDLER_KERNEL_TAIL_KB=8 is out of range (0 or 16..4096 KB)", "0")]
+    [InlineData("FIDDLER_KERNEL_TAIL_KB", "-16", "FIDDLER_KERNEL_TAIL_KB=-16", "128")]
+    public void CheckEnvironment_AValueOutOfRange_NamesIt(string name, string bad, string message, string good)
     {
-        string? before = Environment.GetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB");
+        string? before = Environment.GetEnvironmentVariable(name);
         try
         {
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB", "2");
-            var e = Assert.Throws<ArgumentException>(CpuKernelTuning.CheckEnvironment);
-            Assert.Contains("FIDDLER_KERNEL_ITEM_KB=2", e.Message);
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB", "lots");
-            Assert.Throws<ArgumentException>(CpuKernelTuning.CheckEnvironment);
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB", "256");
+            Environment.SetEnvironmentVariable(name, bad);
+            Assert.Contains(message, Assert.Throws<ArgumentException>(CpuKernelTuning.CheckEnvironment).Message);
+            Environment.SetEnvironmentVariable(name, good);
             CpuKernelTuning.CheckEnvironment();
         }
         finally
         {
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_ITEM_KB", before);
-        }
-    }
-
-    [Fact]
-    public void CheckEnvironment_ATailOutOfRange_NamesItAndTakesZero()
-    {
-        string? before = Environment.GetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB");
-        try
-        {
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", "8");
-            var e = Assert.Throws<ArgumentException>(CpuKernelTuning.CheckEnvironment);
-            Assert.Contains("FIDDLER_KERNEL_TAIL_KB=8 is out of range (0 or 16..4096 KB)", e.Message);
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", "0");
-            CpuKernelTuning.CheckEnvironment();
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", "128");
-            CpuKernelTuning.CheckEnvironment();
-        }
-        finally
-        {
-            Environment.SetEnvironmentVariable("FIDDLER_KERNEL_TAIL_KB", before);
+            Environment.SetEnvironmentVariable(name, before);
         }
     }
 }

@@ -152,47 +152,31 @@ public sealed class DecodePipelineTests : IDisposable
         }
     }
 
-    [Fact]
-    public void Pipelined_LastLayerLaneFailsMidDecode_ErrorSurfacesAndTheNextGenerationWorks()
+    [Theory]
+    [InlineData(3, 6, 2)] // a middle step's: collected before the next step's first layer
+    [InlineData(4, 4, 3)] // the last step's: collected by Finish
+    public void Pipelined_AStepsLastLaneFails_ErrorSurfacesBeforeItsTokenAndTheNextGenerationWorks(int failingForward, int newTokens, int streamedBefore)
     {
         string dir = Fixture("tiny-mha-top1");
         var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
         using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
             ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
         var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
-        // Every layer of every step has one CPU lane: fail a decode step's last layer (the lane a pipelined step leaves running).
-        // Forward 1 is the prompt's (token 1), forward 2 the first decode step's (token 2), forward 3 fails.
-        var failing = new FailingBackend { FailAt = config.NumHiddenLayers * 3 };
+        // Every layer of every forward has one CPU lane. Forward 1 is the prompt's (token 1), forward k the (k−1)-th decode
+        // step's (token k): fail that forward's last layer, the lane a pipelined step leaves running.
+        var failing = new FailingBackend { FailAt = config.NumHiddenLayers * failingForward };
         using (var executor = new OffloadExecutor(scheduler, failing, null))
         {
             loaded.Model.SetExpertExecutor(executor);
             int streamed = 0;
-            var e = Assert.Throws<InvalidOperationException>(() => new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6), _ => streamed++));
+            var e = Assert.Throws<InvalidOperationException>(() => new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(newTokens), _ => streamed++));
             Assert.Contains("on purpose", e.Message);
             // The failed step's logits (its lane's rows merged all the same) never reach the sampler or the client.
-            Assert.Equal(2, streamed);
+            Assert.Equal(streamedBefore, streamed);
         }
         using var healthy = new OffloadExecutor(scheduler, new TorchCpuBackend(), null);
         loaded.Model.SetExpertExecutor(healthy);
         Assert.Equal(6, new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6)).Tokens.Length);
-    }
-
-    [Fact]
-    public void Pipelined_LastStepsLaneFails_ErrorSurfacesBeforeItsToken()
-    {
-        string dir = Fixture("tiny-mha-top1");
-        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
-        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
-            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
-        var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
-        // 4 new tokens: forwards 1 (prompt) to 4; the last decode step's last lane fails, which Finish collects.
-        var failing = new FailingBackend { FailAt = config.NumHiddenLayers * 4 };
-        using var executor = new OffloadExecutor(scheduler, failing, null);
-        loaded.Model.SetExpertExecutor(executor);
-        int streamed = 0;
-        var e = Assert.Throws<InvalidOperationException>(() => new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(4), _ => streamed++));
-        Assert.Contains("on purpose", e.Message);
-        Assert.Equal(3, streamed);
     }
 
     /// <summary>
