@@ -161,7 +161,9 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
             {
                 bool more;
                 try { more = await tokens.MoveNextAsync(); }
-                catch (ArgumentException e) { throw new RequestException(e.Message); } // Validate ran the same checks: should not happen
+                // Validate ran the same checks, so this should not happen; any other exception is the engine's, an
+                // ArgumentException included (NaN logits, a refused weight copy): unhealthy, re-probed, a 500, not a 400.
+                catch (GenerationRequestException e) { throw new RequestException(e.Message); }
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
                     _health.EngineFailed(e);

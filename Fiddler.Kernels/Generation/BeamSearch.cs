@@ -20,7 +20,7 @@ public sealed class BeamSearch(MixtralForCausalLM model)
     public IReadOnlyList<BeamHypothesis> Run(IReadOnlyList<int> prompt, int beams, int maxNewTokens, IReadOnlySet<int>? eos = null,
         CancellationToken cancel = default)
     {
-        if (beams is < 1 or > 32) throw new ArgumentException($"beam width must be in 1..32, got {beams}");
+        if (beams is < 1 or > 32) throw new GenerationRequestException($"beam width must be in 1..32, got {beams}");
         new Generator(model, null).Check(prompt, new GenerationOptions { MaxNewTokens = maxNewTokens });
         eos ??= new HashSet<int>();
         using var scope = NewDisposeScope(); // the per-step temporaries; the cache and results own nothing in it

@@ -89,18 +89,18 @@ public sealed unsafe class DecodePipeline : IDisposable
             // ended, since its logits landed after it: collecting it costs no wait, and throws its failure before anyone
             // reads them. Later, the first layer has collected it. (Collected here, its layer's observation is reported
             // before the next layer's routing is read, so it carries no hand-off timing: telemetry only.)
-            if (first)
-            {
-                try { _model.CompleteLanes(); }
-                catch
-                {
-                    _pending = false; // never handed out, not even by a Finish after the error
-                    throw;
-                }
-            }
+            if (first) _model.CompleteLanes();
             return !Hand(consume);
         }
-        var logits = _model.ForwardQueued(_input, _cache, Abandon);
+        Tensor? logits;
+        try { logits = _model.ForwardQueued(_input, _cache, Abandon); }
+        catch
+        {
+            // Whether here, at the first layer's collection or later, the pending logits may come from a failed lane:
+            // never handed out after an error, not even by a Finish.
+            _pending = false;
+            throw;
+        }
         if (logits is null) return false;
         if (_pending)
         {

@@ -14,9 +14,9 @@ public sealed record GenerationOptions
 
     public void Validate()
     {
-        if (MaxNewTokens < 1) throw new ArgumentException($"max tokens must be ≥ 1, got {MaxNewTokens}");
-        if (TopLogprobs is < 0 or > 20) throw new ArgumentException($"top logprobs must be in 0..20, got {TopLogprobs}");
-        if (StopStrings.Any(string.IsNullOrEmpty)) throw new ArgumentException("stop strings must be non-empty");
+        if (MaxNewTokens < 1) throw new GenerationRequestException($"max tokens must be ≥ 1, got {MaxNewTokens}");
+        if (TopLogprobs is < 0 or > 20) throw new GenerationRequestException($"top logprobs must be in 0..20, got {TopLogprobs}");
+        if (StopStrings.Any(string.IsNullOrEmpty)) throw new GenerationRequestException("stop strings must be non-empty");
         Sampling.Validate();
     }
 }

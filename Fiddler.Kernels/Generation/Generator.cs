@@ -99,12 +99,12 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
     /// <summary>Throws <see cref="ArgumentException"/> for prompts this model cannot take.</summary>
     public void Check(IReadOnlyList<int> prompt, GenerationOptions options)
     {
-        if (prompt.Count == 0) throw new ArgumentException("the prompt is empty: give at least one token");
+        if (prompt.Count == 0) throw new GenerationRequestException("the prompt is empty: give at least one token");
         int vocab = model.Config.VocabSize;
         foreach (int id in prompt)
-            if (id < 0 || id >= vocab) throw new ArgumentException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
+            if (id < 0 || id >= vocab) throw new GenerationRequestException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
         if ((long)prompt.Count + options.MaxNewTokens > ContextLength)
-            throw new ArgumentException($"prompt ({prompt.Count} tokens) + max tokens ({options.MaxNewTokens}) exceeds the context length {ContextLength}");
+            throw new GenerationRequestException($"prompt ({prompt.Count} tokens) + max tokens ({options.MaxNewTokens}) exceeds the context length {ContextLength}");
     }
 
     private static float LogSoftmaxAt(float[] logits, int id)

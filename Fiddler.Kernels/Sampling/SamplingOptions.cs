@@ -19,15 +19,15 @@ public sealed record SamplingOptions(float Temperature = 1, int TopK = 0, float 
     {
         if (!float.IsFinite(Temperature) || Temperature < 0)
         {
-            throw new ArgumentException($"temperature must be a finite number >= 0 (0 = greedy), got {Temperature}.", nameof(Temperature));
+            throw new Generation.GenerationRequestException($"temperature must be a finite number >= 0 (0 = greedy), got {Temperature}.", nameof(Temperature));
         }
         if (TopK < 0)
         {
-            throw new ArgumentException($"top_k must be >= 0 (0 = disabled), got {TopK}.", nameof(TopK));
+            throw new Generation.GenerationRequestException($"top_k must be >= 0 (0 = disabled), got {TopK}.", nameof(TopK));
         }
         if (!(TopP > 0 && TopP <= 1))
         {
-            throw new ArgumentException($"top_p must be in (0, 1], got {TopP}.", nameof(TopP));
+            throw new Generation.GenerationRequestException($"top_p must be in (0, 1], got {TopP}.", nameof(TopP));
         }
     }
 }

@@ -32,6 +32,54 @@ public sealed class InferenceServiceTests
         Assert.Equal(0, h.Service.QueueDepth);
     }
 
+    [Theory]
+    [InlineData(false)] // e.g. the sampler refusing NaN logits, or a weight copy refused: the request was valid
+    [InlineData(true)]  // the generator's own request checks (Validate runs the same ones first)
+    public async Task RunAsync_EngineThrowsMidStream_OnlyARequestErrorIsABadRequest(bool requestError)
+    {
+        int probes = 0; // one-token generations: the health probes
+        await using var h = await ServingHarness.StartAsync(wrap: engine => (p, o, c) =>
+        {
+            if (o.MaxNewTokens == 1) { Interlocked.Increment(ref probes); return engine(p, o, c); }
+            return FailAfterFirst(engine(p, o, c), requestError
+                ? new GenerationRequestException("prompt token id 99999 is outside the vocabulary")
+                : new ArgumentException("Logits contain NaN."));
+        });
+        int probesBefore = Volatile.Read(ref probes);
+        var job = new CompletionJob(h.Service.Tokenize("Once upon a time"),
+            new GenerationOptions { MaxNewTokens = 5, Sampling = SamplingOptions.Greedy, StopOnEos = false }, "mid-stream");
+        int streamed = 0;
+        var e = await Assert.ThrowsAnyAsync<Exception>(async () =>
+        {
+            await foreach (var ev in h.Service.RunAsync(h.Service.Admit(), job, CancellationToken.None))
+                if (ev is TokenEvent) streamed++;
+        });
+        Assert.Equal(1, streamed);
+        if (requestError)
+        {
+            Assert.Contains("outside the vocabulary", Assert.IsType<RequestException>(e).Message);
+            Assert.Equal(probesBefore, Volatile.Read(ref probes)); // the engine is fine: no re-probe
+        }
+        else
+        {
+            Assert.IsNotType<RequestException>(e); // a 500 at the frontend, not a 400
+            Assert.Contains("NaN", e.Message);
+            // An engine failure: the service re-probes the engine (and reports ok again once the probe generates).
+            for (int i = 0; i < 200 && (Volatile.Read(ref probes) == probesBefore || h.Service.Health.Status != "ok"); i++) await Task.Delay(25);
+            Assert.True(Volatile.Read(ref probes) > probesBefore, "no re-probe after the engine failed");
+        }
+        Assert.Equal("ok", h.Service.Health.Status);
+    }
+
+    private static async IAsyncEnumerable<GeneratedToken> FailAfterFirst(IAsyncEnumerable<GeneratedToken> source, Exception failure)
+    {
+        await foreach (var t in source)
+        {
+            yield return t;
+            if (t.Id >= 0) throw failure;
+        }
+    }
+
     [Fact]
     public async Task RunAsync_StreamEndsNormally_FinishIsNotCancelled()
     {

@@ -56,7 +56,7 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
     {
         using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
         await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
-        await Assert.ThrowsAsync<ArgumentException>(() => runtime.RunAsync([1, 99999], new GenerationOptions { MaxNewTokens = 2 }));
+        await Assert.ThrowsAsync<Fiddler.Kernels.Generation.GenerationRequestException>(() => runtime.RunAsync([1, 99999], new GenerationOptions { MaxNewTokens = 2 }));
         var (prompt, expected) = Reference("tiny-mha-top1");
         var result = await runtime.RunAsync(prompt, new GenerationOptions { MaxNewTokens = 8, Sampling = SamplingOptions.Greedy, StopOnEos = false });
         Assert.Equal(expected.Take(8), result.Tokens.Select(t => (long)t));

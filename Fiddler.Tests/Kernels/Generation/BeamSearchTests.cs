@@ -101,7 +101,7 @@ public class BeamSearchTests
     public void Run_BadWidth_Throws()
     {
         using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
-        Assert.Throws<ArgumentException>(() => new BeamSearch(loaded.Model).Run([1, 2], 0, 4));
-        Assert.Throws<ArgumentException>(() => new BeamSearch(loaded.Model).Run([1, 2], 33, 4));
+        Assert.Throws<GenerationRequestException>(() => new BeamSearch(loaded.Model).Run([1, 2], 0, 4));
+        Assert.Throws<GenerationRequestException>(() => new BeamSearch(loaded.Model).Run([1, 2], 33, 4));
     }
 }

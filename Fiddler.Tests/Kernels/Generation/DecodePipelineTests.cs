@@ -179,6 +179,29 @@ public sealed class DecodePipelineTests : IDisposable
         Assert.Equal(6, new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6)).Tokens.Length);
     }
 
+    [Fact]
+    public void Advance_ThrowsForAFailedLaneItsLogitsDependOn_FinishHandsNothingOut()
+    {
+        // The logits land late (as on CUDA with the host ahead): the next step's first layer collects the failed lane.
+        string dir = Fixture("tiny-mha-top1");
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
+            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu),
+            new FailingBackend { FailAt = config.NumHiddenLayers * 2 }, null); // forward 2 (the first queued step): its last lane
+        loaded.Model.SetExpertExecutor(executor);
+        using var noGrad = no_grad();
+        using var cache = loaded.Model.NewCache(32);
+        long first;
+        using (var prefill = loaded.Model.Forward(tensor(new long[] { 3, 14, 15 }).unsqueeze(0), cache)) first = prefill.argmax(-1).item<long>();
+        bool handed = false;
+        using var pipeline = new DecodePipeline(loaded.Model, cache, first) { LandedProbe = () => false };
+        Assert.True(pipeline.Advance(_ => handed = true));
+        Assert.Contains("on purpose", Assert.Throws<InvalidOperationException>(() => pipeline.Advance(_ => handed = true)).Message);
+        pipeline.Finish(_ => handed = true);
+        Assert.False(handed);
+    }
+
     /// <summary>
     /// Decodes through the pipeline with the logits landing when <paramref name="landed"/> says (null: at once, as on the
     /// CPU device), stopping at the <paramref name="stopAt"/>-th step's logits; the tokens and where the cache ended.

@@ -53,15 +53,15 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
-    public void Run_PromptPlusMaxTokensBeyondContext_ThrowsArgumentException()
+    public void Run_BadRequest_ThrowsGenerationRequestException()
     {
         TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
         using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
         var generator = new Fiddler.Kernels.Generation.Generator(loaded.Model, null);
-        var e = Assert.Throws<ArgumentException>(() => generator.Run([1, 2, 3], new GenerationOptions { MaxNewTokens = 126 }));
+        var e = Assert.Throws<GenerationRequestException>(() => generator.Run([1, 2, 3], new GenerationOptions { MaxNewTokens = 126 }));
         Assert.Contains("context length 128", e.Message);
-        Assert.Throws<ArgumentException>(() => generator.Run([1, 500], new GenerationOptions { MaxNewTokens = 2 }));
-        Assert.Throws<ArgumentException>(() => generator.Run([], new GenerationOptions { MaxNewTokens = 2 }));
+        Assert.Throws<GenerationRequestException>(() => generator.Run([1, 500], new GenerationOptions { MaxNewTokens = 2 }));
+        Assert.Throws<GenerationRequestException>(() => generator.Run([], new GenerationOptions { MaxNewTokens = 2 }));
     }
 
     [Fact]

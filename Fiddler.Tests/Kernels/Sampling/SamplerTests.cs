@@ -252,8 +252,8 @@ public sealed class SamplerTests
     public void Validate_InvalidOptions_Throws(float temperature, int topK, float topP)
     {
         var options = new SamplingOptions(temperature, topK, topP);
-        Assert.Throws<ArgumentException>(options.Validate);
-        Assert.Throws<ArgumentException>(() => new Sampler(options));
+        Assert.Throws<Fiddler.Kernels.Generation.GenerationRequestException>(options.Validate);
+        Assert.Throws<Fiddler.Kernels.Generation.GenerationRequestException>(() => new Sampler(options));
     }
 
     [Theory]
