@@ -157,10 +157,8 @@ public sealed class DecodePipelineTests : IDisposable
     [InlineData(4, 4, 3)] // the last step's: collected by Finish
     public void Pipelined_AStepsLastLaneFails_ErrorSurfacesBeforeItsTokenAndTheNextGenerationWorks(int failingForward, int newTokens, int streamedBefore)
     {
-        string dir = Fixture("tiny-mha-top1");
-        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
-        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
-            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        using var loaded = AllExpertsOnHost("tiny-mha-top1");
+        var config = loaded.Model.Config;
         var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
         // Every layer of every forward has one CPU lane. Forward 1 is the prompt's (token 1), forward k the (k−1)-th decode
         // step's (token k): fail that forward's last layer, the lane a pipelined step leaves running.
@@ -183,10 +181,8 @@ public sealed class DecodePipelineTests : IDisposable
     public void Advance_ThrowsForAFailedLaneItsLogitsDependOn_FinishHandsNothingOut()
     {
         // The logits land late (as on CUDA with the host ahead): the next step's first layer collects the failed lane.
-        string dir = Fixture("tiny-mha-top1");
-        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
-        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
-            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        using var loaded = AllExpertsOnHost("tiny-mha-top1");
+        var config = loaded.Model.Config;
         using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu),
             new FailingBackend { FailAt = config.NumHiddenLayers * 2 }, null); // forward 2 (the first queued step): its last lane
         loaded.Model.SetExpertExecutor(executor);
@@ -200,6 +196,15 @@ public sealed class DecodePipelineTests : IDisposable
         Assert.Contains("on purpose", Assert.Throws<InvalidOperationException>(() => pipeline.Advance(_ => handed = true)).Message);
         pipeline.Finish(_ => handed = true);
         Assert.False(handed);
+    }
+
+    /// <summary>A fixture model loaded on the CPU device with every expert on the host (each layer has a CPU lane).</summary>
+    private static LoadedModel AllExpertsOnHost(string fixture)
+    {
+        string dir = Fixture(fixture);
+        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
+        return ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
+            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
     }
 
     /// <summary>
@@ -232,10 +237,8 @@ public sealed class DecodePipelineTests : IDisposable
         // On CUDA the previous token's logits land while the next step's first layer runs (the step is dropped between
         // layers, after layer 0's CPU lane was started), or after the whole step was queued (dropped whole). The CPU
         // device always has them at once; the probe plays the other two.
-        string dir = Fixture("tiny-gqa4-top3");
-        var config = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json"));
-        using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32,
-            ExpertResidency.Where(config.NumHiddenLayers, config.NumLocalExperts, (_, _) => false)));
+        using var loaded = AllExpertsOnHost("tiny-gqa4-top3");
+        var config = loaded.Model.Config;
         var scheduler = new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu);
         using var executor = new OffloadExecutor(scheduler, new TorchCpuBackend(), null);
         loaded.Model.SetExpertExecutor(executor);
