@@ -21,6 +21,10 @@ public sealed record InferenceServiceOptions(string ModelId, int QueueSize = 16)
     public int? MaxContext { get; init; }
 
     public DateTimeOffset Created { get; init; } = DateTimeOffset.UtcNow;
+
+    /// <summary>Told of every engine failure of a request (the exception whole, with its stack), once, whichever frontend
+    /// the request came through; the frontends answer it as a server error. Null: not logged.</summary>
+    public Action<Exception>? EngineFailureLog { get; init; }
 }
 
 /// <summary>
@@ -38,6 +42,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
     private readonly HashSet<int> _eos;
     private readonly CancellationTokenSource _abort = new();
     private readonly EngineHealth _health;
+    private readonly Action<Exception>? _engineFailureLog;
 
     /// <param name="engine">Defaults to <paramref name="runtime"/>'s <see cref="FiddlerRuntime.GenerateAsync"/> (the health probe's
     /// then leaves the layer statistics alone); a given one also runs the probe.</param>
@@ -50,6 +55,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         _engine = engine ?? runtime.GenerateAsync;
         _tokenizer = tokenizer;
         _chat = chat;
+        _engineFailureLog = options.EngineFailureLog;
         _queue = new RequestQueue(options.QueueSize);
         _eos = [.. config.EosTokenIds];
         if (tokenizer?.EosId is int eos) _eos.Add(eos);
@@ -167,6 +173,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
                     _health.EngineFailed(e);
+                    _engineFailureLog?.Invoke(e);
                     throw;
                 }
                 if (!more) { ended = true; break; }

@@ -122,7 +122,11 @@ public static class ServeCommand
             if (stop.IsCancellationRequested) return 0;
         }
         await using var service = new InferenceService(runtime, tokenizer, run.Chat,
-            new InferenceServiceOptions(run.ModelId, run.QueueSize) { MaxContext = context });
+            new InferenceServiceOptions(run.ModelId, run.QueueSize)
+            {
+                MaxContext = context,
+                EngineFailureLog = e => Console.Error.WriteLine($"fiddler: engine failure in a request (re-probing the engine): {e}"),
+            });
         // Disposed after the server (declared before it): no scrape reads a stopped poller.
         await using var stats = new EngineStatsPoller(runtime.LayerStatsAsync);
         await using var server = await ServerHost.StartAsync(run.Serve, service, stop, () => stats.Latest);

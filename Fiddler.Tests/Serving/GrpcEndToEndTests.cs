@@ -139,6 +139,32 @@ public sealed class GrpcEndToEndTests
     }
 
     [Fact]
+    public async Task Generate_EngineFailsAfterAToken_InternalWithTheMessageAndTheNextCallWorks()
+    {
+        int failNext = 1;
+        await using var h = await ServingHarness.StartAsync(grpcPort: 0, wrap: engine => (p, o, c) =>
+            o.MaxNewTokens > 1 && Interlocked.Exchange(ref failNext, 0) == 1 ? ServingLifecycleTests.FailAfterFirstToken(engine(p, o, c)) : engine(p, o, c));
+        var (channel, client) = Connect(h);
+        using var _ = channel;
+        int received = 0;
+        using (var call = client.Generate(Long(8, "fails")))
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(async () =>
+            {
+                await foreach (var r in call.ResponseStream.ReadAllAsync())
+                    if (r.Token is not null) received++;
+            });
+            Assert.Equal(StatusCode.Internal, e.StatusCode); // the engine's failure, not INVALID_ARGUMENT or UNKNOWN
+            Assert.Contains("engine failure (ArgumentException): Logits contain NaN.", e.Status.Detail);
+        }
+        Assert.Equal(1, received);
+        using var next = client.Generate(Long(2, "after"));
+        int tokens = 0;
+        await foreach (var r in next.ResponseStream.ReadAllAsync()) if (r.Token is not null) tokens++;
+        Assert.Equal(2, tokens);
+    }
+
+    [Fact]
     public async Task Generate_DeadlinePassesMidGeneration_DeadlineExceededAndEngineStops()
     {
         int produced = 0;

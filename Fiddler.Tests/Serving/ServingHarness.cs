@@ -57,15 +57,16 @@ public sealed class ServingHarness : IAsyncDisposable
     /// <param name="probe">Run the start-up probe before returning.</param>
     /// <param name="grpcPort">-1: no gRPC endpoint (as <c>--grpc-port -1</c>); 0: a picked port.</param>
     /// <param name="maxContext">As <c>--max-context</c>.</param>
+    /// <param name="engineFailureLog">As serve's log of engine failures (<see cref="InferenceServiceOptions.EngineFailureLog"/>).</param>
     public static async Task<ServingHarness> StartAsync(int queueSize = 64, string? apiKey = null, Func<EngineCall, EngineCall>? wrap = null,
         bool probe = true, bool chatTemplate = true, long maxBodyBytes = ServeOptions.DefaultMaxBodyBytes, int grpcPort = -1,
-        int? maxContext = null, TelemetryOptions? telemetry = null)
+        int? maxContext = null, TelemetryOptions? telemetry = null, Action<Exception>? engineFailureLog = null)
     {
         var loaded = ModelLoader.Load(ModelDir, new LoadOptions(CPU));
         var runtime = FiddlerRuntime.Start(loaded.Model, loaded.Tokenizer);
         EngineCall engine = runtime.GenerateAsync;
         var service = new InferenceService(runtime, loaded.Tokenizer, chatTemplate ? ChatTemplates.Load(ModelDir) : null,
-            new InferenceServiceOptions(ModelId, queueSize) { MaxContext = maxContext }, wrap?.Invoke(engine) ?? engine);
+            new InferenceServiceOptions(ModelId, queueSize) { MaxContext = maxContext, EngineFailureLog = engineFailureLog }, wrap?.Invoke(engine) ?? engine);
         // As ServeCommand: the poller outlives the server, and the server wraps the engine in the telemetry decorator.
         var stats = new EngineStatsPoller(runtime.LayerStatsAsync);
         var options = new ServeOptions

@@ -158,6 +158,40 @@ public sealed class ServingLifecycleTests
     }
 
     [Fact]
+    public async Task Stream_EngineFailsAfterATokenForAValidRequest_ErrorEventServerErrorThenHealthReprobes()
+    {
+        // An ArgumentException from inside the engine (e.g. NaN logits) after the 200 and a token went out: the stream
+        // says server_error (not invalid_request_error), sends no finish chunk, and the engine is re-probed.
+        int failNext = 0;
+        var logged = new List<Exception>();
+        await using var h = await ServingHarness.StartAsync(wrap: engine => (p, o, c) =>
+            Interlocked.Exchange(ref failNext, 0) == 1 ? FailAfterFirstToken(engine(p, o, c)) : engine(p, o, c),
+            engineFailureLog: e => { lock (logged) logged.Add(e); });
+        Interlocked.Exchange(ref failNext, 1);
+
+        var (status, events) = await h.StreamAsync("/v1/completions", """{"model":"default-model","prompt":"a","max_tokens":8,"stream":true}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var error = events.Select(e => e == "[DONE]" ? default : JsonDocument.Parse(e).RootElement).Single(e => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("error", out _));
+        OpenAiAssert.Error(error, "server_error");
+        Assert.Contains("NaN", error.GetProperty("error").GetProperty("message").GetString());
+        Assert.DoesNotContain(events.Where(e => e != "[DONE]"), e => JsonDocument.Parse(e).RootElement.TryGetProperty("choices", out var ch)
+            && ch.GetArrayLength() > 0 && ch[0].TryGetProperty("finish_reason", out var f) && f.ValueKind == JsonValueKind.String);
+        lock (logged) Assert.Contains("NaN", Assert.Single(logged).Message);
+        await WaitUntilAsync(() => h.Service.Health.Ready, "the re-probe succeeds");
+        var (again, _) = await h.PostAsync("/v1/completions", """{"model":"default-model","prompt":"a","max_tokens":2}""");
+        Assert.Equal(HttpStatusCode.OK, again);
+    }
+
+    internal static async IAsyncEnumerable<GeneratedToken> FailAfterFirstToken(IAsyncEnumerable<GeneratedToken> source)
+    {
+        await foreach (var t in source)
+        {
+            yield return t;
+            if (t.Id >= 0) throw new ArgumentException("Logits contain NaN.");
+        }
+    }
+
+    [Fact]
     public async Task Chat_ModelWithoutTemplate_Returns400Clearly()
     {
         await using var h = await ServingHarness.StartAsync(chatTemplate: false);

@@ -14,6 +14,10 @@ internal static class GrpcErrors
         },
         e.Param is null ? e.Message : $"{e.Param}: {e.Message}"));
 
+    /// <summary>An engine failure (not the request's fault): INTERNAL with its message (the server logged it whole).</summary>
+    public static RpcException EngineFailed(Exception e) =>
+        new(new Status(StatusCode.Internal, $"engine failure ({e.GetType().Name}): {e.Message}"));
+
     public static RpcException QueueFull(QueueFullException e) => new(new Status(StatusCode.ResourceExhausted, e.Message));
 
     public static RpcException Stopping(ServiceStoppingException e) => new(new Status(StatusCode.Unavailable, e.Message));

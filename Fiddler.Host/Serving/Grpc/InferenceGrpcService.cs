@@ -52,9 +52,11 @@ public sealed class InferenceGrpcService(IInferenceService engine) : Inference.I
                 }
             }
         }
+        catch (RpcException) { throw; } // a status chosen above
         catch (RequestException e) { throw GrpcErrors.From(e); }
         catch (ServiceStoppingException e) { throw GrpcErrors.Stopping(e); }
         catch (OperationCanceledException) when (cancel.IsCancellationRequested) { throw GrpcErrors.Cancelled(context); }
+        catch (Exception e) when (e is not OperationCanceledException) { throw GrpcErrors.EngineFailed(e); }
     }
 
     public override Task<ModelInfoResponse> ModelInfo(ModelInfoRequest request, ServerCallContext context)
