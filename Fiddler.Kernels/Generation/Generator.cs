@@ -63,12 +63,21 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
 
         // One buffer for every token's logits on the host (a fresh one per token would be a large-object-heap array).
         var values = new float[model.Config.VocabSize];
-        using (var first = Step(prompt.Select(i => (long)i).ToArray(), cache))
+        // A request cancelled before or during its prefill stops there (between layers), with no token.
+        using (var first = cancel.IsCancellationRequested ? null : Step(prompt.Select(i => (long)i).ToArray(), cache, cancel))
         {
             prefill = clock.Elapsed;
             clock.Restart();
-            Sampler.ToCpuFloat32(first, values);
-            Emit(values);
+            if (first is null)
+            {
+                finish = FinishReason.Cancelled;
+                ended = true;
+            }
+            else
+            {
+                Sampler.ToCpuFloat32(first, values);
+                Emit(values);
+            }
         }
         if (!ended && Pipelined && options.Sampling.IsGreedy)
         {
@@ -82,7 +91,12 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
         {
             while (!ended)
             {
-                using var logits = Step([tokens[^1]], cache);
+                using var logits = Step([tokens[^1]], cache, cancel);
+                if (logits is null)
+                {
+                    finish = FinishReason.Cancelled;
+                    break;
+                }
                 Sampler.ToCpuFloat32(logits, values);
                 Emit(values);
             }
@@ -115,10 +129,11 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
         return (float)(logits[id] - max - Math.Log(sum));
     }
 
-    private Tensor Step(long[] ids, Cache.KvCache cache)
+    /// <summary>One forward's last-position logits on the host; null when <paramref name="cancel"/> fired before one of its layers.</summary>
+    private Tensor? Step(long[] ids, Cache.KvCache cache, CancellationToken cancel)
     {
         using var input = tensor(ids, ScalarType.Int64).unsqueeze(0);   // [1, T]
-        using var logits = model.Forward(input, cache);                  // [1, V]
-        return logits[0].cpu();
+        using var logits = model.Forward(input, cache, allPositions: false, stop: cancel.CanBeCanceled ? () => cancel.IsCancellationRequested : null); // [1, V]
+        return logits?[0].cpu();
     }
 }

@@ -122,13 +122,20 @@ public sealed class MixtralForCausalLM : nn.Module
     /// Runs ids [B, T] at positions cache.Length.., advances the cache, and returns fp32 logits:
     /// [B, T, V] when <paramref name="allPositions"/>, else [B, V] for the last position only.
     /// </summary>
-    public Tensor Forward(Tensor ids, KvCache cache, bool allPositions = false)
+    public Tensor Forward(Tensor ids, KvCache cache, bool allPositions = false) => Forward(ids, cache, allPositions, null)!;
+
+    /// <summary>
+    /// As <see cref="Forward(Tensor, KvCache, bool)"/>, but <paramref name="stop"/> is asked before each layer: when it
+    /// says stop (a cancelled request in a long prefill), the lanes already started are collected, the cache does not
+    /// advance, and the result is null.
+    /// </summary>
+    public Tensor? Forward(Tensor ids, KvCache cache, bool allPositions, Func<bool>? stop)
     {
         using var scope = NewDisposeScope();
         long start = cache.Length;
         if (start + ids.shape[1] > cache.Capacity)
             throw new InvalidOperationException($"context overflow: {start} cached + {ids.shape[1]} new tokens > capacity {cache.Capacity}");
-        var h = _model.Forward(ids.to(Device), start, cache);
+        if (_model.Forward(ids.to(Device), start, cache, stop, collectLanes: true) is not { } h) return null;
         cache.Advance(ids.shape[1]);
         if (!allPositions) h = h.select(1, -1);
         using var head = StageTimer.Stage("lm_head");

@@ -177,6 +177,39 @@ public sealed class DecodePipelineTests : IDisposable
         Assert.Equal(6, new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6)).Tokens.Length);
     }
 
+    private sealed class CancellingBackend(CancellationTokenSource cts) : ICpuExpertBackend
+    {
+        public int Calls;
+        public string Name => "cancelling";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs)
+        {
+            if (Interlocked.Increment(ref Calls) == 1) cts.Cancel(); // the client leaves during the prompt's first layer
+            new TorchCpuBackend().Run(jobs);
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Run_CancelledDuringPrefill_StopsBetweenLayersWithNoToken(bool pipelined)
+    {
+        using var loaded = AllExpertsOnHost("tiny-mha-top1");
+        using var cts = new CancellationTokenSource();
+        var backend = new CancellingBackend(cts);
+        using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), backend, null);
+        loaded.Model.SetExpertExecutor(executor);
+        int streamed = 0;
+        var result = new Generator(loaded.Model, null) { Pipelined = pipelined }.Run([1, 2, 3], Greedy(6), _ => streamed++, cts.Token);
+        Assert.Equal(FinishReason.Cancelled, result.Finish);
+        Assert.Empty(result.Tokens);
+        Assert.Equal(0, streamed);
+        Assert.Equal(1, backend.Calls); // the prompt's later layers never ran
+        // Cancelled before it starts: no layer at all.
+        var before = new Generator(loaded.Model, null).Run([1, 2, 3], Greedy(6), null, cts.Token);
+        Assert.Equal(FinishReason.Cancelled, before.Finish);
+        Assert.Equal(1, backend.Calls);
+    }
+
     [Fact]
     public void Advance_ThrowsForAFailedLaneItsLogitsDependOn_FinishHandsNothingOut()
     {
