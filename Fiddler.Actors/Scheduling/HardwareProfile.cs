@@ -138,7 +138,7 @@ public sealed record HardwareProfile(
         {
             using var doc = JsonDocument.Parse(File.ReadAllText(path));
             return doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("version", out var v)
-                && v.TryGetInt32(out int n) ? n : null;
+                && v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out int n) ? n : null;
         }
         catch (JsonException e) { throw new InvalidDataException($"{path}: not JSON ({e.Message}); delete it and run `fiddler calibrate`", e); }
     }

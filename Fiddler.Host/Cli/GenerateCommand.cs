@@ -41,6 +41,8 @@ public static class GenerateCommand
             if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
             string? text = r.GetValue(prompt), ids = r.GetValue(promptIds);
             if ((text is null) == (ids is null)) throw new ArgumentException("give exactly one of --prompt or --prompt-ids");
+            if (r.GetValue(popularity) is not null && r.GetValue(budget) is null)
+                throw new ArgumentException("--popularity orders the experts placed under --gpu-budget: give --gpu-budget too");
             var options = new GenerationOptions
             {
                 MaxNewTokens = r.GetValue(maxTokens),

@@ -55,6 +55,8 @@ public static class ServeCommand
             serve.Validate();
             if (r.GetValue(queueSize) < 1) throw new ArgumentException($"--queue-size must be at least 1, got {r.GetValue(queueSize)}");
             if (r.GetValue(maxContext) is < 2) throw new ArgumentException($"--max-context must be at least 2, got {r.GetValue(maxContext)}");
+            if (r.GetValue(popularity) is not null && r.GetValue(budget) is null)
+                throw new ArgumentException("--popularity orders the experts placed under --gpu-budget: give --gpu-budget too");
             var grace = ParseDuration(r.GetValue(shutdown)!, "--shutdown-timeout");
             string dir = DefaultModel.Resolve(r.GetValue(model));
             // Before the weights: a template that cannot run fails start-up in a second, not after a long load.

@@ -21,7 +21,7 @@ public sealed class BeamSearch(MixtralForCausalLM model)
         CancellationToken cancel = default)
     {
         if (beams is < 1 or > 32) throw new GenerationRequestException($"beam width must be in 1..32, got {beams}");
-        new Generator(model, null).Check(prompt, new GenerationOptions { MaxNewTokens = maxNewTokens });
+        new Generator(model, null).Check(prompt, new GenerationOptions { MaxNewTokens = maxNewTokens }, sequences: beams);
         eos ??= new HashSet<int>();
         using var scope = NewDisposeScope(); // the per-step temporaries; the cache and results own nothing in it
         using var noGrad = no_grad();

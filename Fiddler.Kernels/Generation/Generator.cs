@@ -110,8 +110,9 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
         return new GenerationResult([.. prompt], [.. tokens], text.ToString(), finish, prefill, clock.Elapsed);
     }
 
-    /// <summary>Throws <see cref="ArgumentException"/> for prompts this model cannot take.</summary>
-    public void Check(IReadOnlyList<int> prompt, GenerationOptions options)
+    /// <summary>Throws <see cref="GenerationRequestException"/> for prompts this model cannot take.</summary>
+    /// <param name="sequences">Rows of the KV cache the request allocates (its beams).</param>
+    public void Check(IReadOnlyList<int> prompt, GenerationOptions options, int sequences = 1)
     {
         if (prompt.Count == 0) throw new GenerationRequestException("the prompt is empty: give at least one token");
         int vocab = model.Config.VocabSize;
@@ -119,6 +120,18 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
             if (id < 0 || id >= vocab) throw new GenerationRequestException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
         if ((long)prompt.Count + options.MaxNewTokens > ContextLength)
             throw new GenerationRequestException($"prompt ({prompt.Count} tokens) + max tokens ({options.MaxNewTokens}) exceeds the context length {ContextLength}");
+        // On the host the KV cache comes out of RAM: a request whose cache cannot fit is refused here, in one line, not
+        // by the allocator with a native stack trace (on CUDA the engine fits the context to the device's memory).
+        if (model.Device.type == TorchSharp.DeviceType.CPU && Runtime.HostMemory.AvailableBytes() is long available)
+        {
+            var c = model.Config;
+            int element = model.DType switch { ScalarType.Float32 => 4, ScalarType.Float64 => 8, _ => 2 };
+            long perToken = 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * element * sequences;
+            long tokens = prompt.Count + (long)options.MaxNewTokens;
+            if (tokens * perToken > available)
+                throw new GenerationRequestException($"prompt + max tokens ({tokens}) need a KV cache of {tokens * perToken / (double)(1L << 30):F1} GiB" +
+                    $"{(sequences > 1 ? $" for {sequences} beams" : "")}, more than the {available / (double)(1L << 30):F1} GiB this host has free: ask for fewer tokens");
+        }
     }
 
     private static float LogSoftmaxAt(float[] logits, int id)

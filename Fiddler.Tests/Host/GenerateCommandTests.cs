@@ -86,6 +86,11 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_PopularityWithoutBudget_SaysItNeedsOne()
+        => AssertUserError(CliHarness.Run("generate", "--prompt-ids", "1,2", "--max-tokens", "2", "--popularity", "/nonexistent/popularity.json"),
+            "--popularity", "--gpu-budget");
+
+    [Fact]
     public void Generate_IgnoreEos_GivesExactlyMaxTokens()
     {
         var json = Json(CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--temperature", "0",

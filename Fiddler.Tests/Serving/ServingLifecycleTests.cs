@@ -152,6 +152,10 @@ public sealed class ServingLifecycleTests
         var (status, error) = await h.PostAsync("/v1/completions", """{"model":"default-model","prompt":"a","max_tokens":2}""");
         Assert.Equal(HttpStatusCode.InternalServerError, status);
         OpenAiAssert.Error(error, "server_error");
+        string message = error.GetProperty("error").GetProperty("message").GetString()!;
+        Assert.Contains("simulated CUDA failure", message);
+        Assert.DoesNotContain("frame #0", message); // a native error's stack and paths stay in the server's log
+        Assert.DoesNotContain("/opt/torch", message);
         await WaitUntilAsync(() => h.Service.Health.Ready, "the re-probe succeeds");
         var (again, _) = await h.PostAsync("/v1/completions", """{"model":"default-model","prompt":"a","max_tokens":2}""");
         Assert.Equal(HttpStatusCode.OK, again);
@@ -257,7 +261,7 @@ public sealed class ServingLifecycleTests
     private static async IAsyncEnumerable<GeneratedToken> Fail()
     {
         await Task.Yield();
-        throw new InvalidOperationException("simulated CUDA failure");
+        throw new InvalidOperationException("simulated CUDA failure\nException raised from malloc at /opt/torch/c10/alloc.cpp:12 (most recent call first):\nframe #0: c10::Error::Error");
 #pragma warning disable CS0162 // an iterator needs a yield
         yield break;
 #pragma warning restore CS0162

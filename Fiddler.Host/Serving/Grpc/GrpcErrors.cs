@@ -16,7 +16,7 @@ internal static class GrpcErrors
 
     /// <summary>An engine failure (not the request's fault): INTERNAL with its message (the server logged it whole).</summary>
     public static RpcException EngineFailed(Exception e) =>
-        new(new Status(StatusCode.Internal, $"engine failure ({e.GetType().Name}): {e.Message}"));
+        new(new Status(StatusCode.Internal, $"engine failure ({e.GetType().Name}): {OpenAi.OpenAiError.FirstLine(e.Message)}"));
 
     public static RpcException QueueFull(QueueFullException e) => new(new Status(StatusCode.ResourceExhausted, e.Message));
 

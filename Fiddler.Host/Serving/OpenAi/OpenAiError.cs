@@ -31,8 +31,13 @@ public sealed record OpenAiError(int Status, string Message, string Type, string
         BadHttpRequestException b => new(b.StatusCode, b.StatusCode == 413 ? "the request body is too large" : b.Message,
             InvalidRequest, null, b.StatusCode == 413 ? "request_too_large" : null),
         JsonException j => new(400, $"We could not parse the JSON body of your request: {j.Message}", InvalidRequest, null, "invalid_json"),
-        _ => new(500, $"The server had an error while processing your request ({e.GetType().Name}: {e.Message})", ServerError),
+        _ => new(500, $"The server had an error while processing your request ({e.GetType().Name}: {FirstLine(e.Message)})", ServerError),
     };
+
+    /// <summary>A server error's first line: native errors (libtorch's) go on with a stack of frames and local paths,
+    /// which belong in the server's log, not in a client's response.</summary>
+    public static string FirstLine(string message) =>
+        message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).FirstOrDefault() ?? "";
 
     public byte[] ToJson()
     {

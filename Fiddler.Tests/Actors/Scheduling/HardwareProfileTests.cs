@@ -74,6 +74,17 @@ public sealed class HardwareProfileTests : IDisposable
     }
 
     [Theory]
+    [InlineData("""{"version": "x"}""")]
+    [InlineData("""{"version": null}""")]
+    [InlineData("""{"version": 1.5}""")]
+    public void Load_VersionNotAWholeNumber_RecalibratesWithoutAnError(string text)
+    {
+        File.WriteAllText(PathOf("v.json"), text);
+        Assert.Null(HardwareProfile.LoadIfMatches(PathOf("v.json"), Key, out string? why));
+        Assert.Equal("format version", why);
+    }
+
+    [Theory]
     [InlineData("not json")]
     [InlineData("""{"version": 1, "key": null}""")]
     [InlineData("""{"version": 1, "cpu_expert": {"points": []}}""")]

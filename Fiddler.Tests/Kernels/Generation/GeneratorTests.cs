@@ -53,6 +53,23 @@ public sealed class GeneratorTests : IDisposable
     }
 
     [Fact]
+    public void Run_KvCacheBeyondHostMemory_RefusedInOneLineAndTheModelStillGenerates()
+    {
+        // A context of 2^31 − 1 tokens: 2 billion new tokens need ~1 TB of KV cache (2 layers × 2 × 2 heads × 8 dims × 4 B
+        // = 256 B a token), more than any CI host has; refused before anything is allocated.
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config() with { MaxPositionEmbeddings = int.MaxValue });
+        using var loaded = ModelLoader.Load(_dir, new LoadOptions(CPU, ScalarType.Float32));
+        var generator = new Fiddler.Kernels.Generation.Generator(loaded.Model, null);
+        var e = Assert.Throws<GenerationRequestException>(() => generator.Run([1, 2], new GenerationOptions { MaxNewTokens = 2_000_000_000 }));
+        Assert.Contains("KV cache", e.Message);
+        Assert.Contains("ask for fewer tokens", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+        var beams = Assert.Throws<GenerationRequestException>(() => new BeamSearch(loaded.Model).Run([1, 2], 4, 600_000_000));
+        Assert.Contains("for 4 beams", beams.Message);
+        Assert.Equal(3, generator.Run([1, 2], new GenerationOptions { MaxNewTokens = 3, StopOnEos = false }).Tokens.Length);
+    }
+
+    [Fact]
     public void Run_BadRequest_ThrowsGenerationRequestException()
     {
         TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());

@@ -1,0 +1,24 @@
+namespace Fiddler.Kernels.Runtime;
+
+/// <summary>How much memory this host can still give the process: what a host-side allocation is checked against.</summary>
+public static class HostMemory
+{
+    /// <summary>
+    /// MemAvailable of /proc/meminfo where it can be read (Linux: free memory plus what the kernel can reclaim, e.g. the
+    /// page cache), else the GC's view of the memory this process may use; null when neither is known.
+    /// </summary>
+    public static long? AvailableBytes()
+    {
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/meminfo"))
+                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal)
+                    && long.TryParse(line["MemAvailable:".Length..].Trim().Split(' ')[0], out long kb))
+                    return kb * 1024;
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        long total = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        return total > 0 ? total : null;
+    }
+}
