@@ -21,6 +21,10 @@ public sealed class FiddlerRuntime : IAsyncDisposable
     private static readonly TimeSpan CallTimeout = TimeSpan.FromMinutes(2);
     private readonly IActorRef _device;
     private OffloadExecutor? _executor;
+    // Cancelled by DisposeAsync: ends the running generation (within a layer or a decode step) and every queued one.
+    // Not disposed: a generation that starts as the runtime is disposed may still link to it.
+    private readonly CancellationTokenSource _shutdown = new();
+    private int _disposed;
 
     private FiddlerRuntime(ActorSystem system, IActorRef device, IActorRef? router, MixtralForCausalLM model)
     {
@@ -67,10 +71,11 @@ public sealed class FiddlerRuntime : IAsyncDisposable
     public async IAsyncEnumerable<GeneratedToken> GenerateAsync(int[] prompt, GenerationOptions options, bool countInStats,
         [EnumeratorCancellation] CancellationToken cancel = default)
     {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var channel = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-        // A consumer that stops reading early stops the generation too (within one decode step).
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
-        var done = _device.Ask<object>(new Generate(prompt, options, channel.Writer, stop.Token, countInStats), Timeout.InfiniteTimeSpan);
+        // A consumer that stops reading early stops the generation too (within one decode step), as does disposing the runtime.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, _shutdown.Token);
+        var done = Submit(new Generate(prompt, options, channel.Writer, stop.Token, countInStats), channel.Writer);
         try
         {
             await foreach (var token in channel.Reader.ReadAllAsync(CancellationToken.None)) yield return token;
@@ -79,17 +84,38 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         {
             stop.Cancel();
         }
-        if (await done is GenerationFailed f) throw f.Error;
+        if (await Reply(done) is GenerationFailed f) throw f.Error;
     }
+
+    /// <summary>Asks the device actor to run <paramref name="request"/>; if the runtime is disposed before it replies (the
+    /// request still queued, or the system gone), <paramref name="tokens"/> ends with <see cref="ObjectDisposedException"/>,
+    /// so no reader waits forever.</summary>
+    private Task<object> Submit(Generate request, ChannelWriter<GeneratedToken> tokens)
+    {
+        var done = _device.Ask<object>(request, Timeout.InfiniteTimeSpan, _shutdown.Token);
+        done.ContinueWith(_ => tokens.TryComplete(Disposed()), CancellationToken.None,
+            TaskContinuationOptions.NotOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        return done;
+    }
+
+    private async Task<object> Reply(Task<object> done)
+    {
+        try { return await done; }
+        catch (OperationCanceledException) when (_shutdown.IsCancellationRequested) { throw Disposed(); }
+    }
+
+    private ObjectDisposedException Disposed() => new(nameof(FiddlerRuntime), "the runtime was disposed before the generation ended");
 
     /// <summary>Runs a generation to the end and returns its totals.</summary>
     public async Task<GenerationResult> RunAsync(int[] prompt, GenerationOptions options, Action<GeneratedToken>? onToken = null,
         CancellationToken cancel = default)
     {
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var channel = Channel.CreateUnbounded<GeneratedToken>();
-        var done = _device.Ask<object>(new Generate(prompt, options, channel.Writer, cancel), Timeout.InfiniteTimeSpan);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, _shutdown.Token);
+        var done = Submit(new Generate(prompt, options, channel.Writer, stop.Token), channel.Writer);
         await foreach (var token in channel.Reader.ReadAllAsync(CancellationToken.None)) onToken?.Invoke(token);
-        return await done switch
+        return await Reply(done) switch
         {
             GenerationCompleted c => c.Result,
             GenerationFailed f => throw f.Error,
@@ -115,10 +141,20 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         return ConfigurationFactory.ParseString(reader.ReadToEnd());
     }
 
+    /// <summary>
+    /// Ends the running generation (it stops within a layer or a decode step) and every queued one (their readers get
+    /// <see cref="ObjectDisposedException"/> or a cancelled finish), lets the device actor finish its message, then stops
+    /// the actors and only then takes the executor out of the model and frees it.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
-        Model.SetExpertExecutor(null);
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _shutdown.Cancel();
+        try { await _device.GracefulStop(CallTimeout); } // queued requests see the cancelled token and return at once
+        catch (TaskCanceledException) { } // a generation stuck past the call timeout: stop the system anyway
+        catch (AskTimeoutException) { }
         await System.Terminate();
+        Model.SetExpertExecutor(null);
         _executor?.Dispose();
     }
 }

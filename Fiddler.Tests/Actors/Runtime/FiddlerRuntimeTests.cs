@@ -191,4 +191,47 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         public string Name => "recording";
         public void Run(IReadOnlyList<CpuExpertJob> jobs) { lock (order) order.Add("run"); }
     }
+    [Fact]
+    public async Task DisposeAsync_WithARunningAndAQueuedGeneration_EndsBothPromptlyAndRefusesNewOnes()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "fiddler-dispose-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            // A context long enough that the first generation cannot finish on its own before the runtime is disposed.
+            Fiddler.Tests.Support.TinyCheckpoint.Write(dir, Fiddler.Tests.Support.TinyCheckpoint.Config() with { MaxPositionEmbeddings = 1 << 20 });
+            using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32));
+            var runtime = FiddlerRuntime.Start(loaded.Model, null);
+            var options = new GenerationOptions { MaxNewTokens = (1 << 20) - 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
+            var started = new TaskCompletionSource();
+            async Task<(string End, int Tokens)> Consume(bool first)
+            {
+                int n = 0;
+                try
+                {
+                    await foreach (var t in runtime.GenerateAsync([1, 2], options))
+                        if (t.Id >= 0 && ++n == 3 && first) started.TrySetResult();
+                    return ("ended", n);
+                }
+                catch (ObjectDisposedException) { return ("disposed", n); }
+            }
+            var running = Consume(first: true);
+            var queued = Consume(first: false); // waits in the device actor's mailbox behind the first
+            await started.Task.WaitAsync(TimeSpan.FromSeconds(60));
+
+            await runtime.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60)); // no hang
+            var (runningEnd, runningTokens) = await running.WaitAsync(TimeSpan.FromSeconds(30));
+            var (queuedEnd, queuedTokens) = await queued.WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Contains(runningEnd, new[] { "ended", "disposed" });
+            Assert.InRange(runningTokens, 3, options.MaxNewTokens - 1); // cut short
+            Assert.Contains(queuedEnd, new[] { "ended", "disposed" });
+            Assert.Equal(0, queuedTokens); // never started
+            await Assert.ThrowsAsync<ObjectDisposedException>(async () => { await foreach (var _ in runtime.GenerateAsync([1], options)) { } });
+            await Assert.ThrowsAsync<ObjectDisposedException>(() => runtime.RunAsync([1], options));
+            await runtime.DisposeAsync(); // twice: a no-op
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
 }
