@@ -70,8 +70,11 @@ public static partial class MemoryBudget
     /// <summary><paramref name="bytes"/> in GiB.</summary>
     public static double ToGiB(long bytes) => bytes / Gib;
 
-    /// <summary>A size for messages: "24 GiB", "1.5 GiB", "0.33 GiB" (up to two decimals, no trailing zeros).</summary>
-    public static string Format(long bytes) => $"{ToGiB(bytes).ToString("0.##", CultureInfo.InvariantCulture)} GiB";
+    /// <summary>A size for messages: "24 GiB", "1.5 GiB", "0.33 GiB" (up to two decimals, no trailing zeros); under 0.1 GiB in
+    /// MiB ("10 MiB", "0.662 MiB").</summary>
+    public static string Format(long bytes) => bytes >= Gib / 10 || bytes == 0
+        ? $"{ToGiB(bytes).ToString("0.##", CultureInfo.InvariantCulture)} GiB"
+        : $"{(bytes / 1048576.0).ToString("0.###", CultureInfo.InvariantCulture)} MiB"; // a small budget is not "0 GiB"
 
     /// <summary>A size with exactly one decimal, for tables and component sums: "3.0 GiB".</summary>
     public static string Format1(long bytes) => bytes >= Gib / 10 || bytes == 0

@@ -53,6 +53,9 @@ public sealed class MemoryBudgetTests
     {
         Assert.Equal("24 GiB", MemoryBudget.Format(24L << 30));
         Assert.Equal("1.5 GiB", MemoryBudget.Format(3L << 29));
+        Assert.Equal("10 MiB", MemoryBudget.Format(10L << 20));      // not "0.01 GiB"
+        Assert.Equal("0.01 MiB", MemoryBudget.Format(10L << 10));    // not "0 GiB"
+        Assert.Equal("0 GiB", MemoryBudget.Format(0));
         Assert.Equal("3.0 GiB", MemoryBudget.Format1(3_211_272_192));
     }
 }
