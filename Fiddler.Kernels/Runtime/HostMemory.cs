@@ -9,16 +9,23 @@ public static class HostMemory
     /// </summary>
     public static long? AvailableBytes()
     {
+        if (KiBField("/proc/meminfo", "MemAvailable:") is long available) return available;
+        long total = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        return total > 0 ? total : null;
+    }
+
+    /// <summary>The bytes of a "Name:   N kB" line of a /proc file (e.g. /proc/meminfo's MemAvailable), or null where the
+    /// file or the line cannot be read.</summary>
+    internal static long? KiBField(string path, string name)
+    {
         try
         {
-            foreach (string line in File.ReadLines("/proc/meminfo"))
-                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal)
-                    && long.TryParse(line["MemAvailable:".Length..].Trim().Split(' ')[0], out long kb))
+            foreach (string line in File.ReadLines(path))
+                if (line.StartsWith(name, StringComparison.Ordinal) && long.TryParse(line[name.Length..].Trim().Split(' ')[0], out long kb))
                     return kb * 1024;
         }
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
-        long total = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        return total > 0 ? total : null;
+        return null;
     }
 }

@@ -127,17 +127,5 @@ public static partial class HugePages
     }
 
     /// <summary>AnonHugePages of /proc/self/smaps_rollup in bytes, or null where it cannot be read.</summary>
-    public static long? ProcessHugeBytes()
-    {
-        try
-        {
-            foreach (string line in File.ReadLines("/proc/self/smaps_rollup"))
-                if (line.StartsWith("AnonHugePages:", StringComparison.Ordinal)
-                    && long.TryParse(line["AnonHugePages:".Length..].Trim().Split(' ')[0], out long kb))
-                    return kb * 1024;
-        }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-        return null;
-    }
+    public static long? ProcessHugeBytes() => HostMemory.KiBField("/proc/self/smaps_rollup", "AnonHugePages:");
 }

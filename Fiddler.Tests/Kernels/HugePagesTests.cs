@@ -16,6 +16,21 @@ public unsafe class HugePagesTests
     }
 
     [Fact]
+    public void HostMemory_AvailableBytes_IsPositiveAndReadsProcFields()
+    {
+        Assert.True(HostMemory.AvailableBytes() is > 0);
+        string file = Path.Combine(Path.GetTempPath(), $"meminfo-{Guid.NewGuid():N}");
+        File.WriteAllText(file, "MemTotal:       131981020 kB\nMemAvailable:    1000 kB\n");
+        try
+        {
+            Assert.Equal(1000L * 1024, HostMemory.KiBField(file, "MemAvailable:"));
+            Assert.Null(HostMemory.KiBField(file, "SwapFree:"));
+            Assert.Null(HostMemory.KiBField(file + ".missing", "MemAvailable:"));
+        }
+        finally { File.Delete(file); }
+    }
+
+    [Fact]
     public void Advise_CoversOnlyWholeHugePagesInside()
     {
         const int huge = 2 << 20;
