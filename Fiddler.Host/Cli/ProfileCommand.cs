@@ -28,6 +28,10 @@ public static class ProfileCommand
         {
             if (CudaBootstrap.ReexecIfNeeded(r.GetValue(device)!, r.GetValue(libtorch)) is int code) return code;
             var texts = ReadPrompts(r.GetValue(prompts)!);
+            // Before any prompt runs: a folder that does not exist would otherwise fail only after all of them.
+            string outPath = Path.GetFullPath(r.GetValue(outFile)!);
+            if (Path.GetDirectoryName(outPath) is { } outDir && !Directory.Exists(outDir))
+                throw new ArgumentException($"--out: the folder {outDir} does not exist");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             string dir = DefaultModel.Resolve(r.GetValue(model));
             using var loaded = ModelLoader.Load(dir, new LoadOptions(dev));
@@ -83,7 +87,9 @@ public static class ProfileCommand
                     line++;
                     if (raw.Trim().Length == 0) continue;
                     var doc = JsonDocument.Parse(raw).RootElement;
-                    texts.Add(doc.GetProperty("text").GetString() ?? throw new InvalidDataException($"{path}:{line}: \"text\" is not a string"));
+                    if (doc.ValueKind != JsonValueKind.Object || !doc.TryGetProperty("text", out var text))
+                        throw new InvalidDataException($"{path}:{line}: not an object with a \"text\" field");
+                    texts.Add(text.ValueKind == JsonValueKind.String ? text.GetString()! : throw new InvalidDataException($"{path}:{line}: \"text\" is not a string"));
                 }
             }
         }
