@@ -8,23 +8,21 @@ namespace Fiddler.Tests.Host;
 [Collection(ConsoleCollection.Name)]
 public sealed class ProfileCommandTests : IDisposable
 {
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), "fiddler-profile-" + Guid.NewGuid().ToString("N"));
+    private readonly Fiddler.Tests.Kernels.IO.TempDir _temp = new();
+    private string Dir => _temp.Path;
 
-    public ProfileCommandTests() => Directory.CreateDirectory(_dir);
-
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => _temp.Dispose();
 
     private string Prompts(string content)
     {
-        string path = Path.Combine(_dir, "prompts.jsonl");
-        File.WriteAllText(path, content);
-        return path;
+        File.WriteAllText(_temp.File("prompts.jsonl"), content);
+        return _temp.File("prompts.jsonl");
     }
 
     [Fact]
     public void Profile_Jsonl_WritesCountsForEveryLayer()
     {
-        string output = Path.Combine(_dir, "popularity.json");
+        string output = Path.Combine(Dir, "popularity.json");
         var r = CliHarness.Run("profile", "--prompts", Prompts("{\"text\": \"Once upon a time\"}\n\n{\"text\": \"The meaning of life is\"}\n"),
             "--out", output, "--max-tokens", "4");
         Assert.True(r.ExitCode == 0, r.Err);
@@ -38,7 +36,7 @@ public sealed class ProfileCommandTests : IDisposable
     [InlineData("{\"text\": \"a\"}\n[1, 2]\n", ":2: not an object with a \"text\" field")]
     [InlineData("{\"text\": 5}\n", ":1: \"text\" is not a string")]
     public void Profile_JsonlLineWithoutText_NamesTheLine(string content, string expected)
-        => CliAssert.UserError(CliHarness.Run("profile", "--prompts", Prompts(content), "--out", Path.Combine(_dir, "p.json")),
+        => CliAssert.UserError(CliHarness.Run("profile", "--prompts", Prompts(content), "--out", Path.Combine(Dir, "p.json")),
             StringComparison.Ordinal, expected);
 
     [Fact]
