@@ -207,6 +207,7 @@ public static partial class BenchRun
         double cpuLaneMs = s is null ? 0 : s.Router.CpuLaneStats.MeanObservedMs * s.Router.CpuLaneStats.Count;
         long expertBytes = 3L * engine.Config.HiddenSize * engine.Config.IntermediateSize * (model.DType == ScalarType.Float32 ? 4 : 2);
         double cpuGbS = cpuLaneMs > 0 ? s!.CpuExpertEquivalents * expertBytes / (cpuLaneMs / 1000) / 1e9 : 0;
+        double chosenBytesPerToken = (double)engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes; // every chosen expert's
 
         // A few steps with per-stage timing (synchronising, so kept out of the tok/s above).
         StageTimer.Enable(model.Device);
@@ -227,7 +228,7 @@ public static partial class BenchRun
         }
         // Every host expert read alone, twice: does the host serve all of them like the probe's first twelve?
         var hostReads = engine.MeasureHostExpertReads();
-        double offloaded = (1 - (s?.HitRate ?? 1)) * engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes;
+        double offloaded = (1 - (s?.HitRate ?? 1)) * chosenBytesPerToken;
         var result = new Result(ttft, Median(runs), s?.HitRate ?? 1, cpuGbS, (s?.TransferredBytes ?? 0) / 1e9,
             s?.CpuExperts ?? 0, s?.TransferredExperts ?? 0, stages)
         {
@@ -262,7 +263,7 @@ public static partial class BenchRun
             result = result with
             {
                 CeilingRounds = MeasureCeilingWindows(ceilingWindows, AbWindow, () => s?.HitRate ?? 1,
-                    (double)engine.Config.NumHiddenLayers * engine.Config.NumExpertsPerTok * expertBytes, engine.MeasureLaneCeiling, Console.Error.WriteLine),
+                    chosenBytesPerToken, engine.MeasureLaneCeiling, Console.Error.WriteLine),
             };
         if (abPipeline > 0)
         {

@@ -192,9 +192,7 @@ public static unsafe class CpuExpertKernel
         var (begin, end) = p.Gate.Rows(item, p.Intermediate);
         // Adjacent rows: rows i, i+1 side by side, so two of the four streams start cold at every pair.
         // Spread (the default): rows i and i + half side by side, each stream walking its half of the item contiguously.
-        bool spread = CpuKernelTuning.SpreadRows; // read once: the item's bounds below must agree
-        int half = spread ? (end - begin + 1) / 2 : 1, stride = spread ? 1 : 2;
-        int last = spread ? begin + half : end;
+        var (half, stride, last) = Streams(begin, end, 2, CpuKernelTuning.SpreadRows);
         nint nextPair = CpuKernelTuning.NextRowsPrefetch ? stride * rowBytes : 0; // each stream's next row
         for (int i = begin; i < last; i += stride)
         {
@@ -225,9 +223,7 @@ public static unsafe class CpuExpertKernel
         var (begin, end) = p.Down.Rows(item, p.Hidden);
         // Adjacent rows: rows j..j+3 side by side. Spread (the default): rows j, j+q, j+2q, j+3q, each stream walking its
         // quarter of the item contiguously (where w2's rows are whole: a split's rows are its first columns only).
-        bool spread = CpuKernelTuning.SpreadRows; // read once: the item's bounds below must agree
-        int q = spread ? (end - begin + 3) / 4 : 1, stride = spread ? 1 : 4;
-        int stop = spread ? begin + q : end;
+        var (q, stride, stop) = Streams(begin, end, 4, CpuKernelTuning.SpreadRows);
         nint nextQuad = CpuKernelTuning.NextRowsPrefetch ? stride * rowBytes : 0; // each stream's next row
         for (int j = begin; j < stop; j += stride)
         {
@@ -247,6 +243,19 @@ public static unsafe class CpuExpertKernel
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// How <paramref name="k"/> side-by-side streams walk an item's rows [begin, end): the loop runs from begin to
+    /// <c>Stop</c> by <c>Stride</c>, and stream s reads row + s·<c>Run</c>. Spread: each stream its own contiguous run of
+    /// ⌈rows/k⌉ (Stride 1). Adjacent: k neighbouring rows at a time (Run 1, Stride k). The switch is read once per item by
+    /// the caller, so the bounds agree.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (int Run, int Stride, int Stop) Streams(int begin, int end, int k, bool spread)
+    {
+        int run = (end - begin + k - 1) / k;
+        return spread ? (run, 1, begin + run) : (1, k, end);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -282,7 +291,7 @@ public static unsafe class CpuExpertKernel
     {
         public byte* W1, W3, W2;
         public float* Y, Xp, H;
-        public int Hidden, Intermediate, W2Stride, Tokens, Width, LdX, LdH;
+        public int Hidden, Intermediate, W2Stride, Tokens, Width, LdX, LdH, ElementBytes;
         public WeightType Type;
         public long XpOffset, HOffset;
         public ItemSplit Gate, Down;
@@ -299,6 +308,7 @@ public static unsafe class CpuExpertKernel
             {
                 W1 = (byte*)w.W1, W3 = (byte*)w.W3, W2 = (byte*)w.W2, Y = job.Y,
                 Hidden = w.Hidden, Intermediate = w.Intermediate, W2Stride = w.W2Stride, Tokens = job.Tokens, Width = orderWidth, Type = w.Type,
+                ElementBytes = w.ElementBytes,
                 // 64-byte aligned rows, one cache line longer than a multiple of 64 so that the rows of several tokens don't
                 // all map to the same L1 sets (4K aliasing: Mixtral's 4096 and 14336 floats are multiples of 4 KB).
                 LdX = RoundUp(w.Hidden, 16) + 16, LdH = RoundUp(w.Intermediate, 16) + 16,
@@ -324,9 +334,8 @@ public static unsafe class CpuExpertKernel
         public void CutTail(int tailBytes, int participants)
         {
             if (tailBytes <= 0) return;
-            int elementBytes = Type switch { WeightType.F32 => 4, _ => 2 };
-            Gate = Gate.WithTail(Intermediate, participants, Math.Max(2, RoundUp((int)(tailBytes / (2L * Hidden * elementBytes)), 2)));
-            Down = Down.WithTail(Hidden, participants, Math.Max(4, RoundUp((int)(tailBytes / ((long)Intermediate * elementBytes)), 4)));
+            Gate = Gate.WithTail(Intermediate, participants, Math.Max(2, RoundUp((int)(tailBytes / (2L * Hidden * ElementBytes)), 2)));
+            Down = Down.WithTail(Hidden, participants, Math.Max(4, RoundUp((int)(tailBytes / ((long)Intermediate * ElementBytes)), 4)));
         }
 
         private static int RoundUp(int v, int m) => (v + m - 1) / m * m;

@@ -124,12 +124,9 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
         // by the allocator with a native stack trace (on CUDA the engine fits the context to the device's memory).
         if (model.Device.type == TorchSharp.DeviceType.CPU && Runtime.HostMemory.AvailableBytes() is long available)
         {
-            var c = model.Config;
-            int element = model.DType switch { ScalarType.Float32 => 4, ScalarType.Float64 => 8, _ => 2 };
-            long perToken = 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadDim * element * sequences;
-            long tokens = prompt.Count + (long)options.MaxNewTokens;
-            if (tokens * perToken > available)
-                throw new GenerationRequestException($"prompt + max tokens ({tokens}) need a KV cache of {tokens * perToken / (double)(1L << 30):F1} GiB" +
+            long tokens = prompt.Count + (long)options.MaxNewTokens, bytes = model.KvCacheBytes(tokens, sequences);
+            if (bytes > available)
+                throw new GenerationRequestException($"prompt + max tokens ({tokens}) need a KV cache of {bytes / (double)(1L << 30):F1} GiB" +
                     $"{(sequences > 1 ? $" for {sequences} beams" : "")}, more than the {available / (double)(1L << 30):F1} GiB this host has free: ask for fewer tokens");
         }
     }

@@ -118,6 +118,10 @@ public sealed class MixtralForCausalLM : nn.Module
     public KvCache NewCache(long capacity, long batch = 1) =>
         new(Config.NumHiddenLayers, batch, Config.NumKeyValueHeads, capacity, Config.HeadDim, DType, Device);
 
+    /// <summary>The bytes <see cref="NewCache"/> allocates for <paramref name="capacity"/> tokens of <paramref name="batch"/> rows.</summary>
+    public long KvCacheBytes(long capacity, long batch = 1) =>
+        2L * Config.NumHiddenLayers * batch * Config.NumKeyValueHeads * capacity * Config.HeadDim * Cuda.ExpertShape.ElementSizeOf(DType);
+
     /// <summary>
     /// Runs ids [B, T] at positions cache.Length.., advances the cache, and returns fp32 logits:
     /// [B, T, V] when <paramref name="allPositions"/>, else [B, V] for the last position only.
