@@ -30,7 +30,10 @@ OUT=${OUT:-$root/gpu-out}; res="$OUT/results"; mkdir -p "$res"
 py=${PYTHON:-/opt/torch/.venv/bin/python}
 mkdir -p /opt/fiddler && tar -xJf "$root/artifacts/fiddler-bundle.tar.xz" -C /opt/fiddler
 f=/opt/fiddler/fiddler
-cp "$root/bench/profiles/h100-mixtral-8x7b-bf16.json" "$res/profile.json"
+# The shipped latency models of this card (h100-…, h200-…), when there are any; else the bench calibrates on first use.
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o -i -m1 'H[0-9]\{3\}' | tr 'H' 'h')
+shipped="$root/bench/profiles/${card:-none}-mixtral-8x7b-bf16.json"
+if [ -f "$shipped" ]; then cp "$shipped" "$res/profile.json"; else echo "no shipped profile for '${card:-unknown card}': the first bench calibrates"; fi
 exec > >(tee -a "$res/call.log") 2>&1
 nvidia-smi --query-gpu=name --format=csv,noheader; date -u; uptime
 echo "THP enabled: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null); defrag: $(cat /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null)"

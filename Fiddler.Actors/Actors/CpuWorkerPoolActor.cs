@@ -20,6 +20,8 @@ public sealed class CpuWorkerPoolActor : ReceiveActor
             object reply;
             try
             {
+                // Queued behind a layer that ran long, the caller may have given up on these: skip the stale work.
+                m.Abandoned.ThrowIfCancellationRequested();
                 backend.Run(m.Jobs);
                 reply = new CpuExpertsDone(Stopwatch.GetElapsedTime(start).TotalMilliseconds);
             }

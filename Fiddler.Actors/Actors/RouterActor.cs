@@ -10,10 +10,14 @@ namespace Fiddler.Actors.Actors;
 /// </summary>
 public sealed class RouterActor : ReceiveActor
 {
-    public RouterActor(IExpertScheduler scheduler, int layers)
+    /// <summary>How long the router waits for each layer actor's statistics before the query fails.</summary>
+    private static readonly TimeSpan StatsTimeout = TimeSpan.FromSeconds(5);
+
+    public RouterActor(IExpertScheduler scheduler, int layers, Func<int, Props>? layerProps)
     {
+        layerProps ??= LayerActor.Props;
         var layerActors = Enumerable.Range(0, layers)
-            .Select(i => Context.ActorOf(LayerActor.Props(i), $"layer-{i:00}")).ToArray();
+            .Select(i => Context.ActorOf(layerProps(i), $"layer-{i:00}")).ToArray();
         Receive<DecideLayer>(m =>
         {
             if (m.Reply is null)
@@ -29,12 +33,14 @@ public sealed class RouterActor : ReceiveActor
             scheduler.Observe(m.Observation);
             if (m.Counted) layerActors[m.Observation.Layer].Tell(m);
         });
-        Receive<GetLayerStats>(_ => Sender.Tell(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, TimeSpan.FromSeconds(5)).Result).ToArray()));
-        Receive<ResetLayerStats>(_ =>
-        {
-            foreach (var a in layerActors) a.Ask<Akka.Done>(ResetLayerStats.Instance, TimeSpan.FromSeconds(5)).Wait();
-            Sender.Tell(Akka.Done.Instance);
-        });
+        // Statistics are gathered off the router's thread: every decode layer waits on that thread for its routes, so it
+        // never waits for the layer actors' answers itself. A layer that fails to answer fails the query (Status.Failure
+        // to the asker), not the router. The asks leave after every LayerObserved forwarded before them, so the answer
+        // counts those.
+        Receive<GetLayerStats>(_ => Task.WhenAll(layerActors.Select(a => a.Ask<LayerStats>(GetLayerStats.Instance, StatsTimeout)))
+            .PipeTo(Sender));
+        Receive<ResetLayerStats>(_ => Task.WhenAll(layerActors.Select(a => a.Ask<Akka.Done>(ResetLayerStats.Instance, StatsTimeout)))
+            .PipeTo(Sender, success: _ => Akka.Done.Instance));
     }
 
     /// <summary>A layer actor only keeps statistics: restart it (fresh counters) rather than stop routing.</summary>
@@ -44,6 +50,7 @@ public sealed class RouterActor : ReceiveActor
     /// <summary>On its own spinning thread (akka.hocon's router-dispatcher): every layer of every token waits for its answer,
     /// so it must never queue behind other work for a dispatcher thread (measured: 9 % of decode time on the shared
     /// dispatcher) nor wait for a blocked thread to wake.</summary>
-    public static Props Props(IExpertScheduler scheduler, int layers) =>
-        Akka.Actor.Props.Create(() => new RouterActor(scheduler, layers)).WithDispatcher("fiddler.router-dispatcher");
+    /// <param name="layerProps">The layer actors' props by layer (default <see cref="LayerActor.Props"/>; tests give slow ones).</param>
+    public static Props Props(IExpertScheduler scheduler, int layers, Func<int, Props>? layerProps = null) =>
+        Akka.Actor.Props.Create(() => new RouterActor(scheduler, layers, layerProps)).WithDispatcher("fiddler.router-dispatcher");
 }

@@ -51,7 +51,8 @@ public sealed class ActorCpuBackend(IActorRef pool, string name, TimeSpan timeou
     public async Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished)
     {
         var slot = new TaskCompletionSource<object>();
-        pool.Tell(new RunCpuExperts(jobs, finished, slot));
+        using var abandoned = new CancellationTokenSource();
+        pool.Tell(new RunCpuExperts(jobs, finished, slot, abandoned.Token));
         object reply;
         try
         {
@@ -59,6 +60,7 @@ public sealed class ActorCpuBackend(IActorRef pool, string name, TimeSpan timeou
         }
         catch (TimeoutException)
         {
+            abandoned.Cancel(); // the pool skips the jobs if it has not started them yet
             throw new TimeoutException($"the CPU worker pool actor did not run its experts within {timeout.TotalSeconds:0} s");
         }
         if (reply is CpuExpertsFailed f) throw new InvalidOperationException("CPU experts failed", f.Error);

@@ -90,16 +90,13 @@ internal sealed class LaneBuffers : IDisposable
 
     /// <summary>
     /// Gives up the buffers without freeing them (a lane that may still write into them was abandoned): the next layer
-    /// gets new ones; these stay referenced by <paramref name="keep"/> for the process's life.
+    /// gets new ones; the caller frees these once that lane's jobs have ended.
     /// </summary>
-    public void Orphan(List<Tensor> keep)
+    public Tensor[] Orphan()
     {
-        lock (keep)
-        {
-            if (_x is not null) keep.Add(_x);
-            if (_y is not null) keep.Add(_y);
-        }
+        Tensor[] given = [.. new[] { _x, _y }.OfType<Tensor>()];
         _x = _y = null;
+        return given;
     }
 
     private static Tensor Pinned(long rows, long d, ScalarType dtype)

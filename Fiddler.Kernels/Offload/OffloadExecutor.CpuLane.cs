@@ -112,6 +112,9 @@ public sealed partial class OffloadExecutor
         private readonly long _start = Stopwatch.GetTimestamp();
         private int _state;             // Running until the first End call sets Ended or AbandonedState
         private volatile bool _published; // the times below are written
+        private readonly Lock _late = new();
+        private bool _reportedLate;     // the backend reported its end after the lane had been abandoned
+        private Action? _onLateEnd;
 
         public double LaneMs { get; private set; }
         public double EndMs { get; private set; }
@@ -126,12 +129,30 @@ public sealed partial class OffloadExecutor
 
         public void Abandon() => End(abandoned: true);
 
+        /// <summary>
+        /// Runs <paramref name="action"/> once the backend reports the end of an abandoned lane's jobs (at once if it
+        /// already has): from then on nothing writes into the lane's tensors. Never runs if the backend never reports.
+        /// </summary>
+        public void AfterLateEnd(Action action)
+        {
+            lock (_late)
+            {
+                if (!_reportedLate)
+                {
+                    _onLateEnd = action;
+                    return;
+                }
+            }
+            action();
+        }
+
         private void End(bool abandoned)
         {
             if (Interlocked.CompareExchange(ref _state, abandoned ? AbandonedState : Ended, Running) != Running)
             {
                 var wait = new SpinWait();
                 while (!_published) wait.SpinOnce(); // the winner is a few instructions from publishing
+                if (!abandoned && Abandoned) ReportedLate();
                 return;
             }
             LaneMs = Stopwatch.GetElapsedTime(_start).TotalMilliseconds;
@@ -140,32 +161,62 @@ public sealed partial class OffloadExecutor
             _published = true;
             gate?.Raise(ticket);
         }
+
+        private void ReportedLate()
+        {
+            Action? action;
+            lock (_late)
+            {
+                _reportedLate = true;
+                action = _onLateEnd;
+                _onLateEnd = null;
+            }
+            action?.Invoke();
+        }
     }
 
-    /// <summary>Frees a finished lane's tensors; a lane that may still run keeps them, and its buffers are not reused.</summary>
+    /// <summary>
+    /// Frees a finished lane's tensors. An abandoned lane's jobs may still run: its tensors, and the reused buffers it
+    /// writes (the next layer gets new ones), are freed only when the backend reports their end.
+    /// </summary>
     private void Release(LaneTensors tensors)
     {
+        if (tensors.End is { Abandoned: true }) tensors.AddRange(_buffers.Orphan());
         tensors.Release();
-        if (tensors.End is { Abandoned: true }) _buffers.Orphan(LaneTensors.Abandoned);
     }
 
-    /// <summary>Tensors a CPU lane reads and writes; freed once it has ended, or kept forever if it may still run.</summary>
+    /// <summary>Tensors a CPU lane reads and writes; freed once it has ended, or once an abandoned lane's jobs end.</summary>
     private sealed class LaneTensors : List<Tensor>
     {
-        internal static readonly List<Tensor> Abandoned = [];
+        private static int s_kept;
+
+        /// <summary>Tensors of abandoned lanes whose jobs have not reported their end yet (process-wide).</summary>
+        internal static int Kept => Volatile.Read(ref s_kept);
 
         public LaneEnd? End { get; set; }
 
         public void Release()
         {
-            if (End is { Abandoned: true })
+            if (End is { Abandoned: true } end)
             {
-                lock (Abandoned) Abandoned.AddRange(this); // a leak on a failure path beats a write into freed memory
+                // A leak while the jobs may still write beats a write into freed memory.
+                var kept = ToArray();
+                Clear();
+                Interlocked.Add(ref s_kept, kept.Length);
+                end.AfterLateEnd(() =>
+                {
+                    foreach (var t in kept) t.Dispose();
+                    Interlocked.Add(ref s_kept, -kept.Length);
+                });
                 return;
             }
             foreach (var t in this) t.Dispose();
+            Clear();
         }
     }
+
+    /// <summary>Tensors kept for abandoned CPU lanes whose jobs have not reported their end (tests, diagnostics).</summary>
+    internal static int KeptLaneTensors => LaneTensors.Kept;
 
     /// <summary>
     /// Waits for a lane's task (the backend's own, not a continuation: that would wait for a thread-pool thread to run

@@ -113,6 +113,49 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         Assert.Contains("on purpose", e.Message);
     }
 
+    /// <summary>A layer actor whose statistics answer comes late (or never); it acknowledges resets at once.</summary>
+    private sealed class SlowStatsLayer : ReceiveActor
+    {
+        public SlowStatsLayer(int layer, TimeSpan? delay)
+        {
+            Receive<GetLayerStats>(_ =>
+            {
+                if (delay is { } d)
+                    Context.System.Scheduler.ScheduleTellOnce(d, Sender, new LayerStats(layer, 7, 0, 0, 0, 0, 0, 0), Self);
+            });
+            Receive<ResetLayerStats>(_ => Sender.Tell(Akka.Done.Instance));
+        }
+    }
+
+    [Fact]
+    public async Task RouterActor_StatisticsQuery_NeverHoldsUpRouting()
+    {
+        // Layer 1 answers its statistics 1.5 s late: meanwhile the router must still answer routing at once.
+        var router = Sys.ActorOf(RouterActor.Props(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), layers: 2,
+            layer => Props.Create(() => new SlowStatsLayer(layer, layer == 1 ? TimeSpan.FromMilliseconds(1500) : TimeSpan.Zero))), "router-slow-stats");
+        var stats = router.Ask<LayerStats[]>(GetLayerStats.Instance, TimeSpan.FromSeconds(10));
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var routes = await router.Ask<LayerRoutes>(new DecideLayer(0, [new ExpertWork(1, 1, false)]), TimeSpan.FromSeconds(10));
+        Assert.True(watch.ElapsedMilliseconds < 1000, $"routing waited {watch.ElapsedMilliseconds} ms behind a statistics query");
+        Assert.Equal([ExpertRoute.Cpu], routes.Routes);
+        Assert.False(stats.IsCompleted);
+        Assert.Equal([7L, 7L], (await stats).Select(s => s.Steps));
+        await router.Ask<Akka.Done>(ResetLayerStats.Instance, TimeSpan.FromSeconds(5));
+    }
+
+    [Fact]
+    public async Task RouterActor_LayerThatNeverAnswers_FailsTheQueryNotTheRouter()
+    {
+        var router = Sys.ActorOf(RouterActor.Props(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), layers: 2,
+            layer => Props.Create(() => new SlowStatsLayer(layer, layer == 1 ? null : TimeSpan.Zero))), "router-mute-layer");
+        // The asker hears the router's failure once the layer's 5 s are up, before its own 20 s timeout.
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        await Assert.ThrowsAsync<AskTimeoutException>(() => router.Ask<LayerStats[]>(GetLayerStats.Instance, TimeSpan.FromSeconds(20)));
+        Assert.InRange(watch.Elapsed.TotalSeconds, 4, 15);
+        var routes = await router.Ask<LayerRoutes>(new DecideLayer(0, [new ExpertWork(1, 1, false)]), TimeSpan.FromSeconds(5));
+        Assert.Equal([ExpertRoute.Cpu], routes.Routes);
+    }
+
     [Fact]
     public async Task CpuWorkerPoolActor_CallsFinishedBeforeItReplies()
     {
@@ -131,6 +174,25 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         lock (order) order.Add("reply");
         Assert.IsType<CpuExpertsDone>(reply);
         Assert.Equal(["run", "finished", "reply"], order);
+    }
+
+    [Fact]
+    public async Task CpuWorkerPoolActor_JobsGivenUpBeforeTheyStart_AreSkippedButFinishedIsCalled()
+    {
+        var order = new List<string>();
+        var pool = Sys.ActorOf(CpuWorkerPoolActor.Props(new RecordingBackend(order)), "cpu-pool-abandoned");
+        using var abandoned = new CancellationTokenSource();
+        abandoned.Cancel(); // the caller timed out while the jobs waited in the pool's mailbox
+        var slot = new TaskCompletionSource<object>();
+        pool.Tell(new RunCpuExperts([], () => { lock (order) order.Add("finished"); }, slot, abandoned.Token));
+        var reply = Assert.IsType<CpuExpertsFailed>(await slot.Task.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.IsAssignableFrom<OperationCanceledException>(reply.Error);
+        Assert.Equal(["finished"], order); // not run; the end still reported, so the caller can free what they used
+
+        var ran = new TaskCompletionSource<object>();
+        pool.Tell(new RunCpuExperts([], null, ran, CancellationToken.None));
+        Assert.IsType<CpuExpertsDone>(await ran.Task.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(["finished", "run"], order);
     }
 
     [Fact]

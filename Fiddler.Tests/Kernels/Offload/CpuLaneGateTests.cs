@@ -23,15 +23,21 @@ public sealed class CpuLaneGateTests
         gate.Hold(second);
     }
 
-    /// <summary>A gate that, like CUDA's, never blocks the host in Hold (so a test can see that the host went on).</summary>
-    private sealed class RecordingGate : ICpuLaneGate
+    /// <summary>A gate that, like CUDA's, never blocks the host in Hold (so a test can see that the host went on);
+    /// with <paramref name="hostWaits"/> its Hold does wait for the raise, so the merged results are the lane's.</summary>
+    private sealed class RecordingGate(bool hostWaits = false) : ICpuLaneGate
     {
         public readonly List<string> Events = [];
+        private readonly HostLaneGate _inner = new();
         private uint _next;
         public bool DeviceWaits => true;
-        public uint Arm() { lock (Events) Events.Add($"arm {++_next}"); return _next; }
-        public void Raise(uint ticket) { lock (Events) Events.Add($"raise {ticket}"); }
-        public void Hold(uint ticket) { lock (Events) Events.Add($"hold {ticket}"); }
+        public uint Arm() { lock (Events) Events.Add($"arm {++_next}"); return _inner.Arm(); }
+        public void Raise(uint ticket) { lock (Events) Events.Add($"raise {ticket}"); _inner.Raise(ticket); }
+        public void Hold(uint ticket)
+        {
+            lock (Events) Events.Add($"hold {ticket}");
+            if (hostWaits) _inner.Hold(ticket);
+        }
         public void Dispose() { }
     }
 
@@ -48,6 +54,16 @@ public sealed class CpuLaneGateTests
             if (fail) throw new InvalidOperationException("CPU lane failed on purpose");
             new TorchCpuBackend().Run(jobs);
         }
+    }
+
+    /// <summary>The block's output with every expert on libtorch's CPU path, merged as the lane ends (no gate).</summary>
+    private static Tensor ReferenceOutput(Fiddler.Kernels.Modules.MixtralSparseMoeBlock block, Tensor x)
+    {
+        var executor = block.Executor;
+        using var blocking = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), new TorchCpuBackend(), null, CpuMerge.Blocking);
+        block.Executor = blocking;
+        try { return block.forward(x); }
+        finally { block.Executor = executor; }
     }
 
     private static (IDisposable Owner, Fiddler.Kernels.Modules.MixtralSparseMoeBlock Block, long Hidden) HostExpertLayer()
@@ -114,10 +130,20 @@ public sealed class CpuLaneGateTests
         public void Run(IReadOnlyList<CpuExpertJob> jobs) => throw new NotSupportedException();
         public Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished)
         {
+            if (StrayWrites is not null) // only the first lane is given up on; later ones run normally
+                return Task.Run(() =>
+                {
+                    try { new TorchCpuBackend().Run(jobs); }
+                    finally { finished(); }
+                });
             StrayWrites = Task.Run(async () =>
             {
                 await Task.Delay(200);
-                foreach (var j in jobs) j.Y.fill_(1); // throws if the executor freed the lane's tensors
+                try
+                {
+                    foreach (var j in jobs) j.Y.fill_(1); // throws if the executor freed the lane's tensors
+                }
+                finally { finished(); } // the jobs' end, reported late: only now may the lane's tensors go
             });
             return Task.FromException(new TimeoutException("the CPU pool did not answer on purpose"));
         }
@@ -129,7 +155,7 @@ public sealed class CpuLaneGateTests
         var (owner, block, hidden) = HostExpertLayer();
         using var _ = owner;
         var backend = new AbandoningBackend();
-        var gate = new RecordingGate();
+        var gate = new RecordingGate(hostWaits: true);
         using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Cpu), backend, null, CpuMerge.Gated, gate);
         block.Executor = executor;
         using var x = randn(1, 2, hidden);
@@ -137,7 +163,18 @@ public sealed class CpuLaneGateTests
         using (block.forward(x)) { }
         Assert.Contains("on purpose", Assert.Throws<TimeoutException>(executor.Complete).Message);
         Assert.Contains("raise 1", gate.Events); // the device is released although the backend never reported
+        Assert.True(OffloadExecutor.KeptLaneTensors > 0, "the abandoned lane's tensors were not kept");
         await backend.StrayWrites!.WaitAsync(TimeSpan.FromSeconds(10)); // the late writes found live tensors
+        // Once the jobs reported their end, the kept tensors (the reused page-locked buffers included) are freed.
+        Assert.Equal(0, OffloadExecutor.KeptLaneTensors);
+
+        // The executor goes on with new buffers: the next lane, which the backend runs, gives the right answer.
+        using var expected = ReferenceOutput(block, x);
+        using (var y = block.forward(x))
+        {
+            executor.Complete();
+            Assert.True(allclose(y, expected, rtol: 1e-5, atol: 1e-6), "the layer after an abandoned lane is wrong");
+        }
     }
 
     [Fact]
