@@ -12,7 +12,7 @@ public static partial class MemoryBudget
 {
     private const double Gib = 1L << 30;
 
-    [GeneratedRegex(@"^\s*(?<sign>[-+]?)\s*(?<num>\d+(\.\d*)?|\.\d+)\s*(?<unit>[A-Za-z]*)\s*$")]
+    [GeneratedRegex(@"^\s*(?<sign>[-+]?)\s*(?<num>(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*(?<unit>[A-Za-z]*)\s*$")]
     private static partial Regex Pattern();
 
     /// <summary>Bytes in <paramref name="text"/>; throws <see cref="ArgumentException"/> with the reason otherwise.</summary>
@@ -42,7 +42,7 @@ public static partial class MemoryBudget
                     "(use B, KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB or TB)";
             return false;
         }
-        double value = double.Parse(m.Groups["num"].Value, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture) * unit;
+        double value = double.Parse(m.Groups["num"].Value, NumberStyles.AllowDecimalPoint | NumberStyles.AllowExponent, CultureInfo.InvariantCulture) * unit;
         // 2^63 itself is not representable as long; anything at or above it overflows.
         if (value >= 9.2233720368547758E18)
         {

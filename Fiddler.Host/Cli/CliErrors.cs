@@ -19,6 +19,27 @@ public static class CliErrors
         }
     }
 
+    /// <summary>
+    /// A command-line parse error in the user's words: System.CommandLine names the .NET type an option's value did not
+    /// convert to ("… as expected type 'System.Int32'"); this says what the option takes instead. Other errors pass as
+    /// they are.
+    /// </summary>
+    public static string ParseError(string message)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(message,
+            @"^Cannot parse argument '(?<value>.*)' for option '(?<option>[^']+)' as expected type '(?<type>[\w.]+)'\.?$");
+        if (!m.Success) return message;
+        string takes = m.Groups["type"].Value switch
+        {
+            "System.Int32" => $"a whole number from {int.MinValue} to {int.MaxValue}",
+            "System.Int64" => $"a whole number from {long.MinValue} to {long.MaxValue}",
+            "System.Single" or "System.Double" => "a number (e.g. 0.7)",
+            "System.Boolean" => "true or false",
+            var t => $"a value of type {t[(t.LastIndexOf('.') + 1)..]}",
+        };
+        return $"option '{m.Groups["option"].Value}' takes {takes}, not '{m.Groups["value"].Value}'";
+    }
+
     /// <summary>The message on one line: some (e.g. TorchSharp's native load errors) carry line breaks.</summary>
     public static string OneLine(string message) =>
         string.Join(" ", message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));

@@ -40,7 +40,7 @@ public static class FiddlerCli
                 var parsed = CreateRoot().Parse(args);
                 if (parsed.Errors.Count > 0)
                 {
-                    foreach (var error in parsed.Errors) Console.Error.WriteLine($"fiddler: error: {error.Message}");
+                    foreach (var error in parsed.Errors) Console.Error.WriteLine($"fiddler: error: {CliErrors.ParseError(error.Message)}");
                     return UserErrorExitCode;
                 }
                 return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });

@@ -34,13 +34,25 @@ public sealed class LoadedModel(string directory, MixtralForCausalLM model, HfTo
 /// <summary>Loads a Hugging Face Mixtral directory: config.json, safetensors weights, tokenizer.json.</summary>
 public static class ModelLoader
 {
+    /// <summary>The dtype the config names (<c>dtype</c> or <c>torch_dtype</c>), bfloat16 when it names none.</summary>
+    private static ScalarType ConfigDType(MixtralConfig config, string configPath)
+    {
+        if (config.CheckpointDtype is not { } name) return ScalarType.BFloat16;
+        try { return Runtime.TorchRuntime.ParseDType(name); }
+        catch (ArgumentException e)
+        {
+            throw new ModelConfigException($"{configPath}: {e.Message}", e);
+        }
+    }
+
     public static LoadedModel Load(string directory, LoadOptions options, IProgress<LoadProgress>? progress = null)
     {
         var clock = Stopwatch.StartNew();
         if (!System.IO.Directory.Exists(directory))
             throw new DirectoryNotFoundException($"model directory {directory} does not exist");
-        var config = MixtralConfig.Load(Path.Combine(directory, "config.json"));
-        var dtype = options.DType ?? (config.CheckpointDtype is { } d ? Runtime.TorchRuntime.ParseDType(d) : ScalarType.BFloat16);
+        string configPath = Path.Combine(directory, "config.json");
+        var config = MixtralConfig.Load(configPath);
+        var dtype = options.DType ?? ConfigDType(config, configPath);
         using var checkpoint = new SafetensorsCheckpoint(directory);
         var model = new MixtralForCausalLM(config, dtype, options.Device, options.Residency);
         HfTokenizer? tokenizer = null;

@@ -229,6 +229,17 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_ConfigNamesAnUnknownDtype_NamesConfigJsonAndTheDtype()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config() with { TorchDtype = "float8_e4m3fn" });
+        AssertUserError(CliHarness.Run("generate", "--model", _dir, "--prompt-ids", "1,2", "--max-tokens", "2"),
+            Path.Combine(_dir, "config.json"), "float8_e4m3fn", "bfloat16, float16 or float32");
+        // An explicit dtype overrides the config's: the same checkpoint then loads.
+        var ok = CliHarness.Run("generate", "--model", _dir, "--dtype", "float32", "--prompt-ids", "1,2", "--max-tokens", "2", "--temperature", "0", "--json");
+        Assert.True(ok.ExitCode == 0, ok.Err);
+    }
+
+    [Fact]
     public void Generate_TextPromptOnModelWithoutTokenizer_ExitCode2()
     {
         TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());

@@ -33,6 +33,16 @@ public sealed class OtherCommandErrorTests : IDisposable
     public void BenchDecode_ZeroLayers_ExitCode2()
         => AssertUserError(CliHarness.Run("bench-decode", "--device", "cpu", "--layers", "0"), "num_hidden_layers");
 
+    [Theory]
+    [InlineData("--max-tokens", "99999999999", "option '--max-tokens' takes a whole number from -2147483648 to 2147483647, not '99999999999'")]
+    [InlineData("--temperature", "warm", "option '--temperature' takes a number (e.g. 0.7), not 'warm'")]
+    public void Generate_OptionValueOfTheWrongKind_SaysWhatTheOptionTakes(string option, string value, string expected)
+    {
+        var r = CliHarness.Run("generate", "--prompt", "hi", option, value);
+        AssertUserError(r, expected);
+        Assert.DoesNotContain("System.", r.Err);
+    }
+
     [Fact]
     public void BenchCpuExpert_BadWarmSize_ExitCode2BeforeAnyWork()
         => AssertUserError(CliHarness.Run("bench-cpu-expert", "--warm-mb", "16,lots"), "--warm-mb: 'lots' is not a positive size in MB");

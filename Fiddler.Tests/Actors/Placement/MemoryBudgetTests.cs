@@ -21,6 +21,8 @@ public sealed class MemoryBudgetTests
     [InlineData(" 2 TB ", 2_000_000_000_000L)]
     [InlineData("0", 0L)]
     [InlineData(".5GiB", 1L << 29)]
+    [InlineData("1.5e1GiB", 15L << 30)]
+    [InlineData("2E3MB", 2_000_000_000L)]
     public void Parse_ValidSizes_ReturnsBytes(string text, long expected) => Assert.Equal(expected, MemoryBudget.Parse(text));
 
     [Theory]
@@ -34,6 +36,9 @@ public sealed class MemoryBudgetTests
     [InlineData("NaN", "not a number with a unit")]
     [InlineData("GiB", "not a number with a unit")]
     [InlineData("99999999TiB", "too large")]
+    [InlineData("1e30GiB", "too large")]
+    [InlineData("1e400", "too large")]
+    [InlineData("1e", "unknown unit 'e'")]
     public void Parse_Nonsense_ThrowsWithReason(string text, string reason)
     {
         var e = Assert.Throws<ArgumentException>(() => MemoryBudget.Parse(text));
