@@ -18,6 +18,12 @@ public sealed class GpuDeviceActor : ReceiveActor
     {
         Receive<Generate>(m =>
         {
+            if (m.Ticket is { } ticket && !ticket.TryStart())
+            {
+                // Withdrawn by its caller while queued: the caller already ended the token stream and answered itself.
+                Sender.Tell(new GenerationFailed(new OperationCanceledException("the generation was cancelled before it started", m.Cancel)));
+                return;
+            }
             try
             {
                 countInStats?.Invoke(m.CountInStats);

@@ -75,7 +75,9 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         var channel = Channel.CreateUnbounded<GeneratedToken>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         // A consumer that stops reading early stops the generation too (within one decode step), as does disposing the runtime.
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, _shutdown.Token);
-        var done = Submit(new Generate(prompt, options, channel.Writer, stop.Token, countInStats), channel.Writer);
+        var request = new Generate(prompt, options, channel.Writer, stop.Token, countInStats, new GenerationTicket());
+        var done = Submit(request, channel.Writer, cancel, out var withdraw);
+        using var _ = withdraw;
         try
         {
             await foreach (var token in channel.Reader.ReadAllAsync(CancellationToken.None)) yield return token;
@@ -84,14 +86,23 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         {
             stop.Cancel();
         }
+        if (request.Ticket!.IsWithdrawn) yield break; // cancelled while queued: the device actor will skip it
         if (await Reply(done) is GenerationFailed f) throw f.Error;
     }
 
     /// <summary>Asks the device actor to run <paramref name="request"/>; if the runtime is disposed before it replies (the
     /// request still queued, or the system gone), <paramref name="tokens"/> ends with <see cref="ObjectDisposedException"/>,
-    /// so no reader waits forever.</summary>
-    private Task<object> Submit(Generate request, ChannelWriter<GeneratedToken> tokens)
+    /// so no reader waits forever. While the request waits behind another generation, <paramref name="cancel"/> withdraws
+    /// it (<see cref="GenerationTicket"/>): its tokens end at once, with none, and the caller does not wait for the reply
+    /// (<paramref name="withdraw"/>: dispose when done); once it runs, the generator stops within a decode step.</summary>
+    private Task<object> Submit(Generate request, ChannelWriter<GeneratedToken> tokens, CancellationToken cancel,
+        out CancellationTokenRegistration withdraw)
     {
+        var ticket = request.Ticket;
+        withdraw = cancel.Register(() =>
+        {
+            if (ticket?.TryWithdraw() == true) tokens.TryComplete();
+        });
         var done = _device.Ask<object>(request, Timeout.InfiniteTimeSpan, _shutdown.Token);
         done.ContinueWith(_ => tokens.TryComplete(Disposed()), CancellationToken.None,
             TaskContinuationOptions.NotOnRanToCompletion | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
@@ -113,8 +124,12 @@ public sealed class FiddlerRuntime : IAsyncDisposable
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var channel = Channel.CreateUnbounded<GeneratedToken>();
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel, _shutdown.Token);
-        var done = Submit(new Generate(prompt, options, channel.Writer, stop.Token), channel.Writer);
+        var request = new Generate(prompt, options, channel.Writer, stop.Token, Ticket: new GenerationTicket());
+        var done = Submit(request, channel.Writer, cancel, out var withdraw);
+        using var _ = withdraw;
         await foreach (var token in channel.Reader.ReadAllAsync(CancellationToken.None)) onToken?.Invoke(token);
+        if (request.Ticket!.IsWithdrawn) // cancelled while queued, as a generation cancelled before its first token ends
+            return new GenerationResult(prompt, [], "", FinishReason.Cancelled, TimeSpan.Zero, TimeSpan.Zero);
         return await Reply(done) switch
         {
             GenerationCompleted c => c.Result,

@@ -296,4 +296,51 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
             if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         }
     }
+
+    [Fact]
+    public async Task QueuedGeneration_CancelledByItsCaller_EndsAtOnceAndNeverRuns()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "fiddler-withdraw-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            Fiddler.Tests.Support.TinyCheckpoint.Write(dir, Fiddler.Tests.Support.TinyCheckpoint.Config() with { MaxPositionEmbeddings = 1 << 20 });
+            using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32));
+            await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
+            var options = new GenerationOptions { MaxNewTokens = (1 << 20) - 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
+            using var stopFirst = new CancellationTokenSource();
+            var started = new TaskCompletionSource();
+            int firstTokens = 0;
+            var running = Task.Run(async () =>
+            {
+                await foreach (var t in runtime.GenerateAsync([1, 2], options, stopFirst.Token))
+                    if (++firstTokens == 3) started.TrySetResult();
+            });
+            await started.Task.WaitAsync(TimeSpan.FromSeconds(60));
+
+            // A second request waits behind the first (which would run for hours); its caller gives up.
+            using var stopQueued = new CancellationTokenSource();
+            int queuedTokens = 0;
+            var queued = Task.Run(async () => { await foreach (var _ in runtime.GenerateAsync([3, 4], options, stopQueued.Token)) queuedTokens++; });
+            var ran = Task.Run(() => runtime.RunAsync([5], options with { MaxNewTokens = 2 }, cancel: stopQueued.Token));
+            await Task.Delay(300);
+            stopQueued.Cancel();
+            // Both end at once, as a generation cancelled before its first token does: no tokens, finish "cancelled".
+            await queued.WaitAsync(TimeSpan.FromSeconds(5));
+            var withdrawn = await ran.WaitAsync(TimeSpan.FromSeconds(5));
+            Assert.Equal(FinishReason.Cancelled, withdrawn.Finish);
+            Assert.Empty(withdrawn.Tokens);
+            Assert.Equal(0, queuedTokens);
+            Assert.False(running.IsCompleted, "the first generation should still be running");
+
+            // The first still runs and stops on its own cancel; the withdrawn ones are skipped, and the runtime serves on.
+            stopFirst.Cancel();
+            await running.WaitAsync(TimeSpan.FromSeconds(30));
+            var after = await runtime.RunAsync([1, 2], options with { MaxNewTokens = 3 }).WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.Equal(3, after.Tokens.Length);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
 }
