@@ -52,6 +52,8 @@ public static class GenerateCommand
                 TopLogprobs = r.GetValue(json) ? 5 : 0,
             };
             options.Validate();
+            if (r.GetValue(beamWidth) != 1 && options.StopStrings.Count > 0)
+                throw new ArgumentException("--stop does not apply to beam search (--beam-width): leave one of them out");
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var dt = r.GetValue(dtype) is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
             string dir = DefaultModel.Resolve(r.GetValue(model));
@@ -146,7 +148,7 @@ public static class GenerateCommand
         if (options.StopOnEos && tokenizer?.EosId is int e) eos.Add(e);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var beams = new BeamSearch(model).Run(prompt, width, options.MaxNewTokens, eos);
-        string Text(int[] ids) => tokenizer?.Decode(ids.Where(i => !eos.Contains(i)).ToList()) ?? "";
+        string Text(int[] ids) => tokenizer is null ? "" : Fiddler.Kernels.Text.StreamingDecoder.DecodeAfter(tokenizer, prompt, [.. ids.Where(i => !eos.Contains(i))]);
         if (json)
             Console.WriteLine(JsonSerializer.Serialize(new
             {

@@ -254,7 +254,7 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         if (ids.Count < max) return FinishReason.Stop;
         // At the limit a stop string may have completed on the very last token: did the whole text contain one?
         if (job.Options.StopStrings.Count > 0 && _tokenizer is not null
-            && new StopStringMatcher(job.Options.StopStrings).Push(_tokenizer.Decode(ids)).Stopped)
+            && new StopStringMatcher(job.Options.StopStrings).Push(StreamingDecoder.DecodeAfter(_tokenizer, job.PromptIds, ids)).Stopped)
             return FinishReason.Stop;
         return FinishReason.Length;
     }

@@ -21,7 +21,10 @@ public sealed class BeamSearch(MixtralForCausalLM model)
         CancellationToken cancel = default)
     {
         if (beams is < 1 or > 32) throw new GenerationRequestException($"beam width must be in 1..32, got {beams}");
-        new Generator(model, null).Check(prompt, new GenerationOptions { MaxNewTokens = maxNewTokens }, sequences: beams);
+        var options = new GenerationOptions { MaxNewTokens = maxNewTokens };
+        options.Validate();
+        new Generator(model, null).Check(prompt, options, sequences: beams);
+        cancel.ThrowIfCancellationRequested();
         eos ??= new HashSet<int>();
         using var scope = NewDisposeScope(); // the per-step temporaries; the cache and results own nothing in it
         using var noGrad = no_grad();
@@ -30,8 +33,8 @@ public sealed class BeamSearch(MixtralForCausalLM model)
         var finished = new List<BeamHypothesis>();
 
         long[] promptIds = prompt.Select(i => (long)i).ToArray();
-        var logits = Step(tensor(promptIds).unsqueeze(0).expand(beams, promptIds.Length).contiguous(), cache); // [W, V]
-        for (int step = 0; step < maxNewTokens && live.Count > 0 && !cancel.IsCancellationRequested; step++)
+        var logits = Step(tensor(promptIds).unsqueeze(0).expand(beams, promptIds.Length).contiguous(), cache, cancel); // [W, V]
+        for (int step = 0; step < maxNewTokens && live.Count > 0; step++)
         {
             var candidates = new List<(double LogProb, int Beam, int Rank, int Token)>();
             for (int b = 0; b < live.Count; b++)
@@ -63,7 +66,8 @@ public sealed class BeamSearch(MixtralForCausalLM model)
             if (step + 1 == maxNewTokens || live.Count == 0 || Done(finished, live, beams)) break;
             while (rows.Count < beams) { rows.Add(rows[0]); tokens.Add(tokens[0]); } // keep the batch full
             using (var order = tensor(rows.ToArray())) cache.Reorder(order);
-            logits = Step(tensor(tokens.ToArray()).unsqueeze(1), cache);
+            cancel.ThrowIfCancellationRequested(); // cut-short beams must not pass for finished ones
+            logits = Step(tensor(tokens.ToArray()).unsqueeze(1), cache, cancel);
         }
         return finished.Concat(live.Select(l => new BeamHypothesis([.. l.Tokens], l.LogProb, l.LogProb / Math.Max(1, l.Tokens.Count))))
             .OrderByDescending(h => h.Score).Take(beams).ToList();
@@ -74,11 +78,16 @@ public sealed class BeamSearch(MixtralForCausalLM model)
     private static bool Done(List<BeamHypothesis> finished, List<(double LogProb, List<int> Tokens)> live, int beams) =>
         finished.Count >= beams && live.Max(l => l.LogProb / l.Tokens.Count) <= finished.OrderByDescending(h => h.Score).Take(beams).Min(h => h.Score);
 
-    private Tensor Step(Tensor ids, Cache.KvCache cache)
+    /// <summary>One forward's log-probabilities on the host; throws <see cref="OperationCanceledException"/> when
+    /// <paramref name="cancel"/> fires before one of its layers (a long prompt stops between layers).</summary>
+    private Tensor Step(Tensor ids, Cache.KvCache cache, CancellationToken cancel)
     {
         using (ids)
-        using (var l = model.Forward(ids, cache))
+        using (var l = model.Forward(ids, cache, allPositions: false, stop: cancel.CanBeCanceled ? () => cancel.IsCancellationRequested : null))
+        {
+            if (l is null) throw new OperationCanceledException(cancel);
             return l.log_softmax(-1).cpu();                                         // [W, V] fp32
+        }
     }
 
     private static (double[] Values, int[] Ids) TopK(Tensor logProbs, int row, int k)

@@ -27,7 +27,8 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
         options.Validate();
         Check(prompt, options);
         var sampler = new Sampler(options.Sampling);
-        var decoder = tokenizer is null ? null : new StreamingDecoder(tokenizer);
+        // The prompt's last ids as context: the first new token reads as it does after the prompt (" Paris", not "Paris").
+        var decoder = tokenizer is null ? null : new StreamingDecoder(tokenizer, context: StreamingDecoder.ContextOf(prompt));
         var stops = new StopStringMatcher(options.StopStrings);
         var eos = new HashSet<int>(model.Config.EosTokenIds);
         if (tokenizer?.EosId is int tokEos) eos.Add(tokEos);
@@ -115,6 +116,8 @@ public sealed class Generator(MixtralForCausalLM model, HfTokenizer? tokenizer)
     public void Check(IReadOnlyList<int> prompt, GenerationOptions options, int sequences = 1)
     {
         if (prompt.Count == 0) throw new GenerationRequestException("the prompt is empty: give at least one token");
+        if (tokenizer is null && options.StopStrings.Count > 0) // with no text to match, they would never stop anything
+            throw new GenerationRequestException("stop strings need the model's tokenizer, and this model has none (no tokenizer.json)");
         int vocab = model.Config.VocabSize;
         foreach (int id in prompt)
             if (id < 0 || id >= vocab) throw new GenerationRequestException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");

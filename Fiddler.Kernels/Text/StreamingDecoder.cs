@@ -41,6 +41,21 @@ public sealed class StreamingDecoder
     {
     }
 
+    /// <summary>Prompt ids a generation's decoder sees before the first new token (<see cref="ContextOf"/>).</summary>
+    public const int PromptContextIds = 6;
+
+    /// <summary>The last <see cref="PromptContextIds"/> ids of <paramref name="prompt"/>: with them as context the first
+    /// new token decodes as it does after the prompt ("▁Paris" → " Paris"), as transformers' pipeline, vLLM and OpenAI's
+    /// completions give it, so prompt text + generated text reads as the whole sequence.</summary>
+    public static int[] ContextOf(IReadOnlyList<int> prompt) => [.. prompt.Skip(Math.Max(0, prompt.Count - PromptContextIds))];
+
+    /// <summary>The text of <paramref name="ids"/> as a generation after <paramref name="prompt"/> streams it.</summary>
+    public static string DecodeAfter(HfTokenizer tokenizer, IReadOnlyList<int> prompt, IReadOnlyList<int> ids)
+    {
+        var d = new StreamingDecoder(tokenizer, context: ContextOf(prompt));
+        return d.Push(ids) + d.Flush();
+    }
+
     /// <summary>Decodes with an arbitrary function from ids to text (for tests or other tokenizers).</summary>
     public StreamingDecoder(Func<IReadOnlyList<int>, string> decode, IReadOnlyList<int>? context = null)
     {

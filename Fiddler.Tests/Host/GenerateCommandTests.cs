@@ -229,6 +229,33 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_StopStringsOnAModelWithoutTokenizer_SaysTheyCannotMatch()
+    {
+        TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());
+        AssertUserError(CliHarness.Run("generate", "--model", _dir, "--prompt-ids", "1,2", "--max-tokens", "3", "--stop", "x"),
+            "stop strings need the model's tokenizer");
+    }
+
+    [Fact]
+    public void Generate_StopWithBeamSearch_IsRefusedBeforeLoading()
+        => AssertUserError(CliHarness.Run("generate", "--model", "/nonexistent/model", "--prompt-ids", "1,2", "--beam-width", "3", "--stop", "x"),
+            "--stop does not apply to beam search");
+
+    [Fact]
+    public void Generate_BeamSearchText_ReadsAsTheContinuationOfThePrompt()
+    {
+        var r = CliHarness.Run("generate", "--prompt", "The capital of France is", "--max-tokens", "6", "--beam-width", "2", "--ignore-eos", "--json");
+        var json = Json(r);
+        // The same continuation as the whole sequence decodes to, after the prompt's own text (its leading space kept).
+        using var loaded = Fiddler.Kernels.Loading.ModelLoader.Load(DefaultModel.Directory,
+            new Fiddler.Kernels.Loading.LoadOptions(TorchSharp.torch.CPU, TorchSharp.torch.ScalarType.Float32));
+        var tok = loaded.Tokenizer!;
+        int[] prompt = json.GetProperty("prompt_ids").EnumerateArray().Select(t => t.GetInt32()).ToArray();
+        string whole = tok.Decode([.. prompt, .. Tokens(json)]), before = tok.Decode(prompt);
+        Assert.Equal(whole[before.Length..], json.GetProperty("text").GetString());
+    }
+
+    [Fact]
     public void Generate_ConfigNamesAnUnknownDtype_NamesConfigJsonAndTheDtype()
     {
         TinyCheckpoint.Write(_dir, TinyCheckpoint.Config() with { TorchDtype = "float8_e4m3fn" });

@@ -104,4 +104,30 @@ public class BeamSearchTests
         Assert.Throws<GenerationRequestException>(() => new BeamSearch(loaded.Model).Run([1, 2], 0, 4));
         Assert.Throws<GenerationRequestException>(() => new BeamSearch(loaded.Model).Run([1, 2], 33, 4));
     }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-2)]
+    public void Run_NoNewTokens_IsARequestError(int maxNewTokens)
+    {
+        // Not one empty hypothesis scored 0, which would outrank every real one.
+        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
+        var e = Assert.Throws<GenerationRequestException>(() => new BeamSearch(loaded.Model).Run([1, 2], 3, maxNewTokens));
+        Assert.Contains("max tokens", e.Message);
+    }
+
+    [Fact]
+    public void Run_Cancelled_ThrowsInsteadOfReturningCutShortBeams()
+    {
+        using var loaded = ModelLoader.Load(Fixture("tiny-mha-top1"), new LoadOptions(CPU, ScalarType.Float32));
+        using var before = new CancellationTokenSource();
+        before.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => new BeamSearch(loaded.Model).Run([1, 2], 3, 8, cancel: before.Token));
+
+        // Cancelled after a few forwards: the search stops there, with no hypotheses that look finished.
+        using var midway = new CancellationTokenSource();
+        int layers = loaded.Model.Config.NumHiddenLayers, routed = 0;
+        loaded.Model.SetRoutingObserver((_, _) => { if (++routed == 3 * layers) midway.Cancel(); }); // after 3 forwards
+        Assert.ThrowsAny<OperationCanceledException>(() => new BeamSearch(loaded.Model).Run([1, 2], 3, 8, cancel: midway.Token));
+    }
 }

@@ -25,6 +25,25 @@ public sealed class GeneratorTests : IDisposable
         AssertMatchesFullRecompute(loaded.Model, prompt, result.Tokens);
     }
 
+    [Theory]
+    [InlineData("The capital of France is")]
+    [InlineData("Once upon a time")]
+    public void Run_WithTokenizer_TextContinuesThePromptAsTheWholeSequenceDecodes(string promptText)
+    {
+        // The first new token decodes as it does after the prompt ("▁Paris" → " Paris"), as transformers' pipeline and
+        // vLLM give it: prompt text + generated text = the whole sequence's text.
+        using var loaded = ModelLoader.Load(Fiddler.Host.Cli.DefaultModel.Directory, new LoadOptions(CPU, ScalarType.Float32));
+        var tok = loaded.Tokenizer!;
+        int[] prompt = tok.Encode(promptText);
+        var streamed = new System.Text.StringBuilder();
+        var result = new Fiddler.Kernels.Generation.Generator(loaded.Model, tok).Run(prompt,
+            new GenerationOptions { MaxNewTokens = 8, Sampling = SamplingOptions.Greedy, StopOnEos = false }, t => streamed.Append(t.Text));
+        string whole = tok.Decode([.. prompt, .. result.Tokens]), before = tok.Decode(prompt);
+        Assert.StartsWith(before, whole);
+        Assert.Equal(whole[before.Length..], result.Text);
+        Assert.Equal(result.Text, streamed.ToString());
+    }
+
     /// <summary>Reference: recompute the whole sequence from scratch each step (no KV reuse) and take the argmax.</summary>
     private static void AssertMatchesFullRecompute(Fiddler.Kernels.Modules.MixtralForCausalLM model, int[] prompt, int[] tokens)
     {
