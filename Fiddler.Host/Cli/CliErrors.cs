@@ -46,5 +46,6 @@ public static class CliErrors
 
     public static bool IsUserError(Exception e) => e is ArgumentException or ModelConfigException or SafetensorsFormatException
         or SafetensorsTensorNotFoundException or CheckpointMismatchException or TokenizerLoadException
-        or DeviceUnavailableException or Fiddler.Actors.Placement.PlacementException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException;
+        or DeviceUnavailableException or Fiddler.Actors.Placement.PlacementException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException
+        or UnauthorizedAccessException; // a model file the user cannot read: the message names the path
 }

@@ -57,6 +57,7 @@ public static class GenerateCommand
             var dev = TorchRuntime.Initialize(r.GetValue(device)!);
             var dt = r.GetValue(dtype) is { } d ? TorchRuntime.ParseDType(d) : (TorchSharp.torch.ScalarType?)null;
             string dir = DefaultModel.Resolve(r.GetValue(model));
+            if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory {dir} does not exist");
             var clock = System.Diagnostics.Stopwatch.StartNew();
             // Under a budget the prompt is tokenized first, so the placement reserves the KV cache this request needs: its
             // prompt and new tokens, once per beam (what the generator and the beam search allocate).

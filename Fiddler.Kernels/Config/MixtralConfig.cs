@@ -90,10 +90,22 @@ public sealed record MixtralConfig
         if (ropeType is not (null or "default"))
             throw new ModelConfigException($"{source}: rope_type '{ropeType}' is not supported (only default)");
         if (RopeScaling is { ValueKind: not JsonValueKind.Null } s && !(s.ValueKind == JsonValueKind.Object &&
-                s.TryGetProperty("rope_type", out var t) && t.GetString() == "default"))
+                s.TryGetProperty("rope_type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "default"))
             throw new ModelConfigException($"{source}: rope_scaling is not supported");
-        if (EosTokenIds.Any(id => id < 0 || id >= VocabSize))
+        IReadOnlyList<int> eos;
+        try { eos = EosTokenIds; }
+        catch (ModelConfigException e) { throw new ModelConfigException($"{source}: {e.Message}", e); }
+        if (eos.Any(id => id < 0 || id >= VocabSize))
             throw new ModelConfigException($"{source}: eos_token_id outside the vocabulary");
+        // Every weight's element count must be a sane 64-bit number, and each row count an int (the modules' sizes).
+        void Fits(string what, long a, long b)
+        {
+            if (a * (double)b > int.MaxValue)
+                throw new ModelConfigException($"{source}: {what} = {a} × {b} is too large (over {int.MaxValue})");
+        }
+        Fits("num_attention_heads × head_dim", NumAttentionHeads, HeadDim);
+        Fits("num_key_value_heads × head_dim", NumKeyValueHeads, HeadDim);
+        Fits("num_local_experts × intermediate_size", NumLocalExperts, 2L * IntermediateSize);
     }
 
     /// <summary>Mixtral-8x7B-v0.1's shape, for benchmarks and shape tests without a checkpoint.</summary>

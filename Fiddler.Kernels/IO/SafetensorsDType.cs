@@ -1,8 +1,10 @@
 namespace Fiddler.Kernels.IO;
 
 /// <summary>
-/// Element types a safetensors file may declare. Only the types this engine can consume are listed;
-/// any other dtype string in a header is rejected at open time rather than surfacing later as garbage data.
+/// Element types a safetensors file may declare: the format's standard ones, so a checkpoint may carry tensors this
+/// engine does not use (quantisation metadata, fp8 scales) and still open; a weight the model needs in a type it
+/// cannot compute with is refused when the weights are mapped. Any other dtype string in a header is rejected at
+/// open time rather than surfacing later as garbage data.
 /// </summary>
 public enum SafetensorsDType
 {
@@ -26,6 +28,16 @@ public enum SafetensorsDType
     U8,
     /// <summary>Boolean stored as one byte.</summary>
     BOOL,
+    /// <summary>Unsigned 16-bit integer.</summary>
+    U16,
+    /// <summary>Unsigned 32-bit integer.</summary>
+    U32,
+    /// <summary>Unsigned 64-bit integer.</summary>
+    U64,
+    /// <summary>8-bit float, 4 exponent and 3 mantissa bits.</summary>
+    F8_E4M3,
+    /// <summary>8-bit float, 5 exponent and 2 mantissa bits.</summary>
+    F8_E5M2,
 }
 
 /// <summary>Helpers for <see cref="SafetensorsDType"/>.</summary>
@@ -34,10 +46,10 @@ public static class SafetensorsDTypeExtensions
     /// <summary>Size in bytes of one element of <paramref name="dtype"/>.</summary>
     public static int ElementSize(this SafetensorsDType dtype) => dtype switch
     {
-        SafetensorsDType.BF16 or SafetensorsDType.F16 or SafetensorsDType.I16 => 2,
-        SafetensorsDType.F32 or SafetensorsDType.I32 => 4,
-        SafetensorsDType.F64 or SafetensorsDType.I64 => 8,
-        SafetensorsDType.I8 or SafetensorsDType.U8 or SafetensorsDType.BOOL => 1,
+        SafetensorsDType.BF16 or SafetensorsDType.F16 or SafetensorsDType.I16 or SafetensorsDType.U16 => 2,
+        SafetensorsDType.F32 or SafetensorsDType.I32 or SafetensorsDType.U32 => 4,
+        SafetensorsDType.F64 or SafetensorsDType.I64 or SafetensorsDType.U64 => 8,
+        SafetensorsDType.I8 or SafetensorsDType.U8 or SafetensorsDType.BOOL or SafetensorsDType.F8_E4M3 or SafetensorsDType.F8_E5M2 => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown safetensors dtype"),
     };
 

@@ -21,6 +21,6 @@ public static class SafetensorsDTypeTorch
         SafetensorsDType.I8 => torch.ScalarType.Int8,
         SafetensorsDType.U8 => torch.ScalarType.Byte,
         SafetensorsDType.BOOL => torch.ScalarType.Bool,
-        _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "unknown safetensors dtype"),
+        _ => throw new NotSupportedException($"safetensors dtype {dtype} has no TorchSharp equivalent here"),
     };
 }

@@ -54,6 +54,7 @@ public static class ModelLoader
         var config = MixtralConfig.Load(configPath);
         var dtype = options.DType ?? ConfigDType(config, configPath);
         using var checkpoint = new SafetensorsCheckpoint(directory);
+        WeightLoader.CheckConfigAgainst(checkpoint, config, configPath);
         var model = new MixtralForCausalLM(config, dtype, options.Device, options.Residency);
         HfTokenizer? tokenizer = null;
         try
@@ -66,6 +67,7 @@ public static class ModelLoader
         }
         catch
         {
+            Cuda.HostPinning.Release(model); // page-locked host experts are unregistered before their memory goes
             model.Dispose();
             tokenizer?.Dispose();
             throw;

@@ -7,7 +7,9 @@ namespace Fiddler.Kernels.Loading;
 /// Where one model parameter's values live in a checkpoint: a tensor, optionally one slab of its first dimension
 /// (<see cref="Index"/>) and a row range of the next. Slices are always contiguous, so loading stays one memcpy.
 /// </summary>
-public sealed record WeightSource(string Name, long? Index = null, long RowStart = 0, long? RowCount = null);
+/// <param name="Leading">For a fused tensor: the sizes its leading dimensions must have ([E, 2I] for gate_up_proj, [E, H]
+/// for down_proj), so a fused tensor with extra slabs or rows is refused rather than partly read.</param>
+public sealed record WeightSource(string Name, long? Index = null, long RowStart = 0, long? RowCount = null, long[]? Leading = null);
 
 /// <summary>
 /// The one table between checkpoint names and this engine's parameters. Modules name their state as HF's on-disk
@@ -34,11 +36,12 @@ public static partial class WeightMap
             long expert = long.Parse(m.Groups[2].Value);
             long i = config.IntermediateSize;
             string fused = $"model.layers.{layer}.mlp.experts.";
+            long experts = config.NumLocalExperts;
             list.Add(m.Groups[3].Value switch
             {
-                "w1" => new WeightSource(fused + "gate_up_proj", expert, 0, i),
-                "w3" => new WeightSource(fused + "gate_up_proj", expert, i, i),
-                _ => new WeightSource(fused + "down_proj", expert),
+                "w1" => new WeightSource(fused + "gate_up_proj", expert, 0, i, [experts, 2 * i]),
+                "w3" => new WeightSource(fused + "gate_up_proj", expert, i, i, [experts, 2 * i]),
+                _ => new WeightSource(fused + "down_proj", expert, Leading: [experts, config.HiddenSize]),
             });
         }
         else if (RouterWeight().Match(parameter) is { Success: true } r)
@@ -51,6 +54,20 @@ public static partial class WeightMap
         }
         return list;
     }
+
+    [GeneratedRegex(@"^model\.layers\.(\d+)\.")]
+    private static partial Regex LayerTensor();
+
+    [GeneratedRegex(@"\.experts\.(\d+)\.")]
+    private static partial Regex ExpertTensor();
+
+    /// <summary>The layer a checkpoint tensor belongs to (<c>model.layers.{i}.…</c>), null for the others.</summary>
+    public static long? LayerOf(string checkpointName) =>
+        LayerTensor().Match(checkpointName) is { Success: true } m && long.TryParse(m.Groups[1].Value, out long i) ? i : null;
+
+    /// <summary>The expert a per-expert checkpoint tensor belongs to (<c>….experts.{e}.…</c>), null for the others.</summary>
+    public static long? ExpertOf(string checkpointName) =>
+        ExpertTensor().Match(checkpointName) is { Success: true } m && long.TryParse(m.Groups[1].Value, out long e) ? e : null;
 
     /// <summary>Checkpoint tensors that carry no parameter and are fine to skip (HF writes rotary buffers in some versions).</summary>
     public static bool IsIgnorable(string checkpointName) => checkpointName.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal);

@@ -87,6 +87,7 @@ public sealed class HfTokenizer : IDisposable
 
         (_tokenToId, _idToToken, _specialIds) = TokenizerJson.ReadVocabulary(jsonPath, root, model);
         TokenizerJson.ValidatePostProcessor(jsonPath, root["post_processor"]);
+        TokenizerJson.ValidateDecoder(jsonPath, root["decoder"]);
         VocabSize = _idToToken.Length;
 
         // 2. tokenizer_config.json (optional) and chat template.

@@ -139,6 +139,40 @@ internal static class TokenizerJson
     }
 
     /// <summary>
+    /// tokenizers 0.22.2's <c>Strip</c> decoder slices each token between the content characters it strips from the
+    /// start and from the end; with both counts above zero, a token made only of those characters (e.g. "▁") gives a
+    /// reversed range and a panic, which aborts the process. Transformers' tokenizers strip one end only (Llama and
+    /// Mistral: <c>start 1, stop 0</c>); a decoder that strips both, or a negative count, is refused here.
+    /// </summary>
+    internal static void ValidateDecoder(string path, JsonNode? node)
+    {
+        if (IsNull(node) || node is not JsonObject o)
+        {
+            return;
+        }
+        string? type = o["type"] is JsonValue tv && tv.GetValueKind() == JsonValueKind.String ? tv.GetValue<string>() : null;
+        if (type == "Sequence" && o["decoders"] is JsonArray decoders)
+        {
+            foreach (var d in decoders)
+            {
+                ValidateDecoder(path, d);
+            }
+            return;
+        }
+        if (type != "Strip")
+        {
+            return;
+        }
+        long Count(string name) => o[name] is JsonValue v && v.GetValueKind() == JsonValueKind.Number && v.TryGetValue(out long n) ? n : 0;
+        long start = Count("start"), stop = Count("stop");
+        if (start < 0 || stop < 0 || (start > 0 && stop > 0))
+        {
+            throw new TokenizerLoadException(path, $"decoder Strip with start {start} and stop {stop} is not supported " +
+                "(it can crash the tokenizer library on some tokens): strip one end only");
+        }
+    }
+
+    /// <summary>
     /// tokenizers 0.22.2 deserialises a TemplateProcessing without checking it, then panics while encoding (and
     /// the native library aborts the process on panic) when a template names a special token missing from
     /// <c>special_tokens</c>, when the single-sequence template uses <c>$B</c>, or (later) when a special token's
@@ -207,6 +241,9 @@ internal static class TokenizerJson
         }
     }
 
+    /// <summary>Largest vocabulary accepted (2^28 ids; the largest public vocabularies hold ~2^18).</summary>
+    internal const int MaxTokenId = 1 << 28;
+
     /// <summary>Token ↔ id tables (added tokens override the model vocabulary) and the ids of special added tokens.</summary>
     internal static (Dictionary<string, int>, string?[], HashSet<int>) ReadVocabulary(string path, JsonObject root, JsonObject model)
     {
@@ -220,6 +257,10 @@ internal static class TokenizerJson
             if (id < 0)
             {
                 throw new TokenizerLoadException(path, $"tokenizer.json has a negative id {id} for token \"{token}\"");
+            }
+            if (id >= MaxTokenId) // the id → token table is an array indexed by id
+            {
+                throw new TokenizerLoadException(path, $"tokenizer.json has id {id} for token \"{token}\": ids must be below {MaxTokenId}");
             }
             if (overrideExisting || !tokenToId.ContainsKey(token))
             {
@@ -239,13 +280,16 @@ internal static class TokenizerJson
                 case JsonObject vocab: // BPE, WordLevel, WordPiece: {"token": id}
                     foreach (var (token, idNode) in vocab)
                     {
-                        Add(token, idNode!.GetValue<int>(), overrideExisting: false);
+                        Add(token, (idNode ?? throw new TokenizerLoadException(path, $"tokenizer.json: model.vocab entry '{token}' has no id (null)"))
+                            .GetValue<int>(), overrideExisting: false);
                     }
                     break;
                 case JsonArray pieces: // Unigram: [["token", score], ...], id = index
                     for (int i = 0; i < pieces.Count; i++)
                     {
-                        Add(pieces[i]![0]!.GetValue<string>(), i, overrideExisting: false);
+                        var piece = pieces[i] is JsonArray { Count: > 0 } p && p[0] is { } text ? text
+                            : throw new TokenizerLoadException(path, $"tokenizer.json: model.vocab piece {i} is not [\"token\", score]");
+                        Add(piece.GetValue<string>(), i, overrideExisting: false);
                     }
                     break;
                 case null:
@@ -277,7 +321,8 @@ internal static class TokenizerJson
                     throw new TokenizerLoadException(path, "tokenizer.json: added_tokens must be an array");
             }
         }
-        catch (Exception ex) when (ex is InvalidOperationException or FormatException or JsonException or IndexOutOfRangeException or ArgumentException)
+        catch (Exception ex) when (ex is InvalidOperationException or FormatException or JsonException or IndexOutOfRangeException
+            or ArgumentException or OverflowException)
         {
             throw new TokenizerLoadException(path, $"tokenizer.json has a malformed vocabulary: {ex.Message}", ex);
         }

@@ -229,6 +229,11 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_MistypedModelUnderABudget_SaysTheDirectoryIsMissing()
+        => AssertUserError(CliHarness.Run("generate", "--model", "/nonexistent/mixtral", "--gpu-budget", "1GiB", "--prompt", "hi"),
+            "/nonexistent/mixtral", "does not exist");
+
+    [Fact]
     public void Generate_StopStringsOnAModelWithoutTokenizer_SaysTheyCannotMatch()
     {
         TinyCheckpoint.Write(_dir, TinyCheckpoint.Config());

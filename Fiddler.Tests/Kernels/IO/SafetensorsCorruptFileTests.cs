@@ -83,8 +83,8 @@ public sealed class SafetensorsCorruptFileTests : IDisposable
     [Fact]
     public void Open_UnknownDType_ThrowsNamingFileTensorAndDType()
     {
-        WriteHeader("{" + Entry("layer.w", "F8_E4M3", "[4]", "[0,4]") + "}", 4);
-        Assert.Contains("'F8_E4M3'", OpenExpectingError("layer.w").Message);
+        WriteHeader("{" + Entry("layer.w", "Q4_K", "[4]", "[0,4]") + "}", 4);
+        Assert.Contains("'Q4_K'", OpenExpectingError("layer.w").Message);
     }
 
     [Theory]

@@ -259,6 +259,49 @@ public sealed class HfTokenizerTests : IDisposable
         Assert.Contains(_files.TokenizerJsonPath, ex.Message);
     }
 
+    [Theory]
+    [InlineData(1, 50)]
+    [InlineData(1, 1)]
+    [InlineData(-1, 0)]
+    public void Constructor_StripDecoderThatCanPanic_IsRefusedNotACrash(int start, int stop)
+    {
+        // tokenizers' Strip panics (and the native library aborts the process) on a token of only stripped characters
+        // when it strips both ends; the load refuses it instead.
+        var json = T.BuildTokenizerJson();
+        var strip = json["decoder"]!["decoders"]!.AsArray().Last()!.AsObject();
+        strip["start"] = start;
+        strip["stop"] = stop;
+        _files.WriteTokenizer(json);
+        var ex = Assert.Throws<TokenizerLoadException>(() => new HfTokenizer(_files.Dir));
+        Assert.Contains(_files.TokenizerJsonPath, ex.Message);
+        Assert.Contains("decoder Strip", ex.Message);
+        using var ok = new HfTokenizer(_files.WriteTokenizer().Dir); // the usual start 1, stop 0 still loads
+    }
+
+    [Fact]
+    public void Constructor_NullVocabularyId_ThrowsNamingPathAndToken()
+    {
+        var json = T.BuildTokenizerJson();
+        json["model"]!["vocab"]!["<s>"] = null;
+        _files.WriteTokenizer(json);
+        var ex = Assert.Throws<TokenizerLoadException>(() => new HfTokenizer(_files.Dir));
+        Assert.Contains(_files.TokenizerJsonPath, ex.Message);
+        Assert.Contains("'<s>' has no id", ex.Message);
+    }
+
+    [Theory]
+    [InlineData(int.MaxValue)]
+    [InlineData(1 << 28)]
+    public void Constructor_AddedTokenIdBeyondAnyVocabulary_ThrowsNamingPath(int id)
+    {
+        var json = T.BuildTokenizerJson();
+        json["added_tokens"]!.AsArray().Add(new System.Text.Json.Nodes.JsonObject { ["id"] = id, ["content"] = "<huge>", ["special"] = true });
+        _files.WriteTokenizer(json);
+        var ex = Assert.Throws<TokenizerLoadException>(() => new HfTokenizer(_files.Dir));
+        Assert.Contains(_files.TokenizerJsonPath, ex.Message);
+        Assert.Contains($"id {id}", ex.Message);
+    }
+
     [Fact]
     public void Constructor_TruncatedRealTokenizerJson_ThrowsNamingPath()
     {
