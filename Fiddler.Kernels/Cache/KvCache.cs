@@ -61,16 +61,25 @@ public sealed class KvCache : IDisposable
         Length = length;
     }
 
-    /// <summary>Reorders batch rows (beam search): row i takes the old row <paramref name="rows"/>[i].</summary>
+    /// <summary>
+    /// Reorders batch rows (beam search): row i takes the old row <paramref name="rows"/>[i]. Only the filled positions
+    /// move (0..Length-1; the rest are written before they are read), and an order that keeps every row is free.
+    /// </summary>
     public void Reorder(Tensor rows)
     {
+        if (Length == 0) return;
+        using var host = rows.cpu();
+        var order = host.to_type(ScalarType.Int64).data<long>().ToArray();
+        if (order.Length == Batch && order.Select((r, i) => r == i).All(same => same)) return;
         using var onDevice = rows.to(_keys[0].device);
         for (int i = 0; i < _keys.Length; i++)
         {
-            using var k = _keys[i].index_select(0, onDevice);
-            using var v = _values[i].index_select(0, onDevice);
-            _keys[i].copy_(k);
-            _values[i].copy_(v);
+            using var filledK = _keys[i].narrow(2, 0, Length);
+            using var filledV = _values[i].narrow(2, 0, Length);
+            using var k = filledK.index_select(0, onDevice);
+            using var v = filledV.index_select(0, onDevice);
+            filledK.copy_(k);
+            filledV.copy_(v);
         }
     }
 
