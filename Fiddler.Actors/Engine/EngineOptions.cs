@@ -67,5 +67,12 @@ public sealed record EngineOptions
     /// memory serves each (see <see cref="Scheduling.HostReadScales"/>). On by default.
     /// </summary>
     public bool ExpertReadScales { get; init; } = true;
+
+    /// <summary>
+    /// Under a budget: load every expert into host memory first, read each, and put on the GPU the experts whose host
+    /// reads would cost the CPU lane most (choice rate ÷ read speed; <see cref="Placement.PlacementPlanner.ByReadSpeed"/>),
+    /// as many as the popularity plan holds. Needs host memory for all experts at once (else the popularity plan).
+    /// </summary>
+    public bool PlaceByReadSpeed { get; init; }
     public int? Layers { get; init; }
 }

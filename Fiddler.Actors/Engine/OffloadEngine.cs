@@ -56,12 +56,16 @@ public sealed class OffloadEngine : IDisposable
         long? atStart = CudaRuntime.DeviceBytesInUse(o.Device);
         ExpertResidency? residency = null;
         PlacementPlan? plan = null;
+        bool bySpeed = false;
         if (o.GpuBudgetBytes is long budget)
         {
             plan = PlanPlacement(o, shape, config.MaxPositionEmbeddings, budget);
             residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
             log(plan.Summary());
             CheckFitsDevice(o.Device, plan.UsedBytes + plan.ReserveBytes, budgeted: true);
+            bySpeed = o.PlaceByReadSpeed && plan.ExpertsOnGpu > 0 && plan.ExpertsOnGpu < plan.TotalExperts && CanHoldEveryExpert(shape, log);
+            // Every expert is loaded into host memory first; PlaceByReadSpeed then moves the plan's number onto the GPU.
+            if (bySpeed) residency = ExpertResidency.Where(shape.Layers, shape.Experts, (_, _) => false, residency.PinHostMemory);
         }
         else CheckFitsDevice(o.Device, DeviceMemoryFit.AllOnGpuBytes(shape, Math.Min(o.ContextTokens, config.MaxPositionEmbeddings), o.Sequences), budgeted: false);
 
@@ -80,6 +84,11 @@ public sealed class OffloadEngine : IDisposable
         var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan, DeviceBytesAtStart = atStart };
         try
         {
+            if (bySpeed)
+            {
+                engine.Plan = plan = engine.PlaceByReadSpeed(plan!, Popularity(o, shape), o, log);
+                residency = new ExpertResidency(plan.OnGpuByLayer(), residency!.PinHostMemory);
+            }
             if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts)
             {
                 engine.AttachExecutor(o, shape, dtype, log);
@@ -103,11 +112,55 @@ public sealed class OffloadEngine : IDisposable
     public static PlacementPlan PlanPlacement(EngineOptions o, ModelShape shape, int maxPositions, long budget)
     {
         if (o.Sequences is < 1 or > 32) throw new ArgumentException($"sequences (beam width) must be in 1..32, got {o.Sequences}");
-        var popularity = o.PopularityPath is null ? ExpertPopularity.Uniform(shape.Layers, shape.Experts)
-            : ExpertPopularity.Load(o.PopularityPath, shape);
+        var popularity = Popularity(o, shape);
         long context = Math.Min(o.ContextTokens, maxPositions);
         return PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context, o.Sequences),
             reserveBytes: shape.ActivationReserveBytes(context, o.Sequences), stagingBytes: o.StagingSlots * shape.ExpertBytes);
+    }
+
+    private static ExpertPopularity Popularity(EngineOptions o, ModelShape shape) => o.PopularityPath is null
+        ? ExpertPopularity.Uniform(shape.Layers, shape.Experts) : ExpertPopularity.Load(o.PopularityPath, shape);
+
+    /// <summary>Whether host memory can hold every expert at once (what <see cref="EngineOptions.PlaceByReadSpeed"/>
+    /// loads before it chooses), with 4 GiB to spare; says so in the log when not.</summary>
+    private static bool CanHoldEveryExpert(ModelShape shape, Action<string> log)
+    {
+        long need = shape.AllExpertsBytes + (4L << 30);
+        if (Kernels.Runtime.HostMemory.AvailableBytes() is not long free || free >= need) return true;
+        log($"placement by read speed skipped: every expert in host memory needs {MemoryBudget.Format1(need)}, " +
+            $"{MemoryBudget.Format1(free)} is free; experts placed by popularity");
+        return false;
+    }
+
+    /// <summary>
+    /// With every expert in host memory: reads each (twice, the worker pool's plain read), chooses the GPU's experts by
+    /// the CPU time they save (<see cref="PlacementPlanner.ByReadSpeed"/>) and moves them there. Before the executor is
+    /// attached, which keeps host experts' memory.
+    /// </summary>
+    private PlacementPlan PlaceByReadSpeed(PlacementPlan plan, ExpertPopularity popularity, EngineOptions o, Action<string> log)
+    {
+        var host = HostExperts();
+        HostExpertReads.Result? reads;
+        using (var pool = new CpuWorkerPool(DefaultCpuThreads(o), TimeSpan.FromMilliseconds(2)))
+            reads = HostExpertReads.Measure(pool, host.Select(h => h.Memory).ToArray(), passes: 2);
+        var rates = new double?[Config.NumHiddenLayers, Config.NumLocalExperts];
+        if (reads is { Experts: > 0 } r)
+            for (int i = 0; i < host.Length; i++) rates[host[i].Layer, host[i].Expert] = r.Best[i];
+        var chosen = reads is { Experts: > 0 } ? PlacementPlanner.ByReadSpeed(plan, popularity, rates) : plan;
+        foreach (var layer in Model.Model.Layers)
+            for (int e = 0; e < Config.NumLocalExperts; e++)
+                if (chosen.IsOnGpu(layer.Moe.Layer, e)) layer.Moe.MakeResident(e, o.Device);
+        if (reads is not { Experts: > 0 })
+        {
+            log("placement by read speed: experts too small to time; placed by popularity");
+            return chosen;
+        }
+        double Median(IEnumerable<double> xs) { var a = xs.Order().ToArray(); return a.Length == 0 ? double.NaN : a[a.Length / 2]; }
+        var all = host.Select((h, i) => (h.Layer, h.Expert, Rate: reads.Best[i])).ToArray();
+        log($"placement by read speed: {chosen.ExpertsOnGpu} experts on the GPU read at median {Median(all.Where(x => chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} GB/s " +
+            $"from host memory, the {all.Length - chosen.ExpertsOnGpu} left there at {Median(all.Where(x => !chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} " +
+            $"(all: p10 {reads.Quantile(0.1):F1}, median {reads.Quantile(0.5):F1}; pass correlation {reads.PassCorrelation:F2}); expected hit rate {chosen.ExpectedHitRate:P1}");
+        return chosen;
     }
 
     /// <summary>

@@ -56,4 +56,48 @@ public static class PlacementPlanner
         double hitRate = all > 0 ? (double)hits / all : (double)n / order.Count;
         return new PlacementPlan(shape, onGpu, budgetBytes, kvCacheBytes, reserveBytes, hitRate);
     }
+
+    /// <summary>
+    /// The same number of GPU experts as <paramref name="plan"/>, chosen for the CPU time they save: an expert left in
+    /// host memory costs its choice rate × bytes ÷ how fast this host reads its memory, so the GPU takes the experts of
+    /// highest (count + 1) ÷ read rate. With a uniform profile that is the slowest-reading experts: on a host that backs
+    /// part of the process's memory with slower DRAM, the CPU lane then reads only the faster part. Experts with no
+    /// measured rate (null, NaN or ≤ 0 in <paramref name="readGBps"/>) count at the median rate.
+    /// </summary>
+    public static PlacementPlan ByReadSpeed(PlacementPlan plan, ExpertPopularity pop, double?[,] readGBps)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(pop);
+        ArgumentNullException.ThrowIfNull(readGBps);
+        var shape = plan.Shape;
+        if (readGBps.GetLength(0) != shape.Layers || readGBps.GetLength(1) != shape.Experts)
+            throw new ArgumentException($"read rates are [{readGBps.GetLength(0)}, {readGBps.GetLength(1)}], the model has [{shape.Layers}, {shape.Experts}]");
+        pop.EnsureMatches(shape.Layers, shape.Experts);
+        var known = new List<double>();
+        foreach (var r in readGBps)
+            if (r is double v && v > 0 && double.IsFinite(v)) known.Add(v);
+        known.Sort();
+        double median = known.Count == 0 ? 1 : known[known.Count / 2];
+
+        var order = new List<(int Layer, int Expert, double Score, long Count)>(shape.Layers * shape.Experts);
+        for (int l = 0; l < shape.Layers; l++)
+            for (int e = 0; e < shape.Experts; e++)
+            {
+                double rate = readGBps[l, e] is double v && v > 0 && double.IsFinite(v) ? v : median;
+                order.Add((l, e, (pop.Count(l, e) + 1) / rate, pop.Count(l, e)));
+            }
+        order.Sort((a, b) => b.Score != a.Score ? b.Score.CompareTo(a.Score)
+            : a.Layer != b.Layer ? a.Layer.CompareTo(b.Layer) : a.Expert.CompareTo(b.Expert));
+
+        int n = plan.ExpertsOnGpu;
+        var onGpu = new bool[shape.Layers, shape.Experts];
+        long hits = 0, all = 0;
+        for (int i = 0; i < order.Count; i++)
+        {
+            if (i < n) { onGpu[order[i].Layer, order[i].Expert] = true; hits += order[i].Count; }
+            all += order[i].Count;
+        }
+        double hitRate = all > 0 ? (double)hits / all : (double)n / order.Count;
+        return new PlacementPlan(shape, onGpu, plan.BudgetBytes, plan.KvCacheBytes, plan.ReserveBytes, hitRate);
+    }
 }

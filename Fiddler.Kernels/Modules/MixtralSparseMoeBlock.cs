@@ -19,11 +19,15 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "experts")] private readonly ModuleList<MixtralBlockSparseTop2MLP> _experts;
     private readonly int _topK;
     private readonly bool[] _resident;
+    private readonly MixtralConfig _config;
+    private readonly ScalarType _dtype;
 
     public MixtralSparseMoeBlock(MixtralConfig c, int layer, ScalarType dtype, Device device, ExpertResidency? residency = null)
         : base(nameof(MixtralSparseMoeBlock))
     {
         Layer = layer;
+        _config = c;
+        _dtype = dtype;
         _router = new Linear(c.HiddenSize, c.NumLocalExperts, dtype, device);
         _experts = new ModuleList<MixtralBlockSparseTop2MLP>();
         _resident = new bool[c.NumLocalExperts];
@@ -34,8 +38,33 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
                 : new MixtralBlockSparseTop2MLP(c, dtype, CPU, residency!.PinHostMemory, fused: false, hugePages: HugePages.ForLayer(layer)));
         }
         _topK = c.NumExpertsPerTok;
-        ExpectedHostExperts = (double)_topK * _resident.Count(r => !r) / _resident.Length;
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// Moves host expert <paramref name="e"/> onto <paramref name="device"/> (a no-op when it is resident): its weights
+    /// are copied into a new device expert, which takes its place (same parameter names), and the host copy is
+    /// unregistered from CUDA (when page-locked) and freed. Before an executor is attached: executors keep host experts'
+    /// memory.
+    /// </summary>
+    public void MakeResident(int e, Device device)
+    {
+        if (_resident[e]) return;
+        var host = _experts[e];
+        var moved = new MixtralBlockSparseTop2MLP(_config, _dtype, device);
+        using (no_grad())
+        {
+            moved.Gate.Weight.copy_(host.Gate.Weight);
+            moved.Up.Weight.copy_(host.Up.Weight);
+            moved.Down.Weight.copy_(host.Down.Weight);
+        }
+        // The list's slot and its registration (which names the parameters "experts.{e}.…") both move to the new expert.
+        _experts[e] = moved;
+        _experts.register_module($"{e}", null!);
+        _experts.register_module($"{e}", moved);
+        _resident[e] = true;
+        Cuda.HostPinning.Release(host);
+        host.Dispose();
     }
 
     public int Layer { get; }
@@ -43,7 +72,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
     public MixtralBlockSparseTop2MLP Expert(int e) => _experts[e];
 
     /// <summary>Host-resident experts a token chooses on average if every expert were equally popular (K × host share).</summary>
-    public double ExpectedHostExperts { get; }
+    public double ExpectedHostExperts => (double)_topK * _resident.Count(r => !r) / _resident.Length;
 
     /// <summary>True when expert <paramref name="e"/>'s weights live on the compute device.</summary>
     public bool IsResident(int e) => _resident[e];

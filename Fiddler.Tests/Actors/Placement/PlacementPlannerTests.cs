@@ -141,4 +141,56 @@ public sealed class PlacementPlannerTests
         Assert.Contains("23.2 GiB used of 24 GiB: non-expert 3.0 GiB + KV cache 0.5 GiB + experts 19.7 GiB; reserve 0.7 GiB", s);
         Assert.Equal(32 + 3, s.Split('\n').Length);
     }
+
+    /// <summary>Every expert's host read rate: 120 GB/s, except the ones named (layer, expert, rate).</summary>
+    private static double?[,] Rates(params (int Layer, int Expert, double? GBps)[] except)
+    {
+        var rates = new double?[32, 8];
+        for (int l = 0; l < 32; l++)
+            for (int e = 0; e < 8; e++) rates[l, e] = 120;
+        foreach (var (l, e, r) in except) rates[l, e] = r;
+        return rates;
+    }
+
+    [Fact]
+    public void ByReadSpeed_UniformProfile_PutsTheSlowestReadingExpertsOnTheGpu()
+    {
+        var pop = ExpertPopularity.Uniform(32, 8);
+        var plan = PlacementPlanner.Plan(Mixtral, 24 * Gib, pop, Mixtral.KvCacheBytes(4096), 2 * Mixtral.ExpertBytes);
+        // Layers 20-27 sit in slow memory (85 GB/s): 64 experts, 60 of which the GPU can take.
+        var slow = Enumerable.Range(20, 8).SelectMany(l => Enumerable.Range(0, 8).Select(e => (l, e, (double?)85))).ToArray();
+        var chosen = PlacementPlanner.ByReadSpeed(plan, pop, Rates(slow));
+        Assert.Equal(plan.ExpertsOnGpu, chosen.ExpertsOnGpu);
+        Assert.Equal(60, Enumerable.Range(20, 8).Sum(l => chosen.ExpertsOnGpuPerLayer[l]));
+        Assert.Equal(plan.UsedBytes, chosen.UsedBytes);
+        Assert.Equal(plan.ReserveBytes, chosen.ReserveBytes);
+    }
+
+    [Fact]
+    public void ByReadSpeed_PopularityWeighsAgainstSpeed()
+    {
+        // Expert (3, 1) is chosen 10× as often as (9, 2) but reads 2× faster: the CPU would spend 5× longer on it.
+        var pop = ExpertPopularity.Uniform(32, 8);
+        for (int i = 0; i < 10; i++) pop.Record(3, 1);
+        pop.Record(9, 2);
+        var plan = PlacementPlanner.Plan(Mixtral, Mixtral.NonExpertBytes + Mixtral.ExpertBytes, pop, 0, 0); // room for one
+        Assert.Equal(1, plan.ExpertsOnGpu);
+        var chosen = PlacementPlanner.ByReadSpeed(plan, pop, Rates((3, 1, 120), (9, 2, 60)));
+        Assert.True(chosen.IsOnGpu(3, 1));
+        // Ten times slower memory outweighs ten times the choices ((10+1)/120 < (1+1)/12).
+        chosen = PlacementPlanner.ByReadSpeed(plan, pop, Rates((3, 1, 120), (9, 2, 12)));
+        Assert.True(chosen.IsOnGpu(9, 2));
+        Assert.Equal((double)1 / 11, chosen.ExpectedHitRate, 6); // (9, 2) serves 1 of the 11 recorded choices
+    }
+
+    [Fact]
+    public void ByReadSpeed_UnmeasuredExpertsCountAtTheMedianRate()
+    {
+        var pop = ExpertPopularity.Uniform(32, 8);
+        var plan = PlacementPlanner.Plan(Mixtral, Mixtral.NonExpertBytes + 2 * Mixtral.ExpertBytes, pop, 0, 0); // room for two
+        var chosen = PlacementPlanner.ByReadSpeed(plan, pop, Rates((5, 5, null), (6, 6, double.NaN), (7, 7, 0), (30, 0, 100), (31, 7, 90)));
+        Assert.True(chosen.IsOnGpu(30, 0));
+        Assert.True(chosen.IsOnGpu(31, 7));
+        Assert.Throws<ArgumentException>(() => PlacementPlanner.ByReadSpeed(plan, pop, new double?[31, 8]));
+    }
 }
