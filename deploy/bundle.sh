@@ -19,6 +19,8 @@ if [ "${FIDDLER_BUNDLE_TESTS:-0}" = 1 ]; then
 fi
 # Benchmark-only bundles may leave the embedded default model out (7 MB that xz cannot shrink).
 if [ "${FIDDLER_BUNDLE_NO_DEFAULT_MODEL:-0}" = 1 ]; then rm -rf "$stage/app/default-model"; fi
+# The GPU host is linux-x64: other platforms' natives (SkiaSharp for macOS and Windows, ~40 MB) only weigh the bundle.
+find "$stage/app/runtimes" -mindepth 1 -maxdepth 1 -type d ! -name 'linux-x64' ! -name 'unix' -exec rm -rf {} + 2>/dev/null || true
 # Any libtorch natives that slipped in would shadow the host's CUDA libtorch.
 find "$stage" -name 'libtorch*.so' -o -name 'libc10*.so' -o -name 'libgomp*.so*' | xargs -r rm -f
 

@@ -92,6 +92,7 @@ print("TTFT", j["ttft_s"], "s; GPU memory", j.get("gpu_memory_used_gib"), "GiB, 
               json=$(sed -n 's/^wrote \(.*\.json\)$/\1/p' "$log" | tail -1)
               more=$([ -n "$json" ] && "$py" "$root/deploy/bench_summary.py" "$json" 2>&1)
               echo "budget ${b} GiB${variant:+ +$variant ($extra${envs[*]:+ ${envs[*]}})} spin $s: decode ${tok} tok/s, TTFT 16/128/512 ${ttft} s, host memory in huge pages ${huge:-?} GiB; $more"
+              grep -m1 "placement by read speed" "$log" | sed 's/^/  /'
             done ;;
   esac
 done

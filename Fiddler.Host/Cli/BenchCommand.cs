@@ -55,10 +55,10 @@ public static class BenchCommand
         var noReadScales = new Option<bool>("--no-read-scales") { Description = "Do not read every host expert at start to plan each one's CPU time by this host's memory speed (for comparison)" };
         var abReadScales = new Option<int>("--ab-read-scales") { Description = "After the decode windows, N pairs of windows routing with and without the host experts' read-speed scales, each with its own learned speeds (0..50; reports ab_read_scales)" };
         var ceilingWindowsOpt = new Option<int>("--ceiling-windows") { Description = "After the decode windows, N more windows each followed by the host's lane-ceiling probe, to see whether the decode rate follows the DRAM share the host gives at that moment (0..50; CUDA; reports ceiling_windows)" };
-        var bySpeed = new Option<bool>("--place-by-read-speed") { Description = "Under a budget: load every expert into host memory, read each, and put on the GPU those whose host reads cost most (choice rate ÷ read speed) instead of the most popular (needs host memory for every expert)" };
+        var noBySpeed = new Option<bool>("--no-place-by-read-speed") { Description = "Place the GPU's experts by popularity alone, without first reading every expert from host memory to put the costliest to read there (for comparison)" };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales, ceilingWindowsOpt, bySpeed })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales, ceilingWindowsOpt, noBySpeed })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -127,7 +127,7 @@ public static class BenchCommand
                 SpinKernelGate = r.GetValue(spinGate),
                 BalanceLastLane = !r.GetValue(noBalance),
                 ExpertReadScales = !r.GetValue(noReadScales),
-                PlaceByReadSpeed = r.GetValue(bySpeed),
+                PlaceByReadSpeed = !r.GetValue(noBySpeed),
                 Merge = r.GetValue(merge) switch
                 {
                     "gated" => CpuMerge.Gated, "nonblocking" => CpuMerge.NonBlocking, "blocking" => CpuMerge.Blocking,

@@ -106,7 +106,8 @@ public sealed class InstrumentedInferenceServiceTests : IDisposable
         Assert.Equal(3, _capture.Of("fiddler.tokens.generated").Sum(m => m.Value));
         Assert.InRange(Assert.Single(_capture.Of("fiddler.time_to_first_token")).Value, 0.025, 10);
         Assert.InRange(Assert.Single(_capture.Of("fiddler.request.duration")).Value, 0.045, 10);
-        Assert.InRange(Assert.Single(_capture.Of("fiddler.decode.rate")).Value, 1, 1000); // 2 tokens over >= 20 ms
+        // 2 tokens over ≥ 20 ms: at most 1000/s; at least well above 0 (a loaded CI host once stalled the fake engine ~1 s).
+        Assert.InRange(Assert.Single(_capture.Of("fiddler.decode.rate")).Value, 0.05, 1000);
     }
 
     [Fact]

@@ -65,7 +65,13 @@ public sealed class LoadGenerator : IDisposable
     /// <summary>Runs the load; cancelling stops it early and reports what had finished.</summary>
     public async Task<LoadReport> RunAsync(CancellationToken cancel = default)
     {
-        string model = _options.Model ?? await ResolveModelAsync(cancel);
+        string model;
+        try { model = _options.Model ?? await ResolveModelAsync(cancel); }
+        catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+        {
+            // Stopped before the first request: a report of nothing, as a run stopped later reports what finished.
+            return LoadReport.From(_options, "(not resolved)", [], TimeSpan.Zero);
+        }
         var samples = new ConcurrentBag<RequestSample>();
         int next = -1;
         var started = Stopwatch.StartNew();

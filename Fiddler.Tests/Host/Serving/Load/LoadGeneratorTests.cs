@@ -104,6 +104,19 @@ public sealed class LoadGeneratorTests
     }
 
     [Fact]
+    public async Task RunAsync_CancelledBeforeTheModelIsKnown_ReportsNothingInsteadOfThrowing()
+    {
+        await using var server = await FakeOpenAiServer.StartAsync(new FakeServerOptions());
+        using var generator = new LoadGenerator(Options(10) with { BaseUrl = server.BaseUrl, Model = null });
+        using var stop = new CancellationTokenSource();
+        stop.Cancel();
+        var report = await generator.RunAsync(stop.Token);
+        Assert.Equal(0, report.Requests);
+        Assert.Equal(0, report.Failed);
+        Assert.NotNull(JsonNode.Parse(report.ToJson())); // still a well-formed report
+    }
+
+    [Fact]
     public async Task ToJson_Report_OneObjectWithSnakeCaseKeys()
     {
         await using var server = await FakeOpenAiServer.StartAsync(new FakeServerOptions { RejectEvery = 2 });
