@@ -71,9 +71,10 @@ public sealed record EngineOptions
     /// <summary>
     /// Under a budget: load every expert into host memory first, read each, and put on the GPU the experts whose host
     /// reads would cost the CPU lane most (choice rate ÷ read speed; <see cref="Placement.PlacementPlanner.ByReadSpeed"/>),
-    /// as many as the popularity plan holds. Needs host memory for all experts at once (else the popularity plan). On by
-    /// default: on an H200 host whose memory read unevenly (2026-11-28, alternating runs in one call) it gave +2.5 % and
-    /// +3.4 % decode at 24 GiB and +7.7 % at 78 GiB; false places by popularity alone (for comparison).
+    /// as many as the popularity plan holds; experts reading within 10 % of the median count as equal, so on a host whose
+    /// memory reads evenly the plan is the popularity plan. Needs host memory for all experts at once (else the popularity
+    /// plan). On by default: on an H200 host whose memory read unevenly (2026-11-28, alternating runs in one call) it gave
+    /// +2.5 % and +3.4 % decode at 24 GiB and +7.7 % at 78 GiB; false places by popularity alone (for comparison).
     /// </summary>
     public bool PlaceByReadSpeed { get; init; } = true;
     public int? Layers { get; init; }

@@ -193,4 +193,21 @@ public sealed class PlacementPlannerTests
         Assert.True(chosen.IsOnGpu(31, 7));
         Assert.Throws<ArgumentException>(() => PlacementPlanner.ByReadSpeed(plan, pop, new double?[31, 8]));
     }
+
+    [Fact]
+    public void ByReadSpeed_EvenMemory_KeepsThePopularityPlan()
+    {
+        // Rates within 10 % of the median are the same memory: whole low layers stay on the GPU (fewer layers with a
+        // CPU lane), not experts scattered by measurement noise.
+        var pop = ExpertPopularity.Uniform(32, 8);
+        var plan = PlacementPlanner.Plan(Mixtral, 24 * Gib, pop, Mixtral.KvCacheBytes(4096), 2 * Mixtral.ExpertBytes);
+        var noisy = Enumerable.Range(0, 32).SelectMany(l => Enumerable.Range(0, 8).Select(e => (l, e, (double?)(115 + (l * 7 + e * 3) % 12)))).ToArray();
+        var chosen = PlacementPlanner.ByReadSpeed(plan, pop, Rates(noisy));
+        Assert.Equal(plan.OnGpuByLayer(), chosen.OnGpuByLayer());
+        // One clearly slow expert (below 90 % of the median) takes the last slot of the popularity order.
+        var oneSlow = PlacementPlanner.ByReadSpeed(plan, pop, Rates([.. noisy.Where(x => (x.l, x.e) != (20, 5)), (20, 5, 90)]));
+        Assert.True(oneSlow.IsOnGpu(20, 5));
+        Assert.False(oneSlow.IsOnGpu(7, 3));
+        Assert.Equal(plan.ExpertsOnGpu, oneSlow.ExpertsOnGpu);
+    }
 }
