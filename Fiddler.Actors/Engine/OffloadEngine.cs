@@ -158,8 +158,8 @@ public sealed class OffloadEngine : IDisposable
         double Median(IEnumerable<double> xs) { var a = xs.Order().ToArray(); return a.Length == 0 ? double.NaN : a[a.Length / 2]; }
         var all = host.Select((h, i) => (h.Layer, h.Expert, Rate: reads.Best[i])).ToArray();
         double median = reads.Quantile(0.5);
-        int slow = all.Count(x => x.Rate < 0.9 * median);
-        log($"placement by read speed: {slow} of {all.Length} experts read below 90 % of the median; {chosen.ExpertsOnGpu} experts on the GPU read at median {Median(all.Where(x => chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} GB/s " +
+        int slow = all.Count(x => x.Rate < PlacementPlanner.SlowReadShare * median);
+        log($"placement by read speed: {slow} of {all.Length} experts read below {PlacementPlanner.SlowReadShare:P0} of the median; {chosen.ExpertsOnGpu} experts on the GPU read at median {Median(all.Where(x => chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} GB/s " +
             $"from host memory, the {all.Length - chosen.ExpertsOnGpu} left there at {Median(all.Where(x => !chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} " +
             $"(all: p10 {reads.Quantile(0.1):F1}, median {reads.Quantile(0.5):F1}; pass correlation {reads.PassCorrelation:F2}); expected hit rate {chosen.ExpectedHitRate:P1}");
         return chosen;

@@ -57,6 +57,9 @@ public static class PlacementPlanner
         return new PlacementPlan(shape, onGpu, budgetBytes, kvCacheBytes, reserveBytes, hitRate);
     }
 
+    /// <summary>An expert whose host memory reads below this share of the median rate sits in slow memory.</summary>
+    public const double SlowReadShare = 0.9;
+
     /// <summary>
     /// The same number of GPU experts as <paramref name="plan"/>, chosen for the CPU time they save: an expert left in
     /// host memory costs its choice rate × bytes ÷ how fast this host reads its memory, so the GPU takes the experts of
@@ -67,8 +70,8 @@ public static class PlacementPlanner
     /// which fills whole layers first (measured on an even H200 host, 2026-11-28: experts spread over every layer gave
     /// −3.7 % decode at 24 GiB, as more layers then have a CPU lane and its hand-off).
     /// </summary>
-    /// <param name="slowBelow">A rate below this share of the median is slow memory (default 0.9).</param>
-    public static PlacementPlan ByReadSpeed(PlacementPlan plan, ExpertPopularity pop, double?[,] readGBps, double slowBelow = 0.9)
+    /// <param name="slowBelow">A rate below this share of the median is slow memory (default <see cref="SlowReadShare"/>).</param>
+    public static PlacementPlan ByReadSpeed(PlacementPlan plan, ExpertPopularity pop, double?[,] readGBps, double slowBelow = SlowReadShare)
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(pop);
