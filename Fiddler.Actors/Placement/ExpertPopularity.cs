@@ -82,6 +82,9 @@ public sealed class ExpertPopularity
                $"  \"tokens\": {Tokens},\n  \"counts\": [\n{string.Join(",\n", rows)}\n  ]\n}}\n";
     }
 
+    /// <summary>Largest count a file may hold (2^50: sums over a model's experts stay exact and far from overflow).</summary>
+    public const long MaxCount = 1L << 50;
+
     public static ExpertPopularity FromJson(string json, string source = "popularity")
     {
         PopularityFile? f;
@@ -93,17 +96,22 @@ public sealed class ExpertPopularity
         if (f.Tokens < 0) throw new InvalidDataException($"{source}: tokens must be >= 0, got {f.Tokens}");
         if (f.Counts is null || f.Counts.Length != f.Layers)
             throw new InvalidDataException($"{source}: counts has {f.Counts?.Length ?? 0} rows, expected one per layer ({f.Layers})");
-        var pop = new ExpertPopularity(f.Model ?? "", f.Layers, f.Experts);
+        // Every row is checked before the table is allocated: a file claiming 2,000,000,000 experts per layer with
+        // empty rows must be refused, not allocated. Counts stay far below overflow when summed or incremented.
         for (int l = 0; l < f.Layers; l++)
         {
             long[]? row = f.Counts[l];
             if (row is null || row.Length != f.Experts)
                 throw new InvalidDataException($"{source}: counts[{l}] has {row?.Length ?? 0} entries, expected {f.Experts}");
-            for (int e = 0; e < f.Experts; e++)
-            {
-                if (row[e] < 0) throw new InvalidDataException($"{source}: counts[{l}][{e}] is negative ({row[e]})");
-                pop._counts[l][e] = row[e];
-            }
+            for (int e = 0; e < row.Length; e++)
+                if (row[e] is < 0 or > MaxCount)
+                    throw new InvalidDataException($"{source}: counts[{l}][{e}] is {row[e]}, outside 0..{MaxCount}{(row[e] < 0 ? " (negative)" : "")}");
+        }
+        var pop = new ExpertPopularity(f.Model ?? "", f.Layers, f.Experts);
+        for (int l = 0; l < f.Layers; l++)
+        {
+            long[] row = f.Counts[l]!;
+            for (int e = 0; e < f.Experts; e++) pop._counts[l][e] = row[e];
         }
         pop._tokens = f.Tokens;
         return pop;

@@ -120,6 +120,10 @@ public sealed partial class ExpertRouter
         Span<double> staged = stackalloc double[n];
         double best = double.PositiveInfinity, bestCpu = double.PositiveInfinity;
         int bestMask = 0, bestCount = int.MaxValue;
+        // A split whose CPU lane cannot be shorter than the best makespan so far cannot win. The lane is the CPU time
+        // times a factor that learning may bring below 1 (a host faster than its calibration), so bound it by the
+        // smaller of the two factors, not by the raw time.
+        double laneFloor = Math.Min(CpuFactor(false, regime), CpuFactor(true, regime));
         for (int mask = 0; mask < 1 << n; mask++)
         {
             double cpu = 0;
@@ -127,7 +131,7 @@ public sealed partial class ExpertRouter
             for (int i = 0; i < n; i++)
                 if ((mask & (1 << i)) != 0) staged[m++] = misses[i].GpuMs;
                 else cpu += misses[i].CpuMs;
-            if (cpu > best + Eps) continue;
+            if (cpu * laneFloor > best + Eps) continue;
             double makespan = Math.Max(CpuLane(cpu, m > 0, regime), GpuLane.Simulate(resident, staged[..m], TransferMs(regime, cpuWork: m < n), Options.StagingSlots));
             int count = BitOperations.PopCount((uint)mask);
             if (makespan < best - Eps || (makespan <= best + Eps && (count < bestCount || (count == bestCount && cpu < bestCpu - Eps))))

@@ -149,8 +149,12 @@ public sealed record HardwareProfile(
         if (Key is null || CpuExpert is null || GpuExpert is null || ActivationRoundTrip is null)
             throw new InvalidDataException($"{source}: latency profile lacks key, cpu_expert, gpu_expert or activation_round_trip; " +
                 "delete it and run `fiddler calibrate`");
-        if (!double.IsFinite(TransferMs) || TransferMs < 0)
-            throw new InvalidDataException($"{source}: transfer_ms must be finite and >= 0, got {TransferMs}; run `fiddler calibrate`");
+        if (!double.IsFinite(TransferMs) || TransferMs <= 0)
+            throw new InvalidDataException($"{source}: transfer_ms must be finite and > 0, got {TransferMs}; run `fiddler calibrate`");
+        // An expert that takes no time on a lane would send every miss there and teach the router nothing (a lane
+        // planned at 0 ms is never accounted): a measured expert always takes some time.
+        if (CpuExpert.Points.All(p => p.Ms <= 0) || GpuExpert.Points.All(p => p.Ms <= 0))
+            throw new InvalidDataException($"{source}: cpu_expert and gpu_expert need a time above 0; delete it and run `fiddler calibrate`");
     }
 
     // Relaxed escaping keeps CPU names such as "Xeon(R) Platinum 8480+" readable in the file; it is never embedded in HTML.

@@ -22,6 +22,7 @@ public sealed class LatencyModel
     {
         ArgumentNullException.ThrowIfNull(points);
         if (points.Count == 0) throw new ArgumentException("a latency model needs at least one measured point");
+        if (points.Any(p => p is null)) throw new ArgumentException("a latency point is null"); // a JSON null in a profile
         _points = points.OrderBy(p => p.Tokens).ToArray();
         for (int i = 0; i < _points.Length; i++)
         {

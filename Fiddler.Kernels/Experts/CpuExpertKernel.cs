@@ -34,7 +34,12 @@ public static unsafe class CpuExpertKernel
     /// For tests and benchmarks: the path calls from this thread use (null: <see cref="BestIsa"/>). Thread-static, so
     /// concurrent tests don't see each other's choice. Asking for an ISA the CPU lacks throws at the next call.
     /// </summary>
-    public static CpuIsa? ForceIsa { get => t_forceIsa; set => t_forceIsa = value; }
+    public static CpuIsa? ForceIsa
+    {
+        get => t_forceIsa;
+        set => t_forceIsa = value is { } isa && !Enum.IsDefined(isa)
+            ? throw new ArgumentOutOfRangeException(nameof(value), isa, "not an instruction set the kernel has") : value;
+    }
 
     /// <summary>One expert: <paramref name="x"/> <c>[tokens, Hidden]</c> fp32 in, <paramref name="y"/> <c>[tokens, Hidden]</c> fp32 out (overwritten).</summary>
     public static void SwiGlu(CpuWorkerPool pool, float* x, int tokens, in ExpertWeights w, float* y)
@@ -104,6 +109,7 @@ public static unsafe class CpuExpertKernel
     private static void SwiGluRegion(CpuWorkerPool pool, ReadOnlySpan<ExpertJob> jobs)
     {
         ArgumentNullException.ThrowIfNull(pool);
+        pool.ThrowIfInsideRegion("a CPU expert kernel call");
         CpuIsa isa = ForceIsa ?? BestIsa;
         if (isa == CpuIsa.Avx512 && !Avx512Ops.IsSupported || isa == CpuIsa.Avx2 && !Avx2Ops.IsSupported)
             throw new PlatformNotSupportedException($"{isa} is not supported on this CPU");

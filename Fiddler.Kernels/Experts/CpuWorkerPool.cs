@@ -66,6 +66,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
             ArgumentOutOfRangeException.ThrowIfGreaterThan(value, Concurrency);
+            ThrowIfInsideRegion("setting ActiveConcurrency");
             lock (_callLock) _activeWorkers = value - 1;
         }
     }
@@ -136,6 +137,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
     /// <summary>A 64-byte aligned buffer owned by the pool, reused across calls; valid while the caller holds <see cref="CallLock"/>.</summary>
     internal void* Scratch(nuint bytes)
     {
+        ObjectDisposedException.ThrowIf(_disposed, this);
         if (bytes > _scratchBytes)
         {
             NativeMemory.AlignedFree(_scratch);
@@ -150,8 +152,16 @@ public sealed unsafe class CpuWorkerPool : IDisposable
     /// <summary>Held (re-entrantly) by every region; kernels hold it across their setup and region to own <see cref="Scratch"/>.</summary>
     internal object CallLock => _callLock;
 
+    /// <summary>Throws when called from inside one of this pool's work items: taking <see cref="CallLock"/> there would
+    /// wait for the region that runs the caller, forever.</summary>
+    internal void ThrowIfInsideRegion(string what)
+    {
+        if (t_runningBodyOf == this) throw new InvalidOperationException($"{what} from inside a work item of the same CpuWorkerPool");
+    }
+
     public void Dispose()
     {
+        ThrowIfInsideRegion("Dispose");
         lock (_callLock)
         {
             if (_disposed) return;
@@ -161,6 +171,7 @@ public sealed unsafe class CpuWorkerPool : IDisposable
             foreach (var w in _workers) w.Thread.Join();
             NativeMemory.AlignedFree(_scratch);
             _scratch = null;
+            _scratchBytes = 0;
         }
     }
 

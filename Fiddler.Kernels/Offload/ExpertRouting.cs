@@ -39,16 +39,18 @@ public readonly record struct ExpertRoute(ExpertRouteKind Kind, double CpuShare 
 
     /// <summary>
     /// Intermediate rows [0, result) on the CPU for an expert of <paramref name="intermediate"/> rows, rounded to 64
-    /// (whole SIMD blocks; 1 for experts under 1024 rows); 0 or <paramref name="intermediate"/> when the rounded share
-    /// leaves one side empty.
+    /// (whole SIMD blocks; 1 for experts under 1024 rows), and at least one block on each side: a split runs on both
+    /// lanes, as the router planned and learns from (a share near 0 or 1 of a small expert would otherwise round to a
+    /// whole CPU or whole transfer route that the router still accounts as a split). An expert of one row is all CPU.
     /// </summary>
     public int CpuRows(int intermediate)
     {
         if (Kind == ExpertRouteKind.Cpu) return intermediate;
         if (Kind != ExpertRouteKind.Split) return 0;
         int multiple = intermediate >= 1024 ? 64 : 1;
+        if (intermediate < 2 * multiple) return intermediate;
         int rows = (int)Math.Round(CpuShare * intermediate / multiple) * multiple;
-        return Math.Clamp(rows, 0, intermediate);
+        return Math.Clamp(rows, multiple, intermediate - multiple);
     }
 
     public override string ToString() => Kind == ExpertRouteKind.Split ? $"Split({CpuShare:0.###})" : Kind.ToString();

@@ -89,6 +89,39 @@ public sealed class ExpertRouterPropertyTests
     }
 
     [Fact]
+    public void Decide_LearnedFactorsBelowOne_ExactStillEqualsBestOfEverySplit()
+    {
+        // Learned CPU factors below 1 (bench JSONs show 0.5-0.9) made the search skip splits whose raw CPU time exceeded
+        // the best makespan although their lane, scaled down, was shorter: up to ~11 % worse plans.
+        var rng = new Random(7);
+        for (int trial = 0; trial < 200; trial++)
+        {
+            var host = RandomHost(rng);
+            int slots = rng.Next(1, 4);
+            var loads = RandomLayer(rng, maxExperts: 7);
+            var router = new ExpertRouter(host, new RouterOptions(StagingSlots: slots, SplitExperts: false, CpuContention: 1));
+            var saved = router.SaveLearned();
+            double F() => 0.3 + 1.2 * rng.NextDouble();
+            router.RestoreLearned(saved with
+            {
+                Calm = [.. saved.Calm.Select(_ => F())],
+                Contended = [.. saved.Contended.Select(_ => F())],
+                Transfer = [.. saved.Transfer.Select(_ => F())],
+                Samples = [.. saved.Samples.Select(_ => 1000L)],
+                Balance = 0.5 + rng.NextDouble(),
+            });
+            var misses = loads.Where(l => !l.Resident).Select(l => l.Expert).ToArray();
+            double best = double.PositiveInfinity;
+            for (int mask = 0; mask < 1 << misses.Length; mask++)
+            {
+                var streamed = misses.Where((_, i) => (mask & (1 << i)) != 0).ToHashSet();
+                best = Math.Min(best, router.Evaluate(loads, l => streamed.Contains(l.Expert)).MakespanMs);
+            }
+            Assert.True(router.Decide(loads).MakespanMs <= best + 1e-9, $"trial {trial}: the search missed a better split");
+        }
+    }
+
+    [Fact]
     public void Decide_SixteenMisses_ExactSearchStaysFast()
     {
         var rng = new Random(3);

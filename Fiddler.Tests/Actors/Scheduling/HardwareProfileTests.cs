@@ -95,6 +95,30 @@ public sealed class HardwareProfileTests : IDisposable
         Assert.Contains("fiddler calibrate", e.Message);
     }
 
+    [Theory]
+    [InlineData("null-point")]
+    [InlineData("zero-transfer")]
+    [InlineData("zero-cpu")]
+    public void Load_ProfileThatWouldRouteAbsurdly_InvalidDataNamingTheFile(string damage)
+    {
+        // A null point crashed start-up with a bare NullReferenceException; zero times loaded and sent every miss to
+        // one lane for good (a lane planned at 0 ms is never learned from).
+        H100().Save(PathOf("p.json"));
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(PathOf("p.json")))!.AsObject();
+        switch (damage)
+        {
+            case "null-point": json["cpu_expert"]!["points"]!.AsArray().Add(null); break;
+            case "zero-transfer": json["transfer_ms"] = 0; break;
+            case "zero-cpu":
+                foreach (var point in json["cpu_expert"]!["points"]!.AsArray()) point!["ms"] = 0;
+                break;
+        }
+        File.WriteAllText(PathOf("p.json"), json.ToJsonString());
+        var e = Assert.Throws<InvalidDataException>(() => HardwareProfile.Load(PathOf("p.json")));
+        Assert.Contains(PathOf("p.json"), e.Message);
+        Assert.Contains("fiddler calibrate", e.Message);
+    }
+
     [Fact]
     public void CpuMs_BothPaths_FasterOneWins()
     {

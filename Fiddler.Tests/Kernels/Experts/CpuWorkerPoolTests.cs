@@ -159,4 +159,38 @@ public class CpuWorkerPoolTests
         single.ParallelFor(3, _ => { });
         Assert.Equal(0, single.Stats.Regions);
     }
+
+    [Fact]
+    public async Task CallsBackIntoThePoolFromAWorkItem_ThrowInsteadOfDeadlocking()
+    {
+        using var pool = new CpuWorkerPool(threads: 3);
+        var errors = new System.Collections.Concurrent.ConcurrentBag<Exception>();
+        // Every item (on workers and on the caller) tries the calls that take the pool's call lock.
+        var run = Task.Run(() => pool.ParallelFor(6, _ =>
+        {
+            try { pool.Dispose(); } catch (InvalidOperationException e) { errors.Add(e); }
+            try { pool.ActiveConcurrency = 1; } catch (InvalidOperationException e) { errors.Add(e); }
+            try { pool.ParallelFor(1, _ => { }); } catch (InvalidOperationException e) { errors.Add(e); }
+        }, grain: 1));
+        await run.WaitAsync(TimeSpan.FromSeconds(20)); // a TimeoutException here: a call from inside a work item deadlocked
+        Assert.Equal(18, errors.Count);
+        Assert.All(errors, e => Assert.Contains("same CpuWorkerPool", e.Message));
+    }
+
+    [Fact]
+    public unsafe void Kernel_OnADisposedPool_ThrowsObjectDisposed()
+    {
+        var pool = new CpuWorkerPool(threads: 2);
+        float[] w = new float[16 * 8], x = new float[8], y = new float[8];
+        fixed (float* pw = w, px = x, py = y)
+        {
+            var weights = new ExpertWeights(pw, pw, pw, 8, 16, WeightType.F32);
+            CpuExpertKernel.SwiGlu(pool, px, 1, weights, py); // allocates the pool's scratch
+            pool.Dispose();
+            var ptrs = (W: (IntPtr)pw, X: (IntPtr)px, Y: (IntPtr)py);
+            Assert.Throws<ObjectDisposedException>(() =>
+                CpuExpertKernel.SwiGlu(pool, (float*)ptrs.X, 1, new ExpertWeights((void*)ptrs.W, (void*)ptrs.W, (void*)ptrs.W, 8, 16, WeightType.F32), (float*)ptrs.Y));
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => CpuExpertKernel.ForceIsa = (CpuIsa)3);
+    }
 }

@@ -47,4 +47,32 @@ public class CpuBackendTests
         Assert.Equal(wanted, seen);
         Assert.Throws<ArgumentOutOfRangeException>(() => new TorchCpuBackend(-1));
     }
+
+    [Fact]
+    public void SimdBackend_InputsTheKernelCannotReadSafely_AreRefusedNotComputed()
+    {
+        using var scope = NewDisposeScope();
+        var c = MixtralConfig.Mixtral8x7B with { HiddenSize = 8, IntermediateSize = 16, NumAttentionHeads = 2, NumKeyValueHeadsRaw = 1 };
+        using var expert = new MixtralBlockSparseTop2MLP(c, ScalarType.Float32, CPU, pinned: false, fused: false);
+        foreach (var p in expert.parameters()) { using var noGrad = no_grad(); p.normal_(); }
+        using var pool = new Fiddler.Kernels.Experts.CpuWorkerPool(2);
+        var backend = new SimdCpuBackend(pool);
+        var x = randn(3, 8);
+        var ok = zeros(3, 8);
+        backend.Run([new CpuExpertJob(expert, x, ok)]);
+        var expected = expert.forward(x);
+        Assert.True(allclose(ok, expected, rtol: 1e-4, atol: 1e-5));
+
+        // Strided X (a transpose), the wrong dtype, the wrong width, too few output rows, a strided Y: each refused.
+        var bad = new (Tensor X, Tensor Y, string Says)[]
+        {
+            (randn(8, 3).t(), zeros(3, 8), "strided"),
+            (x.to(ScalarType.BFloat16), zeros(3, 8), "X must be"),
+            (randn(3, 7), zeros(3, 7), "X must be"),
+            (x, zeros(2, 8), "Y must be"),
+            (x, zeros(8, 3).t(), "Y must be"),
+        };
+        foreach (var (bx, by, says) in bad)
+            Assert.Contains(says, Assert.Throws<ArgumentException>(() => backend.Run([new CpuExpertJob(expert, bx, by)])).Message);
+    }
 }

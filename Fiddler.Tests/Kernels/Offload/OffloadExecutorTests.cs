@@ -58,4 +58,14 @@ public sealed class OffloadExecutorTests
         Assert.False(stager.AnyInUse, "a failed layer left staging slots in use");
         Assert.Equal(3, new Fiddler.Kernels.Generation.Generator(loaded.Model, null).Run([1, 2, 3, 4], options).Tokens.Length);
     }
+
+    [Theory]
+    [InlineData(0.975, 1024, 960)]   // would round to all 1024 rows: one block stays on the transfer side
+    [InlineData(0.02, 1024, 64)]     // would round to 0 rows: one block stays on the CPU
+    [InlineData(0.5, 14336, 7168)]   // Mixtral: whole 64-row blocks
+    [InlineData(0.3, 48, 14)]        // small experts split by row
+    [InlineData(0.99, 48, 47)]
+    [InlineData(0.5, 1, 1)]          // one row cannot be divided
+    public void SplitRoute_CpuRows_WholeBlocksWithWorkOnBothLanes(double share, int intermediate, int expected)
+        => Assert.Equal(expected, ExpertRoute.Split(share).CpuRows(intermediate));
 }
