@@ -87,7 +87,7 @@ public readonly record struct ExpertDecision(int Expert, int Tokens, ExpertPlace
 /// <summary>The decisions for one layer (in input order) and the predicted lane finish times.</summary>
 /// <param name="CpuLaneMs">When the CPU lane (CPU experts back to back) finishes.</param>
 /// <param name="GpuLaneMs">When the GPU lane (resident computes, transfers and their computes) finishes.</param>
-/// <param name="Exact">Whether the split came from exact search (false: greedy, or no choice to make).</param>
+/// <param name="Exact">Whether the split is the best of every split (exact search, or no miss to place); false: greedy, above <see cref="RouterOptions.ExactSearchLimit"/> misses.</param>
 public sealed record LayerPlan(IReadOnlyList<ExpertDecision> Decisions, double CpuLaneMs, double GpuLaneMs, bool Exact)
 {
     /// <summary>The CPU slowdown factor the plan was made with (calibrated CPU times × this = the CPU lane's times).</summary>
