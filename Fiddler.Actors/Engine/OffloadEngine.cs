@@ -332,12 +332,25 @@ public sealed class OffloadEngine : IDisposable
         return d;
     }
 
+    /// <summary>
+    /// The executor, stager and CPU pool go first (they drain what they queued: a lane's reads of host experts, the
+    /// copies out of them), then the host experts are unregistered and the model freed. Each step runs even if an
+    /// earlier one throws (a CUDA error after a device fault, say); the first error is rethrown at the end.
+    /// </summary>
     public void Dispose()
     {
-        Model.SetExpertExecutor(null);
-        HostPinning.Release(Model);
-        Model.Dispose();
-        Tokenizer?.Dispose();
-        foreach (var d in Enumerable.Reverse(_owned)) d.Dispose();
+        var errors = new List<Exception>();
+        void Step(Action a)
+        {
+            try { a(); }
+            catch (Exception e) { errors.Add(e); }
+        }
+        Step(() => Model.SetExpertExecutor(null));
+        foreach (var d in Enumerable.Reverse(_owned)) Step(d.Dispose);
+        Step(() => HostPinning.Release(Model));
+        Step(Model.Dispose);
+        if (Tokenizer is { } t) Step(t.Dispose);
+        if (errors.Count == 1) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(errors[0]);
+        if (errors.Count > 1) throw new AggregateException("disposing the engine", errors);
     }
 }

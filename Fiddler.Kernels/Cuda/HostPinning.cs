@@ -44,15 +44,19 @@ public static class HostPinning
     /// <summary>Unregisters every registered parameter of <paramref name="module"/> (before the module frees them).</summary>
     public static void Release(nn.Module module)
     {
+        // Every registration is dropped even if one unregister fails (a device fault): the first error is rethrown after.
+        Exception? first = null;
         foreach (var p in module.parameters())
         {
             if (p.device_type != DeviceType.CPU) continue;
             IntPtr ptr = TensorMemory.DataPtr(p);
             if (Registered.TryRemove(ptr, out long bytes))
             {
-                PinnedMemory.Unregister(ptr);
                 HugePages.Forget(ptr, bytes);
+                try { PinnedMemory.Unregister(ptr); }
+                catch (Exception e) { first ??= e; }
             }
         }
+        if (first is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
     }
 }

@@ -67,7 +67,9 @@ public static class ModelLoader
         }
         catch
         {
-            Cuda.HostPinning.Release(model); // page-locked host experts are unregistered before their memory goes
+            // Page-locked host experts are unregistered before their memory goes; a failure there must not hide the
+            // load's own error.
+            try { Cuda.HostPinning.Release(model); } catch (Exception) { }
             model.Dispose();
             tokenizer?.Dispose();
             throw;

@@ -63,8 +63,8 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
         _experts.register_module($"{e}", null!);
         _experts.register_module($"{e}", moved);
         _resident[e] = true;
-        Cuda.HostPinning.Release(host);
-        host.Dispose();
+        try { Cuda.HostPinning.Release(host); }
+        finally { host.Dispose(); }
     }
 
     public int Layer { get; }

@@ -190,8 +190,10 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         {
             // Give back every slot still held, or one failed layer (e.g. out of memory) would leave the stager refusing
             // every later transfer; the free point is after whatever the device already queued on them.
+            // Any failure to give one back (a CudaException after a sticky device error, say) must not skip the rest of
+            // this cleanup: the CPU lane below may still be writing its buffers.
             foreach (var (_, w) in staged)
-                try { stager!.Release(w.Slot); } catch (InvalidOperationException) { }
+                try { stager!.Release(w.Slot); } catch (Exception) { }
             // The CPU lane reads and writes its tensors: let it finish before freeing them.
             try { cpuLane?.Wait(); } catch (AggregateException) { }
             laneTensors.End?.Abandon(); // a backend that ended without reporting may still run its jobs: keep their tensors

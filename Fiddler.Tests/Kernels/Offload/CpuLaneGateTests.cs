@@ -194,4 +194,52 @@ public sealed class CpuLaneGateTests
         executor.Complete();
         Assert.Equal(2, scheduler.Observed.Count);
     }
+
+    /// <summary>A stager whose copies fail and whose slots cannot be given back (as after a sticky CUDA error).</summary>
+    private sealed class FaultedStager(IWeightStager inner) : IWeightStager
+    {
+        public int Slots => inner.Slots;
+        public long BytesCopied => inner.BytesCopied;
+        public StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2, int start = 0, int? rows = null) => inner.Begin(slot, w1, w3, w2, start, rows);
+        public void Await(StagedWeights staged) => throw new InvalidOperationException("device failure on purpose");
+        public void Release(int slot) => throw new Fiddler.Kernels.Cuda.CudaException("cudaEventRecord", Fiddler.Kernels.Cuda.CudaErrors.IllegalAddress);
+        public void Dispose() => inner.Dispose();
+    }
+
+    /// <summary>Runs its jobs for a while on the thread pool, saying when they run.</summary>
+    private sealed class SlowBackend : ICpuExpertBackend
+    {
+        public volatile bool Running;
+        public string Name => "slow";
+        public void Run(IReadOnlyList<CpuExpertJob> jobs)
+        {
+            Thread.Sleep(500);
+            new TorchCpuBackend().Run(jobs);
+        }
+        public Task Start(IReadOnlyList<CpuExpertJob> jobs, Action finished)
+        {
+            Running = true;
+            return Task.Run(() =>
+            {
+                try { Run(jobs); }
+                finally { Running = false; finished(); }
+            });
+        }
+    }
+
+    [Fact]
+    public void FailedLayer_SlotsThatCannotBeGivenBack_StillWaitsForItsCpuLane()
+    {
+        // A CudaException from giving back a slot escaped the layer's cleanup: the layer threw while its CPU lane was
+        // still writing the reused page-locked buffers.
+        var (owner, block, hidden) = HostExpertLayer();
+        using var _ = owner;
+        using var stager = new FaultedStager(new CopyStager(2, hidden, 40, ScalarType.Float32, CPU));
+        var backend = new SlowBackend();
+        using var executor = new OffloadExecutor(new PlanParity.ForcedScheduler((_, _) => ExpertRoute.Split(0.5)), backend, stager, CpuMerge.Blocking);
+        block.Executor = executor;
+        using var x = randn(1, 2, hidden);
+        Assert.ThrowsAny<Exception>(() => block.forward(x));
+        Assert.False(backend.Running, "the layer threw while its CPU lane was still running");
+    }
 }
