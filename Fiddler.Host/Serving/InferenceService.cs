@@ -92,6 +92,13 @@ public sealed class InferenceService : IInferenceService, IAsyncDisposable
         // The native tokenizer aborts the process on a Rust panic; text that is not valid UTF-16 never reaches it.
         if (FirstInvalidUtf16(text) is int at)
             throw new RequestException($"the text has an unpaired UTF-16 surrogate at index {at}");
+        // Encoding runs before the request is queued, on the cores the CPU experts use: a text that cannot fit the context
+        // whatever its tokens (twice the longest token's length per token, for normalizers that shorten text) is refused
+        // without encoding it.
+        long most = (long)Model.ContextLength * _tokenizer.MaxTokenChars * 2;
+        if (text.Length > most)
+            throw new RequestException($"the text has {text.Length} characters, more than this model's context of {Model.ContextLength} tokens " +
+                $"can hold (a token covers at most {_tokenizer.MaxTokenChars})", "prompt", RequestErrorKind.ContextLength, "context_length_exceeded");
         try { return _tokenizer.Encode(text, addSpecialTokens); }
         catch (ArgumentException e) { throw new RequestException($"the tokenizer rejected the text: {e.Message}"); }
     }

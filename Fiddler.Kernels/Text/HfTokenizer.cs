@@ -89,6 +89,7 @@ public sealed class HfTokenizer : IDisposable
         TokenizerJson.ValidatePostProcessor(jsonPath, root["post_processor"]);
         TokenizerJson.ValidateDecoder(jsonPath, root["decoder"]);
         VocabSize = _idToToken.Length;
+        MaxTokenChars = Math.Max(1, _idToToken.Max(t => t?.Length ?? 0));
 
         // 2. tokenizer_config.json (optional) and chat template.
         var config = TokenizerConfigInfo.Load(dir);
@@ -157,6 +158,10 @@ public sealed class HfTokenizer : IDisposable
     /// <summary>Highest token id (model vocabulary or added tokens) plus one: the number of embedding rows the ids
     /// can address. For Mixtral this is 32000. (HF's <c>get_vocab_size(true)</c> counts the same set.)</summary>
     public int VocabSize { get; }
+
+    /// <summary>The longest token's text in UTF-16 chars (at least 1): no token covers more of a text, so a text of n chars
+    /// needs at least n / this many tokens (a bound servers can check before they pay for encoding it).</summary>
+    public int MaxTokenChars { get; }
 
     /// <summary>Jinja chat template: <c>chat_template</c> of tokenizer_config.json (a string, or the entry named
     /// "default" / the first entry of a list of named templates), else chat_template.jinja, else

@@ -27,7 +27,17 @@ internal sealed record TokenizerConfigInfo(
             info = Parse(configPath, HfTokenizer.ReadFile(configPath));
         }
 
-        if (info.ChatTemplate is null)
+        // special_tokens_map.json names the special tokens too (older checkpoints keep them only there): it fills what the
+        // config leaves out.
+        string mapPath = Path.Combine(dir, "special_tokens_map.json");
+        if ((info.BosToken is null || info.EosToken is null) && File.Exists(mapPath))
+        {
+            var map = HfTokenizer.ParseObject(mapPath, StripBom(HfTokenizer.ReadFile(mapPath)), "special_tokens_map.json");
+            info = info with { BosToken = info.BosToken ?? ReadToken(mapPath, map, "bos_token"), EosToken = info.EosToken ?? ReadToken(mapPath, map, "eos_token") };
+        }
+
+        // As transformers: a chat template file beside the config overrides the config's own template (checkpoints
+        // re-saved by recent transformers keep it only there; an updated template is often shipped that way).
         {
             string jinjaPath = Path.Combine(dir, "chat_template.jinja");
             string jsonPath = Path.Combine(dir, "chat_template.json");

@@ -93,4 +93,19 @@ public sealed class InferenceServiceTests
         Assert.Equal(FinishReason.Length, done.Finish);
         Assert.Equal(3, done.CompletionTokens);
     }
+
+    [Fact]
+    public async Task Tokenize_TextNoContextCouldHold_IsRefusedWithoutEncodingIt()
+    {
+        // Encoding runs before the queue admits a request: a multi-megabyte prompt must not cost seconds of the CPU the
+        // experts use only to be refused for its length afterwards.
+        await using var h = await ServingHarness.StartAsync();
+        int most = h.Service.Model.ContextLength * 2 * 64; // above any bound the default model's tokenizer gives
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var e = Assert.Throws<RequestException>(() => h.Service.Tokenize(new string('a', most)));
+        Assert.Contains("more than this model's context", e.Message);
+        Assert.Equal(RequestErrorKind.ContextLength, e.Kind);
+        Assert.True(watch.ElapsedMilliseconds < 100, $"refusing took {watch.ElapsedMilliseconds} ms");
+        Assert.NotEmpty(h.Service.Tokenize("a short prompt")); // and ordinary text still encodes
+    }
 }

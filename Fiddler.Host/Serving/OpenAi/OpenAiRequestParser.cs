@@ -111,6 +111,12 @@ public static partial class OpenAiRequestParser
             string at = $"messages[{i++}]";
             if (m.ValueKind != JsonValueKind.Object) throw TypeError(at, "an object", m);
             string role = String(m, "role", $"{at}.role") ?? throw new RequestException($"missing required parameter: '{at}.role'", $"{at}.role");
+            // Tools are not served ('tools' is refused): a conversation carrying tool calls or their results would be
+            // rendered without them, as empty turns, so it is refused as plainly.
+            if (Get(m, "tool_calls") is { ValueKind: not JsonValueKind.Null } || Get(m, "function_call") is { ValueKind: not JsonValueKind.Null })
+                throw new RequestException($"'{at}' carries tool calls: this server does not support tools", $"{at}.tool_calls");
+            if (role is "tool" or "function")
+                throw new RequestException($"'{at}' has role '{role}': this server does not support tools", $"{at}.role");
             list.Add(new ChatMessage(role, Content(m, $"{at}.content")));
         }
         if (list.Count == 0) throw new RequestException("'messages' must contain at least one message", "messages");

@@ -83,6 +83,7 @@ internal sealed partial class JinjaParser
 
     private Expr ParseNot()
     {
+        EnsureStack();
         if (IsName("not"))
         {
             int pos = Next().Offset;
@@ -165,6 +166,7 @@ internal sealed partial class JinjaParser
 
     private Expr ParseUnary(bool withFilter)
     {
+        EnsureStack();
         Expr node;
         if (IsOp("-") || IsOp("+"))
         {

@@ -9,6 +9,7 @@ internal sealed partial class JinjaParser
     /// <summary>Parses nodes until a block tag named in <paramref name="endTags"/>; leaves the stream after that name.</summary>
     private List<Node> Subparse(HashSet<string> endTags, out string endTag)
     {
+        EnsureStack();
         var body = new List<Node>();
         while (true)
         {

@@ -68,5 +68,12 @@ internal sealed partial class JinjaParser
 
     private InvalidDataException Fail(string message, int? offset = null) => JinjaSyntax.Error(_src, offset ?? Current.Offset, message);
 
+    /// <summary>Nesting deep enough to exhaust the stack (thousands of parentheses) is a template error, not a crash.</summary>
+    private void EnsureStack()
+    {
+        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw Fail("the template nests too deeply");
+    }
+
     private NotSupportedException Unsupported(string what, int offset) => JinjaSyntax.Unsupported(_src, offset, what);
 }

@@ -64,8 +64,17 @@ internal sealed class JinjaRenderer
         return Flow.Normal;
     }
 
+    /// <summary>A template that recurses without end (a macro calling itself on ever longer input) must fail the
+    /// request, not overflow the thread's stack, which would end the process.</summary>
+    private static void EnsureStack()
+    {
+        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw new JinjaRenderException("the chat template recursed too deeply (a macro calling itself?)");
+    }
+
     private Flow ExecOne(Node node, Scope scope, StringBuilder output)
     {
+        EnsureStack();
         switch (node)
         {
             case TextNode t:
@@ -169,7 +178,22 @@ internal sealed class JinjaRenderer
         }
     }
 
+    /// <summary>Macro calls nested deeper than this fail the render (jinja2 stops at Python's recursion limit, a few
+    /// hundred macro levels): each level may hold a copy of its input, so depth must stay bounded before the stack is.</summary>
+    internal const int MaxMacroDepth = 500;
+
+    private int _macroDepth;
+
     private JinjaCallable MakeMacro(MacroNode m, Scope definedIn) => new(m.Name, (args, kwargs) =>
+    {
+        if (_macroDepth >= MaxMacroDepth)
+            throw new JinjaRenderException($"the chat template recursed too deeply (macro '{m.Name}' nested more than {MaxMacroDepth} calls)");
+        _macroDepth++;
+        try { return CallMacro(m, definedIn, args, kwargs); }
+        finally { _macroDepth--; }
+    });
+
+    private string CallMacro(MacroNode m, Scope definedIn, IReadOnlyList<object?> args, IReadOnlyList<(string Name, object? Value)> kwargs)
     {
         if (args.Count > m.Params.Count)
         {
@@ -194,12 +218,13 @@ internal sealed class JinjaRenderer
         var output = new StringBuilder();
         Exec(m.Body, scope, output);
         return output.ToString();
-    });
+    }
 
     // ---- expressions ----
 
     private object? Eval(Expr expr, Scope scope)
     {
+        EnsureStack();
         switch (expr)
         {
             case ConstExpr c:

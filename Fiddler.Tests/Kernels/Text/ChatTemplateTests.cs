@@ -167,4 +167,37 @@ public sealed class ChatTemplateTests : IDisposable
     [Fact]
     public void Apply_NullBosToken_IsUndefinedAndRendersEmpty() =>
         Assert.Equal("[]", ChatTemplate.Parse("[{{ bos_token }}]", null, null).Apply(OneUser));
+
+    [Fact]
+    public void Parse_MacroThatCallsItselfForever_IsAnErrorNotAStackOverflow()
+    {
+        // A stack overflow ends the process; the template must fail instead, at load or when applied.
+        var template = ChatTemplate.Parse("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "<s>", "</s>");
+        var e = Assert.Throws<ArgumentException>(() => template.Apply(OneUser));
+        Assert.Contains("recursed too deeply", e.Message);
+    }
+
+    [Fact]
+    public void Apply_RecursionThatGrowsWithTheMessage_IsARequestErrorNotAStackOverflow()
+    {
+        // Loads and renders short messages; a long one must be refused, not crash the server.
+        const string source = "{% macro r(s) %}{% if s %}{{ s[0] }}{{ r(s[1:]) }}{% endif %}{% endmacro %}" +
+                              "{% for m in messages %}{{ r(m['content']) }}{% endfor %}";
+        var template = ChatTemplate.Parse(source, "<s>", "</s>");
+        Assert.Equal("hello", template.Apply([("user", "hello")]));
+        var e = Assert.Throws<ArgumentException>(() => template.Apply([("user", new string('x', 5_000))]));
+        Assert.Contains("recursed too deeply", e.Message);
+    }
+
+    [Fact]
+    public void Parse_ExpressionNestedThousandsDeep_IsATemplateErrorNotAStackOverflow()
+    {
+        string source = "{{ " + new string('(', 50_000) + "1" + new string(')', 50_000) + " }}";
+        var e = Assert.Throws<InvalidDataException>(() => ChatTemplate.Parse(source, "<s>", "</s>"));
+        Assert.Contains("nests too deeply", e.Message);
+        // A long chain of "not": refused at load or when applied, or rendered; never a crash.
+        string nots = "{{ " + string.Concat(Enumerable.Repeat("not ", 200_000)) + "1 }}";
+        try { Assert.Contains(ChatTemplate.Parse(nots, "<s>", "</s>").Apply(OneUser), new[] { "True", "False" }); }
+        catch (Exception x) when (x is InvalidDataException or ArgumentException) { }
+    }
 }

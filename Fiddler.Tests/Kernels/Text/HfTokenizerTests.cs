@@ -218,6 +218,29 @@ public sealed class HfTokenizerTests : IDisposable
     }
 
     [Fact]
+    public void ChatTemplate_JinjaFile_OverridesTheConfigsTemplate()
+    {
+        var config = T.BuildConfig();
+        config["chat_template"] = "FROM CONFIG";
+        _files.WriteConfig(config).WriteFile("chat_template.jinja", "FROM FILE");
+        using var tok = Load();
+        Assert.Equal("FROM FILE", tok.ChatTemplate); // transformers' test_chat_template_file_priority
+    }
+
+    [Fact]
+    public void SpecialTokens_OnlyInSpecialTokensMap_AreFound()
+    {
+        var config = T.BuildConfig();
+        config.Remove("bos_token");
+        config.Remove("eos_token");
+        _files.WriteConfig(config).WriteFile("special_tokens_map.json",
+            """{"bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>", "unk_token": "<unk>"}""");
+        using var tok = Load();
+        Assert.Equal(1, tok.BosId);
+        Assert.Equal(2, tok.EosId);
+    }
+
+    [Fact]
     public void Decode_CleanUpTokenizationSpacesTrue_AppliesTransformersCleanup()
     {
         var config = T.BuildConfig();
