@@ -45,16 +45,22 @@ public static class PlacementPlanner
         order.Sort((a, b) => b.Count != a.Count ? b.Count.CompareTo(a.Count)
             : a.Layer != b.Layer ? a.Layer.CompareTo(b.Layer) : a.Expert.CompareTo(b.Expert));
 
+        var (onGpu, hitRate) = TakeFirst(shape, order, n);
+        return new PlacementPlan(shape, onGpu, budgetBytes, kvCacheBytes, reserveBytes, hitRate);
+    }
+
+    /// <summary>The first <paramref name="n"/> experts of <paramref name="ranked"/> on the GPU, and the share of the
+    /// profile's recorded choices they serve (a uniform, all-zero profile has none: the share of experts instead).</summary>
+    private static (bool[,] OnGpu, double HitRate) TakeFirst(ModelShape shape, IReadOnlyList<(int Layer, int Expert, long Count)> ranked, int n)
+    {
         var onGpu = new bool[shape.Layers, shape.Experts];
         long hits = 0, all = 0;
-        for (int i = 0; i < order.Count; i++)
+        for (int i = 0; i < ranked.Count; i++)
         {
-            if (i < n) { onGpu[order[i].Layer, order[i].Expert] = true; hits += order[i].Count; }
-            all += order[i].Count;
+            if (i < n) { onGpu[ranked[i].Layer, ranked[i].Expert] = true; hits += ranked[i].Count; }
+            all += ranked[i].Count;
         }
-        // A uniform (all-zero) profile has no choices to serve; report the share of experts instead.
-        double hitRate = all > 0 ? (double)hits / all : (double)n / order.Count;
-        return new PlacementPlan(shape, onGpu, budgetBytes, kvCacheBytes, reserveBytes, hitRate);
+        return (onGpu, all > 0 ? (double)hits / all : (double)n / ranked.Count);
     }
 
     /// <summary>An expert whose host memory reads below this share of the median rate sits in slow memory.</summary>
@@ -96,15 +102,7 @@ public static class PlacementPlanner
         order.Sort((a, b) => b.Score != a.Score ? b.Score.CompareTo(a.Score)
             : a.Layer != b.Layer ? a.Layer.CompareTo(b.Layer) : a.Expert.CompareTo(b.Expert));
 
-        int n = plan.ExpertsOnGpu;
-        var onGpu = new bool[shape.Layers, shape.Experts];
-        long hits = 0, all = 0;
-        for (int i = 0; i < order.Count; i++)
-        {
-            if (i < n) { onGpu[order[i].Layer, order[i].Expert] = true; hits += order[i].Count; }
-            all += order[i].Count;
-        }
-        double hitRate = all > 0 ? (double)hits / all : (double)n / order.Count;
+        var (onGpu, hitRate) = TakeFirst(shape, [.. order.Select(o => (o.Layer, o.Expert, o.Count))], plan.ExpertsOnGpu);
         return new PlacementPlan(shape, onGpu, plan.BudgetBytes, plan.KvCacheBytes, plan.ReserveBytes, hitRate);
     }
 }
