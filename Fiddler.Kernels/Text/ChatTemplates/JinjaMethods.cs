@@ -20,6 +20,20 @@ internal static class JinjaMethods
     private static readonly HashSet<string> PythonListMethods =
         ["append", "clear", "copy", "count", "extend", "index", "insert", "pop", "remove", "reverse", "sort"];
 
+    /// <summary>
+    /// Whether <paramref name="name"/> is a Python method of str, dict or list that no type here implements: a call to
+    /// it can never render, so the parser refuses the template at load instead of failing a request that reaches it.
+    /// </summary>
+    public static bool IsUnimplementedEverywhere(string name) =>
+        (PythonStrMethods.Contains(name) || PythonDictMethods.Contains(name) || PythonListMethods.Contains(name))
+        && !(PythonStrMethods.Contains(name) && StrMethod("", name) is not null)
+        && !(PythonDictMethods.Contains(name) && DictMethod(new JinjaDict(), name) is not null)
+        && !(PythonListMethods.Contains(name) && ListMethod(Array.Empty<object?>(), name) is not null);
+
+    /// <summary>The Python type a method name belongs to, for messages ("str" first, as templates mostly call those).</summary>
+    public static string OwnerOf(string name) =>
+        PythonStrMethods.Contains(name) ? "str" : PythonDictMethods.Contains(name) ? "dict" : PythonListMethods.Contains(name) ? "list" : "object";
+
     /// <summary>The bound method <paramref name="name"/> of <paramref name="obj"/>, or null when it has none.</summary>
     public static JinjaCallable? Bind(object? obj, string name, string src, int pos)
     {

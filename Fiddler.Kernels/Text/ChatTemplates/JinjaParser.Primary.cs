@@ -166,6 +166,8 @@ internal sealed partial class JinjaParser
     private CallExpr ParseCall(Expr fn)
     {
         int pos = Current.Offset;
+        if (fn is AttrExpr { Name: var method } attr && JinjaMethods.IsUnimplementedEverywhere(method))
+            throw Unsupported($"method {JinjaMethods.OwnerOf(method)}.{method}()", attr.Pos);
         var (args, kwargs) = ParseCallArgs();
         return new CallExpr(pos, fn, args, kwargs);
     }

@@ -200,4 +200,16 @@ public sealed class ChatTemplateTests : IDisposable
         try { Assert.Contains(ChatTemplate.Parse(nots, "<s>", "</s>").Apply(OneUser), new[] { "True", "False" }); }
         catch (Exception x) when (x is InvalidDataException or ArgumentException) { }
     }
+
+    [Theory]
+    [InlineData("{% for m in messages %}{% if m['role'] == 'tool' %}{{ m['content'].zfill(3) }}{% endif %}{% endfor %}", "str.zfill()")]
+    [InlineData("{{ '{}'.format(1) }}", "str.format()")]
+    public void Parse_PythonMethodNoTypeImplements_IsRefusedAtLoad(string source, string method)
+    {
+        // Found at load, not as a 400 for the first conversation that reaches it.
+        var e = Assert.Throws<NotSupportedException>(() => ChatTemplate.Parse(source, "<s>", "</s>"));
+        Assert.Contains(method, e.Message);
+        // Methods some type implements still load (and run where the value has them).
+        Assert.Equal("hi", ChatTemplate.Parse("{% for m in messages %}{{ m['content'].strip() }}{% endfor %}", "<s>", "</s>").Apply([("user", " hi ")]));
+    }
 }
