@@ -57,9 +57,11 @@ public sealed class OffloadEngine : IDisposable
         ExpertResidency? residency = null;
         PlacementPlan? plan = null;
         bool bySpeed = false;
+        ExpertPopularity? popularity = null;
         if (o.GpuBudgetBytes is long budget)
         {
-            plan = PlanPlacement(o, shape, config.MaxPositionEmbeddings, budget);
+            popularity = Popularity(o, shape);
+            plan = PlanPlacement(o, shape, config.MaxPositionEmbeddings, budget, popularity);
             residency = new ExpertResidency(plan.OnGpuByLayer(), pinHostMemory: o.Device.type == DeviceType.CUDA);
             log(plan.Summary());
             CheckFitsDevice(o.Device, plan.UsedBytes + plan.ReserveBytes, budgeted: true);
@@ -86,7 +88,7 @@ public sealed class OffloadEngine : IDisposable
         {
             if (bySpeed)
             {
-                engine.Plan = plan = engine.PlaceByReadSpeed(plan!, Popularity(o, shape), o, log);
+                engine.Plan = plan = engine.PlaceByReadSpeed(plan!, popularity!, o, log);
                 residency = new ExpertResidency(plan.OnGpuByLayer(), residency!.PinHostMemory);
             }
             if (residency is not null && residency.ResidentCount < shape.Layers * shape.Experts)
@@ -109,10 +111,11 @@ public sealed class OffloadEngine : IDisposable
     /// sequences of <see cref="EngineOptions.ContextTokens"/> positions (at most <paramref name="maxPositions"/>), the
     /// staging slots and one forward's activations; experts by popularity in the rest.
     /// </summary>
-    public static PlacementPlan PlanPlacement(EngineOptions o, ModelShape shape, int maxPositions, long budget)
+    /// <param name="popularity">The profile already loaded (null: <see cref="EngineOptions.PopularityPath"/>, or uniform).</param>
+    public static PlacementPlan PlanPlacement(EngineOptions o, ModelShape shape, int maxPositions, long budget, ExpertPopularity? popularity = null)
     {
         if (o.Sequences is < 1 or > 32) throw new ArgumentException($"sequences (beam width) must be in 1..32, got {o.Sequences}");
-        var popularity = Popularity(o, shape);
+        popularity ??= Popularity(o, shape);
         long context = Math.Min(o.ContextTokens, maxPositions);
         return PlacementPlanner.Plan(shape, budget, popularity, shape.KvCacheBytes(context, o.Sequences),
             reserveBytes: shape.ActivationReserveBytes(context, o.Sequences), stagingBytes: o.StagingSlots * shape.ExpertBytes);
@@ -161,7 +164,7 @@ public sealed class OffloadEngine : IDisposable
         int slow = all.Count(x => x.Rate < PlacementPlanner.SlowReadShare * median);
         log($"placement by read speed: {slow} of {all.Length} experts read below {PlacementPlanner.SlowReadShare:P0} of the median; {chosen.ExpertsOnGpu} experts on the GPU read at median {Median(all.Where(x => chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} GB/s " +
             $"from host memory, the {all.Length - chosen.ExpertsOnGpu} left there at {Median(all.Where(x => !chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} " +
-            $"(all: p10 {reads.Quantile(0.1):F1}, median {reads.Quantile(0.5):F1}; pass correlation {reads.PassCorrelation:F2}); expected hit rate {chosen.ExpectedHitRate:P1}");
+            $"(all: p10 {reads.Quantile(0.1):F1}, median {median:F1}; pass correlation {reads.PassCorrelation:F2}); expected hit rate {chosen.ExpectedHitRate:P1}");
         return chosen;
     }
 

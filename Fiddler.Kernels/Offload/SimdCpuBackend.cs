@@ -22,33 +22,46 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? la
         {
             var (expert, x, y) = (jobs[i].Expert, jobs[i].X, jobs[i].Y);
             var w1 = expert.Gate.Weight;
-            int intermediate = (int)w1.shape[0];
+            long[] w1Shape = w1.shape;
+            int intermediate = (int)w1Shape[0], hidden = (int)w1Shape[1];
             int rows = jobs[i].Rows ?? intermediate;
             if (rows < 1 || rows > intermediate) throw new ArgumentException($"CPU job {i}: rows {rows} outside 1..{intermediate}");
-            Check(i, x, y, w1, expert.Up.Weight, expert.Down.Weight);
+            int tokens = Check(i, x, y, hidden);
+            if (!_checkedExperts.TryGetValue(expert, out _)) CheckWeights(i, expert); // weights never change: once per expert
             var weights = new ExpertWeights((void*)TensorMemory.DataPtr(w1), (void*)TensorMemory.DataPtr(expert.Up.Weight),
-                (void*)TensorMemory.DataPtr(expert.Down.Weight), (int)w1.shape[1], rows, TypeOf(w1.dtype), w2Stride: intermediate);
-            kernelJobs[i] = new ExpertJob(weights, (float*)TensorMemory.DataPtr(x), (float*)TensorMemory.DataPtr(y), (int)x.shape[0]);
+                (void*)TensorMemory.DataPtr(expert.Down.Weight), hidden, rows, TypeOf(w1.dtype), w2Stride: intermediate);
+            kernelJobs[i] = new ExpertJob(weights, (float*)TensorMemory.DataPtr(x), (float*)TensorMemory.DataPtr(y), tokens);
         }
         CpuExpertKernel.SwiGluMany(pool, kernelJobs);
     }
 
+    private readonly System.Runtime.CompilerServices.ConditionalWeakTable<Modules.MixtralBlockSparseTop2MLP, object> _checkedExperts = [];
+
     /// <summary>
-    /// The kernel reads and writes raw memory: X [n, H] and Y [≥ n, H] must be contiguous fp32 on the CPU, the weights
-    /// contiguous on the CPU ([I, H], [I, H], [H, I]). Anything else would read or write outside the tensors (a strided X
-    /// gave 118 % error in an audit), so it is refused, not computed.
+    /// The kernel reads and writes raw memory: X [n, H] and Y [≥ n, H] must be contiguous fp32 on the CPU. Anything else
+    /// would read or write outside the tensors (a strided X gave 118 % error in an audit), so it is refused, not computed.
+    /// Runs per job per layer: each shape is read once. Returns X's rows (the job's tokens).
     /// </summary>
-    private static void Check(int job, Tensor x, Tensor y, Tensor w1, Tensor w3, Tensor w2)
+    private static int Check(int job, Tensor x, Tensor y, long hidden)
     {
         static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
-        long hidden = w1.shape[1];
-        if (!Host(x) || x.dtype != ScalarType.Float32 || x.dim() != 2 || x.shape[1] != hidden)
-            throw new ArgumentException($"CPU job {job}: X must be contiguous float32 [n, {hidden}] on the CPU, got {x.dtype} [{string.Join(", ", x.shape)}] on {x.device}{(x.is_contiguous() ? "" : ", strided")}");
-        if (!Host(y) || y.dtype != ScalarType.Float32 || y.dim() != 2 || y.shape[1] != hidden || y.shape[0] < x.shape[0])
-            throw new ArgumentException($"CPU job {job}: Y must be contiguous float32 [≥ {x.shape[0]}, {hidden}] on the CPU, got {y.dtype} [{string.Join(", ", y.shape)}] on {y.device}{(y.is_contiguous() ? "" : ", strided")}");
+        long[] xs = x.shape, ys = y.shape;
+        if (xs.Length != 2 || xs[1] != hidden || x.dtype != ScalarType.Float32 || !Host(x))
+            throw new ArgumentException($"CPU job {job}: X must be contiguous float32 [n, {hidden}] on the CPU, got {x.dtype} [{string.Join(", ", xs)}] on {x.device}{(x.is_contiguous() ? "" : ", strided")}");
+        if (ys.Length != 2 || ys[1] != hidden || ys[0] < xs[0] || y.dtype != ScalarType.Float32 || !Host(y))
+            throw new ArgumentException($"CPU job {job}: Y must be contiguous float32 [≥ {xs[0]}, {hidden}] on the CPU, got {y.dtype} [{string.Join(", ", ys)}] on {y.device}{(y.is_contiguous() ? "" : ", strided")}");
+        return (int)xs[0];
+    }
+
+    /// <summary>The expert's weights must be contiguous host tensors of one dtype, [I, H], [I, H] and [H, I].</summary>
+    private void CheckWeights(int job, Modules.MixtralBlockSparseTop2MLP expert)
+    {
+        static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
+        Tensor w1 = expert.Gate.Weight, w3 = expert.Up.Weight, w2 = expert.Down.Weight;
         if (!Host(w1) || !Host(w3) || !Host(w2) || w3.dtype != w1.dtype || w2.dtype != w1.dtype
-            || !w3.shape.SequenceEqual(w1.shape) || w2.shape[0] != hidden || w2.shape[1] != w1.shape[0])
+            || !w3.shape.SequenceEqual(w1.shape) || w2.shape[0] != w1.shape[1] || w2.shape[1] != w1.shape[0])
             throw new ArgumentException($"CPU job {job}: the expert's weights must be contiguous host tensors of one dtype, [I, H], [I, H] and [H, I]");
+        _checkedExperts.AddOrUpdate(expert, expert);
     }
 
     private static WeightType TypeOf(ScalarType t) => t switch

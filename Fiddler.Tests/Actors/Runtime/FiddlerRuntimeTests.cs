@@ -253,94 +253,91 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
         public string Name => "recording";
         public void Run(IReadOnlyList<CpuExpertJob> jobs) { lock (order) order.Add("run"); }
     }
+    /// <summary>A tiny model with a 2^20-token context: a generation of <see cref="Endless"/> runs until the test stops it.
+    /// Its checkpoint is deleted once loaded (the weights are copied into the model).</summary>
+    private static LoadedModel LongContextModel()
+    {
+        string dir = Fiddler.Tests.Support.TinyCheckpoint.TempDir();
+        try
+        {
+            Fiddler.Tests.Support.TinyCheckpoint.Write(dir, Fiddler.Tests.Support.TinyCheckpoint.Config() with { MaxPositionEmbeddings = 1 << 20 });
+            return ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    private static readonly GenerationOptions Endless = new() { MaxNewTokens = (1 << 20) - 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
+
     [Fact]
     public async Task DisposeAsync_WithARunningAndAQueuedGeneration_EndsBothPromptlyAndRefusesNewOnes()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "fiddler-dispose-" + Guid.NewGuid().ToString("N"));
-        try
+        // A context long enough that the first generation cannot finish on its own before the runtime is disposed.
+        using var loaded = LongContextModel();
+        var runtime = FiddlerRuntime.Start(loaded.Model, null);
+        var options = Endless;
+        var started = new TaskCompletionSource();
+        async Task<(string End, int Tokens)> Consume(bool first)
         {
-            // A context long enough that the first generation cannot finish on its own before the runtime is disposed.
-            Fiddler.Tests.Support.TinyCheckpoint.Write(dir, Fiddler.Tests.Support.TinyCheckpoint.Config() with { MaxPositionEmbeddings = 1 << 20 });
-            using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32));
-            var runtime = FiddlerRuntime.Start(loaded.Model, null);
-            var options = new GenerationOptions { MaxNewTokens = (1 << 20) - 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
-            var started = new TaskCompletionSource();
-            async Task<(string End, int Tokens)> Consume(bool first)
+            int n = 0;
+            try
             {
-                int n = 0;
-                try
-                {
-                    await foreach (var t in runtime.GenerateAsync([1, 2], options))
-                        if (t.Id >= 0 && ++n == 3 && first) started.TrySetResult();
-                    return ("ended", n);
-                }
-                catch (ObjectDisposedException) { return ("disposed", n); }
+                await foreach (var t in runtime.GenerateAsync([1, 2], options))
+                    if (t.Id >= 0 && ++n == 3 && first) started.TrySetResult();
+                return ("ended", n);
             }
-            var running = Consume(first: true);
-            var queued = Consume(first: false); // waits in the device actor's mailbox behind the first
-            await started.Task.WaitAsync(TimeSpan.FromSeconds(60));
+            catch (ObjectDisposedException) { return ("disposed", n); }
+        }
+        var running = Consume(first: true);
+        var queued = Consume(first: false); // waits in the device actor's mailbox behind the first
+        await started.Task.WaitAsync(TimeSpan.FromSeconds(60));
 
-            await runtime.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60)); // no hang
-            var (runningEnd, runningTokens) = await running.WaitAsync(TimeSpan.FromSeconds(30));
-            var (queuedEnd, queuedTokens) = await queued.WaitAsync(TimeSpan.FromSeconds(30));
-            Assert.Contains(runningEnd, new[] { "ended", "disposed" });
-            Assert.InRange(runningTokens, 3, options.MaxNewTokens - 1); // cut short
-            Assert.Contains(queuedEnd, new[] { "ended", "disposed" });
-            Assert.Equal(0, queuedTokens); // never started
-            await Assert.ThrowsAsync<ObjectDisposedException>(async () => { await foreach (var _ in runtime.GenerateAsync([1], options)) { } });
-            await Assert.ThrowsAsync<ObjectDisposedException>(() => runtime.RunAsync([1], options));
-            await runtime.DisposeAsync(); // twice: a no-op
-        }
-        finally
-        {
-            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        }
+        await runtime.DisposeAsync().AsTask().WaitAsync(TimeSpan.FromSeconds(60)); // no hang
+        var (runningEnd, runningTokens) = await running.WaitAsync(TimeSpan.FromSeconds(30));
+        var (queuedEnd, queuedTokens) = await queued.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Contains(runningEnd, new[] { "ended", "disposed" });
+        Assert.InRange(runningTokens, 3, options.MaxNewTokens - 1); // cut short
+        Assert.Contains(queuedEnd, new[] { "ended", "disposed" });
+        Assert.Equal(0, queuedTokens); // never started
+        await Assert.ThrowsAsync<ObjectDisposedException>(async () => { await foreach (var _ in runtime.GenerateAsync([1], options)) { } });
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => runtime.RunAsync([1], options));
+        await runtime.DisposeAsync(); // twice: a no-op
     }
 
     [Fact]
     public async Task QueuedGeneration_CancelledByItsCaller_EndsAtOnceAndNeverRuns()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "fiddler-withdraw-" + Guid.NewGuid().ToString("N"));
-        try
+        using var loaded = LongContextModel();
+        await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
+        var options = Endless;
+        using var stopFirst = new CancellationTokenSource();
+        var started = new TaskCompletionSource();
+        int firstTokens = 0;
+        var running = Task.Run(async () =>
         {
-            Fiddler.Tests.Support.TinyCheckpoint.Write(dir, Fiddler.Tests.Support.TinyCheckpoint.Config() with { MaxPositionEmbeddings = 1 << 20 });
-            using var loaded = ModelLoader.Load(dir, new LoadOptions(CPU, ScalarType.Float32));
-            await using var runtime = FiddlerRuntime.Start(loaded.Model, null);
-            var options = new GenerationOptions { MaxNewTokens = (1 << 20) - 4, Sampling = SamplingOptions.Greedy, StopOnEos = false };
-            using var stopFirst = new CancellationTokenSource();
-            var started = new TaskCompletionSource();
-            int firstTokens = 0;
-            var running = Task.Run(async () =>
-            {
-                await foreach (var t in runtime.GenerateAsync([1, 2], options, stopFirst.Token))
-                    if (++firstTokens == 3) started.TrySetResult();
-            });
-            await started.Task.WaitAsync(TimeSpan.FromSeconds(60));
+            await foreach (var t in runtime.GenerateAsync([1, 2], options, stopFirst.Token))
+                if (++firstTokens == 3) started.TrySetResult();
+        });
+        await started.Task.WaitAsync(TimeSpan.FromSeconds(60));
 
-            // A second request waits behind the first (which would run for hours); its caller gives up.
-            using var stopQueued = new CancellationTokenSource();
-            int queuedTokens = 0;
-            var queued = Task.Run(async () => { await foreach (var _ in runtime.GenerateAsync([3, 4], options, stopQueued.Token)) queuedTokens++; });
-            var ran = Task.Run(() => runtime.RunAsync([5], options with { MaxNewTokens = 2 }, cancel: stopQueued.Token));
-            await Task.Delay(300);
-            stopQueued.Cancel();
-            // Both end at once, as a generation cancelled before its first token does: no tokens, finish "cancelled".
-            await queued.WaitAsync(TimeSpan.FromSeconds(5));
-            var withdrawn = await ran.WaitAsync(TimeSpan.FromSeconds(5));
-            Assert.Equal(FinishReason.Cancelled, withdrawn.Finish);
-            Assert.Empty(withdrawn.Tokens);
-            Assert.Equal(0, queuedTokens);
-            Assert.False(running.IsCompleted, "the first generation should still be running");
+        // A second request waits behind the first (which would run for hours); its caller gives up.
+        using var stopQueued = new CancellationTokenSource();
+        int queuedTokens = 0;
+        var queued = Task.Run(async () => { await foreach (var _ in runtime.GenerateAsync([3, 4], options, stopQueued.Token)) queuedTokens++; });
+        var ran = Task.Run(() => runtime.RunAsync([5], options with { MaxNewTokens = 2 }, cancel: stopQueued.Token));
+        await Task.Delay(300);
+        stopQueued.Cancel();
+        // Both end at once, as a generation cancelled before its first token does: no tokens, finish "cancelled".
+        await queued.WaitAsync(TimeSpan.FromSeconds(5));
+        var withdrawn = await ran.WaitAsync(TimeSpan.FromSeconds(5));
+        Assert.Equal(FinishReason.Cancelled, withdrawn.Finish);
+        Assert.Empty(withdrawn.Tokens);
+        Assert.Equal(0, queuedTokens);
+        Assert.False(running.IsCompleted, "the first generation should still be running");
 
-            // The first still runs and stops on its own cancel; the withdrawn ones are skipped, and the runtime serves on.
-            stopFirst.Cancel();
-            await running.WaitAsync(TimeSpan.FromSeconds(30));
-            var after = await runtime.RunAsync([1, 2], options with { MaxNewTokens = 3 }).WaitAsync(TimeSpan.FromSeconds(30));
-            Assert.Equal(3, after.Tokens.Length);
-        }
-        finally
-        {
-            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
-        }
+        // The first still runs and stops on its own cancel; the withdrawn ones are skipped, and the runtime serves on.
+        stopFirst.Cancel();
+        await running.WaitAsync(TimeSpan.FromSeconds(30));
+        var after = await runtime.RunAsync([1, 2], options with { MaxNewTokens = 3 }).WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal(3, after.Tokens.Length);
     }
 }
