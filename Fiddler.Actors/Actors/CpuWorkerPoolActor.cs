@@ -7,8 +7,9 @@ namespace Fiddler.Actors.Actors;
 
 /// <summary>
 /// Owns the CPU expert backend (the SIMD kernel's dedicated worker pool, and libtorch's CPU path for large batches):
-/// runs one layer's CPU experts per message. Runs on its own spinning thread (akka.hocon's cpu-dispatcher) so a layer's
-/// CPU work never waits for a dispatcher thread.
+/// runs one layer's CPU experts per message. Runs on the spinning thread it shares with the router actor (akka.hocon's
+/// lane-dispatcher), so a layer's CPU work never waits for a dispatcher thread; that thread joins the pool's parallel
+/// region as its caller, and the actor path then takes no more cores than the direct one.
 /// </summary>
 public sealed class CpuWorkerPoolActor : ReceiveActor
 {
@@ -37,5 +38,5 @@ public sealed class CpuWorkerPoolActor : ReceiveActor
     }
 
     public static Props Props(ICpuExpertBackend backend) =>
-        Akka.Actor.Props.Create(() => new CpuWorkerPoolActor(backend)).WithDispatcher("fiddler.cpu-dispatcher");
+        Akka.Actor.Props.Create(() => new CpuWorkerPoolActor(backend)).WithDispatcher(RouterActor.LaneDispatcher);
 }

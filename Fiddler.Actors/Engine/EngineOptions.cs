@@ -36,16 +36,10 @@ public sealed record EngineOptions
     public Fiddler.Kernels.Offload.CpuMerge Merge { get; init; } = Fiddler.Kernels.Offload.CpuMerge.Gated;
     /// <summary>Latency-model cache file; calibrated and written when missing or for another host/model.</summary>
     public string ProfilePath { get; init; } = Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "fiddler", "profile.json");
-    /// <summary>CPU expert worker threads; 0: logical CPUs − 1 (one core for the thread that drives the GPU), − 2 with
-    /// <see cref="ForActorRuntime"/>.</summary>
+    /// <summary>CPU expert pool participants (the caller included); 0: logical CPUs − 1, one core left for the thread that
+    /// drives the GPU. The same through the actor runtime: its router and CPU-pool actors share one thread, the pool's
+    /// caller (akka.hocon's lane-dispatcher).</summary>
     public int CpuThreads { get; init; }
-    /// <summary>
-    /// The engine will be driven through the actor runtime (<c>FiddlerRuntime</c>): its router actor spins on a thread of
-    /// its own between layers (and the CPU-pool actor's thread joins the pool as its caller), so the default pool leaves
-    /// a core. Measured on the H100 host at 24 GiB (same call, 5 alternating rounds): decode through the actors 0.44 %
-    /// faster than direct with 14 workers (session 6); with 15 workers and blocking actor threads it was 5.6-9.9 % slower.
-    /// </summary>
-    public bool ForActorRuntime { get; init; }
     /// <summary>Bring a decode layer's rows to the host with its routing (one read-back; see
     /// <see cref="Fiddler.Kernels.Offload.OffloadExecutor"/>). False: after it, as before (for comparison).</summary>
     public bool PrefetchRows { get; init; } = true;

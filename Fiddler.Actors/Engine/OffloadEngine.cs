@@ -213,7 +213,7 @@ public sealed class OffloadEngine : IDisposable
     {
         // One core stays free for the thread that drives the GPU: a straggling worker stalls the whole parallel region.
         // Workers spin 2 ms before sleeping: one decode layer's device work is ~1 ms, so the pool stays awake between layers.
-        // Through the actor runtime one more core stays free, for its pinned router and CPU-pool threads.
+        // The actor runtime takes no more: its router and CPU-pool actors share one thread, the pool's caller.
         var pool = Own(new CpuWorkerPool(DefaultCpuThreads(o), TimeSpan.FromMilliseconds(2)));
         // CPU lanes start on a thread of their own that spins between layers like the workers (the thread pool's idle
         // threads sleep: each layer's lane began with a wake-up); it joins the pool's region as its caller.
@@ -251,7 +251,7 @@ public sealed class OffloadEngine : IDisposable
 
     /// <summary>The CPU expert workers <paramref name="o"/> asks for (see <see cref="EngineOptions.CpuThreads"/>).</summary>
     public static int DefaultCpuThreads(EngineOptions o) =>
-        o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - (o.ForActorRuntime ? 2 : 1));
+        o.CpuThreads > 0 ? o.CpuThreads : Math.Max(1, Environment.ProcessorCount - 1);
 
     private CpuWorkerPool? _pool;
     private WeightStager? _cudaStager;

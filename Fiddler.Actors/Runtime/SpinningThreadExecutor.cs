@@ -11,8 +11,8 @@ namespace Fiddler.Actors.Runtime;
 /// layer on the H100 host while every core is busy. Configured in akka.hocon:
 /// <c>executor = "Fiddler.Actors.Runtime.SpinningThreadExecutorConfigurator, Fiddler.Actors"</c> with
 /// <c>spinning-thread-executor.spin-time</c> and <c>spinning-thread-executor.min-processors</c> (a host with fewer
-/// logical processors gets no spin: there the spinning core is taken from the work itself). One thread per dispatcher:
-/// give each such actor its own dispatcher.
+/// logical processors gets no spin: there the spinning core is taken from the work itself). One thread per dispatcher,
+/// which runs the mailboxes of every actor on it one after another.
 /// </summary>
 public sealed class SpinningThreadExecutorConfigurator(Config config, IDispatcherPrerequisites prerequisites)
     : ExecutorServiceConfigurator(config, prerequisites)

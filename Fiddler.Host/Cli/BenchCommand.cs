@@ -40,13 +40,14 @@ public static class BenchCommand
         var noWarmup = new Option<bool>("--no-warmup") { Description = "Skip the engine's start-up warm-up (one prompt per batch size the router learns apart, then decode steps; fiddler serve runs it before taking requests): each size's first prompt then plans with other sizes' learned speeds" };
         var repeats = new Option<int>("--decode-repeats") { Description = "Decode windows of --new-tokens − 1 steps, back to back; decode_tok_s is their median (default 1)", DefaultValueFactory = _ => 1 };
         var slots = new Option<int>("--staging-slots") { Description = "GPU staging buffers for streamed experts, 1..8, each one expert's size out of the budget (default 2: one fills while the GPU computes from the other)", DefaultValueFactory = _ => 2 };
-        var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead (the actor rounds run the CPU pool on serve's cores − 2 unless --cpu-threads is given)" };
+        var actors = new Option<bool>("--actors") { Description = "Also decode through the actor runtime and report its overhead (on the same CPU pool as the direct rounds unless --actor-cpu-threads is given)" };
         var noPrefetch = new Option<bool>("--no-row-prefetch") { Description = "Copy a decode layer's rows to the host after its routing, not with it (for comparison)" };
         var poolLane = new Option<bool>("--lane-on-thread-pool") { Description = "Start CPU lanes on the .NET thread pool, not a dedicated thread (for comparison)" };
         var spinGate = new Option<bool>("--gate-spin-kernel") { Description = "The GPU waits for CPU lanes in a spin kernel instead of the driver's stream wait" };
         var abBalance = new Option<int>("--ab-balance") { Description = "After the decode windows, N pairs of windows with the lane-order balance on and off, in this process (0..50; reports ab_balance)" };
         var abThreads = new Option<int>("--ab-cpu-threads") { Description = "After the decode windows, pairs of windows with the CPU expert pool on all its workers and on N participants, each with its own learned speeds (reports ab_cpu_threads)" };
         var batchRate = new Option<double?>("--batch-adapt-rate") { Description = "How fast prefill/beam layers learn the lanes' speeds, in (0, 1]; default 0.25; the decode layers' rate is 0.05" };
+        var actorThreadsOpt = new Option<int>("--actor-cpu-threads") { Description = "The CPU pool's participants during the --actors rounds, fewer than the direct rounds' (default: the same)" };
         var actorRoundsOpt = new Option<int>("--actor-rounds") { Description = "Rounds of --actors, each one direct and one actor decode (1..50, default 5)", DefaultValueFactory = _ => 5 };
         var abKernel = new Option<string?>("--ab-kernel") { Description = "After the decode windows, pairs of windows with the CPU expert kernel's tuning as configured and as PREFETCH_BYTES,LEVEL,NEXT_ROWS[,ITEM_KB[,ROWS[,TAIL_KB]]] (e.g. 2048,l1,1 or 1024,l1,0,512,spread,0: ROWS spread or adjacent, TAIL_KB the size of each phase's last items, 0 for off; parts left out keep the configured ones), each with its own learned speeds (reports ab_kernel)" };
         var abPairsOpt = new Option<int>("--ab-pairs") { Description = "Pairs of windows for --ab-cpu-threads and --ab-kernel (1..50, default 6)", DefaultValueFactory = _ => 6 };
@@ -58,7 +59,7 @@ public static class BenchCommand
         var noBySpeed = new Option<bool>("--no-place-by-read-speed") { Description = "Place the GPU's experts by popularity alone, without first reading every expert from host memory to put the costliest to read there (for comparison)" };
         var noBalance = new Option<bool>("--no-balance-last-lane") { Description = "Balance decode layers' lanes by their mean times only, not also by which one ended last (for comparison)" };
         var command = new Command("bench", "Offloaded decode and prefill benchmark");
-        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales, ceilingWindowsOpt, noBySpeed })
+        foreach (var o in new Option[] { model, config, dummy, budget, popularity, promptTokens, newTokens, device, routing, contention, noAdapt, merge, cpuThreads, layers, baseline, outDir, profile, libtorch, actors, spin, repeats, slots, noPrefetch, poolLane, spinGate, noBalance, abBalance, abThreads, abKernel, abPairsOpt, actorRoundsOpt, actorThreadsOpt, batchRate, noWarmup, noPipeline, abPipeline, noReadScales, abReadScales, ceilingWindowsOpt, noBySpeed })
             command.Add(o);
         command.SetAction(r =>
         {
@@ -96,6 +97,9 @@ public static class BenchCommand
             if (actorRounds is < 1 or > 50) throw new ArgumentException($"--actor-rounds: {actorRounds} is not in 1..50");
             if (!r.GetValue(actors) && r.GetResult(actorRoundsOpt) is { Implicit: false })
                 throw new ArgumentException("--actor-rounds counts the rounds of --actors: give that too");
+            int actorThreads = r.GetValue(actorThreadsOpt);
+            bool actorThreadsGiven = r.GetResult(actorThreadsOpt) is { Implicit: false };
+            if (actorThreadsGiven && !r.GetValue(actors)) throw new ArgumentException("--actor-cpu-threads sets the pool of the --actors rounds: give that too");
             if (fewerThreads < 0) throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not a positive participant count");
             Fiddler.Kernels.Experts.CpuKernelSettings? otherKernel = null;
             if (r.GetValue(abKernel) is string spec)
@@ -144,6 +148,8 @@ public static class BenchCommand
                 throw new ArgumentException("--ceiling-windows probes the lanes that move host experts: give --gpu-budget");
             if (fewerThreads > 0 && fewerThreads >= OffloadEngine.DefaultCpuThreads(options)) // before building: that takes minutes at full size
                 throw new ArgumentException($"--ab-cpu-threads: {fewerThreads} is not fewer than the pool's {OffloadEngine.DefaultCpuThreads(options)} participants");
+            if (actorThreadsGiven && (actorThreads < 1 || actorThreads > OffloadEngine.DefaultCpuThreads(options))) // before building, as above
+                throw new ArgumentException($"--actor-cpu-threads: {actorThreads} is not in 1..{OffloadEngine.DefaultCpuThreads(options)} (the direct rounds' pool)");
             var clock = Stopwatch.StartNew();
             using var engine = OffloadEngine.Create(options, Console.WriteLine);
             Console.WriteLine($"built in {clock.Elapsed.TotalSeconds:F1} s; cpu backend {engine.CpuBackend ?? "-"}");
@@ -152,8 +158,9 @@ public static class BenchCommand
                 ceilingWindows: ceilingWindows);
             if (r.GetValue(actors))
             {
-                // The actor rounds run the CPU pool as serve does (cores − 2), unless --cpu-threads fixed it for both paths.
-                int? actorPool = options.CpuThreads > 0 || engine.CpuPool is null ? null : OffloadEngine.DefaultCpuThreads(options with { ForActorRuntime = true });
+                // The actor rounds run the CPU pool as serve does (as the direct rounds: the actors share the pool's caller
+                // thread), unless --actor-cpu-threads narrows it.
+                int? actorPool = actorThreads > 0 && engine.CpuPool is not null ? actorThreads : null;
                 var cmp = BenchRun.ActorOverhead(engine, prompts[0], generate, options.Merge, actorRounds,
                     prefetchRows: options.PrefetchRows, spinKernelGate: options.SpinKernelGate, actorParticipants: actorPool).GetAwaiter().GetResult();
                 result = result with

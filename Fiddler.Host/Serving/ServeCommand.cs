@@ -97,7 +97,7 @@ public static class ServeCommand
             ? OffloadEngine.Create(new EngineOptions
             {
                 ModelDir = run.ModelDir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = run.Popularity,
-                ContextTokens = context!.Value, ForActorRuntime = true,
+                ContextTokens = context!.Value,
             }, m => Console.Error.WriteLine(m))
             : null;
         // Without --max-context each request's KV cache is sized by the request, so only a capped context is counted here.

@@ -132,9 +132,10 @@ public sealed partial class BenchCommandTests : IDisposable
         double[] ratios = direct.Zip(actors, (d, a) => (d / a - 1) * 100).Order().ToArray();
         // Recomputed from runs rounded to 3 decimals: equal within 0.1 percentage points, not to the last digit.
         Assert.InRange(root.GetProperty("actor_overhead_pct").GetDouble(), ratios[2] - 0.1, ratios[2] + 0.1);
-        // Without --cpu-threads the actor rounds run the pool as serve does: cores − 2 (the direct path: cores − 1).
+        // Without --actor-cpu-threads the actor rounds run the pool as serve does: as the direct path, cores − 1 (the
+        // router and the pool actor share the pool's caller thread).
         Assert.Equal(Math.Max(1, Environment.ProcessorCount - 1), root.GetProperty("cpu_threads").GetInt32());
-        Assert.Equal(Math.Max(1, Environment.ProcessorCount - 2), root.GetProperty("actor_cpu_threads").GetInt32());
+        Assert.Equal(Math.Max(1, Environment.ProcessorCount - 1), root.GetProperty("actor_cpu_threads").GetInt32());
         var memory = root.GetProperty("gpu_memory_actor_rounds_gib").EnumerateArray().ToArray();
         Assert.Equal(6, memory.Length); // before the rounds and after each
         Assert.All(memory, m => Assert.Equal(JsonValueKind.Null, m.ValueKind)); // CPU device
@@ -151,8 +152,9 @@ public sealed partial class BenchCommandTests : IDisposable
             Assert.Equal(4 * layers, p.GetProperty("layers").GetDouble());
         }
 
-        using var three = BenchJson("--new-tokens", "3", "--actors", "--actor-rounds", "3");
+        using var three = BenchJson("--new-tokens", "3", "--actors", "--actor-rounds", "3", "--actor-cpu-threads", "1");
         Assert.Equal(3, three.RootElement.GetProperty("decode_tok_s_actors_runs").GetArrayLength());
+        Assert.Equal(1, three.RootElement.GetProperty("actor_cpu_threads").GetInt32());
         string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
         string[] Args(params string[] extra) => ["bench", "--model", model, "--device", "cpu", "--gpu-budget", "1MiB", "--prompt-tokens", "8", "--new-tokens", "3", .. extra,
             "--out", Path.Combine(_dir, "bad"), "--profile", Path.Combine(_dir, "profile.json")];
@@ -162,6 +164,12 @@ public sealed partial class BenchCommandTests : IDisposable
         var alone = CliHarness.Run(Args("--actor-rounds", "3"));
         Assert.Equal(2, alone.ExitCode);
         Assert.Contains("--actor-rounds counts the rounds of --actors", alone.Err);
+        var poolAlone = CliHarness.Run(Args("--actor-cpu-threads", "1"));
+        Assert.Equal(2, poolAlone.ExitCode);
+        Assert.Contains("--actor-cpu-threads sets the pool of the --actors rounds", poolAlone.Err);
+        var tooMany = CliHarness.Run(Args("--actors", "--actor-cpu-threads", $"{Environment.ProcessorCount}"));
+        Assert.Equal(2, tooMany.ExitCode);
+        Assert.Contains($"--actor-cpu-threads: {Environment.ProcessorCount} is not in 1..{Math.Max(1, Environment.ProcessorCount - 1)}", tooMany.Err);
         Assert.False(Directory.Exists(Path.Combine(_dir, "bad")));
 
         // Without a budget the engine has no CPU pool: the rounds run as they are, with no participants to report.

@@ -19,7 +19,7 @@ public sealed class ServeWarmupTests : IDisposable
     private OffloadEngine HostExpertsEngine() => OffloadEngine.Create(new EngineOptions
     {
         ModelDir = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3"), Device = TorchSharp.torch.CPU,
-        GpuBudgetBytes = 1 << 20, ContextTokens = 64, CpuThreads = 2, ForActorRuntime = true, ProfilePath = Path.Combine(_dir, "profile.json"),
+        GpuBudgetBytes = 1 << 20, ContextTokens = 64, CpuThreads = 2, ProfilePath = Path.Combine(_dir, "profile.json"),
     }, _ => { });
 
     [Fact]

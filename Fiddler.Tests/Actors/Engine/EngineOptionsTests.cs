@@ -7,11 +7,10 @@ namespace Fiddler.Tests.Actors.Engine;
 public sealed class EngineOptionsTests
 {
     [Fact]
-    public void DefaultCpuThreads_LeavesACoreForTheGpuThread_AndOneMoreForTheActors()
+    public void DefaultCpuThreads_LeavesACoreForTheGpuThread()
     {
         int cores = Environment.ProcessorCount;
         Assert.Equal(Math.Max(1, cores - 1), OffloadEngine.DefaultCpuThreads(new EngineOptions { Device = CPU }));
-        Assert.Equal(Math.Max(1, cores - 2), OffloadEngine.DefaultCpuThreads(new EngineOptions { Device = CPU, ForActorRuntime = true }));
-        Assert.Equal(7, OffloadEngine.DefaultCpuThreads(new EngineOptions { Device = CPU, ForActorRuntime = true, CpuThreads = 7 }));
+        Assert.Equal(7, OffloadEngine.DefaultCpuThreads(new EngineOptions { Device = CPU, CpuThreads = 7 }));
     }
 }

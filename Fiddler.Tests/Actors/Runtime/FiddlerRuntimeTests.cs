@@ -196,19 +196,41 @@ public class FiddlerRuntimeTests() : Akka.TestKit.Xunit2.TestKit(FiddlerRuntime.
     }
 
     [Fact]
-    public async Task CpuWorkerPoolActor_RunsOnItsSpinningThread_AndCompletesTheReplySlotThere()
+    public async Task CpuWorkerPoolActor_RunsOnTheRoutersSpinningThread_AndCompletesTheReplySlotThere()
     {
         var order = new List<string>();
-        // FiddlerRuntime's dispatcher for the pool: the spinning-thread executor from akka.hocon.
+        // FiddlerRuntime's dispatcher for the pool and the router: one spinning-thread executor from akka.hocon.
         var pool = Sys.ActorOf(CpuWorkerPoolActor.Props(new RecordingBackend(order)), "cpu-pool-slot");
-        string? runThread = null, replyThread = null;
+        (string? Name, int Id) runThread = default, replyThread = default;
         var slot = new TaskCompletionSource<object>();
-        _ = slot.Task.ContinueWith(_ => replyThread = Thread.CurrentThread.Name, TaskContinuationOptions.ExecuteSynchronously);
-        pool.Tell(new RunCpuExperts([], () => runThread = Thread.CurrentThread.Name, slot));
+        _ = slot.Task.ContinueWith(_ => replyThread = Current(), TaskContinuationOptions.ExecuteSynchronously);
+        pool.Tell(new RunCpuExperts([], () => runThread = Current(), slot));
         Assert.IsType<CpuExpertsDone>(await slot.Task.WaitAsync(TimeSpan.FromSeconds(10)));
-        Assert.Equal("fiddler-cpu-dispatcher", runThread);
-        Assert.Equal("fiddler-cpu-dispatcher", replyThread); // completed inline on the pool's thread
-        ExpectNoMsg(TimeSpan.FromMilliseconds(100));             // nothing sent to the sender as well
+        Assert.Equal("fiddler-lane-dispatcher", runThread.Name);
+        Assert.Equal(runThread, replyThread); // completed inline on the pool's thread
+        ExpectNoMsg(TimeSpan.FromMilliseconds(100)); // nothing sent to the sender as well
+
+        // The router decides on that same thread: the actor path takes one thread beside the pool's workers, as the
+        // direct path's CPU lane does.
+        var scheduler = new ThreadRecordingScheduler();
+        var router = Sys.ActorOf(RouterActor.Props(scheduler, 1), "router-thread");
+        var routes = new TaskCompletionSource<LayerRoutes>();
+        router.Tell(new DecideLayer(0, [new ExpertWork(0, 1, false)], routes));
+        Assert.Single((await routes.Task.WaitAsync(TimeSpan.FromSeconds(10))).Routes);
+        Assert.Equal(runThread, scheduler.Thread);
+
+        static (string?, int) Current() => (Thread.CurrentThread.Name, Environment.CurrentManagedThreadId);
+    }
+
+    private sealed class ThreadRecordingScheduler : IExpertScheduler
+    {
+        public (string?, int) Thread { get; private set; }
+        public IReadOnlyList<ExpertRoute> Decide(int layer, IReadOnlyList<ExpertWork> work)
+        {
+            Thread = (System.Threading.Thread.CurrentThread.Name, Environment.CurrentManagedThreadId);
+            return [.. work.Select(_ => ExpertRoute.Cpu)];
+        }
+        public void Observe(LayerObservation observation) { }
     }
 
     [Fact]
