@@ -199,6 +199,21 @@ public static partial class BenchRun
             ["pause_ms_per_token"] = Math.Round((GC.GetTotalPauseDuration() - gc.Pause).TotalMilliseconds / decodeTokens, 3),
             ["allocated_kb_per_token"] = Math.Round((GC.GetTotalAllocatedBytes() - gc.Allocated) / 1024.0 / decodeTokens, 1),
         };
+        // The last collection in the windows (0 when none ran): what a pause there was made of.
+        GCMemoryInfo? last = GC.CollectionCount(0) > gc.Gen0 ? GC.GetGCMemoryInfo(GCKind.Any) : null;
+        if (last is { } lastGc)
+        {
+            gcDecode["last_generation"] = lastGc.Generation;
+            gcDecode["last_pause_ms"] = Math.Round(lastGc.PauseDurations[0].TotalMilliseconds + lastGc.PauseDurations[1].TotalMilliseconds, 3);
+            gcDecode["last_gen0_before_mb"] = Math.Round(lastGc.GenerationInfo[0].SizeBeforeBytes / 1e6, 1);
+            gcDecode["last_promoted_mb"] = Math.Round(lastGc.PromotedBytes / 1e6, 3);
+            gcDecode["last_finalization_pending"] = lastGc.FinalizationPendingCount;
+            gcDecode["last_pinned_objects"] = lastGc.PinnedObjectsCount;
+            gcDecode["last_heap_mb"] = Math.Round(lastGc.HeapSizeBytes / 1e6, 1);
+        }
+        else
+            foreach (var k in new[] { "last_generation", "last_pause_ms", "last_gen0_before_mb", "last_promoted_mb", "last_finalization_pending", "last_pinned_objects", "last_heap_mb" })
+                gcDecode[k] = 0;
         var (regions, regionMs, regionBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.Stats;
         var (hugeRegions, hugeMs, hugeBytes) = Fiddler.Kernels.Experts.CpuExpertKernel.HugePageStats;
         var poolStats = engine.CpuPool?.Stats;

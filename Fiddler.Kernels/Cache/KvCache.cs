@@ -32,12 +32,12 @@ public sealed class KvCache : IDisposable
     /// <summary>Tokens whose keys are in the cache (positions 0..Length-1). Advanced by the model after a forward.</summary>
     public long Length { get; private set; }
 
-    public long BytesPerToken => _keys.Sum(k => 2 * k.ElementSize * k.shape[0] * k.shape[1] * k.shape[3]);
+    public long BytesPerToken => _keys.Sum(k => 2 * k.ElementSize * k.size(0) * k.size(1) * k.size(3));
 
     /// <summary>Writes k, v [B, kv_heads, T, Dh] at positions start..start+T-1 of one layer.</summary>
     public void Write(int layer, long start, Tensor k, Tensor v)
     {
-        long t = k.shape[2];
+        long t = k.size(2);
         if (start + t > Capacity)
             throw new InvalidOperationException($"KV cache full: positions {start}..{start + t - 1} exceed capacity {Capacity}");
         _keys[layer].narrow(2, start, t).copy_(k);

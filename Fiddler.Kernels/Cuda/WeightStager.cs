@@ -81,7 +81,7 @@ public readonly record struct HostExpert(IntPtr W1, IntPtr W3, IntPtr W2, long W
     public static HostExpert Slice(Tensor w1, Tensor w3, Tensor w2, int start, int rows, bool requirePinned = true)
     {
         var whole = FromTensors(w1, w3, w2, requirePinned);
-        long hidden = w1.shape[1], intermediate = w1.shape[0], es = w1.element_size();
+        long hidden = w1.size(1), intermediate = w1.size(0), es = w1.element_size();
         if (start < 0 || rows < 1 || start + rows > intermediate)
             throw new ArgumentOutOfRangeException(nameof(rows), $"rows [{start}, {start + rows}) outside the expert's {intermediate}");
         long rowBytes = hidden * es;
@@ -98,12 +98,12 @@ public readonly record struct HostExpert(IntPtr W1, IntPtr W3, IntPtr W2, long W
             if (!t.is_contiguous()) throw new ArgumentException($"{name} is not contiguous");
             if (requirePinned && !t.is_pinned()) throw new ArgumentException($"{name} is not in pinned memory (use pin_memory())");
         }
-        if (!w1.shape.SequenceEqual(w3.shape)) throw new ArgumentException($"w1 {Shape(w1)} and w3 {Shape(w3)} differ in shape");
-        if (w1.dim() != 2 || w2.dim() != 2 || w2.shape[0] != w1.shape[1] || w2.shape[1] != w1.shape[0])
+        if (!w1.Dims().SequenceEqual(w3.Dims())) throw new ArgumentException($"w1 {Shape(w1)} and w3 {Shape(w3)} differ in shape");
+        if (w1.dim() != 2 || w2.dim() != 2 || w2.size(0) != w1.size(1) || w2.size(1) != w1.size(0))
             throw new ArgumentException($"w1 {Shape(w1)} / w2 {Shape(w2)} are not [I,H] / [H,I]");
         if (w1.dtype != w3.dtype || w1.dtype != w2.dtype) throw new ArgumentException("w1, w3, w2 differ in dtype");
         return new HostExpert(TensorMemory.DataPtr(w1), TensorMemory.DataPtr(w3), TensorMemory.DataPtr(w2),
-            Bytes(w1), Bytes(w3), Bytes(w2)) { Hidden = w1.shape[1] };
+            Bytes(w1), Bytes(w3), Bytes(w2)) { Hidden = w1.size(1) };
     }
 
     /// <summary>w1, w3, w2 back to back from <paramref name="start"/> (one packed host block per expert).</summary>
@@ -202,13 +202,9 @@ public sealed unsafe class WeightStager : IDisposable
             _copyStream = CudaStream.Create(DeviceIndex);
             for (int i = 0; i < slotCount; i++)
             {
-                var w1 = empty(shape.W1Shape, shape.DType, dev);
-                var w3 = empty(shape.W3Shape, shape.DType, dev);
-                var w2 = empty(shape.W2Shape, shape.DType, dev);
-                var slot = new SlotState(w1, w3, w2, CudaEvent.Create(DeviceIndex), CudaEvent.Create(DeviceIndex));
-                slots.Add(slot);
+                slots.Add(NewSlot(shape, dev, DeviceIndex));
                 // Free from the start, but only after whatever the default stream was doing with this memory before.
-                slot.Free.Record(CudaRuntime.LegacyDefaultStream);
+                slots[^1].Free.Record(CudaRuntime.LegacyDefaultStream);
             }
             _slots = slots.ToArray();
         }
@@ -340,25 +336,47 @@ public sealed unsafe class WeightStager : IDisposable
         return s;
     }
 
+    /// <summary>
+    /// Waits for the queued copies, then frees the stream and the slots. A failed wait (a device fault) is rethrown after
+    /// everything is freed: the stream, events and slot tensors are given back either way.
+    /// </summary>
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        if (_copyStream is not null)
+        try
         {
             // Copies may still be writing into the slots: let them finish before torch can hand the memory to others.
-            CudaRuntime.CheckUnlessShuttingDown(CudaRuntime.Library.StreamSynchronize(_copyStream.Handle), "cudaStreamSynchronize");
-            _copyStream.Dispose();
+            if (_copyStream is not null)
+                CudaRuntime.CheckUnlessShuttingDown(CudaRuntime.Library.StreamSynchronize(_copyStream.Handle), "cudaStreamSynchronize");
         }
-        foreach (var s in _slots) DisposeSlot(s);
+        finally
+        {
+            _copyStream?.Dispose();
+            foreach (var s in _slots) DisposeSlot(s);
+        }
+    }
+
+    /// <summary>One slot's tensors and events; what was made before a failure (out of GPU memory, say) is freed.</summary>
+    private static SlotState NewSlot(ExpertShape shape, Device dev, int deviceIndex)
+    {
+        var made = new List<IDisposable>();
+        try
+        {
+            T Made<T>(T item) where T : IDisposable { made.Add(item); return item; }
+            return new SlotState(Made(empty(shape.W1Shape, shape.DType, dev)), Made(empty(shape.W3Shape, shape.DType, dev)),
+                Made(empty(shape.W2Shape, shape.DType, dev)), Made(CudaEvent.Create(deviceIndex)), Made(CudaEvent.Create(deviceIndex)));
+        }
+        catch
+        {
+            foreach (var m in made) m.Dispose();
+            throw;
+        }
     }
 
     private static void DisposeSlot(SlotState s)
     {
-        s.Ready.Dispose();
-        s.Free.Dispose();
-        s.W1.Dispose();
-        s.W3.Dispose();
-        s.W2.Dispose();
+        foreach (var d in new IDisposable[] { s.Ready, s.Free, s.W1, s.W3, s.W2 })
+            try { d.Dispose(); } catch (Exception) { /* the rest are still freed */ }
     }
 }

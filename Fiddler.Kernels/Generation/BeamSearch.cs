@@ -93,7 +93,7 @@ public sealed class BeamSearch(MixtralForCausalLM model)
     private static (double[] Values, int[] Ids) TopK(Tensor logProbs, int row, int k)
     {
         using var r = logProbs[row];
-        var (v, i) = r.topk(Math.Min(k, (int)logProbs.shape[1]));
+        var (v, i) = r.topk(Math.Min(k, (int)logProbs.size(1)));
         using (v) using (i)
             return (v.data<float>().Select(x => (double)x).ToArray(), i.data<long>().Select(x => (int)x).ToArray());
     }

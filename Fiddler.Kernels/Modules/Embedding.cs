@@ -1,3 +1,4 @@
+using Fiddler.Kernels.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -19,7 +20,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor ids)
     {
         using var scope = NewDisposeScope();
-        var shape = ids.shape.Append(_weight.shape[1]).ToArray();
+        var shape = ids.Dims().Append(_weight.size(1)).ToArray();
         return _weight.index_select(0, ids.flatten()).view(shape).MoveToOuterDisposeScope();
     }
 }

@@ -55,7 +55,7 @@ public sealed class MixtralAttention : nn.Module
     public Tensor Forward(Tensor x, long start, Tensor cos, Tensor signedSin, KvCache cache)
     {
         using var scope = NewDisposeScope();
-        long b = x.shape[0], t = x.shape[1];
+        long b = x.size(0), t = x.size(1);
         var qkv = nn.functional.linear(x, _qkv).view(b, t, _heads + 2 * _kvHeads, _headDim);  // [B, T, H+2Hkv, Dh]
         var qk = MixtralRotaryEmbedding.Apply(qkv.narrow(2, 0, _heads + _kvHeads), cos, signedSin); // [B, T, H+Hkv, Dh]
         var k = qk.narrow(2, _heads, _kvHeads).transpose(1, 2);                             // [B, Hkv, T, Dh]

@@ -31,8 +31,8 @@ public sealed class MixtralDecoderLayer : nn.Module
     {
         using var scope = NewDisposeScope();
         Tensor h, y;
-        using (StageTimer.Stage("attention")) h = x + _attention.Forward(_inputNorm.forward(x), start, cos, signedSin, cache);
-        using (StageTimer.Stage("moe")) y = h + _moe.forward(_postAttentionNorm.forward(h));
+        using (StageTimer.Stage("attention")) h = x.add(_attention.Forward(_inputNorm.forward(x), start, cos, signedSin, cache), TensorDims.One); // add(t) would make a Scalar 1 each time (see TensorDims)
+        using (StageTimer.Stage("moe")) y = h.add(_moe.forward(_postAttentionNorm.forward(h)), TensorDims.One);
         return y.MoveToOuterDisposeScope();
     }
 }

@@ -46,7 +46,7 @@ public sealed class MixtralModel : nn.Module
         using (StageTimer.Stage("embed+rope"))
         {
             h = _embedTokens.forward(ids);
-            (cos, signedSin) = _rotary.Angles(start, ids.shape[1], h.dtype, h.device);
+            (cos, signedSin) = _rotary.Angles(start, ids.size(1), h.dtype, h.device);
         }
         try
         {
@@ -137,10 +137,10 @@ public sealed class MixtralForCausalLM : nn.Module
     {
         using var scope = NewDisposeScope();
         long start = cache.Length;
-        if (start + ids.shape[1] > cache.Capacity)
-            throw new InvalidOperationException($"context overflow: {start} cached + {ids.shape[1]} new tokens > capacity {cache.Capacity}");
+        if (start + ids.size(1) > cache.Capacity)
+            throw new InvalidOperationException($"context overflow: {start} cached + {ids.size(1)} new tokens > capacity {cache.Capacity}");
         if (_model.Forward(ids.to(Device), start, cache, stop, collectLanes: true) is not { } h) return null;
-        cache.Advance(ids.shape[1]);
+        cache.Advance(ids.size(1));
         if (!allPositions) h = h.select(1, -1);
         using var head = StageTimer.Stage("lm_head");
         return _lmHead.forward(h).to(ScalarType.Float32).MoveToOuterDisposeScope();
@@ -156,10 +156,10 @@ public sealed class MixtralForCausalLM : nn.Module
     {
         using var scope = NewDisposeScope();
         long start = cache.Length;
-        if (start + ids.shape[1] > cache.Capacity)
-            throw new InvalidOperationException($"context overflow: {start} cached + {ids.shape[1]} new tokens > capacity {cache.Capacity}");
+        if (start + ids.size(1) > cache.Capacity)
+            throw new InvalidOperationException($"context overflow: {start} cached + {ids.size(1)} new tokens > capacity {cache.Capacity}");
         if (_model.Forward(ids.to(Device), start, cache, abandon, collectLanes: false) is not { } h) return null;
-        cache.Advance(ids.shape[1]);
+        cache.Advance(ids.size(1));
         using var head = StageTimer.Stage("lm_head");
         return _lmHead.forward(h.select(1, -1)).to(ScalarType.Float32).MoveToOuterDisposeScope();
     }

@@ -1,3 +1,5 @@
+using Fiddler.Kernels.Runtime;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Fiddler.Kernels.Modules;
@@ -27,11 +29,20 @@ public sealed class MixtralRotaryEmbedding
     public (Tensor Cos, Tensor SignedSin) Angles(long start, long count, ScalarType dtype, Device device)
     {
         using var scope = NewDisposeScope();
-        var positions = arange(start, start + count, ScalarType.Float32, device);            // [T]
+        // Scalars made and disposed here, and halves written in place of cat: once per forward, nothing for the
+        // finalizer (implicit Scalars and cat's handle array never leave its queue; see TensorDims).
+        using var from = start.ToScalar();
+        using var to = (start + count).ToScalar();
+        var positions = arange(from, to, TensorDims.One, ScalarType.Float32, device);         // [T]
         var freqs = outer(positions, InvFreq(device));                                          // [T, Dh/2]
-        var cos = cat([freqs, freqs], -1).cos();                                                // [T, Dh]
-        var sinHalf = freqs.sin();
-        var signedSin = cat([-sinHalf, sinHalf], -1);                                           // [T, Dh]
+        long half = freqs.size(1);
+        var cos = empty([count, 2 * half], ScalarType.Float32, device);                        // [T, Dh]
+        cos.narrow(-1, 0, half).copy_(freqs);
+        cos.narrow(-1, half, half).copy_(freqs);
+        cos.cos_();
+        var signedSin = empty([count, 2 * half], ScalarType.Float32, device);                  // [T, Dh]: (-sin, sin)
+        signedSin.narrow(-1, half, half).copy_(freqs).sin_();
+        signedSin.narrow(-1, 0, half).copy_(signedSin.narrow(-1, half, half)).neg_();
         return (cos.to(dtype).unsqueeze(1).MoveToOuterDisposeScope(), signedSin.to(dtype).unsqueeze(1).MoveToOuterDisposeScope());
     }
 
@@ -52,7 +63,7 @@ public sealed class MixtralRotaryEmbedding
     public static Tensor Apply(Tensor x, Tensor cos, Tensor signedSin)
     {
         using var scope = NewDisposeScope();
-        var rolled = x.roll(x.shape[^1] / 2, -1);
-        return (x * cos + rolled * signedSin).MoveToOuterDisposeScope();
+        var rolled = x.roll(x.size(-1) / 2, -1);
+        return (x * cos).add_(rolled * signedSin, TensorDims.One).MoveToOuterDisposeScope(); // "+" would make a Scalar (see TensorDims)
     }
 }

@@ -99,7 +99,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var shape = x.shape;
+        var shape = x.Dims();
         var flat = x.reshape(-1, shape[^1]);                                          // [N, D]
         Tensor ids, weights;
         List<ExpertAssignment> assignments;
@@ -107,7 +107,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module<Tensor, Tensor>
         {
             (ids, weights) = Route(flat);
             long[] chosen = Executor?.ReadRouting(this, flat, ids) ?? Runtime.HostReadback.Longs(ids);
-            assignments = ExpertAssignment.Group(chosen, ids.shape[0], ids.shape[1], _experts.Count);
+            assignments = ExpertAssignment.Group(chosen, ids.size(0), ids.size(1), _experts.Count);
         }
         RoutingObserver?.Invoke(Layer, assignments);
         Tensor output;
@@ -137,25 +137,25 @@ public sealed record ExpertAssignment(int Expert, long[] Tokens, long[] Slots)
     /// This expert's input rows [n, D] of the flattened hidden states: <paramref name="flat"/> itself when that is every
     /// row in order (one decode token: one op fewer per expert; the caller must not dispose the result).
     /// </summary>
-    public Tensor Gather(Tensor flat) => IsEveryRowInOrder(Tokens, flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
+    public Tensor Gather(Tensor flat) => IsEveryRowInOrder(Tokens, flat.size(0)) ? flat : flat.index_select(0, DeviceIndices.Get(Tokens, flat.device));
 
     /// <summary>output[token] += routing weight × expert output, for this expert's rows (as HF: multiply, then index_add).</summary>
     public void Accumulate(Tensor output, Tensor routingWeights, Tensor expertOutput)
     {
         using var scope = NewDisposeScope();
         var y = expertOutput.dtype == output.dtype && expertOutput.device_type == output.device_type && expertOutput.device_index == output.device_index ? expertOutput : expertOutput.to(output.dtype, output.device);
-        if (Tokens.Length == 1 && output.shape[0] == 1)
+        if (Tokens.Length == 1 && output.size(0) == 1)
         {
             // One decode token: its weight is a view, and one fused multiply-add replaces multiply + index_add (one
             // kernel fewer; the product is not rounded to the activation dtype before the sum, so in bf16 a sum may
             // land one step away from HF's, like any other kernel difference; into zeros it is exactly HF's product).
-            output.addcmul_(y, routingWeights.narrow(1, Slots[0], 1), 1);
+            output.addcmul_(y, routingWeights.narrow(1, Slots[0], 1), TensorDims.One);
             return;
         }
         var idx = DeviceIndices.Get(Tokens, output.device);
         var slots = DeviceIndices.Get(Slots, output.device);
         var w = routingWeights.index_select(0, idx).gather(1, slots.unsqueeze(1));   // [n, 1]
-        output.index_add_(0, idx, y * w, 1);
+        output.index_add_(0, idx, y * w, TensorDims.One);
     }
 
     /// <summary>Whether <paramref name="rows"/> is 0, 1, …, <paramref name="count"/> − 1: every row, in order (a gather

@@ -15,7 +15,7 @@ public sealed class CudaWeightStager(WeightStager inner) : IWeightStager
 
     public StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2, int start = 0, int? rows = null)
     {
-        var host = rows is int r && r != w1.shape[0] ? HostExpert.Slice(w1, w3, w2, start, r) : HostExpert.FromTensors(w1, w3, w2);
+        var host = rows is int r && r != w1.size(0) ? HostExpert.Slice(w1, w3, w2, start, r) : HostExpert.FromTensors(w1, w3, w2);
         var staged = inner.Begin(slot, host);
         return new StagedWeights(slot, staged.W1, staged.W3, staged.W2, staged);
     }

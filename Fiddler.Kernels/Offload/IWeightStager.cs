@@ -47,9 +47,9 @@ public sealed class CopyStager : IWeightStager
     public StagedWeights Begin(int slot, Tensor w1, Tensor w3, Tensor w2, int start = 0, int? rows = null)
     {
         var s = _slots[slot];
-        long hidden = w1.shape[1], intermediate = w1.shape[0];
+        long hidden = w1.size(1), intermediate = w1.size(0);
         long r = rows ?? intermediate;
-        if (start < 0 || r < 1 || start + r > intermediate || intermediate > s.W1.shape[0] || hidden != s.W1.shape[1])
+        if (start < 0 || r < 1 || start + r > intermediate || intermediate > s.W1.size(0) || hidden != s.W1.size(1))
             throw new ArgumentException($"rows [{start}, {start + r}) of an expert [{intermediate}, {hidden}] do not fit slot {slot}");
         if (r == intermediate)
         {

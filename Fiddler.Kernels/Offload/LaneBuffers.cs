@@ -1,3 +1,4 @@
+using Fiddler.Kernels.Runtime;
 using Fiddler.Kernels.Cuda;
 using Fiddler.Kernels.Modules;
 using TorchSharp;
@@ -32,7 +33,7 @@ internal sealed class LaneBuffers : IDisposable
     /// </summary>
     public void Prefetch(Tensor flat)
     {
-        long[] shape = flat.shape;
+        long[] shape = flat.Dims();
         long n = shape[0], d = shape[1];
         if (_prefetch is null || n > _prefetchRows || d != _prefetchWidth || flat.dtype != _prefetch.dtype)
         {
@@ -53,7 +54,7 @@ internal sealed class LaneBuffers : IDisposable
     /// </summary>
     public (Tensor X, Tensor Y) Take(Tensor flat, long[] rows, bool pinned, long outputRows)
     {
-        long n = rows.Length, d = flat.shape[1];
+        long n = rows.Length, d = flat.size(1);
         if (!pinned)
         {
             // CPU device (or a blocking merge): plain tensors, freed by the caller's scope.
@@ -61,7 +62,7 @@ internal sealed class LaneBuffers : IDisposable
             var hostX = flat.to(ScalarType.Float32, CPU).index_select(0, tensor(rows));
             return (hostX, empty([outputRows, d], ScalarType.Float32));
         }
-        if (_x is null || _y is null || _x.shape[0] < n || _y.shape[0] < outputRows || _x.shape[1] != d)
+        if (_x is null || _y is null || _x.size(0) < n || _y.size(0) < outputRows || _x.size(1) != d)
         {
             ReleaseLane();
             long capacity = Math.Max(Math.Max(n, outputRows), 16);
@@ -75,13 +76,13 @@ internal sealed class LaneBuffers : IDisposable
         if (prefetched)
         {
             // The rows are in host memory already (the caller waited for the routing, queued after them): cast on the host.
-            var all = _prefetch!.narrow(0, 0, flat.shape[0]);
-            x.copy_(ExpertAssignment.IsEveryRowInOrder(rows, flat.shape[0]) ? all : all.index_select(0, tensor(rows)));
+            var all = _prefetch!.narrow(0, 0, flat.size(0));
+            x.copy_(ExpertAssignment.IsEveryRowInOrder(rows, flat.size(0)) ? all : all.index_select(0, tensor(rows)));
             return (x.MoveToOuterDisposeScope(), _y.narrow(0, 0, outputRows).MoveToOuterDisposeScope());
         }
         _copied ??= CudaEvent.CreateBlocking(flat.device.index < 0 ? 0 : flat.device.index);
         // One decode token (every row, in order): no gather, one kernel fewer on the layer's serial path.
-        var taken = ExpertAssignment.IsEveryRowInOrder(rows, flat.shape[0]) ? flat : flat.index_select(0, DeviceIndices.Get(rows, flat.device));
+        var taken = ExpertAssignment.IsEveryRowInOrder(rows, flat.size(0)) ? flat : flat.index_select(0, DeviceIndices.Get(rows, flat.device));
         x.copy_(taken.to(ScalarType.Float32), true);
         _copied.RecordOnDefaultStream();
         Runtime.HostReadback.Wait(_copied);

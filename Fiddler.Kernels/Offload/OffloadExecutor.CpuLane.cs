@@ -1,3 +1,4 @@
+using Fiddler.Kernels.Runtime;
 using System.Diagnostics;
 using Fiddler.Kernels.Cuda;
 using Fiddler.Kernels.Modules;
@@ -95,7 +96,7 @@ public sealed partial class OffloadExecutor
     private static Tensor ToDevice(Tensor hostY, Tensor like)
     {
         if (like.device.type != DeviceType.CUDA) return hostY.to(like.dtype, like.device);
-        var staged = empty(hostY.shape, hostY.dtype, like.device);
+        var staged = empty(hostY.Dims(), hostY.dtype, like.device);
         staged.copy_(hostY, true);
         return staged.to(like.dtype);
     }

@@ -65,7 +65,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
     public long[] ReadRouting(MixtralSparseMoeBlock block, Tensor flat, Tensor ids)
     {
         _deviceClock?.Routed(); // before any copy: the copies are the read-back's part of the hand-off
-        if (prefetchRows && merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA && flat.shape[0] <= PrefetchRowLimit
+        if (prefetchRows && merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA && flat.size(0) <= PrefetchRowLimit
             && block.ExpectedHostExperts >= 0.5)
             _buffers.Prefetch(flat);
         var chosen = Runtime.HostReadback.Longs(ids, _deviceClock?.OnReadbackQueued);
@@ -92,7 +92,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
         bool pinnedResults = merge != CpuMerge.Blocking && flat.device.type == DeviceType.CUDA;
 
         // Intermediate rows [0, cpuRows) of each expert on the CPU, [cpuRows, I) on the device (a split has both).
-        int intermediate = (int)block.Expert(assignments.Count > 0 ? assignments[0].Expert : 0).Gate.Weight.shape[0];
+        int intermediate = (int)block.Expert(assignments.Count > 0 ? assignments[0].Expert : 0).Gate.Weight.size(0);
         var cpuRows = routes.Select(r => r.CpuRows(intermediate)).ToArray();
 
         // CPU lane first, so it runs while the device lane is being queued.
@@ -109,7 +109,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
             // The lane's rows in one device→host copy; on CUDA into reused page-locked buffers, so the results can go
             // back with a non-blocking copy (see the merge below). When every CPU expert takes every row in order (a
             // decode token), its experts share one copy of the input; each writes its own output rows.
-            long n = flat.shape[0];
+            long n = flat.size(0);
             bool shared = cpuAssignments.All(a => ExpertAssignment.IsEveryRowInOrder(a.Tokens, n));
             long[] rows = shared ? [.. Enumerable.Range(0, (int)n).Select(i => (long)i)] : cpuAssignments.SelectMany(a => a.Tokens).ToArray();
             var (hostX, y0) = _buffers.Take(flat, rows, pinnedResults, cpuTokens); // [n or Σn, D], [Σn, D]
@@ -241,7 +241,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
     private (ExpertAssignment, StagedWeights) Begin(MixtralSparseMoeBlock block, int slot, (ExpertAssignment A, int Start) t)
     {
         var e = block.Expert(t.A.Expert);
-        long intermediate = e.Gate.Weight.shape[0];
+        long intermediate = e.Gate.Weight.size(0);
         return (t.A, t.Start == 0 ? stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight)
             : stager!.Begin(slot, e.Gate.Weight, e.Up.Weight, e.Down.Weight, t.Start, (int)(intermediate - t.Start)));
     }

@@ -22,7 +22,7 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? la
         {
             var (expert, x, y) = (jobs[i].Expert, jobs[i].X, jobs[i].Y);
             var w1 = expert.Gate.Weight;
-            long[] w1Shape = w1.shape;
+            long[] w1Shape = w1.Dims();
             int intermediate = (int)w1Shape[0], hidden = (int)w1Shape[1];
             int rows = jobs[i].Rows ?? intermediate;
             if (rows < 1 || rows > intermediate) throw new ArgumentException($"CPU job {i}: rows {rows} outside 1..{intermediate}");
@@ -45,7 +45,7 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? la
     private static int Check(int job, Tensor x, Tensor y, long hidden)
     {
         static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
-        long[] xs = x.shape, ys = y.shape;
+        long[] xs = x.Dims(), ys = y.Dims();
         if (xs.Length != 2 || xs[1] != hidden || x.dtype != ScalarType.Float32 || !Host(x))
             throw new ArgumentException($"CPU job {job}: X must be contiguous float32 [n, {hidden}] on the CPU, got {x.dtype} [{string.Join(", ", xs)}] on {x.device}{(x.is_contiguous() ? "" : ", strided")}");
         if (ys.Length != 2 || ys[1] != hidden || ys[0] < xs[0] || y.dtype != ScalarType.Float32 || !Host(y))
@@ -59,7 +59,7 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? la
         static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         Tensor w1 = expert.Gate.Weight, w3 = expert.Up.Weight, w2 = expert.Down.Weight;
         if (!Host(w1) || !Host(w3) || !Host(w2) || w3.dtype != w1.dtype || w2.dtype != w1.dtype
-            || !w3.shape.SequenceEqual(w1.shape) || w2.shape[0] != w1.shape[1] || w2.shape[1] != w1.shape[0])
+            || !w3.Dims().SequenceEqual(w1.Dims()) || w2.size(0) != w1.size(1) || w2.size(1) != w1.size(0))
             throw new ArgumentException($"CPU job {job}: the expert's weights must be contiguous host tensors of one dtype, [I, H], [I, H] and [H, I]");
         _checkedExperts.AddOrUpdate(expert, expert);
     }
@@ -87,8 +87,8 @@ public sealed class SplitCpuBackend(ICpuExpertBackend small, ICpuExpertBackend l
 
     public void Run(IReadOnlyList<CpuExpertJob> jobs)
     {
-        var useLarge = jobs.Where(j => preferLarge((int)j.X.shape[0])).ToList();
-        var useSmall = jobs.Where(j => !preferLarge((int)j.X.shape[0])).ToList();
+        var useLarge = jobs.Where(j => preferLarge((int)j.X.size(0))).ToList();
+        var useSmall = jobs.Where(j => !preferLarge((int)j.X.size(0))).ToList();
         // Large first: the small backend's workers spin 2 ms after their region (to catch the next layer), which would
         // take cores from libtorch's team. (libgomp's threads may spin after theirs too; the order was not measured
         // on its own.)

@@ -44,8 +44,9 @@ public static class HostReadback
     {
         if (t.device.type != DeviceType.CUDA || !CudaRuntime.IsAvailable)
         {
-            using var host = t.cpu();
-            return host.data<long>().ToArray();
+            using var scope = NewDisposeScope();
+            var dense = t.cpu().to(ScalarType.Int64).contiguous();
+            return Copy(dense, dense.NumberOfElements);
         }
         long n = t.NumberOfElements;
         int device = t.device.index < 0 ? 0 : t.device.index;
@@ -65,9 +66,12 @@ public static class HostReadback
         afterCopy?.Invoke();
         s.Done.RecordOnDefaultStream();
         Wait(s.Done);
-        using var result = s.Buffer.narrow(0, 0, n);
-        return result.data<long>().ToArray();
+        return Copy(s.Buffer, n);
     }
+
+    // The first n int64s of a contiguous host tensor; data<long>() would leave an array object for the finalizer (it
+    // reads the tensor's strides through TorchSharp's never-unregistered pinned arrays; see TensorDims).
+    private static unsafe long[] Copy(Tensor host, long n) => new ReadOnlySpan<long>((void*)TensorMemory.DataPtr(host), checked((int)n)).ToArray();
 
     /// <summary>Waits for a blocking-sync event: polls for <see cref="SpinMicroseconds"/>, then sleeps on it.</summary>
     internal static void Wait(CudaEvent done)

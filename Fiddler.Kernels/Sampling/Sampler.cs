@@ -208,7 +208,7 @@ public sealed class Sampler
         ArgumentNullException.ThrowIfNull(logits);
         using var scope = torch.NewDisposeScope();
         long n = logits.numel();
-        if (logits.dim() == 0 || n != logits.shape[^1])
+        if (logits.dim() == 0 || n != logits.size(-1))
         {
             throw new ArgumentException(
                 $"Expected logits of shape [V] (or [1, V]), got [{string.Join(", ", logits.shape)}].", nameof(logits));

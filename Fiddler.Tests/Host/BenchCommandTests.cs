@@ -43,7 +43,8 @@ public sealed partial class BenchCommandTests : IDisposable
         Assert.True(root.GetProperty("warmup_s").GetDouble() > 0);
         // The decode windows' GC, and the SIMD kernel's own regions where it ran (the calibrated profile may give every CPU
         // expert to libtorch, as on a 2-core box; then there are none).
-        Assert.Equal(["gen0", "gen1", "gen2", "pause_ms_per_token", "allocated_kb_per_token"], root.GetProperty("gc_decode").EnumerateObject().Select(p => p.Name));
+        Assert.Equal(["gen0", "gen1", "gen2", "pause_ms_per_token", "allocated_kb_per_token", "last_generation", "last_pause_ms", "last_gen0_before_mb",
+            "last_promoted_mb", "last_finalization_pending", "last_pinned_objects", "last_heap_mb"], root.GetProperty("gc_decode").EnumerateObject().Select(p => p.Name));
         Assert.True(root.GetProperty("gc_decode").GetProperty("allocated_kb_per_token").GetDouble() > 0);
         var kernel = root.GetProperty("kernel_decode");
         Assert.True(kernel.ValueKind == JsonValueKind.Null
