@@ -45,7 +45,7 @@ internal sealed partial class CudaSelfTest
         var wake = new List<double>();
         for (int i = 0; i < 50; i++)
         {
-            CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream);
+            using (CudaRuntime.UseDevice(deviceIndex)) CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream); // this device's
             long t0 = Stopwatch.GetTimestamp();
             idle.RecordOnDefaultStream();
             while (!CudaRuntime.EventQuery(idle.Handle)) Thread.SpinWait(20);

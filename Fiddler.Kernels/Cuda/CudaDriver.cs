@@ -24,6 +24,9 @@ public static unsafe class CudaDriver
         public delegate* unmanaged<nint*, byte*, int> ModuleLoadData;
         public delegate* unmanaged<nint*, nint, byte*, int> ModuleGetFunction;
         public delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int> LaunchKernel;
+        // Optional: whether a device's primary context exists (CudaRuntime.DeviceScope restores only to such a device).
+        public delegate* unmanaged<int*, int, int> DeviceGet;
+        public delegate* unmanaged<int, uint*, int*, int> PrimaryCtxGetState;
     }
 
     private static readonly Lazy<(Entry? Entry, string Reason)> Loaded = new(() =>
@@ -43,6 +46,12 @@ public static unsafe class CudaDriver
                 entry.ModuleLoadData = (delegate* unmanaged<nint*, byte*, int>)load;
                 entry.ModuleGetFunction = (delegate* unmanaged<nint*, nint, byte*, int>)get;
                 entry.LaunchKernel = (delegate* unmanaged<nint, uint, uint, uint, uint, uint, uint, uint, nint, void**, void**, int>)launch;
+            }
+            if (NativeLibrary.TryGetExport(handle, "cuDeviceGet", out IntPtr deviceGet)
+                && NativeLibrary.TryGetExport(handle, "cuDevicePrimaryCtxGetState", out IntPtr ctxState))
+            {
+                entry.DeviceGet = (delegate* unmanaged<int*, int, int>)deviceGet;
+                entry.PrimaryCtxGetState = (delegate* unmanaged<int, uint*, int*, int>)ctxState;
             }
             return (entry, "");
         }
@@ -84,6 +93,21 @@ public static unsafe class CudaDriver
     /// <summary>cuLaunchKernel on one block of <paramref name="threads"/> threads; <paramref name="args"/> point at each parameter's value.</summary>
     public static void Launch(IntPtr function, IntPtr stream, uint threads, void** args) =>
         Check(Driver.LaunchKernel(function, 1, 1, 1, threads, 1, 1, 0, stream, args, null), "cuLaunchKernel");
+
+    /// <summary>
+    /// Whether device <paramref name="ordinal"/>'s primary context is active; null when the driver cannot say. Making a
+    /// device current (cudaSetDevice) creates its context: on a GPU nothing here uses, that costs its memory, and fails
+    /// when another process holds it in exclusive mode.
+    /// </summary>
+    public static bool? PrimaryContextActive(int ordinal)
+    {
+        if (Loaded.Value.Entry is not { } e || e.DeviceGet == null || e.PrimaryCtxGetState == null) return null;
+        int device;
+        uint flags;
+        int active;
+        if (e.DeviceGet(&device, ordinal) != 0 || e.PrimaryCtxGetState(device, &flags, &active) != 0) return null;
+        return active != 0;
+    }
 
     private static void Check(int result, string function)
     {

@@ -149,12 +149,17 @@ public static unsafe class CudaRuntime
         return new DeviceScope(previous, device);
     }
 
-    /// <summary>Restores the previous current device.</summary>
+    /// <summary>
+    /// Restores the previous current device, unless that device's context was never created: a thread that never chose
+    /// a device reports device 0, and restoring it would create a context on GPU 0 for an engine on cuda:1 (memory on a
+    /// GPU it does not use, or a failure when another process holds GPU 0 exclusively). Every CUDA call here scopes its
+    /// own device, so leaving such a thread on the scope's device changes nothing for them.
+    /// </summary>
     public readonly struct DeviceScope(int previous, int current) : IDisposable
     {
         public void Dispose()
         {
-            if (previous != current) SetDevice(previous);
+            if (previous != current && CudaDriver.PrimaryContextActive(previous) != false) SetDevice(previous);
         }
     }
 

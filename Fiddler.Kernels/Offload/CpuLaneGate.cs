@@ -59,7 +59,20 @@ public sealed class CudaLaneGate(HostSignal signal, bool spinKernel = false) : I
 
     public void Hold(uint ticket) => signal.QueueWait(CudaDriver.LegacyStream, ticket, SpinKernel);
 
-    public void Dispose() => signal.Dispose();
+    /// <summary>
+    /// Lets the signal's device drain its queued waits on the signal (a raised ticket's wait may not have run yet), then
+    /// frees the signal. The drain is that device's: the legacy default stream is per device, and the thread's current
+    /// device may be another (cuda:N with N &gt; 0).
+    /// </summary>
+    public void Dispose()
+    {
+        try
+        {
+            using (CudaRuntime.UseDevice(signal.Device)) CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream);
+        }
+        catch (CudaException) { /* a faulted device runs nothing more: the memory can go */ }
+        signal.Dispose();
+    }
 }
 
 /// <summary>The host waits in <see cref="Hold"/> until the ticket is raised (CPU devices, where ops run synchronously; drivers without stream waits).</summary>

@@ -227,11 +227,7 @@ public sealed partial class OffloadExecutor(IExpertScheduler scheduler, ICpuExpe
     public void Dispose()
     {
         try { Complete(); } catch (Exception) { /* the failure was the layer's, reported to its caller or lost with it */ }
-        // The device may not have run a queued wait on the signal yet (its ticket is raised): let it drain before the
-        // signal's memory goes.
-        if (_gate is CudaLaneGate)
-            try { CudaRuntime.StreamSynchronize(CudaRuntime.LegacyDefaultStream); } catch (CudaException) { }
-        _gate?.Dispose();
+        _gate?.Dispose(); // a CUDA gate first lets its device drain the waits queued on it
         _gate = null;
         _buffers.Dispose();
         _deviceClock?.Dispose();
