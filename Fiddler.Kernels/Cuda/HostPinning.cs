@@ -15,6 +15,14 @@ public static class HostPinning
 {
     private const long MinBytes = 2L << 20; // small blocks may share pages with other allocations: use torch's pool
     private static readonly ConcurrentDictionary<IntPtr, long> Registered = new();
+    private static long s_fallbacks;
+    private static string? s_firstFallbackReason;
+
+    /// <summary>
+    /// How many large tensors could not be registered in place and were copied into torch's pinned pool instead, and why
+    /// the first could not. The CPU expert kernel reads pool memory slower; the engine reports a non-zero count.
+    /// </summary>
+    public static (long Count, string? FirstReason) Fallbacks => (Interlocked.Read(ref s_fallbacks), s_firstFallbackReason);
 
     /// <summary>A page-locked tensor of the given shape: registered in place when large, else torch's pin_memory.</summary>
     /// <param name="hugePages">Advise the memory into 2 MiB pages before it is registered (<see cref="HugePages"/>).</param>
@@ -32,10 +40,13 @@ public static class HostPinning
                 Registered[p] = bytes;
                 return t;
             }
-            catch (CudaException)
+            catch (CudaException e)
             {
-                // e.g. a page already registered: fall back to a copy into the pinned pool (this memory is then freed)
+                // e.g. a page already registered, or the driver's limit on locked memory: fall back to a copy into the
+                // pinned pool (this memory is then freed), and count it for the engine's report
                 if (hugePages) HugePages.Forget(p, bytes);
+                Interlocked.CompareExchange(ref s_firstFallbackReason, e.Message, null);
+                Interlocked.Increment(ref s_fallbacks);
             }
         }
         using (t) return t.pin_memory();
