@@ -47,14 +47,14 @@ public sealed class RouterActor : ReceiveActor
     protected override SupervisorStrategy SupervisorStrategy() =>
         new OneForOneStrategy(maxNrOfRetries: 10, withinTimeRange: TimeSpan.FromMinutes(1), localOnlyDecider: _ => Directive.Restart);
 
+    /// <summary>The dispatcher of the router and the CPU worker pool actor: one spinning thread (akka.hocon).</summary>
+    public const string LaneDispatcher = "fiddler.lane-dispatcher";
+
     /// <summary>On the spinning thread it shares with the CPU worker pool actor (akka.hocon's lane-dispatcher): every layer
     /// of every token waits for its answer, so it must never queue behind other work for a dispatcher thread (measured:
     /// 9 % of decode time on the shared default dispatcher) nor wait for a blocked thread to wake. The pool's messages
     /// never hold it up: a layer asks for its routes only once the previous layer's CPU experts have ended.</summary>
     /// <param name="layerProps">The layer actors' props by layer (default <see cref="LayerActor.Props"/>; tests give slow ones).</param>
-    /// <summary>The dispatcher of the router and the CPU worker pool actor: one spinning thread (akka.hocon).</summary>
-    public const string LaneDispatcher = "fiddler.lane-dispatcher";
-
     public static Props Props(IExpertScheduler scheduler, int layers, Func<int, Props>? layerProps = null) =>
         Akka.Actor.Props.Create(() => new RouterActor(scheduler, layers, layerProps)).WithDispatcher(LaneDispatcher);
 }

@@ -84,7 +84,7 @@ public sealed class OffloadEngine : IDisposable
             model = new MixtralForCausalLM(config, dtype, o.Device, residency);
             DummyWeights.Fill(model);
         }
-        if (HostPinning.Fallbacks is { Count: var fallbacks, FirstReason: var reason } && fallbacks > fallbacksBefore)
+        if (HostPinning.Fallbacks is { Count: var fallbacks, LastReason: var reason } && fallbacks > fallbacksBefore)
             log($"warning: {fallbacks - fallbacksBefore} host weight tensors could not be page-locked where they are ({reason}); " +
                 "they were copied into torch's pinned pool, which takes up to 2× their size and which the CPU expert kernel reads slower");
         var engine = new OffloadEngine(config, model, tokenizer) { Plan = plan, DeviceBytesAtStart = atStart };

@@ -11,10 +11,9 @@ public static partial class BenchRun
     /// Decode through Kernels' generator directly, then through the actor runtime (router, layer and CPU pool actors,
     /// GPU device actor), same prompt and greedy tokens: the difference is the actors' cost per step.
     /// <para>
-    /// <paramref name="actorParticipants"/>: the CPU pool's participants during the actor rounds, as <c>fiddler serve</c>
-    /// runs them (cores − 2: the router's and the CPU-pool actor's spinning threads need a core the direct path gives to
-    /// a worker; null: the engine's own). Then each path keeps its own learned router speeds, and the overhead is the
-    /// whole cost of serving through the actors against the direct path at its best.
+    /// <paramref name="actorParticipants"/>: the CPU pool's participants during the actor rounds (null: the engine's own,
+    /// as <c>fiddler serve</c> runs them; fewer to compare, <c>bench --actor-cpu-threads</c>). Each path keeps its own
+    /// learned router speeds, and the overhead is the whole cost of serving through the actors against the direct path.
     /// </para>
     /// </summary>
     public static async Task<ActorComparison> ActorOverhead(OffloadEngine engine, int promptTokens,

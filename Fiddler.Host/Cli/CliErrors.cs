@@ -27,12 +27,15 @@ public static class CliErrors
     public static string ParseError(string message)
     {
         var m = System.Text.RegularExpressions.Regex.Match(message,
-            @"^Cannot parse argument '(?<value>.*)' for option '(?<option>[^']+)' as expected type '(?<type>[\w.]+)'\.?$");
+            @"^Cannot parse argument '(?<value>.*)' for option '(?<option>[^']+)' as expected type '(?<type>[\w.`\[\]]+)'\.?$");
         if (!m.Success) return message;
-        string takes = m.Groups["type"].Value switch
+        // An optional option's type is Nullable`1[T]: say what T takes.
+        string type = System.Text.RegularExpressions.Regex.Replace(m.Groups["type"].Value, @"^System\.Nullable`1\[(?<inner>[\w.]+)\]$", "${inner}");
+        string takes = type switch
         {
             "System.Int32" => $"a whole number from {int.MinValue} to {int.MaxValue}",
             "System.Int64" => $"a whole number from {long.MinValue} to {long.MaxValue}",
+            "System.UInt64" => $"a whole number from 0 to {ulong.MaxValue}",
             "System.Single" or "System.Double" => "a number (e.g. 0.7)",
             "System.Boolean" => "true or false",
             var t => $"a value of type {t[(t.LastIndexOf('.') + 1)..]}",
@@ -47,5 +50,6 @@ public static class CliErrors
     public static bool IsUserError(Exception e) => e is ArgumentException or ModelConfigException or SafetensorsFormatException
         or SafetensorsTensorNotFoundException or CheckpointMismatchException or TokenizerLoadException
         or DeviceUnavailableException or Fiddler.Actors.Placement.PlacementException or FileNotFoundException or DirectoryNotFoundException or InvalidDataException
-        or UnauthorizedAccessException; // a model file the user cannot read: the message names the path
+        or UnauthorizedAccessException // a model file the user cannot read: the message names the path
+        or IOException; // a disk that is full or failing, a path that is a device: the message says which
 }

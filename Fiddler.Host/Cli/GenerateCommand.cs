@@ -20,7 +20,7 @@ public static class GenerateCommand
         var promptIds = new Option<string?>("--prompt-ids") { Description = "Prompt as comma-separated token ids, instead of text" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "New tokens at most", DefaultValueFactory = _ => 128 };
         var temperature = new Option<float>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 0.8f };
-        var topK = new Option<int>("--top-k") { Description = "Keep the K most likely tokens (0 = off)", DefaultValueFactory = _ => 40 };
+        var topK = new Option<int>("--top-k") { Description = "Keep the K most likely tokens (0 or -1 = off)", DefaultValueFactory = _ => 40 };
         var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass", DefaultValueFactory = _ => 0.95f };
         var seed = new Option<ulong?>("--seed") { Description = "Sampling seed (reproducible output)" };
         var stop = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false };
@@ -46,7 +46,8 @@ public static class GenerateCommand
             var options = new GenerationOptions
             {
                 MaxNewTokens = r.GetValue(maxTokens),
-                Sampling = new SamplingOptions(r.GetValue(temperature), r.GetValue(topK), r.GetValue(topP), r.GetValue(seed)),
+                // -1 is vLLM's and the server's "off" too.
+                Sampling = new SamplingOptions(r.GetValue(temperature), r.GetValue(topK) == -1 ? 0 : r.GetValue(topK), r.GetValue(topP), r.GetValue(seed)),
                 StopStrings = r.GetValue(stop) ?? [],
                 StopOnEos = !r.GetValue(ignoreEos),
                 TopLogprobs = r.GetValue(json) ? 5 : 0,
@@ -59,19 +60,22 @@ public static class GenerateCommand
             string dir = DefaultModel.Resolve(r.GetValue(model));
             if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"model directory {dir} does not exist");
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            // Under a budget the prompt is tokenized first, so the placement reserves the KV cache this request needs: its
-            // prompt and new tokens, once per beam (what the generator and the beam search allocate).
-            int? promptLength = r.GetValue(budget) is null ? null : ids is not null ? ParseIds(ids).Length : TokenCount(dir, text!);
+            // The prompt is tokenized first: a request the context cannot hold fails before minutes of loading, and under
+            // a budget the placement reserves the KV cache this request needs (its prompt and new tokens, once per beam).
+            int promptLength = ids is not null ? ParseIds(ids).Length : TokenCount(dir, text!);
+            int contextLength = Fiddler.Kernels.Config.MixtralConfig.Load(Path.Combine(dir, "config.json")).MaxPositionEmbeddings;
+            if ((long)promptLength + options.MaxNewTokens > contextLength)
+                throw new GenerationRequestException($"prompt ({promptLength} tokens) + max tokens ({options.MaxNewTokens}) exceeds the context length {contextLength}");
             using var engine = r.GetValue(budget) is { } b
                 ? OffloadEngine.Create(new EngineOptions
                 {
                     ModelDir = dir, Device = dev, DType = dt, GpuBudgetBytes = MemoryBudget.Parse(b), PopularityPath = r.GetValue(popularity),
-                    ContextTokens = promptLength!.Value + r.GetValue(maxTokens), Sequences = r.GetValue(beamWidth),
+                    ContextTokens = promptLength + options.MaxNewTokens, Sequences = r.GetValue(beamWidth),
                 }, m => Console.Error.WriteLine(m))
                 : null;
             // Without a budget, on a GPU: does the whole model fit with this request's KV (prompt + new tokens, per beam)?
             if (engine is null && dev.type == TorchSharp.DeviceType.CUDA)
-                OffloadEngine.CheckWholeModelFits(dir, dev, dt, (ids is not null ? ParseIds(ids).Length : TokenCount(dir, text!)) + r.GetValue(maxTokens), r.GetValue(beamWidth));
+                OffloadEngine.CheckWholeModelFits(dir, dev, dt, promptLength + options.MaxNewTokens, r.GetValue(beamWidth));
             using var loaded = engine is null ? Load(dir, new LoadOptions(dev, dt), quiet: r.GetValue(json)) : null;
             var (model_, tokenizer) = engine is not null ? (engine.Model, engine.Tokenizer) : (loaded!.Model, loaded.Tokenizer);
             var source = new Source(Path.GetFullPath(dir), loaded?.LoadTime ?? clock.Elapsed);

@@ -16,13 +16,14 @@ public static class HostPinning
     private const long MinBytes = 2L << 20; // small blocks may share pages with other allocations: use torch's pool
     private static readonly ConcurrentDictionary<IntPtr, long> Registered = new();
     private static long s_fallbacks;
-    private static string? s_firstFallbackReason;
+    private static string? s_lastFallbackReason;
 
     /// <summary>
-    /// How many large tensors could not be registered in place and were copied into torch's pinned pool instead, and why
-    /// the first could not. The CPU expert kernel reads pool memory slower; the engine reports a non-zero count.
+    /// How many large tensors could not be registered in place and were copied into torch's pinned pool instead (since
+    /// the process started), and why the latest could not. The CPU expert kernel reads pool memory slower; the engine
+    /// reports what its own load added.
     /// </summary>
-    public static (long Count, string? FirstReason) Fallbacks => (Interlocked.Read(ref s_fallbacks), s_firstFallbackReason);
+    public static (long Count, string? LastReason) Fallbacks => (Interlocked.Read(ref s_fallbacks), Volatile.Read(ref s_lastFallbackReason));
 
     /// <summary>A page-locked tensor of the given shape: registered in place when large, else torch's pin_memory.</summary>
     /// <param name="hugePages">Advise the memory into 2 MiB pages before it is registered (<see cref="HugePages"/>).</param>
@@ -45,7 +46,7 @@ public static class HostPinning
                 // e.g. a page already registered, or the driver's limit on locked memory: fall back to a copy into the
                 // pinned pool (this memory is then freed), and count it for the engine's report
                 if (hugePages) HugePages.Forget(p, bytes);
-                Interlocked.CompareExchange(ref s_firstFallbackReason, e.Message, null);
+                Volatile.Write(ref s_lastFallbackReason, e.Message);
                 Interlocked.Increment(ref s_fallbacks);
             }
         }

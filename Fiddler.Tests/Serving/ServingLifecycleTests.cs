@@ -30,7 +30,11 @@ public sealed class ServingLifecycleTests
     [Fact]
     public async Task Post_QueueFull_Returns429AtOnceWithP99Under50Ms()
     {
-        await using var h = await ServingHarness.StartAsync(queueSize: 2);
+        // The running stream holds its place until the test ends: its 450 tokens alone would end in about a second on an
+        // idle host, before the 210 requests below on a loaded one (one was then admitted: a CI failure).
+        var hold = new TaskCompletionSource();
+        await using var h = await ServingHarness.StartAsync(queueSize: 2,
+            wrap: engine => (p, o, c) => o.MaxNewTokens == 450 ? HoldAfterFirst(engine(p, o, c), hold.Task, c) : engine(p, o, c));
         using var stop = new CancellationTokenSource();
         var running = await OpenStreamAsync(h, LongStream, stop.Token);
         var waiting = h.Http.PostAsync("/v1/completions", new StringContent(LongStream.Replace("\"stream\":true", "\"stream\":false")), stop.Token);
@@ -55,6 +59,20 @@ public sealed class ServingLifecycleTests
         running.Response.Dispose();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting);
         await WaitUntilAsync(() => h.Service.QueueDepth == 0, "both places given back after the clients left");
+        hold.TrySetResult();
+    }
+
+    /// <summary>The engine's first token, then nothing until <paramref name="release"/> (or cancellation), then the rest.</summary>
+    private static async IAsyncEnumerable<GeneratedToken> HoldAfterFirst(IAsyncEnumerable<GeneratedToken> tokens, Task release,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancel = default)
+    {
+        bool first = true;
+        await foreach (var t in tokens.WithCancellation(cancel))
+        {
+            yield return t;
+            if (first) await release.WaitAsync(cancel);
+            first = false;
+        }
     }
 
     [Fact]

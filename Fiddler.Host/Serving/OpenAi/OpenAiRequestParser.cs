@@ -164,6 +164,11 @@ public static partial class OpenAiRequestParser
         foreach (string penalty in (string[])["presence_penalty", "frequency_penalty"])
             if (Number(root, penalty, -2, 2) is float p && p != 0)
                 throw new RequestException($"'{penalty}' is not supported by this server: only 0 is accepted", penalty);
+        // vLLM's sampling extras: refused unless they ask for nothing (min_p 0, repetition_penalty 1), as the penalties above.
+        if (Number(root, "min_p", 0, 1) is float minP && minP != 0)
+            throw new RequestException("'min_p' is not supported by this server: only 0 is accepted", "min_p");
+        if (Number(root, "repetition_penalty", 0, 100, minExclusive: true) is float rep && rep != 1)
+            throw new RequestException("'repetition_penalty' is not supported by this server: only 1 is accepted", "repetition_penalty");
         if (Get(root, "logit_bias") is { } bias && (bias.ValueKind != JsonValueKind.Object || bias.EnumerateObject().Any()))
             throw new RequestException("'logit_bias' is not supported by this server", "logit_bias");
         foreach (string tools in (string[])["tools", "functions"])
