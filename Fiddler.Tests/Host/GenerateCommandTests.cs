@@ -177,6 +177,27 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_OverTheContextWithABudget_RefusedBeforeLoadingWithoutOverflow()
+    {
+        // int.MaxValue new tokens: prompt + max tokens overflowed an int on the way to the placement's context.
+        AssertUserError(CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", $"{int.MaxValue}", "--gpu-budget", "1GiB", "--device", "cpu"),
+            "context length 512");
+    }
+
+    [Fact]
+    public void Generate_TopKMinusOne_IsOff()
+    {
+        // vLLM's and the server's "off": the same tokens as --top-k 0.
+        var off = CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "6", "--top-k", "-1", "--seed", "3", "--json");
+        var zero = CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "6", "--top-k", "0", "--seed", "3", "--json");
+        Assert.True(off.ExitCode == 0, off.Err);
+        using var a = System.Text.Json.JsonDocument.Parse(off.Out);
+        using var b = System.Text.Json.JsonDocument.Parse(zero.Out);
+        Assert.Equal(b.RootElement.GetProperty("tokens").GetRawText(), a.RootElement.GetProperty("tokens").GetRawText());
+        AssertUserError(CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--top-k", "-2"), "top_k");
+    }
+
+    [Fact]
     public void Generate_MaxTokensNotANumber_ExitCode2()
         => AssertUserError(CliHarness.Run("generate", "--prompt-ids", "1", "--max-tokens", "lots"), "lots");
 

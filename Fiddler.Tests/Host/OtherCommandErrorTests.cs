@@ -36,11 +36,26 @@ public sealed class OtherCommandErrorTests : IDisposable
     [Theory]
     [InlineData("--max-tokens", "99999999999", "option '--max-tokens' takes a whole number from -2147483648 to 2147483647, not '99999999999'")]
     [InlineData("--temperature", "warm", "option '--temperature' takes a number (e.g. 0.7), not 'warm'")]
+    [InlineData("--seed", "-1", "option '--seed' takes a whole number from 0 to 18446744073709551615, not '-1'")] // an optional (Nullable) option
     public void Generate_OptionValueOfTheWrongKind_SaysWhatTheOptionTakes(string option, string value, string expected)
     {
         var r = CliHarness.Run("generate", "--prompt", "hi", option, value);
         AssertUserError(r, expected);
         Assert.DoesNotContain("System.", r.Err);
+    }
+
+    [Fact]
+    public void Calibrate_Model_MeasuresInTheCheckpointsDtype()
+    {
+        // The fixture is float32: an engine loading it looks for a Float32 profile, so calibrate must write one (it wrote
+        // bfloat16, which that engine then discarded and recalibrated over).
+        string model = Path.Combine(AppContext.BaseDirectory, "Fixtures", "tiny-gqa4-top3");
+        string output = Path.Combine(_dir, "calib", "profile.json"); // a missing folder is made
+        var r = CliHarness.Run("calibrate", "--model", model, "--device", "cpu", "--out", output, "--cpu-threads", "1");
+        Assert.True(r.ExitCode == 0, r.Err);
+        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(output));
+        Assert.Equal("Float32", json.RootElement.GetProperty("key").GetProperty("dtype").GetString());
+        AssertUserError(CliHarness.Run("calibrate", "--model", model, "--device", "cpu", "--out", _dir), "is a folder");
     }
 
     [Fact]

@@ -274,6 +274,8 @@ public sealed class OpenAiServerTests(ServerFixture fixture) : IClassFixture<Ser
         { "/v1/completions", """{"model":"default-model","prompt":"a","logprobs":6}""", 400, "logprobs", null },
         { "/v1/completions", """{"model":"default-model","prompt":"a","presence_penalty":0.5}""", 400, "presence_penalty", null },
         { "/v1/completions", """{"model":"default-model","prompt":"a","frequency_penalty":3}""", 400, "frequency_penalty", null },
+        { "/v1/completions", """{"model":"default-model","prompt":"a","min_p":0.1}""", 400, "min_p", null },
+        { "/v1/completions", """{"model":"default-model","prompt":"a","repetition_penalty":1.2}""", 400, "repetition_penalty", null },
         { "/v1/completions", """{"model":"default-model","prompt":"a","echo":true}""", 400, "echo", null },
         { "/v1/completions", """{"model":"default-model","prompt":["a","b"]}""", 400, "prompt", null },
         { "/v1/completions", """{"model":"default-model","prompt":[]}""", 400, "prompt", null },
@@ -320,7 +322,7 @@ public sealed class OpenAiServerTests(ServerFixture fixture) : IClassFixture<Ser
     public async Task Post_UnknownFieldsAndNulls_AreIgnored()
     {
         var (status, body) = await H.PostAsync("/v1/completions",
-            """{"model":"default-model","prompt":"a","max_tokens":2,"user":"u1","temperature":null,"stop":null,"banana":{"x":[1,2]},"presence_penalty":0,"logit_bias":{}}""");
+            """{"model":"default-model","prompt":"a","max_tokens":2,"user":"u1","temperature":null,"stop":null,"banana":{"x":[1,2]},"presence_penalty":0,"logit_bias":{},"min_p":0,"repetition_penalty":1}""");
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal("default-model", body.GetProperty("model").GetString());
     }
