@@ -85,9 +85,23 @@ public static class GenerateCommand
             generator.Check(promptTokens, options);
             if (r.GetValue(beamWidth) != 1)
                 return RunBeams(model_, tokenizer, promptTokens, r.GetValue(beamWidth), options, r.GetValue(json));
+            if (options.Sampling.Seed is null && DrawnSeed(options.Sampling.Temperature) is ulong drawn) // every check passed: it runs
+                options = options with { Sampling = options.Sampling with { Seed = drawn } };
             return r.GetValue(json) ? PrintJson(generator, source, promptTokens, options) : Stream(generator, source, promptTokens, options);
         });
         return command;
+    }
+
+    /// <summary>
+    /// A sampled run without <c>--seed</c> draws one here and says it on stderr, so the run can be repeated
+    /// (<c>--seed N</c>); greedy decoding (temperature 0) draws nothing.
+    /// </summary>
+    private static ulong? DrawnSeed(float temperature)
+    {
+        if (temperature == 0) return null;
+        ulong drawn = BitConverter.ToUInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(sizeof(ulong)));
+        Console.Error.WriteLine($"sampling seed {drawn} (--seed {drawn} repeats this run)");
+        return drawn;
     }
 
     private static LoadedModel Load(string dir, LoadOptions options, bool quiet)

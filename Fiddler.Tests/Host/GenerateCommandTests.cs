@@ -185,6 +185,22 @@ public sealed class GenerateCommandTests : IDisposable
     }
 
     [Fact]
+    public void Generate_SampledWithoutSeed_SaysTheSeedThatRepeatsIt()
+    {
+        var first = CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "12", "--temperature", "1.5", "--json");
+        Assert.True(first.ExitCode == 0, first.Err);
+        var m = System.Text.RegularExpressions.Regex.Match(first.Err, @"sampling seed (\d+) \(--seed \1 repeats this run\)");
+        Assert.True(m.Success, first.Err);
+        var again = CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "12", "--temperature", "1.5", "--json", "--seed", m.Groups[1].Value);
+        Assert.True(again.ExitCode == 0, again.Err);
+        using var a = System.Text.Json.JsonDocument.Parse(first.Out);
+        using var b = System.Text.Json.JsonDocument.Parse(again.Out);
+        Assert.Equal(a.RootElement.GetProperty("tokens").GetRawText(), b.RootElement.GetProperty("tokens").GetRawText());
+        Assert.DoesNotContain("sampling seed", again.Err); // given, not drawn
+        Assert.DoesNotContain("sampling seed", CliHarness.Run("generate", "--prompt-ids", "1,2,3", "--max-tokens", "2", "--temperature", "0").Err); // greedy
+    }
+
+    [Fact]
     public void Generate_TopKMinusOne_IsOff()
     {
         // vLLM's and the server's "off": the same tokens as --top-k 0.
