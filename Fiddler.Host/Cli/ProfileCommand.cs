@@ -46,7 +46,9 @@ public static class ProfileCommand
                     for (int i = 0; i < a.Tokens.Length; i++) popularity.Record(layer, a.Expert);
                 if (layer == 0) routed += assignments.Sum(a => a.Tokens.Length);
             });
-            var generator = new Generator(loaded.Model, tokenizer);
+            // Not pipelined: a pipelined decode queues the next step before it knows the token ends the prompt's run, and
+            // the layers of that step it gets through before stopping would count choices for a token that never runs.
+            var generator = new Generator(loaded.Model, tokenizer) { Pipelined = false };
             int ran = 0;
             foreach (var text in texts)
             {
