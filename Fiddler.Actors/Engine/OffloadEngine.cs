@@ -150,26 +150,33 @@ public sealed class OffloadEngine : IDisposable
         HostExpertReads.Result? reads;
         using (var pool = new CpuWorkerPool(DefaultCpuThreads(o), TimeSpan.FromMilliseconds(2)))
             reads = HostExpertReads.Measure(pool, host.Select(h => h.Memory).ToArray(), passes: 2);
-        var rates = new double?[Config.NumHiddenLayers, Config.NumLocalExperts];
-        if (reads is { Experts: > 0 } r)
-            for (int i = 0; i < host.Length; i++) rates[host[i].Layer, host[i].Expert] = r.Best[i];
-        var chosen = reads is { Experts: > 0 } ? PlacementPlanner.ByReadSpeed(plan, popularity, rates) : plan;
-        foreach (var layer in Model.Model.Layers)
-            for (int e = 0; e < Config.NumLocalExperts; e++)
-                if (chosen.IsOnGpu(layer.Moe.Layer, e)) layer.Moe.MakeResident(e, o.Device);
         if (reads is not { Experts: > 0 })
         {
+            MoveToGpu(plan, o.Device);
             log("placement by read speed: experts too small to time; placed by popularity");
-            return chosen;
+            return plan;
         }
+        double[] best = reads.Best; // each expert's best pass (computed per call: read it once)
+        var rates = new double?[Config.NumHiddenLayers, Config.NumLocalExperts];
+        for (int i = 0; i < host.Length; i++) rates[host[i].Layer, host[i].Expert] = best[i];
+        var chosen = PlacementPlanner.ByReadSpeed(plan, popularity, rates);
+        MoveToGpu(chosen, o.Device);
         double Median(IEnumerable<double> xs) { var a = xs.Order().ToArray(); return a.Length == 0 ? double.NaN : a[a.Length / 2]; }
-        var all = host.Select((h, i) => (h.Layer, h.Expert, Rate: reads.Best[i])).ToArray();
+        var all = host.Select((h, i) => (h.Layer, h.Expert, Rate: best[i])).ToArray();
         double median = reads.Quantile(0.5);
         int slow = all.Count(x => x.Rate < PlacementPlanner.SlowReadShare * median);
         log($"placement by read speed: {slow} of {all.Length} experts read below {PlacementPlanner.SlowReadShare:P0} of the median; {chosen.ExpertsOnGpu} experts on the GPU read at median {Median(all.Where(x => chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} GB/s " +
             $"from host memory, the {all.Length - chosen.ExpertsOnGpu} left there at {Median(all.Where(x => !chosen.IsOnGpu(x.Layer, x.Expert)).Select(x => x.Rate)):F1} " +
             $"(all: p10 {reads.Quantile(0.1):F1}, median {median:F1}; pass correlation {reads.PassCorrelation:F2}); expected hit rate {chosen.ExpectedHitRate:P1}");
         return chosen;
+    }
+
+    /// <summary>Moves the experts <paramref name="plan"/> puts on the GPU there (every expert starts in host memory).</summary>
+    private void MoveToGpu(PlacementPlan plan, Device device)
+    {
+        foreach (var layer in Model.Model.Layers)
+            for (int e = 0; e < Config.NumLocalExperts; e++)
+                if (plan.IsOnGpu(layer.Moe.Layer, e)) layer.Moe.MakeResident(e, device);
     }
 
     /// <summary>

@@ -108,11 +108,7 @@ public sealed class ExpertPopularity
                     throw new InvalidDataException($"{source}: counts[{l}][{e}] is {row[e]}, outside 0..{MaxCount}{(row[e] < 0 ? " (negative)" : "")}");
         }
         var pop = new ExpertPopularity(f.Model ?? "", f.Layers, f.Experts);
-        for (int l = 0; l < f.Layers; l++)
-        {
-            long[] row = f.Counts[l]!;
-            for (int e = 0; e < f.Experts; e++) pop._counts[l][e] = row[e];
-        }
+        for (int l = 0; l < f.Layers; l++) f.Counts[l]!.CopyTo(pop._counts[l], 0);
         pop._tokens = f.Tokens;
         return pop;
     }

@@ -68,8 +68,7 @@ public sealed class KvCache : IDisposable
     public void Reorder(Tensor rows)
     {
         if (Length == 0) return;
-        using var host = rows.cpu();
-        var order = host.to_type(ScalarType.Int64).data<long>().ToArray();
+        long[] order = Runtime.HostReadback.Longs(rows);
         if (order.Length == Batch && order.Select((r, i) => r == i).All(same => same)) return;
         using var onDevice = rows.to(_keys[0].device);
         for (int i = 0; i < _keys.Length; i++)

@@ -44,7 +44,6 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? la
     /// </summary>
     private static int Check(int job, Tensor x, Tensor y, long hidden)
     {
-        static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         long[] xs = x.Dims(), ys = y.Dims();
         if (xs.Length != 2 || xs[1] != hidden || x.dtype != ScalarType.Float32 || !Host(x))
             throw new ArgumentException($"CPU job {job}: X must be contiguous float32 [n, {hidden}] on the CPU, got {x.dtype} [{string.Join(", ", xs)}] on {x.device}{(x.is_contiguous() ? "" : ", strided")}");
@@ -56,13 +55,15 @@ public sealed unsafe class SimdCpuBackend(CpuWorkerPool pool, SpinningThread? la
     /// <summary>The expert's weights must be contiguous host tensors of one dtype, [I, H], [I, H] and [H, I].</summary>
     private void CheckWeights(int job, Modules.MixtralBlockSparseTop2MLP expert)
     {
-        static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         Tensor w1 = expert.Gate.Weight, w3 = expert.Up.Weight, w2 = expert.Down.Weight;
         if (!Host(w1) || !Host(w3) || !Host(w2) || w3.dtype != w1.dtype || w2.dtype != w1.dtype
             || !w3.Dims().SequenceEqual(w1.Dims()) || w2.size(0) != w1.size(1) || w2.size(1) != w1.size(0))
             throw new ArgumentException($"CPU job {job}: the expert's weights must be contiguous host tensors of one dtype, [I, H], [I, H] and [H, I]");
         _checkedExperts.AddOrUpdate(expert, expert);
     }
+
+    /// <summary>Contiguous memory on the host: what the kernel's raw pointers may read or write.</summary>
+    private static bool Host(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
 
     private static WeightType TypeOf(ScalarType t) => t switch
     {
